@@ -44,7 +44,9 @@ def generate(out_root: Path) -> list[Path]:
         *[str(p) for p in protos],
     ]
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return sorted(p.relative_to(out_root) for p in (out_root / PACKAGE).iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+    return sorted(
+        p.relative_to(out_root) for p in (out_root / PACKAGE).iterdir() if p.name.endswith(GENERATED_SUFFIXES)
+    )
 
 
 def main() -> int:
@@ -60,7 +62,11 @@ def main() -> int:
             p.relative_to(OUT_ROOT) for p in (OUT_ROOT / PACKAGE).iterdir() if p.name.endswith(GENERATED_SUFFIXES)
         )
         if args.check:
-            stale = [str(p) for p in fresh if not (OUT_ROOT / p).exists() or not filecmp.cmp(fresh_root / p, OUT_ROOT / p, shallow=False)]
+            stale = [
+                str(p)
+                for p in fresh
+                if not (OUT_ROOT / p).exists() or not filecmp.cmp(fresh_root / p, OUT_ROOT / p, shallow=False)
+            ]
             stale += [str(p) for p in committed if p not in fresh]
             if stale:
                 print("generated stubs are stale; run `python scripts/gen_protos.py`:", *stale, sep="\n  ")

@@ -1,0 +1,1 @@
+"""The facilitair command."""

@@ -1,0 +1,1 @@
+"""The facilitair server: the agent team, the durable event log, the gRPC service."""

@@ -1,0 +1,105 @@
+"""Requests to domain objects: validation with every field violation named, model resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from facilitair.server.domain import AgentRole, ModelRef
+from facilitair.server.errors import InvalidArgument
+from facilitair.server.orchestrator import RunSpec
+from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.v1 import orchestrator_pb2 as pb
+
+MAX_TASK_CHARS = 20_000
+MAX_CONTEXT_BYTES = 64 * 1024
+MAX_CONTEXT_DEPTH = 8
+MAX_REFINEMENTS = 10
+MAX_REQUEST_ID_CHARS = 128
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def run_spec(request: pb.CollaborateRequest, settings: Settings, config: PipelineConfig) -> RunSpec:
+    """Validate a CollaborateRequest and resolve the model of every agent."""
+    problems: list[tuple[str, str]] = []
+    task = request.task.strip()
+    if not task:
+        problems.append(("task", "is required and must not be blank"))
+    elif len(request.task) > MAX_TASK_CHARS:
+        problems.append(("task", f"is {len(request.task)} characters; the limit is {MAX_TASK_CHARS}"))
+
+    context: dict[str, Any] = {}
+    if request.HasField("context"):
+        size = request.context.ByteSize()
+        if size > MAX_CONTEXT_BYTES:
+            problems.append(("context", f"is {size} bytes; the limit is {MAX_CONTEXT_BYTES}"))
+        else:
+            context = json_format.MessageToDict(request.context)
+            if _depth(context) > MAX_CONTEXT_DEPTH:
+                problems.append(("context", f"is nested deeper than {MAX_CONTEXT_DEPTH} levels"))
+
+    request_model: ModelRef | None = None
+    if request.model:
+        try:
+            request_model = ModelRef.parse(request.model, field="model")
+        except InvalidArgument as exc:
+            problems += exc.violations
+
+    overrides: dict[AgentRole, ModelRef] = {}
+    for name, model in request.agent_models.items():
+        field = f"agent_models[{name[:40]}]"
+        try:
+            overrides[AgentRole.from_label(name, field=field)] = ModelRef.parse(model, field=field)
+        except InvalidArgument as exc:
+            problems += exc.violations
+
+    if request.HasField("max_refinements") and request.max_refinements > MAX_REFINEMENTS:
+        problems.append(("max_refinements", f"must be at most {MAX_REFINEMENTS}"))
+    if request.on_disconnect not in pb.OnDisconnect.values():
+        problems.append(("on_disconnect", f"unknown value {request.on_disconnect}"))
+    if len(request.client_request_id) > MAX_REQUEST_ID_CHARS:
+        problems.append(("client_request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))
+    if problems:
+        raise InvalidArgument.many(problems)
+
+    default = settings.default_model()
+    models: dict[AgentRole, ModelRef] = {}
+    for role in AgentRole:
+        configured = config.agent(role).model
+        models[role] = (
+            overrides.get(role)
+            or request_model
+            or (ModelRef.parse(configured, field=f"agents.{role.label}.model") if configured else None)
+            or default
+        )
+    if request.HasField("max_refinements"):
+        max_refinements = request.max_refinements
+    elif settings.max_refinements is not None:
+        max_refinements = settings.max_refinements
+    else:
+        max_refinements = config.max_refinements
+    return RunSpec(
+        task=task,
+        context=context,
+        models=models,
+        max_refinements=max_refinements,
+        on_disconnect=request.on_disconnect or pb.ON_DISCONNECT_CONTINUE,
+        client_request_id=request.client_request_id,
+    )
+
+
+def run_id_of(run_id: str) -> str:
+    """Check a run_id field."""
+    if not run_id:
+        raise InvalidArgument("run_id", "is required")
+    if len(run_id) > 64:
+        raise InvalidArgument("run_id", "is longer than any run id")
+    return run_id

@@ -1,0 +1,77 @@
+"""Domain types shared by the orchestrator, providers and the servicer: agents, model references, usage."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from facilitair.server.errors import InvalidArgument
+
+PROVIDERS = ("openai", "anthropic")
+
+
+class AgentRole(enum.IntEnum):
+    """The agents of the team; values match the `facilitair.v1.Agent` enum numbers."""
+
+    ARCHITECT = 1
+    CODER = 2
+    REVIEWER = 3
+    REFINER = 4
+    TESTER = 5
+    DOCUMENTER = 6
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in requests and configuration ("coder")."""
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str, *, field: str) -> AgentRole:
+        """Parse a lower-case agent name, raising InvalidArgument that names `field`."""
+        try:
+            return cls[label.strip().upper()]
+        except KeyError:
+            known = ", ".join(a.label for a in cls)
+            raise InvalidArgument(field, f"unknown agent {label!r}; expected one of: {known}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model at a provider, written "provider:model"."""
+
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    @classmethod
+    def parse(cls, text: str, *, field: str) -> ModelRef:
+        """Parse "provider:model", raising InvalidArgument that names `field`."""
+        provider, sep, model = text.strip().partition(":")
+        provider = provider.strip().lower()
+        model = model.strip()
+        if not sep or not provider or not model:
+            raise InvalidArgument(field, f"{text!r} is not of the form provider:model (e.g. openai:gpt-4.1-mini)")
+        if provider not in PROVIDERS:
+            raise InvalidArgument(field, f"unknown provider {provider!r}; expected one of: {', '.join(PROVIDERS)}")
+        if len(model) > 200 or any(c.isspace() for c in model):
+            raise InvalidArgument(field, f"model name {model[:40]!r} is not valid")
+        return cls(provider, model)
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    """Tokens and cost, added up over stages."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_unknown: bool = False
+
+    def add(self, other: UsageTotals) -> None:
+        """Add another usage to this one."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
+        self.cost_unknown = self.cost_unknown or other.cost_unknown

@@ -1,0 +1,51 @@
+"""structlog, configured once: JSON when stderr is not a terminal, readable console output when it is.
+
+The stdlib's records (grpc's, the SDKs', httpx's) go through the same processors, so every line
+of the server's output has one format; `run_id`, `rpc` and `stage` come from contextvars.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+# Libraries whose INFO lines would log every HTTP request (with URLs and headers) at our level.
+_QUIET = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "grpc", "asyncio")
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Set up structlog and the stdlib root logger; call once at start."""
+    console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: structlog.types.Processor
+    if console:
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,89 @@
+"""Every prompt the agents get, in one place.
+
+Output contracts the parsers rely on (see parsing.py):
+- files: a line `File: relative/path.ext` directly followed by one fenced code block;
+- the reviewer's verdict: one JSON object in a ```json fenced block, with the keys shown below.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from facilitair.server.domain import AgentRole
+
+FILE_FORMAT = """Write every file as a line `File: relative/path.ext` followed directly by one fenced code
+block holding the whole file, for example:
+
+File: src/example.py
+```python
+print("hello")
+```
+Use relative paths with forward slashes and no "..". Do not split one file over several blocks."""
+
+VERDICT_FORMAT = """Answer with exactly one JSON object in a ```json fenced block and nothing after it:
+```json
+{"approved": false,
+ "summary": "one paragraph",
+ "issues": [{"severity": "critical|major|minor", "file": "path or empty",
+             "description": "what is wrong and how to fix it"}]}
+```
+Set "approved" to true only if the code is correct, complete and has no critical or major issue."""
+
+SYSTEM = {
+    AgentRole.ARCHITECT: (
+        "You are the Architect of a software team. Design a solution for the task: components, the files "
+        "to create with their responsibilities, key interfaces and data structures, edge cases. Be concrete "
+        "and brief; write no implementation code."
+    ),
+    AgentRole.CODER: (
+        "You are the Coder of a software team. Implement the Architect's design completely, with "
+        "production-quality code (error handling, types, docstrings). Output only the files.\n\n" + FILE_FORMAT
+    ),
+    AgentRole.REVIEWER: (
+        "You are the Reviewer of a software team. Review the code against the task and the design: "
+        "correctness, edge cases, security, clarity. Raise only concrete issues.\n\n" + VERDICT_FORMAT
+    ),
+    AgentRole.REFINER: (
+        "You are the Refiner of a software team. Fix every issue the Reviewer raised in the code, changing "
+        "nothing else. Output every file of the solution again in full, changed or not.\n\n" + FILE_FORMAT
+    ),
+    AgentRole.TESTER: (
+        "You are the Tester of a software team. Write thorough automated tests for the final code with the "
+        "language's usual test framework: normal cases, edge cases, errors. Output only test files.\n\n" + FILE_FORMAT
+    ),
+    AgentRole.DOCUMENTER: (
+        "You are the Documenter of a software team. Write the usage documentation for the final code: what "
+        "it does, how to install and run it, examples, the API. Your whole answer is the Markdown file "
+        "itself (it is saved as README.md), with no preamble and no outer code fence."
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StageInputs:
+    """What earlier stages produced, as text, for the prompt of the next one."""
+
+    task: str
+    context: dict[str, Any]
+    design: str = ""
+    code: str = ""
+    review: str = ""
+    tests: str = ""
+
+
+def user_prompt(role: AgentRole, inputs: StageInputs) -> str:
+    """The user message for an agent: the task, the context, and what it needs of earlier stages."""
+    parts = [f"# Task\n{inputs.task}"]
+    if inputs.context:
+        parts.append("# Context\n```json\n" + json.dumps(inputs.context, indent=2, sort_keys=True) + "\n```")
+    if role is not AgentRole.ARCHITECT and inputs.design:
+        parts.append(f"# Design (from the Architect)\n{inputs.design}")
+    if role in (AgentRole.REVIEWER, AgentRole.REFINER, AgentRole.TESTER, AgentRole.DOCUMENTER) and inputs.code:
+        parts.append(f"# Code\n{inputs.code}")
+    if role is AgentRole.REFINER and inputs.review:
+        parts.append(f"# Review to address\n{inputs.review}")
+    if role is AgentRole.DOCUMENTER and inputs.tests:
+        parts.append(f"# Tests\n{inputs.tests}")
+    return "\n\n".join(parts)

@@ -1,0 +1,302 @@
+"""Runs as things of their own: created, resumed after a restart, cancelled, watched, listed.
+
+A run's task belongs to the manager, not to the stream that started it, so it outlives every
+connection. On shutdown runs are interrupted (not cancelled) and resumed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import contextvars
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import structlog
+
+from facilitair.server.errors import FacilitairError, InvalidArgument, NotFound, OutOfRange, Unavailable, status_of
+from facilitair.server.eventlog import EventLog
+from facilitair.server.orchestrator import Pipeline, RunSpec, StageOutput, build_plan
+from facilitair.server.pricing import PriceTable
+from facilitair.server.providers import ProviderRegistry
+from facilitair.server.recorder import RunRecorder
+from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.store.base import EventStore, RunRow
+from facilitair.v1 import orchestrator_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+FINISHED_STATES = frozenset({pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+class RunManager:
+    """Owns the event log and every live run's task."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        providers: ProviderRegistry,
+        config: PipelineConfig,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.config = config
+        self.prices = PriceTable(config.price_overrides())
+        self.log = EventLog(store)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._by_request: dict[tuple[str, str], str] = {}
+        self._stopping = False
+        self._retention: asyncio.Task[None] | None = None
+
+    # -- life of the manager ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, start the writer, resume the runs a previous server left unfinished."""
+        await self.store.open()
+        self.log.start()
+        for row in await self.store.unfinished_runs():
+            await self._resume(row)
+        self._retention = asyncio.create_task(self._retention_loop(), name="retention")
+
+    async def stop(self) -> None:
+        """Interrupt every live run (checkpointed; resumed at the next start) and close the store."""
+        self._stopping = True
+        if self._retention is not None:
+            self._retention.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.log.stop()
+        await self.store.close()
+
+    @property
+    def active_runs(self) -> int:
+        """How many runs are live in this process."""
+        return len(self._tasks)
+
+    # -- starting and resuming runs ------------------------------------------------------------
+
+    async def create_run(self, spec: RunSpec, principal: str) -> str:
+        """Start a run (or find the one this idempotency key started) and return its id."""
+        if self._stopping:
+            raise Unavailable("the server is shutting down; retry against another instance or later")
+        key = (principal, spec.client_request_id)
+        if spec.client_request_id:
+            existing = self._by_request.get(key)
+            if existing is None:
+                row = await self.store.find_run(principal, spec.client_request_id)
+                existing = row.run_id if row is not None else self._by_request.get(key)
+            if existing is not None:
+                return existing
+        for model in set(spec.models.values()):
+            self.providers.get(model.provider)  # FailedPrecondition now, not mid-run
+        run_id = str(uuid.uuid4())
+        if spec.client_request_id:
+            self._by_request[key] = run_id
+        now = time.time()
+        summary = pb.RunSummary(run_id=run_id, state=pb.RUN_STATE_QUEUED, task=spec.task)
+        summary.created_at.FromNanoseconds(int(now * 1e9))
+        row = RunRow(
+            run_id,
+            principal,
+            spec.client_request_id,
+            pb.RUN_STATE_QUEUED,
+            now,
+            now,
+            None,
+            summary.SerializeToString(),
+            spec.to_json(),
+        )
+        self.log.update_run(row)
+        recorder = self._recorder(row, last_seq=0)
+        recorder.run_started(spec.task, build_plan(spec, self.prices))
+        await self.log.flush()
+        self._spawn(recorder, spec, {}, 0)
+        log.info(
+            "run_created", run_id=run_id, principal=principal, models={r.label: str(m) for r, m in spec.models.items()}
+        )
+        return run_id
+
+    async def _resume(self, row: RunRow) -> None:
+        """Continue a run a previous server left in flight, from its last completed stage."""
+        last_seq = await self.store.last_seq(row.run_id)
+        recorder = self._recorder(row, last_seq)
+        try:
+            spec = RunSpec.from_json(row.spec)
+            for model in set(spec.models.values()):
+                self.providers.get(model.provider)
+        except FacilitairError as exc:
+            recorder.failed(
+                grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                f"cannot resume the run: {exc.public_message}",
+                retryable=False,
+            )
+            await self.log.flush()
+            return
+        checkpoints = {c.stage: StageOutput.from_json(c.data) for c in await self.store.checkpoints(row.run_id)}
+        current = recorder.summary.current_stage
+        interrupted = current if current and current not in checkpoints else 0
+        if last_seq == 0:
+            recorder.run_started(spec.task, build_plan(spec, self.prices))
+        log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
+        self._spawn(recorder, spec, checkpoints, interrupted)
+
+    def _recorder(self, row: RunRow, last_seq: int) -> RunRecorder:
+        channel = self.log.open_channel(row.run_id, last_seq)
+        return RunRecorder(
+            self.log,
+            channel,
+            row,
+            thinking_interval=self.settings.thinking_interval,
+            heartbeat_interval=self.settings.heartbeat_interval,
+        )
+
+    def _spawn(self, rec: RunRecorder, spec: RunSpec, checkpoints: dict[int, StageOutput], interrupted: int) -> None:
+        pipeline = Pipeline(
+            spec, rec, self.providers, self.prices, self.config, checkpoints=checkpoints, interrupted_stage=interrupted
+        )
+        # A fresh context: the run outlives the RPC that started it and must not log as that RPC.
+        task = asyncio.create_task(self._drive(rec, pipeline), name=f"run-{rec.run_id}", context=contextvars.Context())
+        self._tasks[rec.run_id] = task
+
+    async def _drive(self, rec: RunRecorder, pipeline: Pipeline) -> None:
+        """Run the pipeline and end the run with exactly one terminal event (or interrupt it)."""
+        structlog.contextvars.bind_contextvars(run_id=rec.run_id)
+        started = time.monotonic()
+        finish: Callable[[], None]
+        rec.start_watchdog()
+        try:
+            try:
+                result = await pipeline.run()
+                finish = lambda: rec.completed(result, time.monotonic() - started)  # noqa: E731
+            except asyncio.CancelledError:
+                reason = self._cancel_reasons.pop(rec.run_id, None)
+                # No reason given means shutdown: the run is interrupted and resumes at the next start.
+                finish = rec.interrupted if reason is None else lambda: rec.cancelled(reason)
+            except Exception as exc:
+                code, message = status_of(exc)
+                if not isinstance(exc, FacilitairError):
+                    log.exception("run_crashed")
+                retryable = bool(getattr(exc, "retryable", False))
+                finish = lambda: rec.failed(code.value[0], message, retryable=retryable)  # noqa: E731
+            await rec.stop_watchdog()
+            finish()
+            await self.log.flush()
+            if rec.summary.state == pb.RUN_STATE_INTERRUPTED:
+                self.log.close_channel(rec.channel)
+            u = rec.usage
+            log.info(
+                "run_finished",
+                state=pb.RunState.Name(rec.summary.state),
+                seconds=round(time.monotonic() - started, 3),
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cost_usd=round(u.cost_usd, 6),
+                last_seq=rec.channel.next_seq - 1,
+            )
+        finally:
+            await rec.stop_watchdog()
+            self._tasks.pop(rec.run_id, None)
+            self._cancel_reasons.pop(rec.run_id, None)
+
+    # -- asking about runs ----------------------------------------------------------------------
+
+    async def _owned(self, run_id: str, principal: str) -> RunRow:
+        """The run, or NotFound, the same whether it does not exist or belongs to someone else."""
+        row = await self.store.get_run(run_id) if _looks_like_id(run_id) else None
+        if row is None or row.principal != principal:
+            raise NotFound(f"run {run_id[:64]!r} not found")
+        return row
+
+    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[pb.RunEvent]]:
+        """Check the request, then return the run's events after `after_seq` until its end."""
+        row = await self._owned(run_id, principal)
+        channel = self.log.channel(run_id)
+        last = channel.committed_seq if channel is not None else await self.store.last_seq(run_id)
+        if after_seq > last:
+            where = "finished " if row.state in FINISHED_STATES else ""
+            raise OutOfRange(f"after_seq {after_seq} is past the last event ({last}) of this {where}run")
+        return self.log.watch(run_id, after_seq)
+
+    async def get_run(self, run_id: str, principal: str) -> pb.RunSummary:
+        """The run's summary with its live progress."""
+        row = await self._owned(run_id, principal)
+        return await self._summary(row, with_result=True)
+
+    async def _summary(self, row: RunRow, *, with_result: bool) -> pb.RunSummary:
+        summary = pb.RunSummary.FromString(row.summary)
+        channel = self.log.channel(row.run_id)
+        summary.last_seq = channel.committed_seq if channel is not None else await self.store.last_seq(row.run_id)
+        if not with_result:
+            summary.ClearField("result")
+        return summary
+
+    async def list_runs(
+        self, principal: str, state: int, page_size: int, page_token: str
+    ) -> tuple[list[pb.RunSummary], str]:
+        """One page of the principal's runs, newest first, and the next page's token."""
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        before = _decode_token(page_token) if page_token else None
+        rows = await self.store.list_runs(principal, state or None, before, size + 1)
+        page = [await self._summary(r, with_result=False) for r in rows[:size]]
+        token = _encode_token(rows[size - 1]) if len(rows) > size else ""
+        return page, token
+
+    async def cancel_run(
+        self, run_id: str, principal: str, reason: str = "cancelled by a client request"
+    ) -> pb.RunSummary:
+        """Cancel a live run and wait for its run_cancelled event; a finished run is returned as it is."""
+        await self._owned(run_id, principal)
+        task = self._tasks.get(run_id)
+        if task is not None and not task.done():
+            self._cancel_reasons.setdefault(run_id, reason)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        row = await self._owned(run_id, principal)
+        return await self._summary(row, with_result=True)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            cutoff = time.time() - self.settings.retention_days * 86400
+            try:
+                removed = await self.store.delete_finished_before(cutoff)
+                if removed:
+                    log.info("runs_expired", removed=removed, retention_days=self.settings.retention_days)
+            except Exception:
+                log.exception("retention_failed")
+            await asyncio.sleep(self.settings.retention_check_seconds)
+
+
+def _looks_like_id(run_id: str) -> bool:
+    try:
+        uuid.UUID(run_id)
+    except ValueError:
+        return False
+    return True
+
+
+def _encode_token(row: RunRow) -> str:
+    return base64.urlsafe_b64encode(json.dumps([row.created_at, row.run_id]).encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[float, str]:
+    try:
+        created_at, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(run_id, str) or not isinstance(created_at, int | float):
+            raise TypeError
+    except (ValueError, TypeError, UnicodeError):
+        raise InvalidArgument("page_token", "not a token returned by ListRuns") from None
+    return float(created_at), run_id

@@ -1,0 +1,118 @@
+"""The grpc.aio server: our service, health, reflection, keepalive for long streams, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from facilitair.server.logging_setup import configure_logging
+from facilitair.server.providers import ProviderRegistry
+from facilitair.server.runs import RunManager
+from facilitair.server.servicer import OrchestratorServicer
+from facilitair.server.settings import ConfigError, PipelineConfig, Settings
+from facilitair.server.store.base import EventStore
+from facilitair.server.store.sqlite import SqliteStore
+from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+# Keepalive for streams that last many minutes (see README "Long streams"). The server pings an
+# idle connection every 60 s and drops it if no answer comes in 20 s. It accepts client pings as
+# often as every 10 s, which is below the 30 s our client uses, so a client is never sent
+# GOAWAY too_many_pings; a stream quiet at the HTTP/2 level is still kept alive by our heartbeats.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_connection_idle_ms", 300_000),
+    # Requests are small (a task and some context); large ones are refused before they are parsed.
+    ("grpc.max_receive_message_length", 1024 * 1024),
+]
+
+
+@dataclass
+class RunningServer:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    runs: RunManager
+    health: health_aio.HealthServicer
+    providers: ProviderRegistry
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first, refuse new runs, end streams after `grace`, then interrupt runs."""
+        await self.health.enter_graceful_shutdown()
+        self.runs._stopping = True
+        try:
+            await self.server.stop(grace)
+        finally:
+            await self.runs.stop()
+            await self.providers.aclose()
+
+
+async def create_server(
+    settings: Settings,
+    *,
+    providers: ProviderRegistry | None = None,
+    store: EventStore | None = None,
+    config: PipelineConfig | None = None,
+) -> RunningServer:
+    """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned)."""
+    config = config if config is not None else PipelineConfig.load(settings.pipeline)
+    providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
+    runs = RunManager(settings, store if store is not None else SqliteStore(settings.db), providers, config)
+    await runs.start()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+        OrchestratorServicer(runs, settings, config), server
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        await runs.stop()
+        raise ConfigError(f"cannot listen on {settings.listen}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, runs, health, providers)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    configure_logging(settings.log_level, settings.log_format)
+    running = await create_server(settings)
+    host = settings.listen.rpartition(":")[0]
+    log.info(
+        "serving",
+        address=f"{host}:{running.port}",
+        port=running.port,
+        db=str(settings.db),
+        providers=running.providers.names(),
+        default_model=settings.model,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping", grace_seconds=settings.grace_seconds, active_runs=running.runs.active_runs)
+    finally:
+        await running.stop(settings.grace_seconds)
+        log.info("stopped")

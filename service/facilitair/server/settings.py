@@ -1,0 +1,158 @@
+"""Server settings: flags and FACILITAIR_* environment (pydantic-settings), plus the pipeline file.
+
+Provider credentials use the SDKs' own variables (OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY,
+ANTHROPIC_BASE_URL) so that a machine already set up for the SDKs needs nothing more.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from facilitair.server.domain import AgentRole, ModelRef
+from facilitair.server.errors import InvalidArgument
+from facilitair.server.pricing import Price
+
+
+def _check_model(text: str, field: str) -> str:
+    """Validate "provider:model" for pydantic, which only turns ValueError into a validation error."""
+    try:
+        ModelRef.parse(text, field=field)
+    except InvalidArgument as exc:
+        raise ValueError(exc.violations[0][1]) from None
+    return text
+
+
+def default_db_path() -> Path:
+    """The SQLite file in the user's data directory."""
+    return Path(platformdirs.user_data_dir("facilitair")) / "facilitair.sqlite3"
+
+
+class AgentConfig(BaseModel):
+    """One agent's settings in the pipeline file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_tokens: int = Field(default=4096, ge=16, le=64_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    @field_validator("model")
+    @classmethod
+    def _valid_model(cls, v: str | None) -> str | None:
+        return None if v is None else _check_model(v, "model")
+
+
+class PriceConfig(BaseModel):
+    """A price override in the pipeline file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class PipelineConfig(BaseModel):
+    """The pipeline file (TOML): per-agent models, the refinement bound, price overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_refinements: int = Field(default=2, ge=0, le=10)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+
+    @field_validator("agents")
+    @classmethod
+    def _known_agents(cls, v: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
+        for name in v:
+            try:
+                AgentRole.from_label(name, field=f"agents.{name}")
+            except InvalidArgument as exc:
+                raise ValueError(exc.violations[0][1]) from None
+        return v
+
+    @field_validator("prices")
+    @classmethod
+    def _valid_price_keys(cls, v: dict[str, PriceConfig]) -> dict[str, PriceConfig]:
+        for name in v:
+            _check_model(name, f"prices.{name}")
+        return v
+
+    def agent(self, role: AgentRole) -> AgentConfig:
+        """The settings of one agent (defaults when the file says nothing of it)."""
+        return self.agents.get(role.label) or AgentConfig()
+
+    def price_overrides(self) -> dict[str, Price]:
+        """Price overrides keyed by normalised "provider:model"."""
+        return {
+            str(ModelRef.parse(k, field="prices")): Price(p.input_per_mtok, p.output_per_mtok)
+            for k, p in self.prices.items()
+        }
+
+    @classmethod
+    def load(cls, path: Path | None) -> PipelineConfig:
+        """Read and validate the file; errors name the file and the bad key."""
+        if path is None:
+            return cls()
+        try:
+            data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+            return cls.model_validate(data)
+        except OSError as exc:
+            raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"pipeline file {path} is not valid TOML: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"pipeline file {path}: {problems}") from None
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which key and why."""
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start."""
+
+    model_config = SettingsConfigDict(env_prefix="FACILITAIR_", extra="ignore", populate_by_name=True)
+
+    listen: str = "127.0.0.1:50051"
+    db: Path = Field(default_factory=default_db_path)
+    model: str = "openai:gpt-4.1-mini"
+    pipeline: Path | None = None
+    thinking_interval: float = Field(default=2.0, gt=0, le=60)
+    heartbeat_interval: float = Field(default=5.0, gt=0, le=60)
+    grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    log_level: str = "info"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    retention_days: float = Field(default=7.0, gt=0)
+    retention_check_seconds: float = Field(default=3600.0, gt=0)
+    max_refinements: int | None = Field(default=None, ge=0, le=10)
+    provider_max_retries: int = Field(default=2, ge=0, le=10)
+    provider_timeout: float = Field(default=600.0, gt=0)
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
+    anthropic_base_url: str | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL"))
+
+    @field_validator("model")
+    @classmethod
+    def _valid_model(cls, v: str) -> str:
+        return _check_model(v, "FACILITAIR_MODEL")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not HOST:PORT")
+        return v
+
+    def default_model(self) -> ModelRef:
+        """The server-wide default model."""
+        return ModelRef.parse(self.model, field="FACILITAIR_MODEL")

@@ -1,0 +1,1 @@
+"""Storage of runs, events and checkpoints."""
