@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -73,7 +73,7 @@ class Client:
         cancel_on_disconnect: bool = False,
         client_request_id: str | None = None,
         resume: bool = True,
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         """Start a run and yield its events until the terminal one, resuming across disconnects."""
         request = pb.CollaborateRequest(
             task=task,
@@ -96,7 +96,7 @@ class Client:
         async for event in self._follow(opener, "", 0, resume):
             yield event
 
-    async def watch(self, run_id: str, after_seq: int = 0, *, resume: bool = True) -> AsyncIterator[pb.RunEvent]:
+    async def watch(self, run_id: str, after_seq: int = 0, *, resume: bool = True) -> AsyncGenerator[pb.RunEvent, None]:
         """Yield a run's events after `after_seq` until its terminal event, resuming across disconnects."""
 
         def opener(after: int, rid: str) -> AsyncIterable[Any]:
@@ -107,7 +107,7 @@ class Client:
 
     async def _follow(
         self, opener: Callable[[int, str], AsyncIterable[Any]], run_id: str, after_seq: int, resume: bool
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         last_seq = after_seq
         attempt = 0
         broken_since: float | None = None

@@ -60,6 +60,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self._runs = runs
         self._settings = settings
         self._config = config
+        self._background: set[asyncio.Task[None]] = set()
 
     async def Collaborate(
         self, request: pb.CollaborateRequest, context: grpc.aio.ServicerContext[object, object]
@@ -83,7 +84,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         except asyncio.CancelledError:
             # The client went away (cancelled, deadline, connection lost): the run follows on_disconnect.
             if spec.on_disconnect == pb.ON_DISCONNECT_CANCEL:
-                asyncio.get_running_loop().create_task(self._cancel_detached(run_id, principal))
+                task = asyncio.get_running_loop().create_task(self._cancel_detached(run_id, principal))
+                self._background.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._background.discard)
             raise
         finally:
             log.info("stream_closed", complete=ended)

@@ -1,0 +1,337 @@
+"""The `facilitair` command: serve, run, watch, status, runs, cancel.
+
+Exit codes: 0 completed, 1 run failed or cancelled (or the server refused the request), 2 usage
+error, 3 server unavailable, 4 not authenticated, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from facilitair.cli.output import OutputDir
+from facilitair.cli.render import JsonlRenderer, PlainRenderer, PrettyRenderer, Renderer, agent_name, money
+from facilitair.client import Client, FacilitairError, StatusCode
+from facilitair.v1 import orchestrator_pb2 as pb
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_UNAUTHENTICATED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def exit_code_for(err: FacilitairError) -> int:
+    """The exit code for a failed call."""
+    if err.code == StatusCode.UNAVAILABLE:
+        return EXIT_UNAVAILABLE
+    if err.code == StatusCode.UNAUTHENTICATED:
+        return EXIT_UNAUTHENTICATED
+    if err.code == StatusCode.INVALID_ARGUMENT:
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _renderer(fmt: str | None) -> Renderer:
+    fmt = fmt or ("pretty" if sys.stdout.isatty() else "plain")
+    if fmt == "jsonl":
+        return JsonlRenderer()
+    if fmt == "plain":
+        return PlainRenderer()
+    return PrettyRenderer()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facilitair", description="Run a team of LLM agents on a coding task.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--listen", help="HOST:PORT (env FACILITAIR_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--db", help="SQLite file (env FACILITAIR_DB, default in the user data directory)")
+    serve.add_argument("--model", help="default model provider:model (env FACILITAIR_MODEL)")
+    serve.add_argument("--pipeline", help="pipeline config file, TOML (env FACILITAIR_PIPELINE)")
+    serve.add_argument("--log-format", choices=("auto", "json", "console"), help="env FACILITAIR_LOG_FORMAT")
+    serve.add_argument("--log-level", help="debug, info, warning (env FACILITAIR_LOG_LEVEL)")
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--target",
+            default=os.environ.get("FACILITAIR_TARGET", DEFAULT_TARGET),
+            help="server HOST:PORT (env FACILITAIR_TARGET)",
+        )
+
+    def stream_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--format", choices=("pretty", "plain", "jsonl"), help="default: pretty on a terminal, plain otherwise"
+        )
+        p.add_argument("--output-dir", type=Path, help="write the final files, run.json and events.jsonl here")
+        p.add_argument(
+            "--reconnect-timeout",
+            type=float,
+            default=60.0,
+            help="give up (exit 3) after this many seconds without the server (default 60)",
+        )
+
+    run = sub.add_parser("run", help="start a run and follow it")
+    run.add_argument("task", help="the coding task")
+    client_args(run)
+    stream_args(run)
+    run.add_argument("--model", default="", help="provider:model for every agent")
+    run.add_argument(
+        "--agent-model",
+        action="append",
+        default=[],
+        metavar="AGENT=PROVIDER:MODEL",
+        help="model for one agent (repeatable), e.g. coder=anthropic:claude-sonnet-4-5",
+    )
+    run.add_argument("--context", help='JSON object, e.g. \'{"language": "python"}\'')
+    run.add_argument("--max-refinements", type=int, help="bound on refinement rounds")
+    run.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
+    run.add_argument("--request-id", help="idempotency key: retrying with it attaches to the same run")
+
+    watch = sub.add_parser("watch", help="follow a run (replays what you missed)")
+    watch.add_argument("run_id")
+    watch.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after this seq")
+    client_args(watch)
+    stream_args(watch)
+
+    for name, text in (("status", "show a run"), ("cancel", "cancel a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run_id")
+        client_args(p)
+        p.add_argument("--json", action="store_true", help="print the run as JSON")
+
+    runs = sub.add_parser("runs", help="list your runs, newest first")
+    client_args(runs)
+    runs.add_argument("--state", choices=[n.removeprefix("RUN_STATE_").lower() for n in pb.RunState.keys()[1:]])
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--page-token", default="")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _context(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--context is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--context must be a JSON object")
+    return value
+
+
+def _agent_models(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        agent, sep, model = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--agent-model {pair!r} is not AGENT=PROVIDER:MODEL")
+        out[agent.strip()] = model.strip()
+    return out
+
+
+class UsageError(Exception):
+    """A command line the CLI can refuse before asking the server."""
+
+
+async def _follow(
+    client: Client, events: AsyncIterator[pb.RunEvent], renderer: Renderer, output: OutputDir | None
+) -> int:
+    """Show every event; return the exit code the run's end calls for."""
+    try:
+        async for event in events:
+            renderer.event(event)
+            if output is not None:
+                output.event(event)
+    finally:
+        renderer.close()
+        if output is not None:
+            for path in output.finish(renderer.view.final):
+                renderer.note(f"wrote {output.root / path}")
+    final = renderer.view.final
+    return EXIT_OK if final is not None and final.WhichOneof("payload") == "run_completed" else EXIT_FAILED
+
+
+async def _run(args: argparse.Namespace) -> int:
+    renderer = _renderer(args.format)
+    output = OutputDir(args.output_dir) if args.output_dir else None
+    async with Client(args.target, reconnect_timeout=args.reconnect_timeout) as client:
+        client.on_reconnect = lambda n, delay, err: renderer.note(
+            f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
+        )
+        events = client.collaborate(
+            args.task,
+            context=_context(args.context),
+            model=args.model,
+            agent_models=_agent_models(args.agent_model),
+            max_refinements=args.max_refinements,
+            client_request_id=args.request_id,
+        )
+        if args.detach:
+            first = await anext(events)
+            await events.aclose()
+            print(first.run_id)
+            return EXIT_OK
+        return await _interruptible(client, events, renderer, output, cancel_on_interrupt=True)
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    renderer = _renderer(args.format)
+    output = OutputDir(args.output_dir) if args.output_dir else None
+    async with Client(args.target, reconnect_timeout=args.reconnect_timeout) as client:
+        client.on_reconnect = lambda n, delay, err: renderer.note(
+            f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
+        )
+        events = client.watch(args.run_id, args.after)
+        return await _interruptible(client, events, renderer, output, cancel_on_interrupt=False, run_id=args.run_id)
+
+
+async def _interruptible(
+    client: Client,
+    events: AsyncIterator[pb.RunEvent],
+    renderer: Renderer,
+    output: OutputDir | None,
+    *,
+    cancel_on_interrupt: bool,
+    run_id: str = "",
+) -> int:
+    """Follow a run; Ctrl-C cancels it (run) or detaches (watch); a second Ctrl-C quits at once."""
+    loop = asyncio.get_running_loop()
+    follow = asyncio.ensure_future(_follow(client, events, renderer, output))
+    presses = 0
+    background: set[asyncio.Task[None]] = set()
+
+    async def cancel(current: str) -> None:
+        try:
+            await client.cancel_run(current)
+        except FacilitairError as err:
+            renderer.note(f"could not cancel run {current}: {err.code.name}: {err.message}")
+
+    def on_sigint() -> None:
+        nonlocal presses
+        presses += 1
+        current = renderer.view.run_id or run_id
+        if cancel_on_interrupt and presses == 1 and current:
+            renderer.note(f"cancelling run {current}... (Ctrl-C again to quit and leave it running)")
+            task = loop.create_task(cancel(current))
+            background.add(task)
+            task.add_done_callback(background.discard)
+            return
+        follow.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        code = await follow
+    except asyncio.CancelledError:
+        current = renderer.view.run_id or run_id
+        if current:
+            renderer.note(f"detached; the run goes on. Watch it again with: facilitair watch {current}")
+        return EXIT_INTERRUPTED
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if presses:
+        final = renderer.view.final
+        if final is not None and final.WhichOneof("payload") == "run_cancelled":
+            renderer.note(f"run cancelled. See it with: facilitair status {final.run_id}")
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(json_format.MessageToDict(run), indent=2))
+        return
+    state = pb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+    print(f"run      {run.run_id}\nstate    {state}\ntask     {run.task}")
+    if run.current_stage:
+        print(f"stage    {run.current_stage} ({agent_name(run.current_agent)})")
+    print(
+        f"events   {run.last_seq}\nusage    {run.usage.input_tokens} in / {run.usage.output_tokens} out tokens, "
+        f"{money(run.usage)}"
+    )
+    if run.HasField("failure"):
+        print(f"failure  {run.failure.message}")
+    for artifact in run.result.artifacts:
+        print(f"file     {artifact.path}")
+
+
+async def _unary(args: argparse.Namespace) -> int:
+    async with Client(args.target) as client:
+        if args.command == "status":
+            _print_summary(await client.get_run(args.run_id), args.json)
+        elif args.command == "cancel":
+            run = await client.cancel_run(args.run_id)
+            _print_summary(run, args.json)
+        else:
+            state = pb.RunState.Value("RUN_STATE_" + args.state.upper()) if args.state else 0
+            runs, token = await client.list_runs(state=state, page_size=args.limit, page_token=args.page_token)
+            if args.json:
+                print(json.dumps({"runs": [json_format.MessageToDict(r) for r in runs], "next_page_token": token}))
+                return EXIT_OK
+            for r in runs:
+                created = r.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+                state_name = pb.RunState.Name(r.state).removeprefix("RUN_STATE_").lower()
+                print(f"{r.run_id}  {created}  {state_name:<11}  {money(r.usage):>9}  {r.task[:60]}")
+            if token:
+                print(f"more: facilitair runs --page-token {token}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from facilitair.server.__main__ import main as serve_main  # noqa: PLC0415 - the server is optional
+    except ImportError as exc:
+        print(f"facilitair: the server is not installed here ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_USAGE
+    for flag, env in (
+        ("listen", "LISTEN"),
+        ("db", "DB"),
+        ("model", "MODEL"),
+        ("pipeline", "PIPELINE"),
+        ("log_format", "LOG_FORMAT"),
+        ("log_level", "LOG_LEVEL"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[f"FACILITAIR_{env}"] = str(value)
+    return serve_main()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `facilitair` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        if args.command == "watch":
+            return asyncio.run(_watch(args))
+        return asyncio.run(_unary(args))
+    except UsageError as exc:
+        print(f"facilitair: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FacilitairError as err:
+        print(f"facilitair: {err.code.name}: {err.message}", file=sys.stderr)
+        for field, description in err.field_violations:
+            print(f"  {field}: {description}", file=sys.stderr)
+        return exit_code_for(err)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly; the run goes on on the server.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""`python -m facilitair.server`: serve with settings from FACILITAIR_* and the SDKs' variables only."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from facilitair.server.server import serve
+from facilitair.server.settings import ConfigError, Settings
+
+
+def main() -> int:
+    """Serve until SIGINT/SIGTERM; exit 2 on a configuration error."""
+    try:
+        settings = Settings()
+        asyncio.run(serve(settings))
+    except (ConfigError, ValidationError) as exc:
+        print(f"facilitair: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
