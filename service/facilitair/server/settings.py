@@ -33,6 +33,9 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("facilitair")) / "facilitair.sqlite3"
 
 
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
+
+
 class AgentConfig(BaseModel):
     """One agent's settings in the pipeline file."""
 
@@ -154,5 +157,7 @@ class Settings(BaseSettings):
         return v
 
     def default_model(self) -> ModelRef:
-        """The server-wide default model."""
+        """The server-wide default model; unset, it follows the one provider that has a key."""
+        if "model" not in self.model_fields_set and self.openai_api_key is None and self.anthropic_api_key is not None:
+            return ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)
         return ModelRef.parse(self.model, field="FACILITAIR_MODEL")

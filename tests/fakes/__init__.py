@@ -1,0 +1,1 @@
+"""Fake services that the tests run in-process in place of real vendors."""

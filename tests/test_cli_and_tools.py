@@ -1,0 +1,219 @@
+"""The surfaces people and generic tools use: the `facilitair` CLI in each format, and `buf curl`.
+
+Both run as real subprocesses against a real server on 127.0.0.1:0 whose provider is a fake
+OpenAI server speaking the real wire format; subprocesses are awaited with asyncio so the server
+and the fake keep running on this loop meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facilitair.server.server import RunningServer, create_server
+from facilitair.server.settings import Settings
+from tests.fakes.providers import FakeOpenAI, Reply
+
+BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
+CODE = "def reverse(s: str) -> str:\n    return s[::-1]\n"
+TEST = "from reverse import reverse\n\n\ndef test_reverse() -> None:\n    assert reverse('ab') == 'ba'\n"
+DESIGN = ["One ", "function ", "reverse(s)."]
+DOCS = ["# reverse\n", "Call `reverse(s)`.\n"]
+
+
+def reply_for(body: dict[str, Any]) -> Reply:
+    """Pick the scripted reply by the agent named in the system prompt."""
+    system = str(body["messages"][0]["content"])
+    if "You are the Reviewer" in system:
+        return Reply(chunks=['```json\n{"approved": true, "summary": "ok", "issues": []}\n```'])
+    if "You are the Coder" in system:
+        return Reply(chunks=["File: reverse.py\n```python\n", CODE, "```\n"], input_tokens=200, output_tokens=30)
+    if "You are the Tester" in system:
+        return Reply(chunks=["File: test_reverse.py\n```python\n", TEST, "```\n"])
+    if "You are the Documenter" in system:
+        return Reply(chunks=DOCS)
+    return Reply(chunks=DESIGN, input_tokens=100, output_tokens=3)
+
+
+@dataclass
+class Live:
+    """A running server with its fake provider."""
+
+    server: RunningServer
+    fake: FakeOpenAI
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    """A server on 127.0.0.1:0 backed by a fake OpenAI."""
+    async with FakeOpenAI(reply_for) as fake:
+        settings = Settings(
+            listen="127.0.0.1:0",
+            db=tmp_path / "facilitair.sqlite3",
+            OPENAI_API_KEY=fake.api_key,
+            OPENAI_BASE_URL=fake.base_url,
+        )
+        server = await create_server(settings)
+        try:
+            yield Live(server, fake)
+        finally:
+            await server.stop(0)
+
+
+async def run_cli(live: Live | None, *args: str, target: str | None = None) -> tuple[int, str, str]:
+    """Run the installed CLI in a subprocess; return (exit code, stdout, stderr)."""
+    env = {**os.environ, "FACILITAIR_TARGET": target or (live.target if live else "127.0.0.1:1")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "facilitair.cli.main", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def json_documents(text: str) -> list[dict[str, Any]]:
+    """Split concatenated (pretty-printed) JSON documents, as buf curl prints a stream."""
+    decoder = json.JSONDecoder()
+    docs, pos = [], 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        doc, pos = decoder.raw_decode(text, pos)
+        docs.append(doc)
+    return docs
+
+
+async def test_cli_jsonl_streams_every_event_once_in_order(live: Live) -> None:
+    code, out, _ = await run_cli(live, "run", "Write a function that reverses a string", "--format", "jsonl")
+    assert code == 0
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
+    assert "runStarted" in events[0]
+    assert "runCompleted" in events[-1]
+    coder_stage = next(
+        e["stageStarted"]["stage"] for e in events if e.get("stageStarted", {}).get("agent") == "AGENT_CODER"
+    )
+    coder_text = "".join(e["tokenDelta"]["text"] for e in events if e.get("tokenDelta", {}).get("stage") == coder_stage)
+    assert coder_text == f"File: reverse.py\n```python\n{CODE}```\n"
+
+
+async def test_cli_plain_output_and_output_dir(live: Live, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    code, out, err = await run_cli(live, "run", "reverse a string", "--format", "plain", "--output-dir", str(out_dir))
+    assert code == 0, err
+    assert "\x1b[" not in out  # no escape codes in plain
+    lines = out.splitlines()
+    headers = [line for line in lines if line.startswith("== [")]
+    assert headers == [
+        "== [1] Architect - openai:gpt-4.1-mini",
+        "== [2] Coder - openai:gpt-4.1-mini",
+        "== [3] Reviewer - openai:gpt-4.1-mini",
+        "== [4] Tester - openai:gpt-4.1-mini",
+        "== [5] Documenter - openai:gpt-4.1-mini",
+    ]
+    assert "One function reverse(s)." in out
+    assert "Review: approved" in out
+    assert any(line.startswith("Run completed") for line in lines)
+    assert (out_dir / "reverse.py").read_text() == CODE
+    assert (out_dir / "test_reverse.py").read_text() == TEST
+    assert (out_dir / "README.md").read_text() == "".join(DOCS)
+    assert (out_dir / "DESIGN.md").read_text() == "".join(DESIGN)
+    events = [json.loads(line) for line in (out_dir / "events.jsonl").read_text().splitlines()]
+    assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
+    run = json.loads((out_dir / "run.json").read_text())
+    # Architect 100 + Coder 200 + Reviewer, Tester, Documenter 11 each, as the fake reported them.
+    assert run["runCompleted"]["usage"]["inputTokens"] == "333"
+
+
+async def test_cli_pretty_format_completes_with_summary_table(live: Live) -> None:
+    code, out, _ = await run_cli(live, "run", "reverse a string", "--format", "pretty")
+    assert code == 0
+    assert "Architect" in out and "Documenter" in out
+    assert "Stages" in out  # the summary table's title
+    assert CODE.splitlines()[1].strip() in out
+
+
+async def test_cli_exit_codes(live: Live) -> None:
+    code, _, err = await run_cli(live, "run", "   ")
+    assert code == 2
+    assert "task" in err
+    code, _, err = await run_cli(live, "run", "x", "--context", "[1, 2]")
+    assert code == 2
+    assert "--context must be a JSON object" in err
+    code, _, err = await run_cli(live, "run", "x", "--model", "anthropic:claude-sonnet-4-5")
+    assert code == 1
+    assert "ANTHROPIC_API_KEY" in err
+    code, _, err = await run_cli(live, "watch", "00000000-0000-0000-0000-000000000000")
+    assert code == 1
+    assert "NOT_FOUND" in err
+    code, _, err = await run_cli(None, "runs")
+    assert code == 3
+    assert "UNAVAILABLE" in err
+
+
+async def test_cli_detach_then_watch_status_runs(live: Live, tmp_path: Path) -> None:
+    code, out, _ = await run_cli(live, "run", "reverse a string", "--detach")
+    assert code == 0
+    run_id = out.strip()
+    code, out, _ = await run_cli(live, "watch", run_id, "--format", "jsonl")
+    assert code == 0
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert events[0]["seq"] == "1"
+    assert "runCompleted" in events[-1]
+    code, out, _ = await run_cli(live, "watch", run_id, "--after", "3", "--format", "jsonl")
+    assert code == 0
+    assert [int(json.loads(line)["event"]["seq"]) for line in out.splitlines()] == list(range(4, len(events) + 1))
+    code, out, _ = await run_cli(live, "status", run_id, "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert status["state"] == "RUN_STATE_COMPLETED"
+    assert status["lastSeq"] == str(len(events))
+    code, out, _ = await run_cli(live, "runs")
+    assert code == 0
+    assert run_id in out and "completed" in out
+
+
+async def test_buf_curl_reflection_health_and_collaborate(live: Live) -> None:
+    assert BUF is not None, "buf comes with `pip install -e .[dev]` (the buf-bin package)"
+
+    async def buf_curl(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    base = f"http://{live.target}"
+    services = (await buf_curl("--list-services", base)).split()
+    assert services == [
+        "facilitair.v1.OrchestratorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    assert json_documents(await buf_curl(f"{base}/grpc.health.v1.Health/Check")) == [{"status": "SERVING"}]
+    body = json.dumps({"task": "Write a function that reverses a string", "context": {"language": "python"}})
+    docs = json_documents(await buf_curl("-d", body, f"{base}/facilitair.v1.OrchestratorService/Collaborate"))
+    events = [d["event"] for d in docs]
+    assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
+    assert "runStarted" in events[0]
+    assert "runCompleted" in events[-1]
+    paths = {a["path"] for a in events[-1]["runCompleted"]["result"]["artifacts"]}
+    assert paths == {"DESIGN.md", "reverse.py", "test_reverse.py", "README.md"}
+    assert '"language": "python"' in live.fake.requests[0]["messages"][1]["content"]
