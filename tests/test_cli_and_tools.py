@@ -143,7 +143,8 @@ async def test_cli_plain_output_and_output_dir(live: Live, tmp_path: Path) -> No
 async def test_cli_pretty_format_completes_with_summary_table(live: Live) -> None:
     code, out, _ = await run_cli(live, "run", "reverse a string", "--format", "pretty")
     assert code == 0
-    assert "Architect" in out and "Documenter" in out
+    assert "Architect" in out
+    assert "Documenter" in out
     assert "Stages" in out  # the summary table's title
     assert CODE.splitlines()[1].strip() in out
 
@@ -185,7 +186,8 @@ async def test_cli_detach_then_watch_status_runs(live: Live, tmp_path: Path) -> 
     assert status["lastSeq"] == str(len(events))
     code, out, _ = await run_cli(live, "runs")
     assert code == 0
-    assert run_id in out and "completed" in out
+    assert run_id in out
+    assert "completed" in out
 
 
 async def test_buf_curl_reflection_health_and_collaborate(live: Live) -> None:
