@@ -71,7 +71,7 @@ class RunRecorder:
     def token(self, stage: int, text: str) -> None:
         """A text delta, exactly as the provider streamed it (the hot path)."""
         if self._waiting_stage:
-            self._waiting_stage = 0
+            self._stop_waiting()
         self.emit(pb.RunEvent(token_delta=pb.TokenDelta(stage=stage, text=text)))
 
     def run_started(self, task: str, plan: pb.Plan) -> None:
@@ -97,7 +97,13 @@ class RunRecorder:
 
     def answered(self) -> None:
         """The model answered (or failed): no more thinking events."""
-        self._waiting_stage = 0
+        self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting_stage:
+            self._waiting_stage = 0
+            # The watchdog sleeps until the next thinking event; a heartbeat may now be due sooner.
+            self._rearm.set()
 
     def stage_completed(self, done: pb.StageCompleted, usage: UsageTotals, checkpoint: str) -> None:
         """A stage ends: its usage counts, and its output is checkpointed in the same commit."""
@@ -205,8 +211,11 @@ class RunRecorder:
                     self.emit(pb.RunEvent(heartbeat=pb.Heartbeat(stage=self.summary.current_stage)))
                     continue
             self._rearm.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives in the same loop
+            # iteration as the event is set, and stop_watchdog() would then wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rearm.wait(), due - now)
+                async with asyncio.timeout(due - now):
+                    await self._rearm.wait()
 
 
 def stage_agent(role: AgentRole) -> pb.Agent.ValueType:
