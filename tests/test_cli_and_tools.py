@@ -156,7 +156,7 @@ async def test_cli_exit_codes(live: Live) -> None:
     code, _, err = await run_cli(live, "run", "x", "--context", "[1, 2]")
     assert code == 2
     assert "--context must be a JSON object" in err
-    code, _, err = await run_cli(live, "run", "x", "--model", "anthropic:claude-sonnet-4-5")
+    code, _, err = await run_cli(live, "run", "x", "--model", "anthropic:claude-sonnet-4-6")
     assert code == 1
     assert "ANTHROPIC_API_KEY" in err
     code, _, err = await run_cli(live, "watch", "00000000-0000-0000-0000-000000000000")

@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="AGENT=PROVIDER:MODEL",
-        help="model for one agent (repeatable), e.g. coder=anthropic:claude-sonnet-4-5",
+        help="model for one agent (repeatable), e.g. coder=anthropic:claude-sonnet-4-6",
     )
     run.add_argument("--context", help='JSON object, e.g. \'{"language": "python"}\'')
     run.add_argument("--max-refinements", type=int, help="bound on refinement rounds")

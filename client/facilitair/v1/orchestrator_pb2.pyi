@@ -201,7 +201,7 @@ class CollaborateRequest(_message.Message):
     """The coding task in plain language. Required, not blank."""
     model: _builtins.str
     """Optional model for every agent, as "provider:model", for example
-    "openai:gpt-4.1-mini" or "anthropic:claude-sonnet-4-5". Empty: the
+    "openai:gpt-4.1-mini" or "anthropic:claude-sonnet-4-6". Empty: the
     server's pipeline configuration decides.
     """
     max_refinements: _builtins.int

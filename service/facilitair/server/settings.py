@@ -33,7 +33,7 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("facilitair")) / "facilitair.sqlite3"
 
 
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
 
 
 class AgentConfig(BaseModel):
