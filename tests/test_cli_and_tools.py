@@ -60,11 +60,13 @@ class Live:
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
     """A server on 127.0.0.1:0 backed by a fake OpenAI."""
     async with FakeOpenAI(reply_for) as fake:
-        settings = Settings(
-            listen="127.0.0.1:0",
-            db=tmp_path / "facilitair.sqlite3",
-            OPENAI_API_KEY=fake.api_key,
-            OPENAI_BASE_URL=fake.base_url,
+        settings = Settings.model_validate(
+            {
+                "listen": "127.0.0.1:0",
+                "db": tmp_path / "facilitair.sqlite3",
+                "OPENAI_API_KEY": fake.api_key,
+                "OPENAI_BASE_URL": fake.base_url,
+            }
         )
         server = await create_server(settings)
         try:
