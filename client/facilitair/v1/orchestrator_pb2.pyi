@@ -197,11 +197,16 @@ class CollaborateRequest(_message.Message):
     MAX_REFINEMENTS_FIELD_NUMBER: _builtins.int
     ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """The coding task in plain language. Required, not blank."""
     model: _builtins.str
     """Optional model for every agent, as "provider:model", for example
-    "openai:gpt-4.1-mini" or "anthropic:claude-sonnet-4-6". Empty: the
+    "openai:gpt-4.1-mini" or "anthropic:claude-sonnet-4-6", or a
+    comma-separated fallback list tried in order when a model fails for
+    good ("openai:gpt-4.1-mini,anthropic:claude-sonnet-4-6"). Empty: the
     server's pipeline configuration decides.
     """
     max_refinements: _builtins.int
@@ -214,6 +219,18 @@ class CollaborateRequest(_message.Message):
     """Optional idempotency key chosen by the caller (at most 128 characters):
     a retried call with the same key attaches to the run already started.
     """
+    max_cost_usd: _builtins.float
+    """Optional budget in USD for the whole run; unset: the server's default.
+    Bounded by the server's maximum. A plan estimated above it is refused.
+    """
+    max_tokens: _builtins.int
+    """Optional budget in tokens (input plus output) for the whole run; unset:
+    the server's default. Bounded by the server's maximum.
+    """
+    coalesce_tokens: _builtins.bool
+    """When true, several token_delta events of one stage that are ready at
+    once are sent as one message (see RunEvent.first_seq).
+    """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """Optional JSON object with background for the agents, for example
@@ -224,7 +241,8 @@ class CollaborateRequest(_message.Message):
     def agent_models(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional per-agent models, keyed by agent name in lower case
         ("architect", "coder", "reviewer", "refiner", "tester", "documenter"),
-        each value "provider:model". These win over `model`.
+        each value "provider:model" or a comma-separated fallback list. These
+        win over `model`.
         """
 
     def __init__(
@@ -237,14 +255,26 @@ class CollaborateRequest(_message.Message):
         max_refinements: _builtins.int | None = ...,
         on_disconnect: Global___OnDisconnect.ValueType = ...,
         client_request_id: _builtins.str = ...,
+        max_cost_usd: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        coalesce_tokens: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_refinements", b"_max_refinements", "context", b"context", "max_refinements", b"max_refinements"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_refinements", b"_max_refinements", "agent_models", b"agent_models", "client_request_id", b"client_request_id", "context", b"context", "max_refinements", b"max_refinements", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
     _WhichOneofReturnType__max_refinements: _TypeAlias = _typing.Literal["max_refinements"]  # noqa: Y015
     _WhichOneofArgType__max_refinements: _TypeAlias = _typing.Literal["_max_refinements", b"_max_refinements"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_refinements) -> _WhichOneofReturnType__max_refinements | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
 
 Global___CollaborateRequest: _TypeAlias = CollaborateRequest  # noqa: Y015
 
@@ -280,19 +310,25 @@ class WatchRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run to watch."""
     after_seq: _builtins.int
     """Only events with seq greater than this are sent; 0 sends them all."""
+    coalesce_tokens: _builtins.bool
+    """When true, several token_delta events of one stage that are ready at
+    once are sent as one message (see RunEvent.first_seq).
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        coalesce_tokens: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "coalesce_tokens", b"coalesce_tokens", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -565,6 +601,7 @@ class RunEvent(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
     RUN_STARTED_FIELD_NUMBER: _builtins.int
     STAGE_STARTED_FIELD_NUMBER: _builtins.int
     THINKING_FIELD_NUMBER: _builtins.int
@@ -577,10 +614,16 @@ class RunEvent(_message.Message):
     RUN_FAILED_FIELD_NUMBER: _builtins.int
     RUN_CANCELLED_FIELD_NUMBER: _builtins.int
     ATTEMPT_RESET_FIELD_NUMBER: _builtins.int
+    MODEL_FALLBACK_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run this event belongs to."""
     seq: _builtins.int
     """Position in the run's event log: 1, 2, 3, ... with no gaps."""
+    first_seq: _builtins.int
+    """Set only on a coalesced token_delta: the seq of the first of the
+    consecutive token_delta events it joins; `seq` is the last one's and the
+    text is theirs concatenated. 0 on every other message.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the server recorded the event."""
@@ -633,12 +676,17 @@ class RunEvent(_message.Message):
     def attempt_reset(self) -> Global___AttemptReset:
         """The partial output of a stage attempt is void; the stage runs again."""
 
+    @_builtins.property
+    def model_fallback(self) -> Global___ModelFallback:
+        """A stage moves on to the next model of its fallback list."""
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        first_seq: _builtins.int = ...,
         run_started: Global___RunStarted | None = ...,
         stage_started: Global___StageStarted | None = ...,
         thinking: Global___Thinking | None = ...,
@@ -651,12 +699,13 @@ class RunEvent(_message.Message):
         run_failed: Global___RunFailed | None = ...,
         run_cancelled: Global___RunCancelled | None = ...,
         attempt_reset: Global___AttemptReset | None = ...,
+        model_fallback: Global___ModelFallback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1256,23 +1305,67 @@ class AttemptReset(_message.Message):
     STAGE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
     stage: _builtins.int
     """The stage whose token_delta text so far must be discarded."""
     attempt: _builtins.int
     """The attempt number that starts next."""
     reason: _builtins.str
     """Why, e.g. "server restarted" or "provider stream broke"."""
+    model: _builtins.str
+    """The model the next attempt asks, "provider:model"."""
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """How long the server waits before the next attempt."""
+
     def __init__(
         self,
         *,
         stage: _builtins.int = ...,
         attempt: _builtins.int = ...,
         reason: _builtins.str = ...,
+        model: _builtins.str = ...,
+        delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "reason", b"reason", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delay", b"delay", "model", b"model", "reason", b"reason", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttemptReset: _TypeAlias = AttemptReset  # noqa: Y015
+
+@_typing.final
+class ModelFallback(_message.Message):
+    """ModelFallback says a stage gave up on one model and asks the next one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    FROM_MODEL_FIELD_NUMBER: _builtins.int
+    TO_MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """The stage."""
+    from_model: _builtins.str
+    """The model given up on, "provider:model"."""
+    to_model: _builtins.str
+    """The model asked next, "provider:model"."""
+    reason: _builtins.str
+    """Why the previous model was given up on."""
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        from_model: _builtins.str = ...,
+        to_model: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_model", b"from_model", "reason", b"reason", "stage", b"stage", "to_model", b"to_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFallback: _TypeAlias = ModelFallback  # noqa: Y015
