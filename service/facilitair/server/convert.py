@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import json_format
 
-from facilitair.server.domain import AgentRole, ModelRef
+from facilitair.server.domain import AgentRole, ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
-from facilitair.server.orchestrator import RunSpec
 from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.spec import RunSpec
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000
@@ -46,20 +47,22 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
             if _depth(context) > MAX_CONTEXT_DEPTH:
                 problems.append(("context", f"is nested deeper than {MAX_CONTEXT_DEPTH} levels"))
 
-    request_model: ModelRef | None = None
+    request_model: list[ModelRef] | None = None
     if request.model:
         try:
-            request_model = ModelRef.parse(request.model, field="model")
+            request_model = parse_chain(request.model, field="model")
         except InvalidArgument as exc:
             problems += exc.violations
 
-    overrides: dict[AgentRole, ModelRef] = {}
+    overrides: dict[AgentRole, list[ModelRef]] = {}
     for name, model in request.agent_models.items():
         field = f"agent_models[{name[:40]}]"
         try:
-            overrides[AgentRole.from_label(name, field=field)] = ModelRef.parse(model, field=field)
+            overrides[AgentRole.from_label(name, field=field)] = parse_chain(model, field=field)
         except InvalidArgument as exc:
             problems += exc.violations
+
+    budget_usd, budget_tokens = _budgets(request, settings, problems)
 
     if request.HasField("max_refinements") and request.max_refinements > MAX_REFINEMENTS:
         problems.append(("max_refinements", f"must be at most {MAX_REFINEMENTS}"))
@@ -70,14 +73,14 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
     if problems:
         raise InvalidArgument.many(problems)
 
-    default = settings.default_model()
-    models: dict[AgentRole, ModelRef] = {}
+    default = settings.default_models()
+    models: dict[AgentRole, list[ModelRef]] = {}
     for role in AgentRole:
         configured = config.agent(role).model
         models[role] = (
             overrides.get(role)
             or request_model
-            or (ModelRef.parse(configured, field=f"agents.{role.label}.model") if configured else None)
+            or (parse_chain(configured, field=f"agents.{role.label}.model") if configured else None)
             or default
         )
     if request.HasField("max_refinements"):
@@ -93,7 +96,31 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         max_refinements=max_refinements,
         on_disconnect=request.on_disconnect or pb.ON_DISCONNECT_CONTINUE,
         client_request_id=request.client_request_id,
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
     )
+
+
+def _budgets(
+    request: pb.CollaborateRequest, settings: Settings, problems: list[tuple[str, str]]
+) -> tuple[float | None, int | None]:
+    """The run's cost and token budgets: the request's, bounded by the server's maximum, else the default."""
+    budget_usd = settings.budget_usd
+    if request.HasField("max_cost_usd"):
+        budget_usd = request.max_cost_usd
+        if not math.isfinite(budget_usd) or budget_usd <= 0:
+            problems.append(("max_cost_usd", "must be a positive number of USD"))
+        elif settings.budget_usd_max is not None and budget_usd > settings.budget_usd_max:
+            problems.append(("max_cost_usd", f"must be at most the server's limit of ${settings.budget_usd_max:g}"))
+    budget_tokens = settings.budget_tokens
+    if request.HasField("max_tokens"):
+        budget_tokens = request.max_tokens
+        if budget_tokens <= 0:
+            problems.append(("max_tokens", "must be positive"))
+        elif settings.budget_tokens_max is not None and budget_tokens > settings.budget_tokens_max:
+            problems.append(("max_tokens", f"must be at most the server's limit of {settings.budget_tokens_max}"))
+
+    return budget_usd, budget_tokens
 
 
 def run_id_of(run_id: str) -> str:

@@ -60,6 +60,24 @@ class ModelRef:
         return cls(provider, model)
 
 
+MAX_FALLBACKS = 5
+
+
+def parse_chain(text: str, *, field: str) -> list[ModelRef]:
+    """Parse "provider:model" or a comma-separated fallback list of them, tried in order."""
+    parts = [p for p in (part.strip() for part in text.split(",")) if p]
+    if not parts:
+        raise InvalidArgument(field, "is empty; expected provider:model")
+    if len(parts) > MAX_FALLBACKS:
+        raise InvalidArgument(field, f"lists {len(parts)} models; at most {MAX_FALLBACKS}")
+    return [ModelRef.parse(part, field=field) for part in parts]
+
+
+def chain_text(chain: list[ModelRef]) -> str:
+    """The inverse of parse_chain."""
+    return ",".join(str(m) for m in chain)
+
+
 @dataclass(slots=True)
 class UsageTotals:
     """Tokens and cost, added up over stages."""

@@ -69,6 +69,18 @@ class Unavailable(FacilitairError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class BudgetExceeded(FacilitairError):
+    """A run spent (or would spend) more than its cost or token budget."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RunDeadlineExceeded(FacilitairError):
+    """A run took longer than the server allows."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class ProviderFailure(enum.Enum):
     """What kind of provider failure ended an attempt; decides retry and status code."""
 
@@ -92,7 +104,15 @@ class ProviderFailure(enum.Enum):
 class ProviderError(FacilitairError):
     """A provider call failed; the message names the provider and kind, never the vendor's raw text."""
 
-    def __init__(self, provider: str, model: str, kind: ProviderFailure, *, http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        kind: ProviderFailure,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         detail = f" (HTTP {http_status})" if http_status else ""
         hint = ""
         if kind is ProviderFailure.AUTH:
@@ -105,6 +125,7 @@ class ProviderError(FacilitairError):
         self.code = kind.status_code
         self.retryable = kind.retryable
         self.http_status = http_status
+        self.retry_after = retry_after
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

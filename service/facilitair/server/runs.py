@@ -18,13 +18,24 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
-from facilitair.server.errors import FacilitairError, InvalidArgument, NotFound, OutOfRange, Unavailable, status_of
+from facilitair.server.attempts import AttemptPolicy, Budget, StageRunner
+from facilitair.server.errors import (
+    FacilitairError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    RunDeadlineExceeded,
+    Unavailable,
+    status_of,
+)
 from facilitair.server.eventlog import EventLog
-from facilitair.server.orchestrator import Pipeline, RunSpec, StageOutput, build_plan
+from facilitair.server.orchestrator import Pipeline
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.recorder import RunRecorder
 from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.spec import RunSpec, StageOutput, build_plan, estimated_tokens
 from facilitair.server.store.base import EventStore, RunRow
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -98,8 +109,10 @@ class RunManager:
                 existing = row.run_id if row is not None else self._by_request.get(key)
             if existing is not None:
                 return existing
-        for model in set(spec.models.values()):
+        for model in spec.all_models():
             self.providers.get(model.provider)  # FailedPrecondition now, not mid-run
+        plan = build_plan(spec, self.prices)
+        self._check_budget(spec, plan)
         run_id = str(uuid.uuid4())
         if spec.client_request_id:
             self._by_request[key] = run_id
@@ -119,7 +132,7 @@ class RunManager:
         )
         self.log.update_run(row)
         recorder = self._recorder(row, last_seq=0)
-        recorder.run_started(spec.task, build_plan(spec, self.prices))
+        recorder.run_started(spec.task, plan)
         await self.log.flush()
         self._spawn(recorder, spec, {}, 0)
         log.info(
@@ -133,7 +146,7 @@ class RunManager:
         recorder = self._recorder(row, last_seq)
         try:
             spec = RunSpec.from_json(row.spec)
-            for model in set(spec.models.values()):
+            for model in spec.all_models():
                 self.providers.get(model.provider)
         except FacilitairError as exc:
             recorder.failed(
@@ -161,15 +174,49 @@ class RunManager:
             heartbeat_interval=self.settings.heartbeat_interval,
         )
 
+    def _check_budget(self, spec: RunSpec, plan: pb.Plan) -> None:
+        """Refuse a run whose plan is estimated over its budget, saying by how much."""
+        if (
+            spec.budget_usd is not None
+            and plan.HasField("estimated_cost_usd")
+            and plan.estimated_cost_usd > spec.budget_usd
+        ):
+            over = plan.estimated_cost_usd - spec.budget_usd
+            raise FailedPrecondition(
+                f"the plan's estimated cost ${plan.estimated_cost_usd:.4f} is over the budget ${spec.budget_usd:.4f} "
+                f"by ${over:.4f}; raise max_cost_usd or choose cheaper models"
+            )
+        tokens = estimated_tokens(spec)
+        if spec.budget_tokens is not None and tokens > spec.budget_tokens:
+            raise FailedPrecondition(
+                f"the plan's estimated {tokens} tokens are over the budget of {spec.budget_tokens} "
+                f"by {tokens - spec.budget_tokens}; raise max_tokens"
+            )
+
     def _spawn(self, rec: RunRecorder, spec: RunSpec, checkpoints: dict[int, StageOutput], interrupted: int) -> None:
+        # The run's deadline counts from its creation, across restarts of the server.
+        deadline = (
+            time.monotonic() + rec.summary.created_at.ToNanoseconds() / 1e9 + self.settings.run_timeout - time.time()
+        )
+        policy = AttemptPolicy(
+            attempts_per_model=self.settings.provider_attempts,
+            retry_wait_max=self.settings.retry_wait_max,
+            provider_timeout=self.settings.provider_timeout,
+            backoff_base=self.settings.retry_backoff,
+        )
+        runner = StageRunner(
+            rec, self.providers, policy, Budget(spec.budget_usd, spec.budget_tokens, self.prices), deadline
+        )
         pipeline = Pipeline(
-            spec, rec, self.providers, self.prices, self.config, checkpoints=checkpoints, interrupted_stage=interrupted
+            spec, rec, self.prices, self.config, runner=runner, checkpoints=checkpoints, interrupted_stage=interrupted
         )
         # A fresh context: the run outlives the RPC that started it and must not log as that RPC.
-        task = asyncio.create_task(self._drive(rec, pipeline), name=f"run-{rec.run_id}", context=contextvars.Context())
+        task = asyncio.create_task(
+            self._drive(rec, pipeline, deadline), name=f"run-{rec.run_id}", context=contextvars.Context()
+        )
         self._tasks[rec.run_id] = task
 
-    async def _drive(self, rec: RunRecorder, pipeline: Pipeline) -> None:
+    async def _drive(self, rec: RunRecorder, pipeline: Pipeline, deadline: float) -> None:
         """Run the pipeline and end the run with exactly one terminal event (or interrupt it)."""
         structlog.contextvars.bind_contextvars(run_id=rec.run_id)
         started = time.monotonic()
@@ -177,7 +224,14 @@ class RunManager:
         rec.start_watchdog()
         try:
             try:
-                result = await pipeline.run()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        result = await pipeline.run()
+                except TimeoutError:
+                    limit = self.settings.run_timeout
+                    raise RunDeadlineExceeded(
+                        f"the run took longer than the server's limit of {limit:g} s (FACILITAIR_RUN_TIMEOUT)"
+                    ) from None
                 finish = lambda: rec.completed(result, time.monotonic() - started)  # noqa: E731
             except asyncio.CancelledError:
                 reason = self._cancel_reasons.pop(rec.run_id, None)

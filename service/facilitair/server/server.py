@@ -25,20 +25,25 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
-# Keepalive for streams that last many minutes (see README "Long streams"). The server pings an
-# idle connection every 60 s and drops it if no answer comes in 20 s. It accepts client pings as
-# often as every 10 s, which is below the 30 s our client uses, so a client is never sent
-# GOAWAY too_many_pings; a stream quiet at the HTTP/2 level is still kept alive by our heartbeats.
-SERVER_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_connection_idle_ms", 300_000),
-    # Requests are small (a task and some context); large ones are refused before they are parsed.
-    ("grpc.max_receive_message_length", 1024 * 1024),
-]
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel options for streams that last many minutes (see README "Long streams").
+
+    The server pings an idle connection every 60 s and drops it if no answer comes in 20 s. It
+    accepts client pings as often as every 10 s, below the 30 s our client uses, so a client is
+    never sent GOAWAY too_many_pings; a stream quiet at the HTTP/2 level is kept alive by our
+    heartbeats, which are data.
+    """
+    return [
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", settings.keepalive_min_ping_interval_ms),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_idle_ms", 300_000),
+        # Requests are small (a task and some context); large ones are refused before they are parsed.
+        ("grpc.max_receive_message_length", 1024 * 1024),
+    ]
 
 
 @dataclass
@@ -74,7 +79,7 @@ async def create_server(
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
     runs = RunManager(settings, store if store is not None else SqliteStore(settings.db), providers, config)
     await runs.start()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=server_options(settings))
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
         OrchestratorServicer(runs, settings, config), server
     )

@@ -14,15 +14,15 @@ import platformdirs
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from facilitair.server.domain import AgentRole, ModelRef
+from facilitair.server.domain import AgentRole, ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
 from facilitair.server.pricing import Price
 
 
 def _check_model(text: str, field: str) -> str:
-    """Validate "provider:model" for pydantic, which only turns ValueError into a validation error."""
+    """Validate "provider:model" (or a fallback list) for pydantic, which only turns ValueError into an error."""
     try:
-        ModelRef.parse(text, field=field)
+        parse_chain(text, field=field)
     except InvalidArgument as exc:
         raise ValueError(exc.violations[0][1]) from None
     return text
@@ -135,8 +135,23 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=7.0, gt=0)
     retention_check_seconds: float = Field(default=3600.0, gt=0)
     max_refinements: int | None = Field(default=None, ge=0, le=10)
-    provider_max_retries: int = Field(default=2, ge=0, le=10)
-    provider_timeout: float = Field(default=600.0, gt=0)
+    # Provider calls: the longest wait for the next byte (a stall past it fails the attempt), attempts
+    # per model and stage (retryable failures only), and the most one stage may spend waiting to retry.
+    provider_timeout: float = Field(default=300.0, gt=0)
+    provider_attempts: int = Field(default=3, ge=1, le=10)
+    retry_wait_max: float = Field(default=60.0, ge=0)
+    retry_backoff: float = Field(default=0.5, gt=0, le=30)
+    # The longest a run may take from its creation; past it the run fails with DEADLINE_EXCEEDED.
+    run_timeout: float = Field(default=1800.0, gt=0)
+    # Budgets: the default per run (None: none), and the most a request may ask for (None: no bound).
+    budget_usd: float | None = Field(default=None, gt=0)
+    budget_usd_max: float | None = Field(default=None, gt=0)
+    budget_tokens: int | None = Field(default=None, gt=0)
+    budget_tokens_max: int | None = Field(default=None, gt=0)
+    # Keepalive (see README "Long streams"): the server's pings, and how often it lets clients ping.
+    keepalive_time_ms: int = Field(default=60_000, ge=1000)
+    keepalive_timeout_ms: int = Field(default=20_000, ge=1000)
+    keepalive_min_ping_interval_ms: int = Field(default=10_000, ge=100)
 
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
@@ -156,8 +171,8 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not HOST:PORT")
         return v
 
-    def default_model(self) -> ModelRef:
-        """The server-wide default model; unset, it follows the one provider that has a key."""
+    def default_models(self) -> list[ModelRef]:
+        """The server-wide default model (or fallback list); unset, it follows the one provider with a key."""
         if "model" not in self.model_fields_set and self.openai_api_key is None and self.anthropic_api_key is not None:
-            return ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)
-        return ModelRef.parse(self.model, field="FACILITAIR_MODEL")
+            return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
+        return parse_chain(self.model, field="FACILITAIR_MODEL")

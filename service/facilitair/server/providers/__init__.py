@@ -32,7 +32,6 @@ class ProviderRegistry:
             providers["openai"] = OpenAIProvider(
                 settings.openai_api_key.get_secret_value(),
                 settings.openai_base_url,
-                max_retries=settings.provider_max_retries,
                 timeout=settings.provider_timeout,
             )
         if settings.anthropic_api_key is not None:
@@ -41,7 +40,6 @@ class ProviderRegistry:
             providers["anthropic"] = AnthropicProvider(
                 settings.anthropic_api_key.get_secret_value(),
                 settings.anthropic_base_url,
-                max_retries=settings.provider_max_retries,
                 timeout=settings.provider_timeout,
             )
         return cls(providers)

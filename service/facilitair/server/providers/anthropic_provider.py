@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
 import httpx2
 
 from facilitair.server.errors import ProviderError, ProviderFailure
-from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status
+from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status, retry_after_of
 
 
 class AnthropicProvider:
@@ -17,16 +17,15 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(self, api_key: str, base_url: str | None, *, max_retries: int, timeout: float) -> None:
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout
-        )
+    def __init__(self, api_key: str, base_url: str | None, *, timeout: float) -> None:
+        # The SDK's own retries are off: ours emit an event for each one, so clients see every retry.
+        self._client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
         await self._client.close()
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield text deltas as they arrive, then usage and stop reason."""
         extra: dict[str, Any] = {}
         if request.temperature is not None:
@@ -83,7 +82,11 @@ class AnthropicProvider:
                 kind = failure_for_status(500, error_type)
                 return ProviderError(self.name, model, kind if kind.retryable else ProviderFailure.STREAM_BROKEN)
             return ProviderError(
-                self.name, model, failure_for_status(exc.status_code, error_type), http_status=exc.status_code
+                self.name,
+                model,
+                failure_for_status(exc.status_code, error_type),
+                http_status=exc.status_code,
+                retry_after=retry_after_of(exc.response.headers),
             )
         if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
             return ProviderError(self.name, model, ProviderFailure.TIMEOUT)

@@ -5,7 +5,7 @@ The orchestrator only sees this module; vendor SDKs stay in the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,7 +42,7 @@ class Provider(Protocol):
 
     name: str
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[str | StreamEnd]:
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield text deltas exactly as the vendor streams them, then one StreamEnd.
 
         Raises ProviderError for every failure, including a stream that ends without its terminal
@@ -72,6 +72,26 @@ def failure_for_status(status: int, error_type: str | None = None) -> ProviderFa
     if 400 <= status < 500:
         return ProviderFailure.BAD_REQUEST
     return ProviderFailure.SERVER_ERROR
+
+
+MAX_RETRY_AFTER = 120.0
+
+
+def retry_after_of(headers: Mapping[str, str] | None) -> float | None:
+    """The delay a 429/503/529 asks for (`retry-after-ms` or `retry-after` in seconds), capped."""
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue  # an HTTP date: rare from these vendors; fall back to our own backoff
+        if value >= 0:
+            return min(value, MAX_RETRY_AFTER)
+    return None
 
 
 def broken(provider: str, model: str, kind: ProviderFailure = ProviderFailure.STREAM_BROKEN) -> ProviderError:

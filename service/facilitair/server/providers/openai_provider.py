@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
 import openai
 
 from facilitair.server.errors import ProviderError, ProviderFailure
-from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status
+from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status, retry_after_of
 
 
 class OpenAIProvider:
@@ -17,8 +17,9 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, api_key: str, base_url: str | None, *, max_retries: int, timeout: float) -> None:
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout)
+    def __init__(self, api_key: str, base_url: str | None, *, timeout: float) -> None:
+        # The SDK's own retries are off: ours emit an event for each one, so clients see every retry.
+        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
         # api.openai.com wants max_completion_tokens (newer models reject max_tokens); compatible
         # servers (vLLM, Ollama, OpenRouter) reliably accept only the older max_tokens.
         self._max_tokens_param = "max_completion_tokens" if base_url is None else "max_tokens"
@@ -27,7 +28,7 @@ class OpenAIProvider:
         """Close the SDK's HTTP client."""
         await self._client.close()
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield content deltas as they arrive, then usage and finish reason."""
         extra: dict[str, Any] = {self._max_tokens_param: request.max_tokens}
         if request.temperature is not None:
@@ -76,7 +77,13 @@ class OpenAIProvider:
         if isinstance(exc, ProviderError):
             return exc
         if isinstance(exc, openai.APIStatusError):
-            return ProviderError(self.name, model, failure_for_status(exc.status_code), http_status=exc.status_code)
+            return ProviderError(
+                self.name,
+                model,
+                failure_for_status(exc.status_code),
+                http_status=exc.status_code,
+                retry_after=retry_after_of(exc.response.headers),
+            )
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
             return ProviderError(self.name, model, ProviderFailure.TIMEOUT)
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):

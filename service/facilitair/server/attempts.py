@@ -1,0 +1,199 @@
+"""One stage's attempts: retries, fallback along the agent's model list, the run's deadline and budgets.
+
+A retryable failure (429, 5xx, 529, connection, timeout, a stream that broke or ended without its
+terminal event) is retried with jittered backoff, or after the provider's `retry-after`, bounded
+in attempts per model and in total waiting. When a model is exhausted (or fails in a way retrying
+cannot fix) the next model of the list takes over. Every new attempt is announced by an
+`attempt_reset` (the stage's text so far is void), a fallback also by `model_fallback`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from facilitair.server.domain import ModelRef, UsageTotals
+from facilitair.server.errors import BudgetExceeded, ProviderError, RunDeadlineExceeded
+from facilitair.server.pricing import PriceTable
+from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd
+from facilitair.server.recorder import RunRecorder
+from facilitair.v1 import orchestrator_pb2 as pb
+
+# Characters per token, to estimate tokens of text in flight (the provider reports usage at the end).
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPolicy:
+    """How hard a stage tries: attempts per model, total retry wait, the longest wait for a byte."""
+
+    attempts_per_model: int = 3
+    retry_wait_max: float = 60.0
+    provider_timeout: float = 300.0
+    backoff_base: float = 0.5
+
+    def backoff(self, tries: int) -> float:
+        """Jittered exponential backoff before retry number `tries` (1-based), at most 16 bases."""
+        return min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base) * (0.5 + random.random())  # noqa: S311
+
+
+class Budget:
+    """A run's cost and token budgets, checked before each stage and while one streams."""
+
+    def __init__(self, usd: float | None, tokens: int | None, prices: PriceTable) -> None:
+        self.usd = usd
+        self.tokens = tokens
+        self._prices = prices
+
+    def check_before_stage(self, used: UsageTotals, stage: int) -> None:
+        """Refuse to start a stage once a budget is spent."""
+        if self.tokens is not None and used.input_tokens + used.output_tokens >= self.tokens:
+            raise BudgetExceeded(
+                f"the run's token budget of {self.tokens} is spent ({used.input_tokens + used.output_tokens} used); "
+                f"stage {stage} was not started. Raise max_tokens (or FACILITAIR_BUDGET_TOKENS)"
+            )
+        if self.usd is not None and used.cost_usd >= self.usd:
+            raise BudgetExceeded(
+                f"the run's cost budget of ${self.usd:.4f} is spent (${used.cost_usd:.4f} used); "
+                f"stage {stage} was not started. Raise max_cost_usd (or FACILITAIR_BUDGET_USD)"
+            )
+
+    def char_limit(self, used: UsageTotals, model: ModelRef, prompt_chars: int) -> float:
+        """How many characters of output the stage may stream before it would cross a budget."""
+        limit = math.inf
+        input_tokens = prompt_chars // CHARS_PER_TOKEN
+        if self.tokens is not None:
+            left = self.tokens - used.input_tokens - used.output_tokens - input_tokens
+            limit = min(limit, left * CHARS_PER_TOKEN)
+        if self.usd is not None:
+            per_million = self._prices.usage(model, 0, 1_000_000)
+            if not per_million.cost_unknown and per_million.cost_usd > 0:
+                left_usd = self.usd - used.cost_usd - self._prices.usage(model, input_tokens, 0).cost_usd
+                limit = min(limit, left_usd / per_million.cost_usd * 1_000_000 * CHARS_PER_TOKEN)
+        return limit
+
+    def crossed(self, stage: int, used: UsageTotals) -> BudgetExceeded:
+        """The error for a stage stopped because it would cross a budget."""
+        which = []
+        if self.usd is not None:
+            which.append(f"cost budget of ${self.usd:.4f} (${used.cost_usd:.4f} used before the stage)")
+        if self.tokens is not None:
+            which.append(f"token budget of {self.tokens} ({used.input_tokens + used.output_tokens} used before it)")
+        return BudgetExceeded(
+            f"stage {stage} was stopped: it would take the run past its {' and '.join(which)}. "
+            "Raise max_cost_usd / max_tokens (or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    """A stage's output: its text, the provider's end marker, and the model that produced it."""
+
+    text: str
+    end: StreamEnd
+    model: ModelRef
+
+
+class StageRunner:
+    """Runs the attempts of one stage at a time for a run."""
+
+    def __init__(
+        self,
+        rec: RunRecorder,
+        providers: ProviderRegistry,
+        policy: AttemptPolicy,
+        budget: Budget,
+        deadline: float,
+    ) -> None:
+        self.rec = rec
+        self.providers = providers
+        self.policy = policy
+        self.budget = budget
+        self.deadline = deadline  # time.monotonic() value past which the run has no time left
+
+    def time_left(self) -> float:
+        """Seconds until the run's deadline; RunDeadlineExceeded when there are none."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RunDeadlineExceeded("the run has used all the time the server allows (FACILITAIR_RUN_TIMEOUT)")
+        return left
+
+    async def run(
+        self,
+        stage: int,
+        chain: list[ModelRef],
+        make_request: Callable[[ModelRef, float], CompletionRequest],
+        attempt: int,
+    ) -> StageResult:
+        """Try the models of `chain` in order until one streams the stage to its end."""
+        last_error: ProviderError | None = None
+        for index, model in enumerate(chain):
+            if last_error is not None:
+                attempt += 1
+                self.rec.emit(pb.RunEvent(model_fallback=pb.ModelFallback(
+                    stage=stage, from_model=str(chain[index - 1]), to_model=str(model), reason=last_error.public_message
+                )))  # fmt: skip
+                self._reset(stage, attempt, f"falling back to {model}", model, 0.0)
+            provider = self.providers.get(model.provider)
+            tries = 0
+            waited = 0.0
+            while True:
+                tries += 1
+                request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
+                limit = self.budget.char_limit(self.rec.usage, model, len(request.system) + len(request.prompt))
+                if limit <= 0:
+                    raise self.budget.crossed(stage, self.rec.usage)
+                try:
+                    text, end = await self._stream(provider, request, stage, limit)
+                    return StageResult(text, end, model)
+                except ProviderError as exc:
+                    last_error = exc
+                    delay = exc.retry_after if exc.retry_after is not None else self.policy.backoff(tries)
+                    if (
+                        not exc.retryable
+                        or tries >= self.policy.attempts_per_model
+                        or waited + delay > self.policy.retry_wait_max
+                        or delay >= self.time_left()
+                    ):
+                        break
+                    waited += delay
+                    attempt += 1
+                    self._reset(stage, attempt, exc.public_message, model, delay)
+                    await asyncio.sleep(delay)
+        assert last_error is not None, "a model list is never empty"
+        raise last_error
+
+    def _reset(self, stage: int, attempt: int, reason: str, model: ModelRef, delay: float) -> None:
+        reset = pb.AttemptReset(stage=stage, attempt=attempt, reason=reason, model=str(model))
+        reset.delay.FromNanoseconds(int(delay * 1e9))
+        self.rec.emit(pb.RunEvent(attempt_reset=reset))
+
+    async def _stream(
+        self, provider: Provider, request: CompletionRequest, stage: int, limit: float
+    ) -> tuple[str, StreamEnd]:
+        """Relay one attempt's tokens as they arrive; stop it if it would cross a budget."""
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        token = self.rec.token
+        chars = 0
+        self.rec.waiting(stage)
+        try:
+            async with contextlib.aclosing(provider.stream(request)) as stream:
+                async for item in stream:
+                    if type(item) is str:
+                        parts.append(item)
+                        token(stage, item)
+                        chars += len(item)
+                        if chars > limit:
+                            raise self.budget.crossed(stage, self.rec.usage)
+                    else:
+                        end = item  # type: ignore[assignment]
+        finally:
+            self.rec.answered()
+        assert end is not None, "providers end every successful stream with StreamEnd"
+        return "".join(parts), end
