@@ -70,11 +70,18 @@ class Client:
         model: str = "",
         agent_models: Mapping[str, str] | None = None,
         max_refinements: int | None = None,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
         cancel_on_disconnect: bool = False,
         client_request_id: str | None = None,
         resume: bool = True,
+        coalesce_tokens: bool = False,
     ) -> AsyncGenerator[pb.RunEvent, None]:
-        """Start a run and yield its events until the terminal one, resuming across disconnects."""
+        """Start a run and yield its events until the terminal one, resuming across disconnects.
+
+        With `coalesce_tokens` the server may join consecutive token deltas of a stage into one event
+        (`first_seq` set, `seq` the last joined one's); the text is the same.
+        """
         request = pb.CollaborateRequest(
             task=task,
             model=model,
@@ -82,25 +89,37 @@ class Client:
             on_disconnect=pb.ON_DISCONNECT_CANCEL if cancel_on_disconnect else pb.ON_DISCONNECT_CONTINUE,
             # An idempotency key makes retrying the start itself safe.
             client_request_id=client_request_id or str(uuid.uuid4()),
+            coalesce_tokens=coalesce_tokens,
         )
         if context:
             request.context.CopyFrom(_struct(context))
         if max_refinements is not None:
             request.max_refinements = max_refinements
+        if max_cost_usd is not None:
+            request.max_cost_usd = max_cost_usd
+        if max_tokens is not None:
+            request.max_tokens = max_tokens
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
             if not run_id:
                 return self._stub.Collaborate(request)
-            return self._stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_seq=after))
+            return self._stub.WatchRun(
+                pb.WatchRunRequest(run_id=run_id, after_seq=after, coalesce_tokens=coalesce_tokens)
+            )
 
         async for event in self._follow(opener, "", 0, resume):
             yield event
 
-    async def watch(self, run_id: str, after_seq: int = 0, *, resume: bool = True) -> AsyncGenerator[pb.RunEvent, None]:
-        """Yield a run's events after `after_seq` until its terminal event, resuming across disconnects."""
+    async def watch(
+        self, run_id: str, after_seq: int = 0, *, resume: bool = True, coalesce_tokens: bool = False
+    ) -> AsyncGenerator[pb.RunEvent, None]:
+        """Yield a run's events after `after_seq` until its terminal event, resuming across disconnects.
+
+        `coalesce_tokens` as for `collaborate`.
+        """
 
         def opener(after: int, rid: str) -> AsyncIterable[Any]:
-            return self._stub.WatchRun(pb.WatchRunRequest(run_id=rid, after_seq=after))
+            return self._stub.WatchRun(pb.WatchRunRequest(run_id=rid, after_seq=after, coalesce_tokens=coalesce_tokens))
 
         async for event in self._follow(opener, run_id, after_seq, resume):
             yield event
@@ -119,6 +138,15 @@ class Client:
                     event: pb.RunEvent = response.event
                     if event.seq <= last_seq:
                         continue  # a re-attached Collaborate replays from the start
+                    if event.first_seq and event.first_seq <= last_seq:
+                        # A coalesced event straddling what we already have. It cannot happen: every
+                        # re-attach asks for seq > last_seq (WatchRun), or starts over before any event
+                        # was received (Collaborate), and the server joins only events it was asked for.
+                        # Its text cannot be split by seq, so fail loudly rather than repeat text.
+                        raise FacilitairError(
+                            StatusCode.DATA_LOSS,
+                            f"coalesced event {event.first_seq}..{event.seq} overlaps events already received",
+                        )
                     run_id = event.run_id
                     last_seq = event.seq
                     attempt = 0

@@ -19,6 +19,7 @@ import grpc
 import structlog
 
 from facilitair.server.attempts import AttemptPolicy, Budget, StageRunner
+from facilitair.server.domain import chain_text
 from facilitair.server.errors import (
     FacilitairError,
     FailedPrecondition,
@@ -136,7 +137,10 @@ class RunManager:
         await self.log.flush()
         self._spawn(recorder, spec, {}, 0)
         log.info(
-            "run_created", run_id=run_id, principal=principal, models={r.label: str(m) for r, m in spec.models.items()}
+            "run_created",
+            run_id=run_id,
+            principal=principal,
+            models={r.label: chain_text(m) for r, m in spec.models.items()},
         )
         return run_id
 
