@@ -58,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pipeline", help="pipeline config file, TOML (env FACILITAIR_PIPELINE)")
     serve.add_argument("--log-format", choices=("auto", "json", "console"), help="env FACILITAIR_LOG_FORMAT")
     serve.add_argument("--log-level", help="debug, info, warning (env FACILITAIR_LOG_LEVEL)")
+    serve.add_argument("--tls-cert", help="server certificate, PEM (env FACILITAIR_TLS_CERT)")
+    serve.add_argument("--tls-key", help="server private key, PEM (env FACILITAIR_TLS_KEY)")
+    serve.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
+    serve.add_argument("--api-keys-file", help="one name:key per line (env FACILITAIR_API_KEYS_FILE)")
+    serve.add_argument(
+        "--insecure",
+        action="store_const",
+        const="true",
+        help="allow a non-loopback address with no authentication (not recommended)",
+    )
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -142,6 +152,30 @@ class UsageError(Exception):
     """A command line the CLI can refuse before asking the server."""
 
 
+def _client(args: argparse.Namespace, **kwargs: Any) -> Client:
+    """A client from the common flags."""
+
+    def read(path: Path | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    return Client(
+        args.target,
+        api_key=args.api_key,
+        tls=args.tls,
+        root_certificates=read(args.ca),
+        certificate_chain=read(args.cert),
+        private_key=read(args.key),
+        **kwargs,
+    )
+
+
 async def _follow(
     client: Client, events: AsyncIterator[pb.RunEvent], renderer: Renderer, output: OutputDir | None
 ) -> int:
@@ -163,7 +197,7 @@ async def _follow(
 async def _run(args: argparse.Namespace) -> int:
     renderer = _renderer(args.format)
     output = OutputDir(args.output_dir) if args.output_dir else None
-    async with Client(args.target, reconnect_timeout=args.reconnect_timeout) as client:
+    async with _client(args, reconnect_timeout=args.reconnect_timeout) as client:
         client.on_reconnect = lambda n, delay, err: renderer.note(
             f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
         )
@@ -186,7 +220,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _watch(args: argparse.Namespace) -> int:
     renderer = _renderer(args.format)
     output = OutputDir(args.output_dir) if args.output_dir else None
-    async with Client(args.target, reconnect_timeout=args.reconnect_timeout) as client:
+    async with _client(args, reconnect_timeout=args.reconnect_timeout) as client:
         client.on_reconnect = lambda n, delay, err: renderer.note(
             f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
         )
@@ -264,7 +298,7 @@ def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
 
 
 async def _unary(args: argparse.Namespace) -> int:
-    async with Client(args.target) as client:
+    async with _client(args) as client:
         if args.command == "status":
             _print_summary(await client.get_run(args.run_id), args.json)
         elif args.command == "cancel":

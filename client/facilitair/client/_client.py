@@ -42,12 +42,32 @@ class Client:
         self,
         target: str,
         *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
         reconnect_timeout: float = 60.0,
         channel: grpc.aio.Channel | None = None,
+        options: list[tuple[str, Any]] | None = None,
     ) -> None:
+        """Connect to `target` (HOST:PORT); `tls` (implied by any certificate) uses the system's or the given CA.
+
+        `private_key` with `certificate_chain` present a client certificate (mutual TLS). `options`
+        add to or override CHANNEL_OPTIONS.
+        """
         self.target = target
         self.reconnect_timeout = reconnect_timeout
-        self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        # Sent as call metadata: it works over TLS and over a plain loopback connection alike.
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        merged = dict(CHANNEL_OPTIONS) | dict(options or [])
+        if channel is None:
+            if tls or root_certificates or certificate_chain:
+                credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+                channel = grpc.aio.secure_channel(target, credentials, options=list(merged.items()))
+            else:
+                channel = grpc.aio.insecure_channel(target, options=list(merged.items()))
+        self._channel = channel
         self._stub = pb_grpc.OrchestratorServiceStub(self._channel)
         #: Called with (attempt, delay_seconds, error) before each reconnect; the CLI reports it.
         self.on_reconnect: Callable[[int, float, FacilitairError], None] | None = None
@@ -102,9 +122,10 @@ class Client:
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
             if not run_id:
-                return self._stub.Collaborate(request)
+                return self._stub.Collaborate(request, metadata=self._metadata)
             return self._stub.WatchRun(
-                pb.WatchRunRequest(run_id=run_id, after_seq=after, coalesce_tokens=coalesce_tokens)
+                pb.WatchRunRequest(run_id=run_id, after_seq=after, coalesce_tokens=coalesce_tokens),
+                metadata=self._metadata,
             )
 
         async for event in self._follow(opener, "", 0, resume):
@@ -119,7 +140,10 @@ class Client:
         """
 
         def opener(after: int, rid: str) -> AsyncIterable[Any]:
-            return self._stub.WatchRun(pb.WatchRunRequest(run_id=rid, after_seq=after, coalesce_tokens=coalesce_tokens))
+            return self._stub.WatchRun(
+                pb.WatchRunRequest(run_id=rid, after_seq=after, coalesce_tokens=coalesce_tokens),
+                metadata=self._metadata,
+            )
 
         async for event in self._follow(opener, run_id, after_seq, resume):
             yield event
@@ -199,7 +223,7 @@ class Client:
 
     async def _unary(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=30.0)
+            return await method(request, timeout=30.0, metadata=self._metadata)
         except grpc.RpcError as err:
             raise FacilitairError.from_rpc_error(err) from None
 

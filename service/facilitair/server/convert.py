@@ -55,7 +55,9 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
             problems += exc.violations
 
     overrides: dict[AgentRole, list[ModelRef]] = {}
-    for name, model in request.agent_models.items():
+    if len(request.agent_models) > len(AgentRole):
+        problems.append(("agent_models", f"has {len(request.agent_models)} entries; there are {len(AgentRole)} agents"))
+    for name, model in list(request.agent_models.items())[: len(AgentRole)]:
         field = f"agent_models[{name[:40]}]"
         try:
             overrides[AgentRole.from_label(name, field=field)] = parse_chain(model, field=field)

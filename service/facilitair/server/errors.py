@@ -69,6 +69,16 @@ class Unavailable(FacilitairError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceLimited(FacilitairError):
+    """A limit on concurrent runs or on the rate of new runs; `retry_after` says when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, public_message: str, retry_after: float) -> None:
+        super().__init__(public_message)
+        self.retry_after = retry_after
+
+
 class BudgetExceeded(FacilitairError):
     """A run spent (or would spend) more than its cost or token budget."""
 

@@ -26,6 +26,7 @@ from facilitair.server.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    ResourceLimited,
     RunDeadlineExceeded,
     Unavailable,
     status_of,
@@ -66,6 +67,8 @@ class RunManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._by_request: dict[tuple[str, str], str] = {}
+        self._owners: dict[str, str] = {}  # live run id -> principal, for the per-principal limit
+        self._buckets: dict[str, tuple[float, float]] = {}  # principal -> (tokens, monotonic time)
         self._stopping = False
         self._retention: asyncio.Task[None] | None = None
 
@@ -112,6 +115,7 @@ class RunManager:
                 return existing
         for model in spec.all_models():
             self.providers.get(model.provider)  # FailedPrecondition now, not mid-run
+        self._check_limits(principal)
         plan = build_plan(spec, self.prices)
         self._check_budget(spec, plan)
         run_id = str(uuid.uuid4())
@@ -135,7 +139,7 @@ class RunManager:
         recorder = self._recorder(row, last_seq=0)
         recorder.run_started(spec.task, plan)
         await self.log.flush()
-        self._spawn(recorder, spec, {}, 0)
+        self._spawn(recorder, spec, {}, 0, principal)
         log.info(
             "run_created",
             run_id=run_id,
@@ -166,7 +170,7 @@ class RunManager:
         if last_seq == 0:
             recorder.run_started(spec.task, build_plan(spec, self.prices))
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
-        self._spawn(recorder, spec, checkpoints, interrupted)
+        self._spawn(recorder, spec, checkpoints, interrupted, row.principal)
 
     def _recorder(self, row: RunRow, last_seq: int) -> RunRecorder:
         channel = self.log.open_channel(row.run_id, last_seq)
@@ -177,6 +181,31 @@ class RunManager:
             thinking_interval=self.settings.thinking_interval,
             heartbeat_interval=self.settings.heartbeat_interval,
         )
+
+    def _check_limits(self, principal: str) -> None:
+        """Concurrent runs (server and principal) and the principal's rate of new runs."""
+        s = self.settings
+        if len(self._tasks) >= s.max_runs:
+            raise ResourceLimited(f"the server is running its maximum of {s.max_runs} runs; retry later", 10.0)
+        mine = sum(1 for owner in self._owners.values() if owner == principal)
+        if mine >= s.max_runs_per_principal:
+            raise ResourceLimited(
+                f"you have {mine} runs in flight, the most allowed (FACILITAIR_MAX_RUNS_PER_PRINCIPAL); "
+                "wait for one to finish or cancel one",
+                10.0,
+            )
+        # A token bucket: runs_per_minute tokens, refilled continuously.
+        now = time.monotonic()
+        rate = s.runs_per_minute / 60.0
+        tokens, then = self._buckets.get(principal, (s.runs_per_minute, now))
+        tokens = min(s.runs_per_minute, tokens + (now - then) * rate)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / rate
+            self._buckets[principal] = (tokens, now)
+            raise ResourceLimited(
+                f"you started more than {s.runs_per_minute:g} runs a minute; retry in {wait:.1f} s", wait
+            )
+        self._buckets[principal] = (tokens - 1.0, now)
 
     def _check_budget(self, spec: RunSpec, plan: pb.Plan) -> None:
         """Refuse a run whose plan is estimated over its budget, saying by how much."""
@@ -197,7 +226,9 @@ class RunManager:
                 f"by {tokens - spec.budget_tokens}; raise max_tokens"
             )
 
-    def _spawn(self, rec: RunRecorder, spec: RunSpec, checkpoints: dict[int, StageOutput], interrupted: int) -> None:
+    def _spawn(
+        self, rec: RunRecorder, spec: RunSpec, checkpoints: dict[int, StageOutput], interrupted: int, principal: str
+    ) -> None:
         # The run's deadline counts from its creation, across restarts of the server.
         deadline = (
             time.monotonic() + rec.summary.created_at.ToNanoseconds() / 1e9 + self.settings.run_timeout - time.time()
@@ -219,6 +250,7 @@ class RunManager:
             self._drive(rec, pipeline, deadline), name=f"run-{rec.run_id}", context=contextvars.Context()
         )
         self._tasks[rec.run_id] = task
+        self._owners[rec.run_id] = principal
 
     async def _drive(self, rec: RunRecorder, pipeline: Pipeline, deadline: float) -> None:
         """Run the pipeline and end the run with exactly one terminal event (or interrupt it)."""
@@ -265,6 +297,7 @@ class RunManager:
         finally:
             await rec.stop_watchdog()
             self._tasks.pop(rec.run_id, None)
+            self._owners.pop(rec.run_id, None)
             self._cancel_reasons.pop(rec.run_id, None)
 
     # -- asking about runs ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from facilitair.server.guard import ApiKeys, GuardInterceptor
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs import RunManager
@@ -76,19 +77,29 @@ async def create_server(
 ) -> RunningServer:
     """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned)."""
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
+    keys = ApiKeys(settings.load_api_keys())
+    settings.check_exposure(bool(keys))
+    credentials = _tls_credentials(settings)
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
     runs = RunManager(settings, store if store is not None else SqliteStore(settings.db), providers, config)
     await runs.start()
-    server = grpc.aio.server(options=server_options(settings))
+    server = grpc.aio.server(
+        options=server_options(settings),
+        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
+    )
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
         OrchestratorServicer(runs, settings, config), server
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(settings.listen)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         await runs.stop()
         raise ConfigError(f"cannot listen on {settings.listen}")
@@ -98,11 +109,32 @@ async def create_server(
     return RunningServer(server, port, runs, health, providers)
 
 
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Server TLS from --tls-cert/--tls-key; with --tls-client-ca, client certificates are required."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        cert = settings.tls_cert.read_bytes()
+        key = settings.tls_key.read_bytes()
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file ({exc.filename}): {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format)
     running = await create_server(settings)
     host = settings.listen.rpartition(":")[0]
+    if settings.insecure and not (settings.api_keys or settings.api_keys_file or settings.tls_client_ca):
+        log.warning(
+            "insecure_listener",
+            message=f"listening on {settings.listen} with NO authentication: anyone who can reach it can start runs "
+            "on your provider keys",
+        )
     log.info(
         "serving",
         address=f"{host}:{running.port}",

@@ -17,7 +17,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from facilitair.server import convert
-from facilitair.server.errors import FacilitairError, InvalidArgument, status_of
+from facilitair.server.errors import FacilitairError, InvalidArgument, ResourceLimited, status_of
+from facilitair.server.guard import PRINCIPAL
+from facilitair.server.relay import coalesce_tokens
 from facilitair.server.runs import RunManager
 from facilitair.server.settings import PipelineConfig, Settings
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -25,12 +27,10 @@ from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
-ANONYMOUS = "local"
-
 
 def principal_of(context: grpc.aio.ServicerContext[object, object]) -> str:
-    """Who is calling; every run belongs to one principal."""
-    return ANONYMOUS
+    """Who is calling (set by the guard interceptor); every run belongs to one principal."""
+    return PRINCIPAL.get()
 
 
 async def _abort(context: grpc.aio.ServicerContext[object, object], exc: BaseException) -> NoReturn:
@@ -39,6 +39,12 @@ async def _abort(context: grpc.aio.ServicerContext[object, object], exc: BaseExc
     if not isinstance(exc, FacilitairError):
         log.error("rpc_failed", exc_info=exc)
     status = status_pb2.Status(code=code.value[0], message=message)
+    if isinstance(exc, ResourceLimited):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        detail = any_pb2.Any()
+        detail.Pack(retry)
+        status.details.append(detail)
     if isinstance(exc, InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(
@@ -76,9 +82,10 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         except Exception as exc:
             await _abort(context, exc)
         ended = False
+        coalesce = request.coalesce_tokens
         try:
             async for batch in events:
-                for event in batch:
+                for event in coalesce_tokens(batch) if coalesce else batch:
                     yield pb.CollaborateResponse(event=event)
             ended = True
         except asyncio.CancelledError:
@@ -106,8 +113,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             events = await self._runs.watch(convert.run_id_of(request.run_id), request.after_seq, principal_of(context))
         except Exception as exc:
             await _abort(context, exc)
+        coalesce = request.coalesce_tokens
         async for batch in events:
-            for event in batch:
+            for event in coalesce_tokens(batch) if coalesce else batch:
                 yield pb.WatchRunResponse(event=event)
 
     async def GetRun(

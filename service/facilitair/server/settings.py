@@ -153,6 +153,18 @@ class Settings(BaseSettings):
     keepalive_timeout_ms: int = Field(default=20_000, ge=1000)
     keepalive_min_ping_interval_ms: int = Field(default=10_000, ge=100)
 
+    # Who may call: API keys as "name:key" (comma-separated here, one per line in the file); TLS; limits.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+    reflection: bool = True
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    max_runs: int = Field(default=64, ge=1)
+    max_runs_per_principal: int = Field(default=8, ge=1)
+    runs_per_minute: float = Field(default=30.0, gt=0)
+
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
@@ -170,6 +182,47 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{v!r} is not HOST:PORT")
         return v
+
+    def load_api_keys(self) -> dict[str, str]:
+        """The configured keys by principal name; errors name the line, never the key."""
+        entries: list[tuple[str, str]] = []
+        if self.api_keys is not None:
+            raw = self.api_keys.get_secret_value()
+            entries += [("FACILITAIR_API_KEYS entry", part) for part in raw.split(",") if part.strip()]
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {self.api_keys_file}: {exc.strerror}") from None
+            entries += [
+                (f"{self.api_keys_file} line {n}", line)
+                for n, line in enumerate(lines, start=1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+        keys: dict[str, str] = {}
+        for where, entry in entries:
+            name, sep, key = entry.strip().partition(":")
+            if not sep or not name.strip() or len(key.strip()) < 16:
+                raise ConfigError(f"{where} is not name:key with a key of at least 16 characters")
+            if name.strip() in keys:
+                raise ConfigError(f"{where} repeats the principal name {name.strip()!r}")
+            keys[name.strip()] = key.strip()
+        return keys
+
+    def check_exposure(self, has_keys: bool) -> None:
+        """Secure by default: off loopback, callers must authenticate (keys or mTLS) unless --insecure."""
+        host = self.listen.rpartition(":")[0].strip("[]")
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        if not loopback and not has_keys and self.tls_client_ca is None and not self.insecure:
+            raise ConfigError(
+                f"refusing to listen on {self.listen} where anyone could spend your provider credits: configure "
+                "API keys (FACILITAIR_API_KEYS or FACILITAIR_API_KEYS_FILE) or client certificates (--tls-client-ca), "
+                "or pass --insecure to accept that risk"
+            )
 
     def default_models(self) -> list[ModelRef]:
         """The server-wide default model (or fallback list); unset, it follows the one provider with a key."""
