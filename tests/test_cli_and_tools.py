@@ -221,3 +221,32 @@ async def test_buf_curl_reflection_health_and_collaborate(live: Live) -> None:
     paths = {a["path"] for a in events[-1]["runCompleted"]["result"]["artifacts"]}
     assert paths == {"DESIGN.md", "reverse.py", "test_reverse.py", "README.md"}
     assert '"language": "python"' in live.fake.requests[0]["messages"][1]["content"]
+
+
+async def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
+    secret = "sk-openai-SECRET-0123456789abcdef"
+    caller = "fac-caller-SECRET-0123456789"
+    env = {**os.environ, "OPENAI_API_KEY": secret, "FACILITAIR_API_KEYS": f"alice:{caller}"}
+
+    async def config_show(*extra: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "facilitair.cli.main", "config", "show", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, _ = await config_show("--pipeline", "examples/pipeline.toml")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["settings"]["openai_api_key"] == "**********"
+    assert shown["settings"]["api_keys"] == {"alice": "**********"}
+    assert shown["pipeline"]["agents"]["coder"]["model"] == "openai:gpt-4.1"
+    assert secret[8:16] not in out
+    assert caller[8:16] not in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agents.coder]\nmodel = "openai:gpt-4.1"\ncolour = "blue"\n')
+    code, _, err = await config_show("--pipeline", str(bad))
+    assert code == 2
+    assert "agents.coder.colour" in err

@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback address with no authentication (not recommended)",
     )
 
+    config = sub.add_parser("config", help="show the server's effective configuration")
+    config.add_argument("action", choices=("show",))
+    config.add_argument("--pipeline", help="pipeline config file (env FACILITAIR_PIPELINE)")
+
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--target",
@@ -339,11 +343,48 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_main()
 
 
+def _config_show(args: argparse.Namespace) -> int:
+    """Print settings (flags and FACILITAIR_* as the server would read them) with secrets masked."""
+    try:
+        from pydantic import ValidationError  # noqa: PLC0415 - server-side dependencies, loaded on demand
+
+        from facilitair.server.settings import ConfigError, PipelineConfig, Settings  # noqa: PLC0415
+    except ImportError as exc:
+        print(f"facilitair: the server is not installed here ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.pipeline is not None:
+        os.environ["FACILITAIR_PIPELINE"] = args.pipeline
+    try:
+        settings = Settings()
+        pipeline = PipelineConfig.load(settings.pipeline)
+        keys = settings.load_api_keys()
+    except (ConfigError, ValidationError) as exc:
+        print(f"facilitair: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    shown = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
+    shown["api_keys"] = {name: "**********" for name in keys}
+    shown["default_models"] = [str(m) for m in settings.default_models()]
+    print(json.dumps({"settings": shown, "pipeline": pipeline.model_dump(mode="json")}, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `facilitair` command."""
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly; a run goes on on the server.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
+    if args.command == "config":
+        return _config_show(args)
     try:
         if args.command == "run":
             return asyncio.run(_run(args))
@@ -360,11 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(err)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly; the run goes on on the server.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
 
 
 if __name__ == "__main__":
