@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from facilitair.server import prompts
 from facilitair.server.attempts import StageRunner
 from facilitair.server.domain import AgentRole, ModelRef
@@ -158,6 +160,7 @@ class Pipeline:
         if saved is not None:
             derive(saved.text, stage)
             return saved.text
+        structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
         chain = self.spec.models[role]
         agent_cfg = self.config.agent(role)
