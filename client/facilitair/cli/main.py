@@ -327,8 +327,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from facilitair.server.__main__ import main as serve_main  # noqa: PLC0415 - the server is optional
     except ImportError as exc:
-        print(f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
-              file=sys.stderr)
+        print(
+            f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     for flag, env in (
         ("listen", "LISTEN"),
@@ -351,8 +353,10 @@ def _config_show(args: argparse.Namespace) -> int:
 
         from facilitair.server.settings import ConfigError, PipelineConfig, Settings  # noqa: PLC0415
     except ImportError as exc:
-        print(f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
-              file=sys.stderr)
+        print(
+            f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.pipeline is not None:
         os.environ["FACILITAIR_PIPELINE"] = args.pipeline
