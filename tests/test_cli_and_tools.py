@@ -250,3 +250,32 @@ async def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> N
     code, _, err = await config_show("--pipeline", str(bad))
     assert code == 2
     assert "agents.coder.colour" in err
+
+
+async def test_cli_sends_the_api_key_and_exits_4_without_it(tmp_path: Path) -> None:
+    key = "alice-key-0123456789abcdef"
+    async with FakeOpenAI(reply_for) as fake:
+        settings = Settings.model_validate(
+            {
+                "listen": "127.0.0.1:0",
+                "db": tmp_path / "facilitair.sqlite3",
+                "api_keys": f"alice:{key}",
+                "OPENAI_API_KEY": fake.api_key,
+                "OPENAI_BASE_URL": fake.base_url,
+            }
+        )
+        server = await create_server(settings)
+        try:
+            live = Live(server, fake)
+            code, _, err = await run_cli(live, "run", "reverse a string", "--format", "jsonl")
+            assert code == 4
+            assert "UNAUTHENTICATED" in err
+            assert fake.requests == []
+            code, out, _ = await run_cli(live, "run", "reverse a string", "--format", "jsonl", "--api-key", key)
+            assert code == 0
+            assert "runCompleted" in out.splitlines()[-1]
+            code, out, _ = await run_cli(live, "runs", "--api-key", key)
+            assert code == 0
+            assert "completed" in out
+        finally:
+            await server.stop(0)

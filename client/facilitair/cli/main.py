@@ -47,10 +47,8 @@ def _renderer(fmt: str | None) -> Renderer:
     return PrettyRenderer()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facilitair", description="Run a team of LLM agents on a coding task.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _serve_parser(sub: Any) -> None:
+    """The `serve` subcommand's flags; each maps onto a FACILITAIR_* setting."""
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--listen", help="HOST:PORT (env FACILITAIR_LISTEN, default 127.0.0.1:50051)")
     serve.add_argument("--db", help="SQLite file (env FACILITAIR_DB, default in the user data directory)")
@@ -58,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pipeline", help="pipeline config file, TOML (env FACILITAIR_PIPELINE)")
     serve.add_argument("--log-format", choices=("auto", "json", "console"), help="env FACILITAIR_LOG_FORMAT")
     serve.add_argument("--log-level", help="debug, info, warning (env FACILITAIR_LOG_LEVEL)")
+    serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (env FACILITAIR_METRICS_LISTEN)")
     serve.add_argument("--tls-cert", help="server certificate, PEM (env FACILITAIR_TLS_CERT)")
     serve.add_argument("--tls-key", help="server private key, PEM (env FACILITAIR_TLS_KEY)")
     serve.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
@@ -69,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback address with no authentication (not recommended)",
     )
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facilitair", description="Run a team of LLM agents on a coding task.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _serve_parser(sub)
+
     config = sub.add_parser("config", help="show the server's effective configuration")
     config.add_argument("action", choices=("show",))
     config.add_argument("--pipeline", help="pipeline config file (env FACILITAIR_PIPELINE)")
@@ -79,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get("FACILITAIR_TARGET", DEFAULT_TARGET),
             help="server HOST:PORT (env FACILITAIR_TARGET)",
         )
+        p.add_argument("--api-key", default=os.environ.get("FAC_API_KEY"), help="API key (env FAC_API_KEY)")
+        p.add_argument("--tls", action="store_true", help="connect with TLS (implied by --ca/--cert)")
+        p.add_argument("--ca", type=Path, help="CA certificate to trust, PEM (default: the system's)")
+        p.add_argument("--cert", type=Path, help="client certificate, PEM (mutual TLS)")
+        p.add_argument("--key", type=Path, help="client private key, PEM (mutual TLS)")
 
     def stream_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -339,6 +350,12 @@ def _serve(args: argparse.Namespace) -> int:
         ("pipeline", "PIPELINE"),
         ("log_format", "LOG_FORMAT"),
         ("log_level", "LOG_LEVEL"),
+        ("tls_cert", "TLS_CERT"),
+        ("tls_key", "TLS_KEY"),
+        ("tls_client_ca", "TLS_CLIENT_CA"),
+        ("api_keys_file", "API_KEYS_FILE"),
+        ("insecure", "INSECURE"),
+        ("metrics_listen", "METRICS_LISTEN"),
     ):
         value = getattr(args, flag)
         if value is not None:

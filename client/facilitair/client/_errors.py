@@ -1,7 +1,8 @@
 """The client's error type, so that callers never catch grpc exceptions.
 
 FacilitairError          any failed call; `code` is a StatusCode, `message` is the server's text,
-                         `field_violations` lists (field, description) for INVALID_ARGUMENT.
+                         `field_violations` lists (field, description) for INVALID_ARGUMENT,
+                         `retry_after` is the server's RetryInfo delay in seconds (or None).
 """
 
 from __future__ import annotations
@@ -38,17 +39,26 @@ class StatusCode(enum.IntEnum):
 class FacilitairError(Exception):
     """A call to the service failed."""
 
-    def __init__(self, code: StatusCode, message: str, field_violations: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        code: StatusCode,
+        message: str,
+        field_violations: list[tuple[str, str]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.field_violations = field_violations or []
+        #: When the server says when to retry (RESOURCE_EXHAUSTED from a run limit): seconds to wait.
+        self.retry_after = retry_after
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> FacilitairError:
-        """Convert a grpc error, decoding a BadRequest detail when there is one."""
+        """Convert a grpc error, decoding BadRequest and RetryInfo details when there are some."""
         code = StatusCode(err.code().value[0]) if err.code() is not None else StatusCode.UNKNOWN
         violations: list[tuple[str, str]] = []
+        retry_after: float | None = None
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
         if status is not None:
             for detail in status.details:
@@ -56,4 +66,8 @@ class FacilitairError(Exception):
                     bad = error_details_pb2.BadRequest()
                     detail.Unpack(bad)
                     violations += [(v.field, v.description) for v in bad.field_violations]
-        return cls(code, err.details() or code.name, violations)
+                elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    retry = error_details_pb2.RetryInfo()
+                    detail.Unpack(retry)
+                    retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+        return cls(code, err.details() or code.name, violations, retry_after)

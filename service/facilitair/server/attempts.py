@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from facilitair.server import metrics
 from facilitair.server.domain import ModelRef, UsageTotals
 from facilitair.server.errors import BudgetExceeded, ProviderError, RunDeadlineExceeded
 from facilitair.server.pricing import PriceTable
@@ -152,6 +153,7 @@ class StageRunner:
                     text, end = await self._stream(provider, request, stage, limit)
                     return StageResult(text, end, model)
                 except ProviderError as exc:
+                    metrics.PROVIDER_ERRORS.labels(model.provider, exc.kind.name.lower()).inc()
                     last_error = exc
                     delay = exc.retry_after if exc.retry_after is not None else self.policy.backoff(tries)
                     if (
@@ -182,10 +184,13 @@ class StageRunner:
         token = self.rec.token
         chars = 0
         self.rec.waiting(stage)
+        asked = time.monotonic()
         try:
             async with contextlib.aclosing(provider.stream(request)) as stream:
                 async for item in stream:
                     if type(item) is str:
+                        if not parts:
+                            metrics.FIRST_TOKEN.labels(provider.name).observe(time.monotonic() - asked)
                         parts.append(item)
                         token(stage, item)
                         chars += len(item)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import AsyncIterator
 
 import structlog
 
+from facilitair.server import metrics
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
@@ -151,6 +153,7 @@ class EventLog:
                 checkpoints,
             )
             await self._write(batch)
+            metrics.count_events(Tally(e.WhichOneof("payload") or "" for _, e, _ in events))
             self._fan_out(events)
             for done in flushed:
                 if not done.done():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from facilitair.server import prompts
+from facilitair.server import metrics, prompts
 from facilitair.server.attempts import StageRunner
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.parsing import ParsedFile, Verdict, parse_files, parse_verdict, verdict_as_text
@@ -202,7 +202,13 @@ class Pipeline:
             usage=usage_pb(usage),
             finish_reason=end.finish_reason,
         )
-        done.duration.FromNanoseconds(int((time.monotonic() - started) * 1e9))
+        elapsed = time.monotonic() - started
+        done.duration.FromNanoseconds(int(elapsed * 1e9))
+        provider = result.model.provider
+        metrics.STAGE_SECONDS.labels(role.label).observe(elapsed)
+        metrics.PROVIDER_TOKENS.labels(provider, "input").inc(end.input_tokens)
+        metrics.PROVIDER_TOKENS.labels(provider, "output").inc(end.output_tokens)
+        metrics.COST.labels(provider).inc(usage.cost_usd)
         self.rec.stage_completed(
             done, usage, StageOutput(stage, role, rounds, str(result.model), result.text).to_json()
         )

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
+from facilitair.server import metrics
 from facilitair.server.attempts import AttemptPolicy, Budget, StageRunner
 from facilitair.server.domain import chain_text
 from facilitair.server.errors import (
@@ -89,10 +90,16 @@ class RunManager:
             self._retention.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
-            task.cancel()
+            if not task.cancelling():  # a run already being cancelled is left to write its run_cancelled
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.log.stop()
         await self.store.close()
+
+    @property
+    def stopping(self) -> bool:
+        """True once the server is stopping: the streams it ends then are not clients going away."""
+        return self._stopping
 
     @property
     def active_runs(self) -> int:
@@ -251,6 +258,7 @@ class RunManager:
         )
         self._tasks[rec.run_id] = task
         self._owners[rec.run_id] = principal
+        metrics.RUNS_ACTIVE.inc()
 
     async def _drive(self, rec: RunRecorder, pipeline: Pipeline, deadline: float) -> None:
         """Run the pipeline and end the run with exactly one terminal event (or interrupt it)."""
@@ -298,6 +306,8 @@ class RunManager:
             await rec.stop_watchdog()
             self._tasks.pop(rec.run_id, None)
             self._owners.pop(rec.run_id, None)
+            metrics.RUNS_ACTIVE.dec()
+            metrics.RUNS_FINISHED.labels(pb.RunState.Name(rec.summary.state).removeprefix("RUN_STATE_").lower()).inc()
             self._cancel_reasons.pop(rec.run_id, None)
 
     # -- asking about runs ----------------------------------------------------------------------
@@ -353,7 +363,9 @@ class RunManager:
         task = self._tasks.get(run_id)
         if task is not None and not task.done():
             self._cancel_reasons.setdefault(run_id, reason)
-            task.cancel()
+            # Cancel once: a second cancel would land in the run's own ending and cut off its terminal event.
+            if not task.cancelling():
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
         row = await self._owned(run_id, principal)

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facilitair.server.guard import ApiKeys, GuardInterceptor
 from facilitair.server.logging_setup import configure_logging
+from facilitair.server.metrics import MetricsServer
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs import RunManager
 from facilitair.server.servicer import OrchestratorServicer
@@ -56,6 +57,7 @@ class RunningServer:
     runs: RunManager
     health: health_aio.HealthServicer
     providers: ProviderRegistry
+    metrics: MetricsServer | None = None
 
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, refuse new runs, end streams after `grace`, then interrupt runs."""
@@ -66,6 +68,8 @@ class RunningServer:
         finally:
             await self.runs.stop()
             await self.providers.aclose()
+            if self.metrics is not None:
+                self.metrics.stop()
 
 
 async def create_server(
@@ -106,7 +110,8 @@ async def create_server(
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, runs, health, providers)
+    metrics_server = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
+    return RunningServer(server, port, runs, health, providers, metrics_server)
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from facilitair.server import convert
+from facilitair.server import convert, metrics
 from facilitair.server.errors import FacilitairError, InvalidArgument, ResourceLimited, status_of
 from facilitair.server.guard import PRINCIPAL
 from facilitair.server.relay import coalesce_tokens
@@ -83,19 +83,26 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             await _abort(context, exc)
         ended = False
         coalesce = request.coalesce_tokens
+        sent = metrics.MESSAGES_SENT.labels("Collaborate")
+        metrics.WATCHERS_ACTIVE.inc()
         try:
             async for batch in events:
-                for event in coalesce_tokens(batch) if coalesce else batch:
+                messages = coalesce_tokens(batch) if coalesce else batch
+                for event in messages:
                     yield pb.CollaborateResponse(event=event)
+                sent.inc(len(messages))
             ended = True
         except asyncio.CancelledError:
             # The client went away (cancelled, deadline, connection lost): the run follows on_disconnect.
-            if spec.on_disconnect == pb.ON_DISCONNECT_CANCEL:
+            # A stream ended by the server's own shutdown is not a client going away: the run is
+            # interrupted and resumes at the next start, whatever on_disconnect says.
+            if spec.on_disconnect == pb.ON_DISCONNECT_CANCEL and not self._runs.stopping:
                 task = asyncio.get_running_loop().create_task(self._cancel_detached(run_id, principal))
                 self._background.add(task)  # keep a reference until it is done
                 task.add_done_callback(self._background.discard)
             raise
         finally:
+            metrics.WATCHERS_ACTIVE.dec()
             log.info("stream_closed", complete=ended)
 
     async def _cancel_detached(self, run_id: str, principal: str) -> None:
@@ -114,9 +121,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         except Exception as exc:
             await _abort(context, exc)
         coalesce = request.coalesce_tokens
-        async for batch in events:
-            for event in coalesce_tokens(batch) if coalesce else batch:
-                yield pb.WatchRunResponse(event=event)
+        sent = metrics.MESSAGES_SENT.labels("WatchRun")
+        metrics.WATCHERS_ACTIVE.inc()
+        try:
+            async for batch in events:
+                messages = coalesce_tokens(batch) if coalesce else batch
+                for event in messages:
+                    yield pb.WatchRunResponse(event=event)
+                sent.inc(len(messages))
+        finally:
+            metrics.WATCHERS_ACTIVE.dec()
 
     async def GetRun(
         self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext[object, object]

@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     thinking_interval: float = Field(default=2.0, gt=0, le=60)
     heartbeat_interval: float = Field(default=5.0, gt=0, le=60)
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    metrics_listen: str | None = None
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     retention_days: float = Field(default=7.0, gt=0)
