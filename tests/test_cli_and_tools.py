@@ -221,6 +221,16 @@ async def test_buf_curl_reflection_health_and_collaborate(live: Live) -> None:
     paths = {a["path"] for a in events[-1]["runCompleted"]["result"]["artifacts"]}
     assert paths == {"DESIGN.md", "reverse.py", "test_reverse.py", "README.md"}
     assert '"language": "python"' in live.fake.requests[0]["messages"][1]["content"]
+    run_id = events[0]["runId"]
+    watch = json.dumps({"run_id": run_id, "after_seq": 10})
+    replay = [
+        d["event"]
+        for d in json_documents(await buf_curl("-d", watch, f"{base}/facilitair.v1.OrchestratorService/WatchRun"))
+    ]
+    assert replay == events[10:]
+    cancel = json.dumps({"run_id": run_id})
+    [cancelled] = json_documents(await buf_curl("-d", cancel, f"{base}/facilitair.v1.OrchestratorService/CancelRun"))
+    assert cancelled["run"]["state"] == "RUN_STATE_COMPLETED"  # cancelling a finished run returns its final state
 
 
 async def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
