@@ -37,15 +37,7 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
     elif len(request.task) > MAX_TASK_CHARS:
         problems.append(("task", f"is {len(request.task)} characters; the limit is {MAX_TASK_CHARS}"))
 
-    context: dict[str, Any] = {}
-    if request.HasField("context"):
-        size = request.context.ByteSize()
-        if size > MAX_CONTEXT_BYTES:
-            problems.append(("context", f"is {size} bytes; the limit is {MAX_CONTEXT_BYTES}"))
-        else:
-            context = json_format.MessageToDict(request.context)
-            if _depth(context) > MAX_CONTEXT_DEPTH:
-                problems.append(("context", f"is nested deeper than {MAX_CONTEXT_DEPTH} levels"))
+    context = _context(request, problems)
 
     request_model: list[ModelRef] | None = None
     if request.model:
@@ -101,6 +93,24 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
     )
+
+
+def _context(request: pb.CollaborateRequest, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """The request's context as JSON-compatible data, checked for size, depth and finite numbers."""
+    context: dict[str, Any] = {}
+    if request.HasField("context"):
+        size = request.context.ByteSize()
+        if size > MAX_CONTEXT_BYTES:
+            problems.append(("context", f"is {size} bytes; the limit is {MAX_CONTEXT_BYTES}"))
+        else:
+            try:
+                context = json_format.MessageToDict(request.context)
+            except (ValueError, json_format.Error):  # NaN or Infinity: a Struct holds them, JSON (the spec) cannot
+                problems.append(("context", "holds a number that is NaN or infinite; only finite numbers are allowed"))
+            else:
+                if _depth(context) > MAX_CONTEXT_DEPTH:
+                    problems.append(("context", f"is nested deeper than {MAX_CONTEXT_DEPTH} levels"))
+    return context
 
 
 def _budgets(

@@ -276,7 +276,9 @@ class RunManager:
                     raise RunDeadlineExceeded(
                         f"the run took longer than the server's limit of {limit:g} s (FACILITAIR_RUN_TIMEOUT)"
                     ) from None
-                finish = lambda: rec.completed(result, time.monotonic() - started)  # noqa: E731
+                # The run's duration counts from its creation, across restarts of the server.
+                created = rec.summary.created_at.ToNanoseconds() / 1e9
+                finish = lambda: rec.completed(result, time.time() - created)  # noqa: E731
             except asyncio.CancelledError:
                 reason = self._cancel_reasons.pop(rec.run_id, None)
                 # No reason given means shutdown: the run is interrupted and resumes at the next start.
@@ -400,6 +402,7 @@ def _decode_token(token: str) -> tuple[float, str]:
         created_at, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
         if not isinstance(run_id, str) or not isinstance(created_at, int | float):
             raise TypeError
-    except (ValueError, TypeError, UnicodeError):
+        when = float(created_at)  # OverflowError for an integer past the range of a float
+    except (ValueError, TypeError, UnicodeError, OverflowError):
         raise InvalidArgument("page_token", "not a token returned by ListRuns") from None
-    return float(created_at), run_id
+    return when, run_id
