@@ -334,15 +334,18 @@ async def _unary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _server_missing(exc: ImportError) -> int:
+    """Say which extra brings the server, for commands that need it."""
+    print(f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_USAGE
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from facilitair.server.__main__ import main as serve_main  # noqa: PLC0415 - the server is optional
     except ImportError as exc:
-        print(
-            f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _server_missing(exc)
     for flag, env in (
         ("listen", "LISTEN"),
         ("db", "DB"),
@@ -370,11 +373,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
         from facilitair.server.settings import ConfigError, PipelineConfig, Settings  # noqa: PLC0415
     except ImportError as exc:
-        print(
-            f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _server_missing(exc)
     if args.pipeline is not None:
         os.environ["FACILITAIR_PIPELINE"] = args.pipeline
     try:
