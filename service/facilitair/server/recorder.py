@@ -114,11 +114,6 @@ class RunRecorder:
         self.log.checkpoint(Checkpoint(self.run_id, done.stage, checkpoint))
         self._save()
 
-    def add_usage(self, usage: UsageTotals) -> None:
-        """Count usage of an attempt that did not complete a stage (it was still paid for)."""
-        self.usage.add(usage)
-        self.summary.usage.CopyFrom(usage_pb(self.usage))
-
     def completed(self, result: pb.RunResult, duration_s: float) -> None:
         """Terminal: the run finished with a result."""
         event = pb.RunEvent(run_completed=pb.RunCompleted(result=result, usage=usage_pb(self.usage)))

@@ -101,6 +101,10 @@ class RunManager:
         """True once the server is stopping: the streams it ends then are not clients going away."""
         return self._stopping
 
+    def refuse_new_runs(self) -> None:
+        """From now on new runs get UNAVAILABLE (the first step of a graceful stop)."""
+        self._stopping = True
+
     @property
     def active_runs(self) -> int:
         """How many runs are live in this process."""

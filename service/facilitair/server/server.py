@@ -62,7 +62,7 @@ class RunningServer:
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, refuse new runs, end streams after `grace`, then interrupt runs."""
         await self.health.enter_graceful_shutdown()
-        self.runs._stopping = True
+        self.runs.refuse_new_runs()
         try:
             await self.server.stop(grace)
         finally:
