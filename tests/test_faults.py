@@ -337,3 +337,32 @@ async def collect_raw(call: grpc.aio.UnaryStreamCall[pb.CollaborateRequest, pb.C
         return [response.event async for response in call]
 
     return await asyncio.wait_for(read(), 60)
+
+
+async def test_a_stall_before_the_first_token_is_a_retried_timeout(make_server: ServerFactory) -> None:
+    good = default_replies()["coder"]
+    script = scripted(coder=[Reply(chunks=["never sent"], fault=Fault.stall(0, seconds=30)), good])
+    async with FakeOpenAI(script) as fake:
+        h = await start(make_server, fake, provider_timeout=0.5)
+        events = await h.run(TASK)
+    assert_gapless(events)
+    assert kind(events[-1]) == "run_completed"
+    assert len(script.requests("coder")) == 2
+    [reset] = of_kind(events, "attempt_reset")
+    assert "timed out" in reset.reason
+    assert coder_text_after_last_reset(events) == text_of(good)
+
+
+async def test_an_unreachable_provider_is_retried_then_fails_unavailable(make_server: ServerFactory) -> None:
+    # Nothing listens on port 1: every attempt is a connection error.
+    h = await make_server(
+        OPENAI_API_KEY="test-key", OPENAI_BASE_URL="http://127.0.0.1:1/v1", provider_attempts=3, retry_backoff=0.01
+    )
+    events = await h.run(TASK)
+    assert_gapless(events)
+    assert [r.attempt for r in of_kind(events, "attempt_reset")] == [2, 3]
+    failed = events[-1].run_failed
+    assert failed.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert failed.retryable
+    assert failed.stage == 1
+    assert "openai connection failed for model gpt-4.1-mini" in failed.message
