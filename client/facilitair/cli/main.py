@@ -379,6 +379,7 @@ def _config_show(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
         pipeline = PipelineConfig.load(settings.pipeline)
+        settings = settings.with_file(pipeline)
         keys = settings.load_api_keys()
     except (ConfigError, ValidationError) as exc:
         print(f"facilitair: configuration error: {exc}", file=sys.stderr)

@@ -169,7 +169,7 @@ class Pipeline:
         def request(model: ModelRef, timeout: float) -> CompletionRequest:
             return CompletionRequest(
                 model=model.model,
-                system=prompts.SYSTEM[role],
+                system=prompts.system_prompt(role, agent_cfg.system_prompt),
                 prompt=prompt,
                 max_tokens=agent_cfg.max_tokens,
                 temperature=agent_cfg.temperature,

@@ -31,7 +31,8 @@ VERDICT_FORMAT = """Answer with exactly one JSON object in a ```json fenced bloc
 ```
 Set "approved" to true only if the code is correct, complete and has no critical or major issue."""
 
-SYSTEM = {
+# What each agent is asked to be; the pipeline file's `system_prompt` may replace this part.
+ROLE = {
     AgentRole.ARCHITECT: (
         "You are the Architect of a software team. Design a solution for the task: components, the files "
         "to create with their responsibilities, key interfaces and data structures, edge cases. Be concrete "
@@ -39,26 +40,45 @@ SYSTEM = {
     ),
     AgentRole.CODER: (
         "You are the Coder of a software team. Implement the Architect's design completely, with "
-        "production-quality code (error handling, types, docstrings). Output only the files.\n\n" + FILE_FORMAT
+        "production-quality code (error handling, types, docstrings). Output only the files."
     ),
     AgentRole.REVIEWER: (
         "You are the Reviewer of a software team. Review the code against the task and the design: "
-        "correctness, edge cases, security, clarity. Raise only concrete issues.\n\n" + VERDICT_FORMAT
+        "correctness, edge cases, security, clarity. Raise only concrete issues."
     ),
     AgentRole.REFINER: (
         "You are the Refiner of a software team. Fix every issue the Reviewer raised in the code, changing "
-        "nothing else. Output every file of the solution again in full, changed or not.\n\n" + FILE_FORMAT
+        "nothing else. Output every file of the solution again in full, changed or not."
     ),
     AgentRole.TESTER: (
         "You are the Tester of a software team. Write thorough automated tests for the final code with the "
-        "language's usual test framework: normal cases, edge cases, errors. Output only test files.\n\n" + FILE_FORMAT
+        "language's usual test framework: normal cases, edge cases, errors. Output only test files."
     ),
     AgentRole.DOCUMENTER: (
         "You are the Documenter of a software team. Write the usage documentation for the final code: what "
-        "it does, how to install and run it, examples, the API. Your whole answer is the Markdown file "
-        "itself (it is saved as README.md), with no preamble and no outer code fence."
+        "it does, how to install and run it, examples, the API."
     ),
 }
+
+# The output contract the parsers rely on: always appended, so a replaced role text cannot break it.
+CONTRACT = {
+    AgentRole.ARCHITECT: "",
+    AgentRole.CODER: FILE_FORMAT,
+    AgentRole.REVIEWER: VERDICT_FORMAT,
+    AgentRole.REFINER: FILE_FORMAT,
+    AgentRole.TESTER: FILE_FORMAT,
+    AgentRole.DOCUMENTER: (
+        "Your whole answer is the Markdown file itself (it is saved as README.md), with no preamble and no "
+        "outer code fence."
+    ),
+}
+
+
+def system_prompt(role: AgentRole, role_text: str | None = None) -> str:
+    """The system prompt of an agent: its role text (or the configured one) and its output contract."""
+    text = (role_text or ROLE[role]).strip()
+    contract = CONTRACT[role]
+    return f"{text}\n\n{contract}" if contract else text
 
 
 @dataclass(frozen=True, slots=True)

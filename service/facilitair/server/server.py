@@ -81,6 +81,7 @@ async def create_server(
 ) -> RunningServer:
     """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned)."""
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
+    settings = settings.with_file(config)
     keys = ApiKeys(settings.load_api_keys())
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)

@@ -44,6 +44,8 @@ class AgentConfig(BaseModel):
     model: str | None = None
     max_tokens: int = Field(default=4096, ge=16, le=64_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    # Replaces the agent's role text; the output contract the parsers need is always appended.
+    system_prompt: str | None = Field(default=None, min_length=1, max_length=20_000)
 
     @field_validator("model")
     @classmethod
@@ -68,6 +70,16 @@ class PipelineConfig(BaseModel):
     max_refinements: int = Field(default=2, ge=0, le=10)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    # Server settings the file may set (budgets, limits, bounds); flags and FACILITAIR_* win over them.
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if name not in FILE_SETTINGS:
+                raise ValueError(f"{name!r} cannot be set in the file; it may set: {', '.join(sorted(FILE_SETTINGS))}")
+        return v
 
     @field_validator("agents")
     @classmethod
@@ -114,6 +126,13 @@ class PipelineConfig(BaseModel):
             raise ConfigError(f"pipeline file {path}: {problems}") from None
 
 
+FILE_SETTINGS = frozenset({
+    "budget_usd", "budget_tokens", "budget_usd_max", "budget_tokens_max", "max_runs", "max_runs_per_principal",
+    "runs_per_minute", "run_timeout", "provider_attempts", "provider_timeout", "retry_wait_max", "retry_backoff",
+    "thinking_interval", "heartbeat_interval", "retention_days",
+})  # fmt: skip
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message says which key and why."""
 
@@ -121,7 +140,9 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """Everything the server reads at start."""
 
-    model_config = SettingsConfigDict(env_prefix="FACILITAIR_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FACILITAIR_", extra="ignore", populate_by_name=True, validate_assignment=True
+    )
 
     listen: str = "127.0.0.1:50051"
     db: Path = Field(default_factory=default_db_path)
@@ -183,6 +204,18 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{v!r} is not HOST:PORT")
         return v
+
+    def with_file(self, config: PipelineConfig) -> Settings:
+        """These settings with the pipeline file's [settings] filled in where flags and environment said nothing."""
+        merged = self.model_copy()
+        for name, value in config.settings.items():
+            if name in self.model_fields_set:
+                continue
+            try:
+                setattr(merged, name, value)  # validate_assignment checks it like the environment would be
+            except ValidationError as exc:
+                raise ConfigError(f"pipeline file: settings.{name}: {exc.errors()[0]['msg']}") from None
+        return merged
 
     def load_api_keys(self) -> dict[str, str]:
         """The configured keys by principal name; errors name the line, never the key."""
