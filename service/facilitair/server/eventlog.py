@@ -28,24 +28,35 @@ from facilitair.v1.orchestrator_pb2 import RunEvent
 log = structlog.get_logger(__name__)
 
 READ_PAGE = 1000
+# Events of each live run kept in memory for watchers that are a little behind (a reconnecting client, a
+# slow reader); further behind, they read from the store. A token event takes about 0.9 KB in memory,
+# so this is about 115 KB per live run.
+TAIL_SIZE = 128
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
 class RunChannel:
     """The live side of one run: seq numbering, the committed tail, and the watchers' wake-up."""
 
-    __slots__ = ("_changed", "_tail", "committed_seq", "finished", "next_seq", "run_id")
+    __slots__ = ("_changed", "_tail", "_tail_size", "committed_seq", "finished", "next_seq", "run_id")
 
     def __init__(self, run_id: str, last_seq: int, tail_size: int) -> None:
         self.run_id = run_id
         self.next_seq = last_seq + 1
         self.committed_seq = last_seq
         self.finished = False
-        self._tail: deque[RunEvent] = deque(maxlen=tail_size)
+        # The newest committed events, seqs contiguous and ending at committed_seq.
+        self._tail: deque[RunEvent] = deque()
+        self._tail_size = tail_size
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def _commit(self, events: list[RunEvent], terminal: bool) -> None:
-        self._tail.extend(events)
+        tail = self._tail
+        tail.extend(events)
+        # Keep `tail_size` events, or the whole of this commit if it is larger: the watchers woken next want
+        # all of it, and reading it back from the store would cost more than holding it until they have.
+        for _ in range(len(tail) - max(self._tail_size, len(events))):
+            tail.popleft()
         self.committed_seq = events[-1].seq
         self.finished = self.finished or terminal
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
@@ -53,9 +64,16 @@ class RunChannel:
 
     def tail_from(self, seq: int) -> list[RunEvent] | None:
         """Committed events from `seq` on, if the tail still holds `seq`."""
-        if not self._tail or self._tail[0].seq > seq:
+        wanted = self.committed_seq - seq + 1
+        tail = self._tail
+        if wanted > len(tail):
             return None
-        return list(itertools.islice(self._tail, seq - self._tail[0].seq, None))
+        if wanted <= 0:
+            return []
+        # From the right end: a live watcher wants the few newest events of a tail that may be long.
+        events = list(itertools.islice(reversed(tail), wanted))
+        events.reverse()
+        return events
 
     async def wait_changed(self) -> None:
         """Return once more events are committed (or the run finished)."""
@@ -65,7 +83,7 @@ class RunChannel:
 class EventLog:
     """Numbers, persists and fans out the events of all runs."""
 
-    def __init__(self, store: EventStore, *, tail_size: int = 2048) -> None:
+    def __init__(self, store: EventStore, *, tail_size: int = TAIL_SIZE) -> None:
         self.store = store
         self._tail_size = tail_size
         self._channels: dict[str, RunChannel] = {}
@@ -170,14 +188,19 @@ class EventLog:
                 await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
     def _fan_out(self, events: list[tuple[RunChannel, RunEvent, bool]]) -> None:
-        by_channel: dict[RunChannel, tuple[list[RunEvent], bool]] = {}
+        by_channel: dict[RunChannel, list[RunEvent]] = {}
+        ended: list[RunChannel] = []
         for channel, event, terminal in events:
-            evs, term = by_channel.get(channel, ([], False))
+            evs = by_channel.get(channel)
+            if evs is None:
+                evs = by_channel[channel] = []
             evs.append(event)
-            by_channel[channel] = (evs, term or terminal)
-        for channel, (evs, terminal) in by_channel.items():
-            channel._commit(evs, terminal)
-            if terminal and self._channels.get(channel.run_id) is channel:
+            if terminal:
+                ended.append(channel)
+        for channel, evs in by_channel.items():
+            channel._commit(evs, channel in ended)
+        for channel in ended:
+            if self._channels.get(channel.run_id) is channel:
                 del self._channels[channel.run_id]
 
     async def watch(self, run_id: str, after_seq: int) -> AsyncIterator[list[RunEvent]]:

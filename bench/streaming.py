@@ -1,0 +1,179 @@
+"""Goals 1 and 2: tokens per second for one run, and relay latency under many concurrent runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench.baseline import Spec
+from bench.fake import Directive
+from bench.lab import Lab
+from bench.load import Channels, Followed, collaborate_request, follow
+from bench.procs import Child
+from bench.stats import Sampler, median, percentile, ratio
+from facilitair.v1 import orchestrator_pb2 as pb
+
+CODER_STAGE = 2
+STAGES = 5
+
+
+def _rate(f: Followed, stage: int) -> float:
+    """Tokens per second of one stage: its tokens over the time from the call to its last token.
+
+    From the call, not from the stage's first message: a coalesced stage arrives in a few large messages, and
+    under a busy loop even stage_started may arrive with them. The server's time also covers creating the run
+    and the one-token stages before the Coder's (a few tens of ms against seconds of streaming).
+    """
+    s = f.stages[stage]
+    return s.tokens / max((s.last_ns - f.call_ns) / 1e9, 1e-9)
+
+
+async def throughput(lab: Lab, *, tokens: int, size: int, repeats: int) -> dict[str, Any]:
+    """One run whose Coder streams `tokens` as fast as the fake can, per token and coalesced, vs the bare RPC."""
+    directive = Directive(tokens={"coder": tokens}, size=size)
+    samples: dict[str, list[float]] = {"server": [], "server_coalesced": [], "baseline": []}
+    messages: list[float] = []
+    cpu: list[dict[str, dict[str, float]]] = []
+    async with lab.server("throughput") as server:
+        channels = Channels(server.target, 1)
+        bare = Channels(lab.baseline.target, 1)
+        await channels.ready()
+        await bare.ready()
+        await follow(channels.stub().Collaborate(collaborate_request(directive)), stamped=False)  # warm up
+        for _ in range(repeats):
+            async with Sampler({"server": server.pid, "fake": lab.fake.pid, "client": "self"}) as sampler:
+                plain = await follow(channels.stub().Collaborate(collaborate_request(directive)), stamped=False)
+            cpu.append(sampler.result)
+            samples["server"].append(_rate(plain, CODER_STAGE))
+            joined = await follow(
+                channels.stub().Collaborate(collaborate_request(directive, coalesce=True)), stamped=False
+            )
+            samples["server_coalesced"].append(_rate(joined, CODER_STAGE))
+            coder = joined.stages[CODER_STAGE]
+            messages.append(coder.tokens / coder.messages)
+            base = await follow(
+                bare.stub().WatchRun(pb.WatchRunRequest(run_id=Spec(tokens, size).encode())), stamped=False
+            )
+            samples["baseline"].append(_rate(base, CODER_STAGE))
+        await channels.close()
+        await bare.close()
+    m = {k: median(v) for k, v in samples.items()}
+    return {
+        "tokens": tokens,
+        "size": size,
+        "repeats": repeats,
+        "tokens_per_s": m,
+        "samples": samples,
+        "ratio_server": ratio(m["server"], m["baseline"]),
+        "ratio_coalesced": ratio(m["server_coalesced"], m["baseline"]),
+        "tokens_per_coalesced_message": median(messages),
+        "cpu_percent_per_token_run": {p: median([c[p]["cpu_percent"] for c in cpu]) for p in cpu[0]},
+    }
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """`runs` runs at `rate` tokens/s each, streaming for about `seconds` (spread over the 5 stages)."""
+
+    runs: int
+    rate: float
+    seconds: float
+    size: int
+
+    @property
+    def ramp(self) -> float:
+        """Starts are spread over this many seconds, as real clients do not all call in the same millisecond."""
+        return min(5.0, self.runs / 100)
+
+
+@contextlib.asynccontextmanager
+async def _under_test(lab: Lab, label: str, *, bare: bool) -> AsyncIterator[Child]:
+    """The baseline (already running), or a fresh server."""
+    if bare:
+        yield lab.baseline
+    else:
+        async with lab.server(label) as server:
+            yield server
+
+
+def _window(results: list[Followed], start_ns: int, end_ns: int) -> list[int]:
+    out: list[int] = []
+    for f in results:
+        out += [lat for t, lat in zip(f.received_ns, f.latency_ns, strict=True) if start_ns <= t <= end_ns]
+    return out
+
+
+async def _load_once(lab: Lab, shape: LoadShape, *, bare: bool) -> dict[str, Any]:
+    """One load pass against the server (fresh) or the baseline; latency over the steady window."""
+    per_run = max(1, round(shape.rate * shape.seconds / STAGES))
+    async with _under_test(lab, f"load-{shape.runs}x{shape.rate:g}", bare=bare) as target:
+        channels = Channels(target.target, shape.runs)
+        await channels.ready()
+        rss_before = target.rss_kib()
+
+        async def one(i: int) -> Followed:
+            await asyncio.sleep(i * shape.ramp / shape.runs)
+            stub = channels.stub()
+            if bare:
+                spec = Spec(per_run * STAGES, shape.size, shape.rate)
+                return await follow(stub.WatchRun(pb.WatchRunRequest(run_id=spec.encode())), stamped=True)
+            directive = Directive(default_tokens=per_run, rate=shape.rate, size=shape.size)
+            return await follow(stub.Collaborate(collaborate_request(directive)), stamped=True)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(shape.runs)]
+        # The steady window: every run started (and a little more), until the first run ends.
+        await asyncio.sleep(shape.ramp + min(1.0, shape.seconds / 4))
+        start_ns = time.time_ns()
+        async with Sampler({"server": target.pid, "fake": lab.fake.pid, "client": "self"}) as sampler:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        end_ns = time.time_ns()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await channels.close()
+    ok = [r for r in results if isinstance(r, Followed)]
+    lat = _window(ok, start_ns, end_ns)
+    window = (end_ns - start_ns) / 1e9
+    ttfe = [f.time_to_first_event * 1e3 for f in ok]
+    return {
+        "window_s": window,
+        "samples": len(lat),
+        "p50_ms": percentile(lat, 50) / 1e6,
+        "p99_ms": percentile(lat, 99) / 1e6,
+        "max_ms": max(lat, default=0) / 1e6,
+        "delivered_tokens_per_s": len(lat) / window if window else 0.0,
+        "offered_tokens_per_s": shape.runs * shape.rate,
+        "failed_runs": len(results) - len(ok) + sum(1 for f in ok if not bare and f.terminal != "run_completed"),
+        "first_event_p50_ms": percentile(ttfe, 50),
+        "first_event_p99_ms": percentile(ttfe, 99),
+        "rss_before_mib": rss_before / 1024,
+        "rss_per_run_kib": (sampler.result["server"]["rss_peak_mib"] * 1024 - rss_before) / shape.runs,
+        "processes": sampler.result,
+    }
+
+
+async def load(lab: Lab, shape: LoadShape, *, repeats: int) -> dict[str, Any]:
+    """The server and the bare baseline under the same load, `repeats` times each; medians."""
+    server = [await _load_once(lab, shape, bare=False) for _ in range(repeats)]
+    base = [await _load_once(lab, shape, bare=True) for _ in range(repeats)]
+
+    def med(rows: list[dict[str, Any]], key: str) -> float:
+        return median([r[key] for r in rows])
+
+    keys = ("p50_ms", "p99_ms", "max_ms", "delivered_tokens_per_s", "first_event_p50_ms", "first_event_p99_ms")
+    return {
+        "runs": shape.runs,
+        "rate": shape.rate,
+        "seconds": shape.seconds,
+        "size": shape.size,
+        "repeats": repeats,
+        "server": {k: med(server, k) for k in (*keys, "rss_per_run_kib", "failed_runs")}
+        | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in server])},
+        "baseline": {k: med(base, k) for k in keys}
+        | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in base])},
+        "ratio_p50": ratio(med(server, "p50_ms"), med(base, "p50_ms")),
+        "ratio_p99": ratio(med(server, "p99_ms"), med(base, "p99_ms")),
+        "passes": {"server": server, "baseline": base},
+    }
