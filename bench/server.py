@@ -15,7 +15,7 @@ import signal
 from bench import patches
 from bench.procs import announce_ready
 from facilitair.server.logging_setup import configure_logging
-from facilitair.server.server import create_server
+from facilitair.server.server import create_server, tune_runtime
 from facilitair.server.settings import Settings
 
 UNLIMITED = 1_000_000
@@ -36,6 +36,7 @@ async def _serve(db: str, openai_url: str, api_key: str) -> None:
         }
     )
     running = await create_server(settings)
+    tune_runtime()  # as `facilitair serve` does
     announce_ready(running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
