@@ -1,7 +1,9 @@
 """Changes proposed for files outside the harness, applied to the server process only when asked (`--try`).
 
-They let the harness measure a proposal before it is made: the README reports each with and without. None is
-applied by default; the default run measures the code as it is.
+They let the harness measure a proposal before it is made. `multirow`, `switch`, `rawsse` and `gc` were then
+made the server's own behaviour (store/sqlite.py, providers/openai_provider.py, server.tune_runtime), so
+applying them now changes nothing material; they stay so that the README's "before" column can be compared.
+`uvloop` was not adopted. The default run measures the code as it is.
 
 - `multirow`: SqliteStore.write_batch writes events, run rows and checkpoints with one multi-row INSERT per
   300 rows instead of `executemany`, which runs one sqlite3_step per row and releases and re-takes the GIL

@@ -38,6 +38,11 @@ def exit_code_for(err: FacilitairError) -> int:
     return EXIT_FAILED
 
 
+def _coalesce(args: argparse.Namespace) -> bool:
+    """Text views ask for coalesced tokens (less work for everyone); jsonl and --output-dir keep every event."""
+    return args.format != "jsonl" and args.output_dir is None
+
+
 def _renderer(fmt: str | None) -> Renderer:
     fmt = fmt or ("pretty" if sys.stdout.isatty() else "plain")
     if fmt == "jsonl":
@@ -223,6 +228,7 @@ async def _run(args: argparse.Namespace) -> int:
             agent_models=_agent_models(args.agent_model),
             max_refinements=args.max_refinements,
             client_request_id=args.request_id,
+            coalesce_tokens=_coalesce(args),
         )
         if args.detach:
             first = await anext(events)
@@ -239,7 +245,7 @@ async def _watch(args: argparse.Namespace) -> int:
         client.on_reconnect = lambda n, delay, err: renderer.note(
             f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
         )
-        events = client.watch(args.run_id, args.after)
+        events = client.watch(args.run_id, args.after, coalesce_tokens=_coalesce(args))
         return await _interruptible(client, events, renderer, output, cancel_on_interrupt=False, run_id=args.run_id)
 
 
