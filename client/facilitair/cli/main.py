@@ -214,13 +214,23 @@ async def _follow(
     return EXIT_OK if final is not None and final.WhichOneof("payload") == "run_completed" else EXIT_FAILED
 
 
+def _views(args: argparse.Namespace) -> tuple[Renderer, OutputDir | None]:
+    """The renderer and the optional output directory of run and watch."""
+    return _renderer(args.format), OutputDir(args.output_dir) if args.output_dir else None
+
+
+def _following_client(args: argparse.Namespace, renderer: Renderer) -> Client:
+    """A client for run and watch that tells the user when it reconnects."""
+    client = _client(args, reconnect_timeout=args.reconnect_timeout)
+    client.on_reconnect = lambda n, delay, err: renderer.note(
+        f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
+    )
+    return client
+
+
 async def _run(args: argparse.Namespace) -> int:
-    renderer = _renderer(args.format)
-    output = OutputDir(args.output_dir) if args.output_dir else None
-    async with _client(args, reconnect_timeout=args.reconnect_timeout) as client:
-        client.on_reconnect = lambda n, delay, err: renderer.note(
-            f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
-        )
+    renderer, output = _views(args)
+    async with _following_client(args, renderer) as client:
         events = client.collaborate(
             args.task,
             context=_context(args.context),
@@ -239,12 +249,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    renderer = _renderer(args.format)
-    output = OutputDir(args.output_dir) if args.output_dir else None
-    async with _client(args, reconnect_timeout=args.reconnect_timeout) as client:
-        client.on_reconnect = lambda n, delay, err: renderer.note(
-            f"connection lost ({err.message}); reconnecting in {delay:.1f}s (attempt {n})"
-        )
+    renderer, output = _views(args)
+    async with _following_client(args, renderer) as client:
         events = client.watch(args.run_id, args.after, coalesce_tokens=_coalesce(args))
         return await _interruptible(client, events, renderer, output, cancel_on_interrupt=False, run_id=args.run_id)
 
