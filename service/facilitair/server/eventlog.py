@@ -88,7 +88,8 @@ class EventLog:
         self.store = store
         self._tail_size = tail_size
         self._channels: dict[str, RunChannel] = {}
-        self._events: list[tuple[RunChannel, RunEvent, bool]] = []
+        # Each pending event with its payload kind, read once here for the terminal check and the metrics.
+        self._events: list[tuple[RunChannel, RunEvent, str]] = []
         self._runs: dict[str, RunRow] = {}
         self._checkpoints: list[Checkpoint] = []
         self._wake: asyncio.Future[None] | None = None
@@ -129,7 +130,7 @@ class EventLog:
         """Number an event (run_id and payload already set) and queue it; the per-token path."""
         event.seq = channel.next_seq
         channel.next_seq += 1
-        self._events.append((channel, event, event.WhichOneof("payload") in TERMINAL_PAYLOADS))
+        self._events.append((channel, event, event.WhichOneof("payload") or ""))
         self._poke()
 
     def update_run(self, row: RunRow) -> None:
@@ -172,7 +173,7 @@ class EventLog:
                 checkpoints,
             )
             await self._write(batch)
-            metrics.count_events(Tally(e.WhichOneof("payload") or "" for _, e, _ in events))
+            metrics.count_events(Tally(kind for _, _, kind in events))
             self._fan_out(events)
             for done in flushed:
                 if not done.done():
@@ -188,15 +189,15 @@ class EventLog:
                 log.exception("event_store_write_failed", attempt=attempt, events=len(batch.events))
                 await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
-    def _fan_out(self, events: list[tuple[RunChannel, RunEvent, bool]]) -> None:
+    def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]]) -> None:
         by_channel: dict[RunChannel, list[RunEvent]] = {}
         ended: list[RunChannel] = []
-        for channel, event, terminal in events:
+        for channel, event, kind in events:
             evs = by_channel.get(channel)
             if evs is None:
                 evs = by_channel[channel] = []
             evs.append(event)
-            if terminal:
+            if kind in TERMINAL_PAYLOADS:
                 ended.append(channel)
         for channel, evs in by_channel.items():
             channel._commit(evs, channel in ended)
