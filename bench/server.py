@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 
 from bench import patches
 from bench.procs import announce_ready
 from facilitair.server.logging_setup import configure_logging
-from facilitair.server.server import create_server, tune_runtime
+from facilitair.server.server import create_server, tune_runtime, until_signalled
 from facilitair.server.settings import Settings
 
 UNLIMITED = 1_000_000
@@ -38,12 +37,8 @@ async def _serve(db: str, openai_url: str, api_key: str) -> None:
     running = await create_server(settings)
     tune_runtime()  # as `facilitair serve` does
     announce_ready(running.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await running.stop(0)
 

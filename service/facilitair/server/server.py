@@ -145,6 +145,15 @@ def tune_runtime() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+async def until_signalled() -> None:
+    """Return at the first SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format)
@@ -157,6 +166,9 @@ async def serve(settings: Settings) -> None:
             message=f"listening on {settings.listen} with NO authentication: anyone who can reach it can start runs "
             "on your provider keys",
         )
+    if running.metrics is not None:
+        metrics_host = (settings.metrics_listen or "").rpartition(":")[0]
+        log.info("metrics", address=f"{metrics_host}:{running.metrics.port}", port=running.metrics.port)
     log.info(
         "serving",
         address=f"{host}:{running.port}",
@@ -165,12 +177,8 @@ async def serve(settings: Settings) -> None:
         providers=running.providers.names(),
         default_model=settings.model,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
         log.info("stopping", grace_seconds=settings.grace_seconds, active_runs=running.runs.active_runs)
     finally:
         await running.stop(settings.grace_seconds)
