@@ -83,8 +83,9 @@ VENDORS = ["openai", "anthropic"]
         (Fault.http_status(500), None),
         (Fault.http_status(503), None),
         (Fault.http_status(529), None),
+        (Fault.hang_up(), None),
     ],
-    ids=["429-retry-after", "500", "503", "529"],
+    ids=["429-retry-after", "500", "503", "529", "hang-up"],
 )
 async def test_fault_before_the_first_token_is_retried(
     make_server: ServerFactory, vendor: str, fault: Fault, delay: float | None
@@ -100,6 +101,9 @@ async def test_fault_before_the_first_token_is_retried(
     resets = of_kind(events, "attempt_reset")
     assert [(r.stage, r.attempt, r.model) for r in resets] == [(CODER_STAGE, 2, model_for(vendor))]
     assert vendor in resets[0].reason
+    if fault.kind == "hang_up":
+        # aiohttp's ServerDisconnectedError reaches the SDK as httpx2.ConnectTimeout: not a timeout to us.
+        assert "connection failed" in resets[0].reason, resets[0].reason
     if delay is not None:  # retry-after is honoured as given
         assert resets[0].delay.ToNanoseconds() / 1e9 == pytest.approx(delay)
     assert coder_text_after_last_reset(events) == text_of(good)
@@ -113,7 +117,7 @@ async def test_fault_before_the_first_token_is_retried(
     ids=["error-event", "tcp-reset", "fin", "stall", "truncated"],
 )
 async def test_fault_after_the_first_token_resets_the_attempt(
-    make_server: ServerFactory, vendor: str, fault: Fault
+    make_server: ServerFactory, vendor: str, fault: Fault, request: pytest.FixtureRequest
 ) -> None:
     good = default_replies()["coder"]
     broken = Reply(chunks=["File: src/rev.py\n```python\n", "def broken(", "never sent"], fault=fault)
@@ -128,9 +132,32 @@ async def test_fault_after_the_first_token_resets_the_attempt(
     reset_index = next(i for i, e in enumerate(events) if kind(e) == "attempt_reset")
     assert stage_text(events[:reset_index], CODER_STAGE) == "".join(broken.chunks[:2])
     assert events[reset_index].attempt_reset.attempt == 2
+    # Only the stall is a timeout: the aiohttp transport re-raises a dropped connection as httpx2's
+    # ConnectTimeout, and providers/transport.py classifies it by the aiohttp error beneath.
+    stalled = request.node.callspec.id.startswith("stall")
+    assert ("timed out" in events[reset_index].attempt_reset.reason) == stalled, events[
+        reset_index
+    ].attempt_reset.reason
     assert coder_text_after_last_reset(events) == text_of(good)
     files = {a.path: a.content for a in events[-1].run_completed.result.artifacts}
     assert files["src/rev.py"] == "".join(good.chunks[1:-1])  # no duplicated or truncated code
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_events_split_across_reads_arrive_whole(make_server: ServerFactory, vendor: str) -> None:
+    # Each event reaches the server in two reads, split inside its JSON (and inside "é", "→" and "🙂" when
+    # the middle falls there): the OpenAI provider splits the bytes into lines itself.
+    chunks = ["File: src/accents.py\n```python\n", "s = 'café → ", "naïve 🙂'\n", "```\n"]
+    script = scripted(coder=Reply(chunks=chunks, split_events=True))
+    async with fake_for(vendor, script) as fake:
+        h = await start(make_server, fake)
+        events = await h.run(TASK)
+    assert_gapless(events)
+    assert kind(events[-1]) == "run_completed"
+    deltas = [e.token_delta.text for e in events if kind(e) == "token_delta" and e.token_delta.stage == CODER_STAGE]
+    assert deltas == chunks
+    files = {a.path: a.content for a in events[-1].run_completed.result.artifacts}
+    assert files["src/accents.py"] == "s = 'café → naïve 🙂'\n"
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from aiohttp import web
 
 __all__ = ["FakeAnthropic", "FakeOpenAI", "FakeProvider", "Fault", "FaultKind", "Reply", "Responder"]
 
-FaultKind = Literal["http_status", "error_event", "reset", "stall", "truncate"]
+FaultKind = Literal["http_status", "hang_up", "error_event", "reset", "stall", "truncate"]
 
 # Handlers still running when stop() is called are cut off by stop() itself; this only bounds the wait for
 # whatever aiohttp is still finishing, so that a fake never holds a test up for aiohttp's default of 60 s.
@@ -51,6 +51,11 @@ class Fault:
     def http_status(cls, status: int, retry_after: float | None = None) -> Fault:
         """Answer the request with this HTTP status and the vendor's error body instead of a stream."""
         return cls(kind="http_status", status=status, retry_after=retry_after)
+
+    @classmethod
+    def hang_up(cls) -> Fault:
+        """Drop the connection (an RST) on the request, before any response: a crashed vendor edge."""
+        return cls(kind="hang_up")
 
     @classmethod
     def error_event(cls, after_chunks: int) -> Fault:
@@ -86,6 +91,8 @@ class Reply:
     hold_after: int | None = None
     release: asyncio.Event | None = None
     fault: Fault | None = None
+    # Write each text event in two parts, split inside its JSON, so that a client reads partial lines.
+    split_events: bool = False
 
     def __post_init__(self) -> None:
         """Give a holding reply its own `release` event when the test did not pass one."""
@@ -238,6 +245,9 @@ class FakeProvider:
         if fault is not None and fault.kind == "http_status":
             extra = {} if fault.retry_after is None else {"retry-after": _format_seconds(fault.retry_after)}
             return self._error_response(fault.status, self._status_message(fault.status), extra_headers=extra)
+        if fault is not None and fault.kind == "hang_up":
+            self._reset_connection(request, rst=True)
+            return web.Response(status=500)  # never sent: the connection is gone
         return await self._stream(request, body, reply)
 
     async def _checked_body(self, request: web.Request) -> dict[str, Any] | web.Response:
@@ -358,7 +368,13 @@ class FakeProvider:
             delay = reply.first_chunk_delay if index == 0 else reply.chunk_delay
             if delay > 0:
                 await asyncio.sleep(delay)
-            await response.write(self._text_event(stream, index, reply.chunks[index]))
+            event = self._text_event(stream, index, reply.chunks[index])
+            if reply.split_events:
+                middle = len(event) // 2
+                await response.write(event[:middle])
+                await asyncio.sleep(0.002)  # wire behaviour, not synchronisation: the halves leave apart
+                event = event[middle:]
+            await response.write(event)
             self.chunks_sent += 1
         for event in self._epilogue(stream, body, reply):
             await response.write(event)

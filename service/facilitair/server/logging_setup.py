@@ -12,7 +12,7 @@ import sys
 import structlog
 
 # Libraries whose INFO lines would log every HTTP request (with URLs and headers) at our level.
-_QUIET = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "grpc", "asyncio")
+_QUIET = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "openai", "anthropic", "grpc", "asyncio")
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

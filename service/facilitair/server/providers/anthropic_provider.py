@@ -6,10 +6,10 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
-import httpx2
 
 from facilitair.server.errors import ProviderError, ProviderFailure
 from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status, retry_after_of
+from facilitair.server.providers.transport import transport_failure
 
 
 class AnthropicProvider:
@@ -19,7 +19,13 @@ class AnthropicProvider:
 
     def __init__(self, api_key: str, base_url: str | None, *, timeout: float) -> None:
         # The SDK's own retries are off: ours emit an event for each one, so clients see every retry.
-        self._client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=anthropic.DefaultAioHttpClient(timeout=timeout),  # see providers/transport.py
+        )
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
@@ -88,11 +94,12 @@ class AnthropicProvider:
                 http_status=exc.status_code,
                 retry_after=retry_after_of(exc.response.headers),
             )
-        if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        transport = transport_failure(exc)
+        if transport is ProviderFailure.TIMEOUT or isinstance(exc, anthropic.APITimeoutError):
             return ProviderError(self.name, model, ProviderFailure.TIMEOUT)
         if isinstance(exc, anthropic.APIConnectionError):
             return ProviderError(self.name, model, ProviderFailure.CONNECTION)
-        if isinstance(exc, httpx2.TransportError):
+        if transport is not None:
             # The SDK lets transport errors after the first byte through unwrapped.
             return ProviderError(self.name, model, ProviderFailure.STREAM_BROKEN)
         if isinstance(exc, anthropic.APIError):

@@ -6,11 +6,14 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx2
 import openai
 
 from facilitair.server.errors import ProviderError, ProviderFailure
 from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status, retry_after_of
+from facilitair.server.providers.transport import transport_failure
+
+# A line longer than this is not an SSE event from a chat completions stream.
+MAX_LINE = 1 << 20
 
 
 class OpenAIProvider:
@@ -20,7 +23,13 @@ class OpenAIProvider:
 
     def __init__(self, api_key: str, base_url: str | None, *, timeout: float) -> None:
         # The SDK's own retries are off: ours emit an event for each one, so clients see every retry.
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=openai.DefaultAioHttpClient(timeout=timeout),  # see providers/transport.py
+        )
         # api.openai.com wants max_completion_tokens (newer models reject max_tokens); compatible
         # servers (vLLM, Ollama, OpenRouter) reliably accept only the older max_tokens.
         self._max_tokens_param = "max_completion_tokens" if base_url is None else "max_tokens"
@@ -32,9 +41,10 @@ class OpenAIProvider:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield content deltas as they arrive, then usage and finish reason.
 
-        The SDK opens the stream (auth, headers, retries off, status errors); the SSE lines are read
-        here and each chunk decoded with json.loads. Iterating the SDK's typed stream builds a model
-        per chunk, the largest single cost in the server's profile (bench/README: 22-26 % of CPU).
+        The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
+        split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
+        stream builds a model per chunk, the largest single cost in the server's profile, and its
+        line iterator is four async generators deep per chunk (bench/README).
         """
         extra: dict[str, Any] = {self._max_tokens_param: request.max_tokens}
         if request.temperature is not None:
@@ -55,24 +65,34 @@ class OpenAIProvider:
         usage: dict[str, Any] | None = None
         try:
             async with opened as response:
-                async for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, keep-alives
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        # An error event inside an open stream; its text is the vendor's, never passed on.
+                pending = b""
+                done = False
+                async for received in response.http_response.aiter_bytes():
+                    # Events end with a blank line and fields with \n (\r\n: the \r goes with strip()).
+                    *lines, pending = (pending + received).split(b"\n")
+                    if len(pending) > MAX_LINE:
                         raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN)
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield text
-                        if choice.get("finish_reason") is not None:
-                            finish = choice["finish_reason"]
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue  # blank separators, comments, keep-alives
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        chunk = json.loads(data)
+                        if "error" in chunk:
+                            # An error event inside an open stream; its text is the vendor's, never passed on.
+                            raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN)
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+                        for choice in chunk.get("choices") or ():
+                            text = (choice.get("delta") or {}).get("content")
+                            if text:
+                                yield text
+                            if choice.get("finish_reason") is not None:
+                                finish = choice["finish_reason"]
+                    if done:
+                        break
         except ValueError:  # a chunk that is not JSON
             raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN) from None
         except Exception as exc:
@@ -97,9 +117,12 @@ class OpenAIProvider:
                 http_status=exc.status_code,
                 retry_after=retry_after_of(exc.response.headers),
             )
-        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        kind = transport_failure(exc)
+        if kind is not None:
+            return ProviderError(self.name, model, kind)
+        if isinstance(exc, openai.APITimeoutError):
             return ProviderError(self.name, model, ProviderFailure.TIMEOUT)
-        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+        if isinstance(exc, openai.APIConnectionError):
             return ProviderError(self.name, model, ProviderFailure.CONNECTION)
         if isinstance(exc, openai.APIError):
             # An error event inside an open stream: the vendor failed mid-response.
