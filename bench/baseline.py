@@ -20,6 +20,7 @@ import grpc
 
 from bench.fake import MIN_SIZE, stamped
 from bench.procs import announce_ready
+from facilitair.server.server import loop_factory
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
@@ -81,7 +82,9 @@ async def _serve() -> None:
 def main() -> None:
     """Serve until SIGTERM."""
     argparse.ArgumentParser(description=__doc__).parse_args()
-    asyncio.run(_serve())
+    # The event loop the server runs on (uvloop's when installed), so that the loop is not the difference.
+    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+        runner.run(_serve())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 from bench import patches
 from bench.procs import announce_ready
 from facilitair.server.logging_setup import configure_logging
-from facilitair.server.server import create_server, tune_runtime, until_signalled
+from facilitair.server.server import create_server, loop_factory, tune_runtime, until_signalled
 from facilitair.server.settings import Settings
 
 UNLIMITED = 1_000_000
@@ -54,8 +54,9 @@ def main() -> None:
     # Only what the harness sets: a developer's FACILITAIR_* (API keys, TLS, limits) would change what is measured.
     for name in [n for n in os.environ if n.startswith("FACILITAIR_")]:
         del os.environ[name]
-    patches.apply([t for t in args.tries.split(",") if t])
-    asyncio.run(_serve(args.db, args.openai_url, args.api_key))
+    loop = patches.apply([t for t in args.tries.split(",") if t])
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:  # as `facilitair serve` does
+        runner.run(_serve(args.db, args.openai_url, args.api_key))
 
 
 if __name__ == "__main__":

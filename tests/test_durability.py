@@ -533,6 +533,8 @@ async def test_server_killed_mid_stage_resumes_from_checkpoint(tmp_path: Path) -
     assert summary.last_seq == events[-1].seq
     assert summary.result == done.result
     assert [r["run_id"] for r in proc.logs_with("run_resumed")] == [run_id]
+    # `facilitair serve` runs on uvloop's event loop when it is installed (it is, with the server extra).
+    assert {r["event_loop"] for r in proc.logs_with("serving")} == {"uvloop"}
 
 
 # ----- 4. cancel mid-token ------------------------------------------------------------------------------------

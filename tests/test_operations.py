@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import urllib.request
 
 import pytest
+import uvloop  # the server extra installs it on Linux, where the tests run
+from pydantic import ValidationError
 
 from facilitair.server.logging_setup import configure_logging
+from facilitair.server.server import loop_factory
+from facilitair.server.settings import ConfigError, Settings
 from tests.conftest import ServerFactory, kind, scripted
 from tests.fakes.providers import FakeOpenAI
 
@@ -76,3 +81,16 @@ async def test_logs_are_json_with_context_and_one_summary_per_run(
     assert created["run_id"] == run_id
     assert summary["stage"] == 5  # the run's own context carries the stage it last ran
     assert all("timestamp" in line and "level" in line for line in lines)
+
+
+def test_the_event_loop_setting_picks_uvloop_or_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loop_factory("asyncio") is None
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    with pytest.raises(ValidationError):
+        Settings(event_loop="trio")
+    # Without uvloop (Windows), auto falls back to asyncio's loop and an explicit uvloop is a clear error.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert loop_factory("auto") is None
+    with pytest.raises(ConfigError, match="FACILITAIR_EVENT_LOOP=uvloop but uvloop is not installed"):
+        loop_factory("uvloop")

@@ -7,7 +7,7 @@ import sys
 
 from pydantic import ValidationError
 
-from facilitair.server.server import serve
+from facilitair.server.server import loop_factory, serve
 from facilitair.server.settings import ConfigError, Settings
 
 
@@ -15,7 +15,8 @@ def main() -> int:
     """Serve until SIGINT/SIGTERM; exit 2 on a configuration error."""
     try:
         settings = Settings()
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except (ConfigError, ValidationError) as exc:
         print(f"facilitair: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     metrics_listen: str | None = None
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    # auto: uvloop's event loop when it is installed (the server extra installs it except on Windows).
+    event_loop: str = Field(default="auto", pattern="^(auto|asyncio|uvloop)$")
     retention_days: float = Field(default=7.0, gt=0)
     retention_check_seconds: float = Field(default=3600.0, gt=0)
     max_refinements: int | None = Field(default=None, ge=0, le=10)
