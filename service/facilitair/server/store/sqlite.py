@@ -135,6 +135,13 @@ class SqliteStore:
 
         def write() -> None:
             conn = self._w()
+            # Most commits are token events only: one INSERT statement is its own atomic, durable
+            # transaction, so BEGIN and COMMIT (each a GIL release and re-take) are left out.
+            if not batch.runs and not batch.checkpoints and len(batch.events) <= ROWS_PER_INSERT:
+                _insert_rows(
+                    conn, "INSERT INTO events (run_id, seq, data)", [(e.run_id, e.seq, e.data) for e in batch.events]
+                )
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 _insert_rows(
