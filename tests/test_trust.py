@@ -223,7 +223,7 @@ async def test_reflection_is_absent_when_off(make_server: ServerFactory) -> None
                 await list_services(channel)
             # The server still serves: reflection is missing, not broken.
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, (err.value.code(), err.value.details())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
