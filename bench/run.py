@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--try",
         dest="tries",
         default="",
-        help=f"proposed changes the server applies ({', '.join(PATCHES)}; see bench/patches.py); none by default",
+        help=f"another configuration for the server ({', '.join(PATCHES)}; see bench/patches.py); none by default",
     )
     p.add_argument("--out", type=Path, help="the JSON file to write (default bench/results/<time>.json)")
     return p.parse_args(argv)

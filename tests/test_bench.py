@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import patches
 from bench.fake import MIN_SIZE, Directive, stamped
 from bench.profile import summarise
 from bench.report import table
@@ -97,3 +100,10 @@ def test_table_shows_missing_values_as_dashes() -> None:
     text = table(results)
     assert "| 4. replay of a finished 10-event run (ms) | 1.0 | 2.0 | 0.50x | <= 200 ms: met |" in text
     assert "| - |" in text
+
+
+def test_patches_name_the_alternatives_of_what_was_adopted() -> None:
+    assert patches.apply([]) == "auto"
+    assert patches.apply(["asyncio"]) == "asyncio"
+    with pytest.raises(ValueError, match="unknown patch 'uvloop'; known: httpx, asyncio"):
+        patches.apply(["uvloop"])  # adopted: the default now, no longer a patch
