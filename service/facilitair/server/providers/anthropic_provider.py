@@ -95,10 +95,11 @@ class AnthropicProvider:
                 retry_after=retry_after_of(exc.response.headers),
             )
         transport = transport_failure(exc)
-        if transport is ProviderFailure.TIMEOUT or isinstance(exc, anthropic.APITimeoutError):
+        if isinstance(exc, anthropic.APIConnectionError):  # APITimeoutError included
+            timed_out = ProviderFailure.TIMEOUT if isinstance(exc, anthropic.APITimeoutError) else None
+            return ProviderError(self.name, model, transport or timed_out or ProviderFailure.CONNECTION)
+        if transport is ProviderFailure.TIMEOUT:
             return ProviderError(self.name, model, ProviderFailure.TIMEOUT)
-        if isinstance(exc, anthropic.APIConnectionError):
-            return ProviderError(self.name, model, ProviderFailure.CONNECTION)
         if transport is not None:
             # The SDK lets transport errors after the first byte through unwrapped.
             return ProviderError(self.name, model, ProviderFailure.STREAM_BROKEN)
