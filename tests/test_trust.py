@@ -205,6 +205,13 @@ async def list_services(channel: grpc.aio.Channel) -> list[str]:
     return names
 
 
+async def drain(call: AsyncIterable[object]) -> None:
+    """Read a stream to its end (or its error)."""
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        async for _ in call:
+            pass
+
+
 async def test_reflection_needs_no_key_when_on(make_server: ServerFactory) -> None:
     async with FakeOpenAI(scripted()) as fake:
         h = await keyed(make_server, fake)
@@ -219,8 +226,11 @@ async def test_reflection_is_absent_when_off(make_server: ServerFactory) -> None
     async with FakeOpenAI(scripted()) as fake:
         h = await keyed(make_server, fake, reflection=False)
         async with grpc.aio.insecure_channel(h.target) as channel:
+            # No request message: the server refuses the method as soon as the call arrives, and a
+            # request still being written then fails on the client as INTERNAL instead (seen in CI).
+            call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter(()))
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await list_services(channel)
+                await drain(call)
             # The server still serves: reflection is missing, not broken.
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, (err.value.code(), err.value.details())
