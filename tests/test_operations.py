@@ -12,8 +12,8 @@ import uvloop  # the server extra installs it on Linux, where the tests run
 from pydantic import ValidationError
 
 from facilitair.server.logging_setup import configure_logging
-from facilitair.server.server import loop_factory
 from facilitair.server.settings import ConfigError, Settings
+from facilitair.server.transport.app import loop_factory
 from tests.conftest import ServerFactory, kind, scripted
 from tests.fakes.providers import FakeOpenAI
 

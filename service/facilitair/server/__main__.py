@@ -7,8 +7,8 @@ import sys
 
 from pydantic import ValidationError
 
-from facilitair.server.server import loop_factory, serve
 from facilitair.server.settings import ConfigError, Settings
+from facilitair.server.transport.app import loop_factory, serve
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Requests to domain objects: validation with every field violation named, model resolution."""
+"""Requests to domain values: validation with every field violation named, model resolution."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from google.protobuf import json_format
 
 from facilitair.server.domain import AgentRole, ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
+from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.settings import PipelineConfig, Settings
-from facilitair.server.spec import RunSpec
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000
@@ -142,3 +142,10 @@ def run_id_of(run_id: str) -> str:
     if len(run_id) > 64:
         raise InvalidArgument("run_id", "is longer than any run id")
     return run_id
+
+
+def run_state_of(state: int) -> int:
+    """Check a RunState filter (0: any state)."""
+    if state not in pb.RunState.values():
+        raise InvalidArgument("state", f"unknown value {state}")
+    return state

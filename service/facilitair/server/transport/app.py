@@ -15,15 +15,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from facilitair.server.guard import ApiKeys, GuardInterceptor
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.providers import ProviderRegistry
-from facilitair.server.runs import RunManager
-from facilitair.server.servicer import OrchestratorServicer
+from facilitair.server.runs.service import RunService
 from facilitair.server.settings import ConfigError, PipelineConfig, Settings
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
+from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
+from facilitair.server.transport.servicer import OrchestratorServicer
+from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -57,7 +58,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    runs: RunManager
+    runs: RunService
     health: health_aio.HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
@@ -89,7 +90,9 @@ async def create_server(
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
-    runs = RunManager(settings, store if store is not None else SqliteStore(settings.db), providers, config)
+    runs = RunService(
+        settings, store if store is not None else SqliteStore(settings.db), providers, config, status_number
+    )
     await runs.start()
     server = grpc.aio.server(
         options=server_options(settings),
@@ -150,7 +153,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop for `auto` when it is installed and for `uvloop`; None (asyncio's) otherwise.
 
     The event loop thread is what saturates first under load; on uvloop's loop the same load left it
-    more headroom (bench/README). grpc.aio, aiohttp and the store's threads run unchanged on either.
+    more headroom (README "Benchmarks"). grpc.aio, aiohttp and the store's threads run unchanged on either.
     """
     if choice == "asyncio":
         return None

@@ -22,6 +22,13 @@ from google.protobuf.message import DecodeError
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="local")
+
+
+def current_principal() -> str:
+    """Who is calling (set by the interceptor for the call being handled); every run belongs to one principal."""
+    return PRINCIPAL.get()
+
+
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
