@@ -88,7 +88,7 @@ def test_the_event_loop_setting_picks_uvloop_or_asyncio(monkeypatch: pytest.Monk
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("uvloop") is uvloop.new_event_loop
     with pytest.raises(ValidationError):
-        Settings(event_loop="trio")
+        Settings(event_loop="trio")  # type: ignore[arg-type]
     # Without uvloop (Windows), auto falls back to asyncio's loop and an explicit uvloop is a clear error.
     monkeypatch.setitem(sys.modules, "uvloop", None)
     assert loop_factory("auto") is None

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from facilitair.cli.output import OutputDir
 from facilitair.cli.render import JsonlRenderer, PlainRenderer, PrettyRenderer, Renderer, agent_name, money
+from facilitair.cli.server_commands import add_server_commands
 from facilitair.client import Client, FacilitairError, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -52,37 +53,10 @@ def _renderer(fmt: str | None) -> Renderer:
     return PrettyRenderer()
 
 
-def _serve_parser(sub: Any) -> None:
-    """The `serve` subcommand's flags; each maps onto a FACILITAIR_* setting."""
-    serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--listen", help="HOST:PORT (env FACILITAIR_LISTEN, default 127.0.0.1:50051)")
-    serve.add_argument("--db", help="SQLite file (env FACILITAIR_DB, default in the user data directory)")
-    serve.add_argument("--model", help="default model provider:model (env FACILITAIR_MODEL)")
-    serve.add_argument("--pipeline", help="pipeline config file, TOML (env FACILITAIR_PIPELINE)")
-    serve.add_argument("--log-format", choices=("auto", "json", "console"), help="env FACILITAIR_LOG_FORMAT")
-    serve.add_argument("--log-level", help="debug, info, warning (env FACILITAIR_LOG_LEVEL)")
-    serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (env FACILITAIR_METRICS_LISTEN)")
-    serve.add_argument("--tls-cert", help="server certificate, PEM (env FACILITAIR_TLS_CERT)")
-    serve.add_argument("--tls-key", help="server private key, PEM (env FACILITAIR_TLS_KEY)")
-    serve.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
-    serve.add_argument("--api-keys-file", help="one name:key per line (env FACILITAIR_API_KEYS_FILE)")
-    serve.add_argument(
-        "--insecure",
-        action="store_const",
-        const="true",
-        help="allow a non-loopback address with no authentication (not recommended)",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facilitair", description="Run a team of LLM agents on a coding task.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    _serve_parser(sub)
-
-    config = sub.add_parser("config", help="show the server's effective configuration")
-    config.add_argument("action", choices=("show",))
-    config.add_argument("--pipeline", help="pipeline config file (env FACILITAIR_PIPELINE)")
+    add_server_commands(sub, argv)
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -90,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get("FACILITAIR_TARGET", DEFAULT_TARGET),
             help="server HOST:PORT (env FACILITAIR_TARGET)",
         )
-        p.add_argument("--api-key", default=os.environ.get("FAC_API_KEY"), help="API key (env FAC_API_KEY)")
+        p.add_argument(
+            "--api-key",
+            default=os.environ.get("FACILITAIR_API_KEY") or os.environ.get("FAC_API_KEY"),
+            help="API key (env FACILITAIR_API_KEY; FAC_API_KEY is read too)",
+        )
         p.add_argument("--tls", action="store_true", help="connect with TLS (implied by --ca/--cert)")
         p.add_argument("--ca", type=Path, help="CA certificate to trust, PEM (default: the system's)")
         p.add_argument("--cert", type=Path, help="client certificate, PEM (mutual TLS)")
@@ -346,66 +324,10 @@ async def _unary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _server_missing(exc: ImportError) -> int:
-    """Say which extra brings the server, for commands that need it."""
-    print(f"facilitair: the server is not installed ({exc.name} is missing): pip install 'facilitair[server]'",
-          file=sys.stderr)  # fmt: skip
-    return EXIT_USAGE
-
-
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        from facilitair.server.__main__ import main as serve_main  # noqa: PLC0415 - the server is optional
-    except ImportError as exc:
-        return _server_missing(exc)
-    for flag, env in (
-        ("listen", "LISTEN"),
-        ("db", "DB"),
-        ("model", "MODEL"),
-        ("pipeline", "PIPELINE"),
-        ("log_format", "LOG_FORMAT"),
-        ("log_level", "LOG_LEVEL"),
-        ("tls_cert", "TLS_CERT"),
-        ("tls_key", "TLS_KEY"),
-        ("tls_client_ca", "TLS_CLIENT_CA"),
-        ("api_keys_file", "API_KEYS_FILE"),
-        ("insecure", "INSECURE"),
-        ("metrics_listen", "METRICS_LISTEN"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            os.environ[f"FACILITAIR_{env}"] = str(value)
-    return serve_main()
-
-
-def _config_show(args: argparse.Namespace) -> int:
-    """Print settings (flags and FACILITAIR_* as the server would read them) with secrets masked."""
-    try:
-        from pydantic import ValidationError  # noqa: PLC0415 - server-side dependencies, loaded on demand
-
-        from facilitair.server.settings import ConfigError, PipelineConfig, Settings  # noqa: PLC0415
-    except ImportError as exc:
-        return _server_missing(exc)
-    if args.pipeline is not None:
-        os.environ["FACILITAIR_PIPELINE"] = args.pipeline
-    try:
-        settings = Settings()
-        pipeline = PipelineConfig.load(settings.pipeline)
-        settings = settings.with_file(pipeline)
-        keys = settings.load_api_keys()
-    except (ConfigError, ValidationError) as exc:
-        print(f"facilitair: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    shown = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
-    shown["api_keys"] = {name: "**********" for name in keys}
-    shown["default_models"] = [str(m) for m in settings.default_models()]
-    print(json.dumps({"settings": shown, "pipeline": pipeline.model_dump(mode="json")}, indent=2, sort_keys=True))
-    return EXIT_OK
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `facilitair` command."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     try:
         return _dispatch(args)
     except BrokenPipeError:
@@ -416,10 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "config":
-        return _config_show(args)
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # a command another package added (server_commands.py)
+        return int(handler(args))
     try:
         if args.command == "run":
             return asyncio.run(_run(args))

@@ -8,6 +8,7 @@ FacilitairError                 base; `public_message` is safe to show a caller,
 ├── OutOfRange                  after_seq past the end of a run
 ├── FailedPrecondition          the server or the request cannot work as set up (e.g. no provider key)
 ├── AlreadyExists               an idempotency key reused for a different request
+├── Unauthenticated             no valid credentials
 ├── Unavailable                 the server cannot take the request now (stopping, store failing)
 ├── ResourceLimited             a limit on runs; `retry_after` says when to try again
 ├── BudgetExceeded              a run spent, or would spend, more than its budget
@@ -107,6 +108,12 @@ class AlreadyExists(FacilitairError):
     """An idempotency key was reused for a different request."""
 
     reason = Reason.REQUEST_ID_REUSED
+
+
+class Unauthenticated(FacilitairError):
+    """The call carries no valid credentials."""
+
+    reason = Reason.UNAUTHENTICATED
 
 
 class Unavailable(FacilitairError):

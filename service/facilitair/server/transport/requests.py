@@ -77,12 +77,7 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
             or (parse_chain(configured, field=f"agents.{role.label}.model") if configured else None)
             or default
         )
-    if request.HasField("max_refinements"):
-        max_refinements = request.max_refinements
-    elif settings.max_refinements is not None:
-        max_refinements = settings.max_refinements
-    else:
-        max_refinements = config.max_refinements
+    max_refinements = request.max_refinements if request.HasField("max_refinements") else settings.max_refinements
     return RunSpec(
         task=task,
         context=context,
