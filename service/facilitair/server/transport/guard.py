@@ -116,7 +116,8 @@ def _guarded(handler: Handler, rpc: str, principal: str | None, mtls: bool) -> H
         try:
             return parse(raw)
         except (DecodeError, ValueError, RuntimeError):
-            invalid = FacilitairError(f"the request is not a valid {rpc}Request message", reason=Reason.INVALID_ARGUMENT)
+            message = f"the request is not a valid {rpc}Request message"
+            invalid = FacilitairError(message, reason=Reason.INVALID_ARGUMENT)
             await abort(context, invalid)
 
     if handler.response_streaming:
