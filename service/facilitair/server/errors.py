@@ -9,6 +9,7 @@ FacilitairError                 base; `public_message` is safe to show a caller,
 ├── FailedPrecondition          the server or the request cannot work as set up (e.g. no provider key)
 ├── AlreadyExists               an idempotency key reused for a different request
 ├── Unauthenticated             no valid credentials
+├── DataCorrupt                 stored data cannot be read
 ├── Unavailable                 the server cannot take the request now (stopping, store failing)
 ├── ResourceLimited             a limit on runs; `retry_after` says when to try again
 ├── BudgetExceeded              a run spent, or would spend, more than its budget
@@ -34,6 +35,7 @@ class Reason(enum.StrEnum):
     RUN_NOT_RESUMABLE = "RUN_NOT_RESUMABLE"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    STORED_DATA_CORRUPT = "STORED_DATA_CORRUPT"
     RATE_LIMITED = "RATE_LIMITED"
     TOO_MANY_RUNS = "TOO_MANY_RUNS"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
@@ -114,6 +116,12 @@ class Unauthenticated(FacilitairError):
     """The call carries no valid credentials."""
 
     reason = Reason.UNAUTHENTICATED
+
+
+class DataCorrupt(FacilitairError):
+    """Something the store holds cannot be read back."""
+
+    reason = Reason.STORED_DATA_CORRUPT
 
 
 class Unavailable(FacilitairError):

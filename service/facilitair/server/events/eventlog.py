@@ -20,8 +20,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from facilitair.server import metrics
+from facilitair.server.errors import DataCorrupt
 from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent
 from facilitair.v1.orchestrator_pb2 import RunEvent
@@ -213,9 +215,13 @@ class EventLog:
             if channel is None or next_seq <= channel.committed_seq:
                 events = channel.tail_from(next_seq) if channel is not None else None
                 if events is None:
-                    events = [
-                        RunEvent.FromString(b) for b in await self.store.read_events(run_id, next_seq - 1, READ_PAGE)
-                    ]
+                    events, corrupt = _decoded(
+                        run_id, next_seq, await self.store.read_events(run_id, next_seq - 1, READ_PAGE)
+                    )
+                    if corrupt is not None:
+                        if events:
+                            yield events
+                        raise corrupt
                 if events:
                     next_seq = events[-1].seq + 1
                     yield events
@@ -225,3 +231,14 @@ class EventLog:
             if channel.finished and next_seq > channel.committed_seq:
                 return
             await channel.wait_changed()
+
+
+def _decoded(run_id: str, first_seq: int, blobs: list[bytes]) -> tuple[list[RunEvent], DataCorrupt | None]:
+    """Stored events back as messages, up to the first that cannot be read (named by the error)."""
+    events = []
+    for seq, blob in enumerate(blobs, start=first_seq):
+        try:
+            events.append(RunEvent.FromString(blob))
+        except DecodeError:
+            return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
+    return events, None

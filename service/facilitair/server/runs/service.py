@@ -8,14 +8,16 @@ event log (events/) and the store underneath.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from facilitair.server.domain import chain_text
-from facilitair.server.errors import FacilitairError, FailedPrecondition, Unavailable
+from facilitair.server.errors import DataCorrupt, FacilitairError, FailedPrecondition, Reason, Unavailable
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.recorder import RunRecorder
@@ -65,6 +67,7 @@ class RunService:
         # Idempotency keys of runs being created right now: a second call with the same key waits for the
         # first one's run instead of starting another (the store answers once the run is committed).
         self._creating: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._stopping = False
 
     # -- life of the service --------------------------------------------------------------------
@@ -147,13 +150,22 @@ class RunService:
             principal=principal,
             models={r.label: chain_text(m) for r, m in spec.models.items()},
         )
+        # The run is stored before its id is handed out. The wait belongs to the run, not to this caller: a
+        # caller that leaves meanwhile (deadline, disconnect) must not end it, or a retry would not find the run.
+        stored = asyncio.ensure_future(self._stored(key, created, run_id))
+        self._background.add(stored)
+        stored.add_done_callback(self._background.discard)
+        await asyncio.shield(stored)
+        return run_id
+
+    async def _stored(self, key: tuple[str, str], created: asyncio.Future[str], run_id: str) -> None:
+        """Wait for the new run's first commit, then let callers with the same idempotency key find it."""
         try:
-            await self.events.flush()  # the run is stored before its id is handed out
+            await self.events.flush()
         finally:
             if self._creating.get(key) is created:
                 del self._creating[key]
             created.set_result(run_id)
-        return run_id
 
     async def _existing(self, key: tuple[str, str]) -> str | None:
         """The run an idempotency key already started (waiting for one being created), or None."""
@@ -167,18 +179,28 @@ class RunService:
         return await asyncio.shield(pending) if pending is not None else None
 
     async def _resume(self, row: RunRow) -> None:
-        """Continue a run a previous server left in flight, from its last completed stage."""
+        """Continue a run a previous server left in flight, from its last completed stage.
+
+        Each run stands alone: one that cannot be read (corrupt, or written by an unknown version) ends with
+        run_failed, and the server goes on with the others.
+        """
         last_seq = await self._store.last_seq(row.run_id)
-        rec = self._recorder(row, last_seq)
+        try:
+            rec = self._recorder(row, last_seq)
+        except DecodeError:
+            # Even the summary is unreadable: start a new one so that the run can at least be failed.
+            summary = wire.new_summary(row.run_id, "", int(row.created_at * 1e9))
+            rec = self._recorder(dataclasses.replace(row, summary=summary.SerializeToString()), last_seq)
+            self._fail_unresumable(rec, DataCorrupt("its stored summary cannot be read"))
+            await self.events.flush()
+            return
         try:
             spec = RunSpec.from_json(row.spec)
             for model in spec.all_models():
                 self._providers.get(model.provider)
             checkpoints = {c.stage: StageOutput.from_json(c.data) for c in await self._store.checkpoints(row.run_id)}
         except FacilitairError as exc:
-            error = FailedPrecondition(f"cannot resume the run: {exc.public_message}", reason=exc.reason)
-            log.warning("run_not_resumable", run_id=row.run_id, reason=exc.reason.value)
-            self._supervisor.fail(rec, error)
+            self._fail_unresumable(rec, exc)
             await self.events.flush()
             return
         current = rec.current_stage
@@ -188,6 +210,12 @@ class RunService:
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
         self._admission.resumed(row.run_id, row.principal)
         self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)
+
+    def _fail_unresumable(self, rec: RunRecorder, exc: FacilitairError) -> None:
+        reason = exc.reason if exc.reason is not Reason.STORED_DATA_CORRUPT else Reason.RUN_NOT_RESUMABLE
+        error = FailedPrecondition(f"cannot resume the run: {exc.public_message}", reason=reason)
+        log.warning("run_not_resumable", run_id=rec.run_id, reason=reason.value, why=exc.public_message)
+        self._supervisor.fail(rec, error)
 
     def _recorder(self, row: RunRow, last_seq: int) -> RunRecorder:
         channel = self.events.open_channel(row.run_id, last_seq)

@@ -35,6 +35,7 @@ CODE_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.RUN_NOT_RESUMABLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     Reason.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.STORED_DATA_CORRUPT: grpc.StatusCode.DATA_LOSS,
     Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.TOO_MANY_RUNS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,

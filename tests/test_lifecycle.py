@@ -1,0 +1,221 @@
+"""A run's life under callers that leave, race or retry, and under a store that is slow, corrupt or old.
+
+The store is the real SQLite file. A test that needs the server's commits held back (a slow or stuck disk)
+takes SQLite's exclusive lock on the file from its own connection: the server's writer then waits, as it
+would for a disk that does not answer, until the test lets go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from facilitair.client import FacilitairError, StatusCode
+from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
+from tests.conftest import RunStream, ServerFactory, agent_of, collect, default_replies, held, kind, scripted
+from tests.fakes.providers import FakeOpenAI
+
+TASK = "Write a function that reverses a string"
+HANG_GUARD = 30.0
+
+
+@contextlib.contextmanager
+def commits_held(db: Path) -> Iterator[None]:
+    """Hold the database's write lock: the server's commits wait until the block ends."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def stub_of(target: str) -> tuple[grpc.aio.Channel, pb_grpc.OrchestratorServiceAsyncStub]:
+    """A raw stub, for calls the client library would retry or resume by itself."""
+    channel = grpc.aio.insecure_channel(target)
+    return channel, pb_grpc.OrchestratorServiceStub(channel)
+
+
+async def test_a_run_whose_caller_left_while_it_was_being_stored_is_still_driven_to_its_end(
+    make_server: ServerFactory,
+) -> None:
+    """Item 1: a Collaborate cancelled (here by its deadline) while its run is committed must not orphan the run."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        channel, stub = stub_of(h.target)
+        async with channel:
+            with commits_held(h.settings.db):
+                call = stub.Collaborate(pb.CollaborateRequest(task=TASK, client_request_id="retry-me"), timeout=0.5)
+                with pytest.raises(grpc.aio.AioRpcError) as gone:
+                    await call.read()
+                assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The caller retries with its idempotency key, as the CLI and the client library do.
+        events = await collect(h.client.collaborate(TASK, client_request_id="retry-me"), within=HANG_GUARD)
+        assert kind(events[0]) == "run_started"
+        assert kind(events[-1]) == "run_completed"
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        runs, _ = await h.client.list_runs()
+        assert [r.run_id for r in runs] == [events[0].run_id]
+        assert fake.requests, "the run was driven: its stages asked the provider"
+
+
+async def test_concurrent_calls_with_one_request_id_attach_to_one_run(make_server: ServerFactory) -> None:
+    """Item 2: two Collaborate calls with the same client_request_id at the same moment share one run."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        with commits_held(h.settings.db):
+            calls = [
+                asyncio.ensure_future(collect(h.client.collaborate(TASK, client_request_id="same")))
+                for _ in range(2)
+            ]
+            # Keep the run's first commit back for a moment, as a slow disk does, while both calls arrive.
+            done, _ = await asyncio.wait(calls, timeout=0.5)
+            assert not done, "no call can see its run before the run is stored"
+        first, second = await asyncio.gather(*calls)
+        assert first[0].run_id == second[0].run_id
+        assert kind(first[-1]) == kind(second[-1]) == "run_completed"
+        assert [e.SerializeToString() for e in first] == [e.SerializeToString() for e in second]
+        runs, _ = await h.client.list_runs()
+        assert len(runs) == 1
+        assert [agent_of(b) for b in fake.requests].count("architect") == 1
+
+
+async def test_concurrent_starts_cannot_exceed_the_per_principal_limit(make_server: ServerFactory) -> None:
+    """Item 17: a run counts against the limits from the moment it is admitted, not once it is stored."""
+    architect, release = held(default_replies()["architect"], after=1)
+    async with FakeOpenAI(scripted(architect=architect)) as fake:
+        h = await make_server(openai=fake, max_runs_per_principal=2)
+        streams = [h.client.collaborate(f"{TASK} #{i}") for i in range(6)]
+        firsts = [asyncio.ensure_future(anext(s)) for s in streams]
+        refused: list[FacilitairError] = []
+        with commits_held(h.settings.db):
+            # While nothing can be stored, four of the six calls are refused: two runs were admitted already.
+            async with asyncio.timeout(HANG_GUARD):
+                for future in asyncio.as_completed(firsts):
+                    try:
+                        await future
+                    except FacilitairError as err:
+                        refused.append(err)
+                    if len(refused) == 4:
+                        break
+        assert [e.code for e in refused] == [StatusCode.RESOURCE_EXHAUSTED] * 4
+        assert all("FACILITAIR_MAX_RUNS_PER_PRINCIPAL" in e.message for e in refused)
+        admitted = [s for s, f in zip(streams, firsts, strict=True) if not (f.done() and f.exception())]
+        assert len(admitted) == 2
+        starts = await asyncio.gather(*(f for f in firsts if not (f.done() and f.exception())))
+        assert [kind(e) for e in starts] == ["run_started"] * 2
+        release.set()
+        for stream in admitted:
+            rest = await collect(stream)
+            assert kind(rest[-1]) == "run_completed"
+        runs, _ = await h.client.list_runs()
+        assert len(runs) == 2
+
+
+async def test_an_old_request_id_starts_a_new_run_once_retention_removed_its_run(make_server: ServerFactory) -> None:
+    """Item 6: idempotency keys live in the store (its unique index), not in a map that only grows."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        first = await collect(h.client.collaborate(TASK, client_request_id="key-1"))
+        again = await collect(h.client.collaborate(TASK, client_request_id="key-1"))
+        assert again[0].run_id == first[0].run_id  # the same run while it is kept
+        assert await h.server.runs.store.delete_finished_before(time.time() + 1) == 1
+        fresh = await collect(h.client.collaborate(TASK, client_request_id="key-1"))
+        assert fresh[0].run_id != first[0].run_id
+        assert kind(fresh[-1]) == "run_completed"
+
+
+async def test_a_corrupt_stored_event_ends_the_watch_with_data_loss_and_no_internals(
+    make_server: ServerFactory,
+) -> None:
+    """Item 4: an error while a stream is being sent goes through the one error map, like any setup error."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        events = await collect(h.client.collaborate(TASK))
+        run_id = events[0].run_id
+        with sqlite3.connect(h.settings.db) as conn:
+            conn.execute("UPDATE events SET data = x'0a' WHERE run_id = ? AND seq = 3", (run_id,))
+        received: list[pb.RunEvent] = []
+
+        async def watch() -> None:
+            async for event in h.client.watch(run_id):
+                received.append(event)
+
+        with pytest.raises(FacilitairError) as err:
+            await watch()
+        assert [e.seq for e in received] == [1, 2]
+        assert err.value.code == StatusCode.DATA_LOSS
+        assert "event 3" in err.value.message
+        assert "Error" not in err.value.message
+        assert str(h.settings.db.parent) not in err.value.message
+
+
+async def test_a_store_failure_during_a_stream_is_internal_with_a_generic_message(make_server: ServerFactory) -> None:
+    """Item 4: no exception class, message or file path reaches the caller (it was UNKNOWN with all of them)."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        events = await collect(h.client.collaborate(TASK))
+        with sqlite3.connect(h.settings.db) as conn:
+            conn.execute("ALTER TABLE events RENAME TO events_gone")
+        with pytest.raises(FacilitairError) as err:
+            await collect(h.client.watch(events[0].run_id))
+        assert err.value.code == StatusCode.INTERNAL
+        assert err.value.message == "internal error; the server log has the details"
+
+
+def _bad_row(db: Path, spec: str, summary: bytes | None = None) -> str:
+    """Store an unfinished run whose spec (or summary) a server must fail to read."""
+    run_id = str(uuid.uuid4())
+    now = time.time()
+    if summary is None:
+        summary = pb.RunSummary(run_id=run_id, state=pb.RUN_STATE_RUNNING, task="t").SerializeToString()
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO runs (run_id, principal, client_request_id, state, created_at, updated_at, finished_at, "
+            "summary, spec) VALUES (?, 'local', '', ?, ?, ?, NULL, ?, ?)",
+            (run_id, pb.RUN_STATE_RUNNING, now, now, summary, spec),
+        )
+    return run_id
+
+
+async def test_unreadable_stored_runs_fail_alone_and_the_server_starts(make_server: ServerFactory) -> None:
+    """Item 5: one bad row used to make start-up raise; now that run ends with run_failed and the rest resume."""
+    architect, release = held(default_replies()["architect"], after=1)
+    async with FakeOpenAI(scripted(architect=[architect, default_replies()["architect"]])) as fake:
+        h = await make_server(openai=fake)
+        async with RunStream(h.client.collaborate(TASK)) as stream:
+            good = (await stream.until(lambda e: kind(e) == "token_delta")).run_id
+        await h.stop()
+        release.set()
+        db = h.settings.db
+        spec = '{"version": 2, "task": "t", "context": {}, "max_refinements": 0, "on_disconnect": 1, "models": {}}'
+        bad = {
+            "not JSON": _bad_row(db, "{not json"),
+            "from the future": _bad_row(db, '{"version": 99, "task": "t"}'),
+            "missing keys": _bad_row(db, '{"task": "t", "context": {}}'),
+            "no models": _bad_row(db, spec),
+            "a corrupt summary": _bad_row(db, spec, summary=b"\x0a\xff"),
+        }
+        again = await make_server(openai=fake)
+        for what, run_id in bad.items():
+            run = await again.client.get_run(run_id)
+            assert run.state == pb.RUN_STATE_FAILED, what
+            assert run.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], what
+            assert run.failure.reason == "RUN_NOT_RESUMABLE", what
+            assert run.failure.message.startswith("cannot resume the run: "), what
+            watched = await collect(again.client.watch(run_id))
+            assert [kind(e) for e in watched] == ["run_failed"], what
+        resumed = await collect(again.client.watch(good))
+        assert kind(resumed[-1]) == "run_completed"
