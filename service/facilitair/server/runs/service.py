@@ -8,6 +8,8 @@ event log (events/) and the store underneath.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,10 +30,16 @@ from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import PipelineConfig, Settings
-from facilitair.server.store.base import EventStore, RunRow
+from facilitair.server.store.base import EventStore, InsertOutcome, RunRow
 from facilitair.v1 import orchestrator_pb2 as pb
 
 log = structlog.get_logger(__name__)
+
+# Leases are not renewed yet: the store fences writes by epoch, not by the lease's expiry.
+LEASE_SECONDS = 10.0
+CLAIM_ALL = 1_000_000
+# The per-principal limit stays Admission's (in memory) until the lifecycle asks the store for it.
+NO_STORE_LIMIT = 2**31 - 1
 
 
 class RunService:
@@ -66,6 +74,7 @@ class RunService:
         # first one's run instead of starting another (the store answers once the run is committed).
         self._creating: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._stopping = False
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- life of the service --------------------------------------------------------------------
 
@@ -73,8 +82,12 @@ class RunService:
         """Open the store, start the writer, resume the runs a previous server left unfinished."""
         await self._store.open()
         self.events.start()
-        for row in await self._store.unfinished_runs():
-            await self._resume(row)
+        # One process on its store: every unfinished run was left by an earlier life of this server.
+        claims = await self._store.claim_expired(
+            self.replica_id, LEASE_SECONDS, CLAIM_ALL, ignore_leases=not self._store.shared
+        )
+        for claim in claims:
+            await self._resume(claim.row, claim.last_seq)
         self._retention.start()
 
     async def stop(self) -> None:
@@ -131,7 +144,14 @@ class RunService:
                 run_id, principal, spec.client_request_id, summary.state, now, now, None,
                 summary.SerializeToString(), spec.to_json(),
             )  # fmt: skip
-            self.events.update_run(row)
+            # Stored (and held by this replica, epoch 1) before it runs: the store fences every later write.
+            # A caller cancelled during this await leaves a stored run nothing drives until a restart.
+            inserted = await self._store.insert_run(
+                row, owner=self.replica_id, lease_seconds=LEASE_SECONDS, max_active_per_principal=NO_STORE_LIMIT
+            )
+            if inserted.outcome is not InsertOutcome.CREATED or inserted.row is None:
+                raise Unavailable("another server started a run with this client_request_id at once; retry")
+            row = inserted.row
             rec = self._recorder(row, last_seq=0)
             rec.run_started(spec.task, plan)
             self._supervisor.spawn(rec, spec, principal)
@@ -166,9 +186,8 @@ class RunService:
         pending = self._creating.get(key)  # created while the store was read
         return await asyncio.shield(pending) if pending is not None else None
 
-    async def _resume(self, row: RunRow) -> None:
+    async def _resume(self, row: RunRow, last_seq: int) -> None:
         """Continue a run a previous server left in flight, from its last completed stage."""
-        last_seq = await self._store.last_seq(row.run_id)
         rec = self._recorder(row, last_seq)
         try:
             spec = RunSpec.from_json(row.spec)
@@ -190,7 +209,7 @@ class RunService:
         self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)
 
     def _recorder(self, row: RunRow, last_seq: int) -> RunRecorder:
-        channel = self.events.open_channel(row.run_id, last_seq)
+        channel = self.events.open_channel(row.run_id, last_seq, epoch=row.epoch)
         return RunRecorder(
             self.events,
             channel,
