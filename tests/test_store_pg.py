@@ -265,3 +265,34 @@ async def test_inserts_from_two_processes_make_one_run_per_request_within_the_li
     assert await store.count_active("alice") == 5
     assert {r.run_id for r in await store.list_runs("alice", None, None, 100)} == created
     await store.close()
+
+
+async def test_a_server_whose_database_is_down_says_so_in_one_line() -> None:
+    secret = "s3cr3t-" + uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACILITAIR_", "OPENAI_", "ANTHROPIC_"))}
+    env |= {
+        "FACILITAIR_DATABASE_URL": f"postgresql://someone:{secret}@127.0.0.1:{free_port()}/db",
+        "FACILITAIR_LISTEN": "127.0.0.1:0",
+        "OPENAI_API_KEY": "test-key",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "facilitair.server",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    text = (out + err).decode()
+    assert proc.returncode == 1, text
+    assert secret not in text
+    assert "Traceback" not in text
+    assert (
+        text.strip()
+        .splitlines()[-1]
+        .startswith(
+            "facilitair: cannot open the store: cannot connect to PostgreSQL at postgresql://someone:***@127.0.0.1:"
+        )
+    )
