@@ -59,6 +59,33 @@ async def test_a_batch_is_all_or_nothing(stores: Stores) -> None:
     assert await store.last_seq(a.run_id) == 2
 
 
+async def test_the_same_batch_written_again_changes_nothing(stores: Stores) -> None:
+    """A retry after a commit whose acknowledgement was lost must not stall the writer on the primary key."""
+    replica_a, replica_b = await stores.new(), await stores.new()
+    a, b = await new_run(replica_a), await new_run(replica_a)
+    taken = await new_run(replica_a, lease=-1.0)
+    assert len(await replica_b.claim_expired("B", 60.0, 10)) == 1
+    batch = Batch(
+        [*events(a.run_id, 1, 3), *events(b.run_id, 1, 2), *events(taken.run_id, 1, 1)],
+        [replace(a, state=RUNNING)],
+        [Checkpoint(b.run_id, 1, "one")],
+        {a.run_id: 1, b.run_id: 1, taken.run_id: 1},
+    )
+    assert await replica_a.write_batch(batch) == {taken.run_id}
+    assert await replica_a.write_batch(batch) == {taken.run_id}
+    assert (await replica_a.last_seq(a.run_id), await replica_a.last_seq(b.run_id)) == (3, 2)
+    assert await replica_a.read_events(a.run_id, 0, 10) == [e.data for e in events(a.run_id, 1, 3)]
+    assert await replica_a.read_events(taken.run_id, 0, 10) == []
+    assert [c.data for c in await replica_a.checkpoints(b.run_id)] == ["one"]
+
+    # Not the same batch: a stored seq with other bytes, or old events with new ones, is a conflict.
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        await replica_a.write_batch(Batch([StoredEvent(a.run_id, 3, b"other")], [], [], {a.run_id: 1}))
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        await replica_a.write_batch(batch_of((a, 3, 2)))
+    assert await replica_a.last_seq(a.run_id) == 3
+
+
 async def test_run_rows_and_checkpoints_commit_with_the_events(stores: Stores) -> None:
     store = await stores.new()
     a = await new_run(store)

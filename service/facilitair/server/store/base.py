@@ -164,7 +164,11 @@ class EventStore(Protocol):
         ...
 
     async def write_batch(self, batch: Batch) -> set[str]:
-        """Commit the batch in one transaction, except the runs not held under batch.epochs: return those."""
+        """Commit the batch in one transaction, except the runs not held under batch.epochs: return those.
+
+        Writing the same batch again (a retry after a commit whose acknowledgement was lost) changes nothing and
+        returns the same runs; events that conflict with other stored ones raise the driver's integrity error.
+        """
         ...
 
     async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:

@@ -98,6 +98,15 @@ SELECT array(SELECT run_id FROM accepted) AS accepted, (SELECT count(*) FROM not
        (SELECT count(*) FROM upd) AS updated, (SELECT count(*) FROM cp) AS checkpointed
 """
 
+# For a batch refused by the events' primary key: per run, its events given, stored, and stored with the same bytes.
+FIND_WRITTEN = """
+SELECT v.run_id, count(*) AS given, count(s.seq) AS present, count(*) FILTER (WHERE s.data = v.data) AS same
+FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS v(run_id, seq, data)
+LEFT JOIN events s ON s.run_id = v.run_id AND s.seq = v.seq
+GROUP BY v.run_id
+"""
+EPOCHS = "SELECT run_id, epoch FROM runs WHERE run_id = ANY($1::text[])"
+
 FIND_AND_COUNT = f"""
 SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED}) AS active,
        (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing

@@ -35,6 +35,7 @@ from facilitair.server.store.base import (
 )
 from facilitair.server.store.pg_errors import mask_url, scrub, unavailable
 from facilitair.server.store.pg_listen import Listener
+from facilitair.server.store.retry import Found, without_events, written_before
 
 T = TypeVar("T")
 # A connection of its own (the writer) or one lent by the pool: the statements run the same on both.
@@ -197,15 +198,33 @@ class PostgresStore:
         return await self._on_pool(insert)
 
     async def write_batch(self, batch: Batch) -> set[str]:
-        """The whole batch in one statement (one transaction, one round trip); returns the refused runs."""
-        ids = batch.run_ids()
-        if not ids:
+        """The whole batch in one statement (one transaction, one round trip); returns the refused runs.
+
+        The same batch again (a commit whose acknowledgement was lost, retried) changes nothing and returns the
+        same runs; a batch that conflicts with other stored events raises UniqueViolationError.
+        """
+        if not batch.run_ids():
             return set()
+
+        async def write(conn: Conn) -> set[str]:
+            try:
+                return await self._write(conn, batch)
+            except asyncpg.UniqueViolationError:
+                again = await self._written_before(conn, batch)
+                if again is None:
+                    raise
+                return again
+
+        return await self._on_writer(write)
+
+    async def _write(self, conn: Conn, batch: Batch) -> set[str]:
+        ids = batch.run_ids()
         epochs = {r: batch.epochs[r] for r in ids if r in batch.epochs}
         # One row and one checkpoint per key, the last one winning, as an upsert of each would.
         runs = list({r.run_id: r for r in batch.runs}.values())
         checkpoints = list({(c.run_id, c.stage): c for c in batch.checkpoints}.values())
-        args = (
+        result = await conn.fetchrow(
+            pg_sql.WRITE_BATCH,
             list(epochs), list(epochs.values()),
             [e.run_id for e in batch.events], [e.seq for e in batch.events], [e.data for e in batch.events],
             [r.run_id for r in runs], [r.state for r in runs], [r.updated_at for r in runs],
@@ -213,13 +232,22 @@ class PostgresStore:
             [c.run_id for c in checkpoints], [c.stage for c in checkpoints], [c.data for c in checkpoints],
             self.tag,
         )  # fmt: skip
+        assert result is not None
+        return ids - set(result["accepted"])
 
-        async def write(conn: Conn) -> set[str]:
-            result = await conn.fetchrow(pg_sql.WRITE_BATCH, *args)
-            assert result is not None
-            return ids - set(result["accepted"])
-
-        return await self._on_writer(write)
+    async def _written_before(self, conn: Conn, batch: Batch) -> set[str] | None:
+        """The refused runs if this very batch was committed before (see retry.py), else None."""
+        rows = await conn.fetch(
+            pg_sql.FIND_WRITTEN,
+            [e.run_id for e in batch.events], [e.seq for e in batch.events], [e.data for e in batch.events],
+        )  # fmt: skip
+        found = {r["run_id"]: Found(r["given"], r["present"], r["same"]) for r in rows}
+        epochs = {r["run_id"]: r["epoch"] for r in await conn.fetch(pg_sql.EPOCHS, list(found))}
+        refused = written_before(batch, found, epochs)
+        if refused is None:
+            return None
+        rest = without_events(batch)
+        return refused | (await self._write(conn, rest) if rest.run_ids() else set())
 
     async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
         """Open the LISTEN connection (StoreUnavailable if it cannot) and keep it open until close()."""

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +32,7 @@ from facilitair.server.store.base import (
     RunRow,
     StoreUnavailable,
 )
+from facilitair.server.store.sqlite_batch import chunks, immediate, marks, write_once
 
 T = TypeVar("T")
 
@@ -41,8 +42,6 @@ _RUN_COLUMNS = (
 )
 # UNFINISHED_STATES written out, so that SQLite can use the partial indexes made on this very predicate.
 _UNFINISHED = "state IN (1, 2, 6)"
-ROWS_PER_INSERT = 300  # 1,200 parameters per statement at most; SQLite allows 32,766
-IDS_PER_STATEMENT = 500
 
 # SQLite errors that mean "cannot write now" and what to say about them (SQLite's own words hold no path).
 _UNAVAILABLE = {
@@ -65,40 +64,6 @@ def unavailable_cause(exc: sqlite3.Error) -> str | None:
 
 def _row(values: Sequence[object]) -> RunRow:
     return RunRow(*values)  # type: ignore[arg-type]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def _chunks(items: Sequence[T], size: int = IDS_PER_STATEMENT) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction; rolled back on error only while one is open (SQLite ends some failed ones itself)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        # After SQLITE_FULL or a failed COMMIT SQLite may have rolled back already; a ROLLBACK then would raise
-        # "cannot rollback - no transaction is active" and hide the cause.
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-
-
-def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[object, ...]], tail: str = "") -> None:
-    """`head VALUES (..),(..) tail`, ROWS_PER_INSERT rows per statement at most."""
-    if not rows:
-        return
-    one = "(" + _marks(len(rows[0])) + ")"
-    for chunk in _chunks(rows, ROWS_PER_INSERT):
-        conn.execute(f"{head} VALUES {','.join([one] * len(chunk))} {tail}", [v for row in chunk for v in row])
 
 
 def _last_seq(conn: sqlite3.Connection, run_id: str) -> int:
@@ -189,7 +154,7 @@ class SqliteStore:
         """The existing run for the request id, LIMITED, or the new run held by `owner` (epoch 1)."""
 
         def insert(conn: sqlite3.Connection) -> InsertResult:
-            with _immediate(conn):
+            with immediate(conn):
                 if row.client_request_id:
                     found = conn.execute(
                         f"SELECT {_RUN_COLUMNS} FROM runs WHERE principal=? AND client_request_id=?",
@@ -207,7 +172,7 @@ class SqliteStore:
                 stored = dataclasses.replace(
                     row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
                 )
-                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_marks(13)})", dataclasses.astuple(stored))
+                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(13)})", dataclasses.astuple(stored))
                 return InsertResult(InsertOutcome.CREATED, stored, active)
 
         return await self._writer.run(insert)
@@ -218,10 +183,11 @@ class SqliteStore:
         Not executemany: it steps once per row and releases and re-takes the GIL around each step, and while
         the event loop thread is busy every re-take waits up to the switch interval, so a commit of n rows took
         up to n switch intervals (bench/README: one 2,000-event commit took 1.1 s).
+
+        The same batch again (a retry after an unclear failure) changes nothing and returns the same runs; a
+        batch that conflicts with other stored events raises IntegrityError.
         """
-        if not batch.runs and not batch.checkpoints and len(batch.events) <= ROWS_PER_INSERT:
-            return await self._writer.run(lambda conn: _write_events_only(conn, batch))
-        return await self._writer.run(lambda conn: _write_transaction(conn, batch))
+        return await self._writer.run(lambda conn: write_once(conn, batch))
 
     async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
         """Nothing to do: one process writes and watches, and it knows its own commits."""
@@ -244,8 +210,8 @@ class SqliteStore:
         def renew(conn: sqlite3.Connection) -> RenewResult:
             held: dict[str, str | None] = {}
             until = time.time() + lease_seconds
-            with _immediate(conn):
-                for chunk in _chunks(list(epochs.items())):
+            with immediate(conn):
+                for chunk in chunks(list(epochs.items())):
                     cur = conn.execute(
                         f"UPDATE runs SET lease_expires_at=? WHERE owner=? AND (run_id, epoch) IN "
                         f"(VALUES {','.join(['(?,?)'] * len(chunk))}) RETURNING run_id, cancel_reason",
@@ -265,7 +231,7 @@ class SqliteStore:
             now = time.time()
             expired = "" if ignore_leases else " AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
             rows: list[RunRow] = []
-            with _immediate(conn):
+            with immediate(conn):
                 candidates = conn.execute(
                     f"SELECT run_id, epoch FROM runs WHERE {_UNFINISHED}{expired} ORDER BY created_at, run_id LIMIT ?",
                     (limit,) if ignore_leases else (now, limit),
@@ -287,8 +253,8 @@ class SqliteStore:
         """Expire the leases still held, now."""
 
         def release(conn: sqlite3.Connection) -> None:
-            with _immediate(conn):
-                for chunk in _chunks(list(epochs.items())):
+            with immediate(conn):
+                for chunk in chunks(list(epochs.items())):
                     conn.execute(
                         f"UPDATE runs SET lease_expires_at=0 WHERE owner=? AND (run_id, epoch) IN "
                         f"(VALUES {','.join(['(?,?)'] * len(chunk))})",
@@ -304,7 +270,7 @@ class SqliteStore:
         """
 
         def delete(conn: sqlite3.Connection) -> int:
-            with _immediate(conn):
+            with immediate(conn):
                 ids = [
                     r[0]
                     for r in conn.execute(
@@ -313,7 +279,7 @@ class SqliteStore:
                     )
                 ]
                 for table in ("events", "checkpoints", "runs"):
-                    conn.execute(f"DELETE FROM {table} WHERE run_id IN ({_marks(len(ids))})", ids)
+                    conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks(len(ids))})", ids)
             return len(ids)
 
         total = 0
@@ -398,58 +364,3 @@ class SqliteStore:
             return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
 
         return await self._reader.run(read)
-
-
-def _write_events_only(conn: sqlite3.Connection, batch: Batch) -> set[str]:
-    """The per-token path: one INSERT, its own durable transaction, fenced by a join on the runs' epochs.
-
-    BEGIN and COMMIT (each a GIL release and re-take) are left out. A run's events go in together or not at all,
-    since they share one epoch. When fewer rows went in than were given, the runs' epochs tell which were refused.
-    (The join costs about 2 us per event, inside SQLite with the GIL released; RETURNING, to learn the refused
-    runs on every batch, cost 1 us more with the GIL held.)
-    """
-    if not batch.events:
-        return set()
-    rows = [(e.run_id, e.seq, e.data, batch.epochs.get(e.run_id)) for e in batch.events]
-    before = conn.total_changes
-    conn.execute(
-        "INSERT INTO events (run_id, seq, data) SELECT v.column1, v.column2, v.column3 FROM (VALUES "
-        + ",".join(["(?,?,?,?)"] * len(rows))
-        + ") AS v JOIN runs r ON r.run_id = v.column1 AND r.epoch = v.column4",
-        [v for row in rows for v in row],
-    )
-    if conn.total_changes - before == len(rows):
-        return set()
-    return _stale(conn, sorted({e.run_id for e in batch.events}), batch.epochs)
-
-
-def _stale(conn: sqlite3.Connection, ids: Sequence[str], epochs: Mapping[str, int]) -> set[str]:
-    """The runs among `ids` not stored under the epoch given for them (or not stored at all)."""
-    stored: dict[str, int] = {}
-    for chunk in _chunks(ids):
-        stored.update(conn.execute(f"SELECT run_id, epoch FROM runs WHERE run_id IN ({_marks(len(chunk))})", chunk))
-    return {r for r in ids if r not in epochs or stored.get(r) != epochs[r]}
-
-
-def _write_transaction(conn: sqlite3.Connection, batch: Batch) -> set[str]:
-    """Events, run rows and checkpoints in one transaction, for the runs held under the batch's epochs."""
-    ids = sorted(batch.run_ids())
-    with _immediate(conn):
-        refused = _stale(conn, ids, batch.epochs)
-        _insert_rows(
-            conn,
-            "INSERT INTO events (run_id, seq, data)",
-            [(e.run_id, e.seq, e.data) for e in batch.events if e.run_id not in refused],
-        )
-        for r in batch.runs:
-            if r.run_id not in refused:
-                conn.execute(
-                    "UPDATE runs SET state=?, updated_at=?, finished_at=?, summary=? WHERE run_id=?",
-                    (r.state, r.updated_at, r.finished_at, r.summary, r.run_id),
-                )
-        _insert_rows(
-            conn,
-            "INSERT OR REPLACE INTO checkpoints (run_id, stage, data)",
-            [(c.run_id, c.stage, c.data) for c in batch.checkpoints if c.run_id not in refused],
-        )
-    return refused
