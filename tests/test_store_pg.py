@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import urllib.parse
 import uuid
@@ -26,6 +27,10 @@ from facilitair.server.store.sqlite import SqliteStore
 from tests.pg import Databases, PgServer, free_port
 from tests.storekit import Heard, batch_of, new_run
 
+LISTENER_PIDS = (
+    "SELECT array_agg(pid) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name = 'facilitair-listener'"
+)
 ROOT = Path(__file__).resolve().parent.parent  # the repository: children import `tests` and `facilitair` from it
 
 
@@ -121,6 +126,42 @@ async def test_the_listener_reconnects_and_asks_for_a_recheck(pg_url: str, repli
     assert await a.write_batch(batch_of((run, 1, 2))) == set()
     await heard.until(lambda: len(heard.commits) == 2)
     assert heard.commits[1] == {run.run_id: 2}
+
+
+async def _pids(url: str) -> list[int]:
+    pids = await _admin(url, LISTENER_PIDS)
+    assert isinstance(pids, list)
+    return [int(p) for p in pids]
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
+async def test_the_listener_notices_a_database_gone_silent(pg_url: str) -> None:
+    """A backend that stops answering (as behind a network cut) is noticed by the ping; the listener reconnects."""
+    store = PostgresStore(pg_url, listen_check=0.3)
+    await store.open()
+    heard = Heard()
+    stopped: int | None = None
+    try:
+        await store.listen(heard.on_commit, heard.on_cancel)
+        (backend,) = await _pids(pg_url)
+        where = await _admin(pg_url, "SELECT coalesce(host(inet_server_addr()), 'socket')")
+        if where not in ("socket", "127.0.0.1", "::1") or not _is_postgres(backend):
+            pytest.skip("the server is not on this machine (FACILITAIR_TEST_DATABASE_URL): no backend to stop")
+        stopped = backend
+        os.kill(stopped, signal.SIGSTOP)  # the connection stays open; nothing answers on it any more
+        await heard.until(lambda: heard.commits)
+        assert heard.commits == [{}]
+        assert set(await _pids(pg_url)) - {stopped}, "a new LISTEN connection"
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        await store.close()
 
 
 async def test_a_database_that_refuses_connections_is_unavailable_until_it_takes_them(

@@ -34,7 +34,7 @@ from facilitair.server.store.base import (
     StoreUnavailable,
 )
 from facilitair.server.store.pg_errors import mask_url, scrub, unavailable
-from facilitair.server.store.pg_listen import Listener
+from facilitair.server.store.pg_listen import PING_EVERY, Listener
 from facilitair.server.store.retry import Found, without_events, written_before
 
 T = TypeVar("T")
@@ -65,11 +65,23 @@ class PostgresStore:
     kind = "postgresql"
     shared = True
 
-    def __init__(self, url: str, *, readers: int = READERS, command_timeout: float = COMMAND_TIMEOUT) -> None:
-        """A store on the database at `url` (postgresql://user:password@host:port/db?options)."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        readers: int = READERS,
+        command_timeout: float = COMMAND_TIMEOUT,
+        listen_check: float = PING_EVERY,
+    ) -> None:
+        """A store on the database at `url` (postgresql://user:password@host:port/db?options).
+
+        `listen_check`: how often the LISTEN connection is pinged, and how long an answer may take, so that a
+        database gone silent (a machine lost, a network cut) is noticed and the listener reconnects.
+        """
         self._url = url
         self._readers = readers
         self._command_timeout = command_timeout
+        self._listen_check = listen_check
         self._writer: asyncpg.Connection | None = None
         self._writer_lock = asyncio.Lock()
         self._pool: asyncpg.Pool | None = None
@@ -253,7 +265,14 @@ class PostgresStore:
         """Open the LISTEN connection (StoreUnavailable if it cannot) and keep it open until close()."""
         if self._listener is not None:
             raise RuntimeError("already listening")
-        listener = Listener(lambda: self._connect("listener"), self.tag, on_commit, on_cancel)
+        listener = Listener(
+            lambda: self._connect("listener"),
+            self.tag,
+            on_commit,
+            on_cancel,
+            ping_every=self._listen_check,
+            ping_timeout=self._listen_check,
+        )
         await listener.start()
         self._listener = listener
 
