@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.fake import stamped
 from facilitair.server.events.eventlog import EventLog
-from facilitair.server.store.base import Batch, StoredEvent
+from facilitair.server.store.base import Batch, RunRow, StoredEvent
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -24,9 +24,17 @@ class _CountingStore(SqliteStore):
 
     batches = 0
 
-    async def write_batch(self, batch: Batch) -> None:
+    async def write_batch(self, batch: Batch) -> set[str]:
         self.batches += 1
-        await super().write_batch(batch)
+        return await super().write_batch(batch)
+
+
+async def _new_run(store: SqliteStore) -> str:
+    """A run in the store, held by this process (epoch 1): the store writes events only for runs it holds."""
+    run_id = str(uuid.uuid4())
+    row = RunRow(run_id, "bench", "", pb.RUN_STATE_RUNNING, time.time(), time.time(), None, b"", "{}")
+    await store.insert_run(row, owner="bench", lease_seconds=3600.0, max_active_per_principal=1_000_000)
+    return run_id
 
 
 def _token_bytes(run_id: str, seq: int, size: int) -> bytes:
@@ -39,7 +47,7 @@ async def _fixed_batches(path: Path, batch: int, seconds: float, size: int) -> d
     """Commit batches of `batch` token events back to back for `seconds`."""
     store = SqliteStore(path)
     await store.open()
-    run_id = str(uuid.uuid4())
+    run_id = await _new_run(store)
     data = _token_bytes(run_id, 1, size)
     seq = 0
     commits = 0
@@ -47,7 +55,7 @@ async def _fixed_batches(path: Path, batch: int, seconds: float, size: int) -> d
     while time.monotonic() - start < seconds:
         events = [StoredEvent(run_id, seq + i + 1, data) for i in range(batch)]
         seq += batch
-        await store.write_batch(Batch(events, [], []))
+        assert not await store.write_batch(Batch(events, [], [], {run_id: 1}))
         commits += 1
     elapsed = time.monotonic() - start
     await store.close()
@@ -60,9 +68,10 @@ async def _event_log(path: Path, runs: int, per_run: int, size: int) -> dict[str
     await store.open()
     log = EventLog(store)
     log.start()
+    run_ids = [await _new_run(store) for _ in range(runs)]
 
-    async def produce() -> None:
-        channel = log.open_channel(str(uuid.uuid4()), 0)
+    async def produce(run_id: str) -> None:
+        channel = log.open_channel(run_id, 0, epoch=1)
         for _ in range(per_run):
             event = pb.RunEvent(run_id=channel.run_id, token_delta=pb.TokenDelta(stage=2, text=stamped(size)))
             event.time.FromNanoseconds(time.time_ns())
@@ -70,7 +79,7 @@ async def _event_log(path: Path, runs: int, per_run: int, size: int) -> dict[str
             await asyncio.sleep(0)  # a token arrives; other runs get their turn
 
     start = time.monotonic()
-    await asyncio.gather(*(produce() for _ in range(runs)))
+    await asyncio.gather(*(produce(run_id) for run_id in run_ids))
     await log.flush()
     elapsed = time.monotonic() - start
     await log.stop()

@@ -30,6 +30,9 @@ from facilitair.client import Client, RunEvent
 from facilitair.server.settings import Settings
 from facilitair.server.transport.app import RunningServer, create_server
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Reply
+from tests.pg import USED as PG_USED
+from tests.pg import pg_databases, pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL, see tests/pg.py)
+from tests.storekit import store_target, stores  # noqa: F401  (fixtures: each store test on SQLite and PostgreSQL)
 
 AGENTS = ("architect", "coder", "reviewer", "refiner", "tester", "documenter")
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
@@ -352,3 +355,9 @@ async def make_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
         for harness in reversed(harnesses):
             await harness.client.close()
             await harness.stop(0)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which PostgreSQL the tests ran against, if any."""
+    for how in PG_USED:
+        terminalreporter.write_line(f"PostgreSQL for the tests: {how}")

@@ -1,20 +1,37 @@
-"""Retention: finished runs are removed after the retention time; runs still going never are."""
+"""Retention: finished runs are removed after the retention time; runs still going never are. On both stores."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.conftest import RunStream, ServerFactory, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
+from tests.pg import Databases
+
+Database = Callable[[str], dict[str, Any]]
 
 
-async def test_finished_runs_expire_and_live_ones_stay(make_server: ServerFactory) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """Settings that give a server a database of its own, by name: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return lambda name: {"db": tmp_path / f"{name}.db"}
+    databases: Databases = request.getfixturevalue("pg_databases")
+    return lambda name: {"database_url": SecretStr(databases.new())}
+
+
+# `database` before `make_server`: the servers stop before their databases are dropped.
+async def test_finished_runs_expire_and_live_ones_stay(database: Database, make_server: ServerFactory) -> None:
     async with FakeOpenAI(scripted()) as fake:
-        h = await make_server(openai=fake)
+        h = await make_server(openai=fake, **database("first"))
         done = await h.run("finished before the cutoff")
         store = h.server.runs.store
         # Nothing has finished before an hour ago: nothing goes.
@@ -24,7 +41,7 @@ async def test_finished_runs_expire_and_live_ones_stay(make_server: ServerFactor
     architect, release = held(default_replies()["architect"], after=1)
     # The first architect request (the live run) is held; later ones answer at once.
     async with FakeOpenAI(scripted(architect=[architect, default_replies()["architect"]])) as fake:
-        h2 = await make_server(openai=fake, db=h.settings.db.with_name("second.db"))
+        h2 = await make_server(openai=fake, **database("second"))
         async with RunStream(h2.client.collaborate("still running")) as live:
             first = await live.until(lambda e: kind(e) == "token_delta")
             finished = await h2.run("finished")

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
 
     listen: str = Field(default="127.0.0.1:50051", description="HOST:PORT to serve gRPC on (port 0: any free port)")
     db: Path = Field(default_factory=default_db_path, description="the SQLite file that stores runs and events")
+    # A secret: the URL may hold a password, which must never reach a log or an error (SecretStr masks it).
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user@host:port/db: the shared PostgreSQL store for several replicas (unset: the "
+        "SQLite file at --db); give a password through FACILITAIR_DATABASE_URL or PGPASSWORD, not on a command line",
+    )
     model: str = Field(
         default="openai:gpt-4.1-mini",
         description="default model for every agent, provider:model or a comma-separated fallback list",

@@ -41,10 +41,11 @@ TAIL_SIZE = 32
 class RunChannel:
     """The live side of one run: seq numbering, the committed tail, and the watchers' wake-up."""
 
-    __slots__ = ("_changed", "_tail", "_tail_size", "committed_seq", "finished", "next_seq", "run_id")
+    __slots__ = ("_changed", "_tail", "_tail_size", "committed_seq", "epoch", "finished", "next_seq", "run_id")
 
-    def __init__(self, run_id: str, last_seq: int, tail_size: int) -> None:
+    def __init__(self, run_id: str, last_seq: int, tail_size: int, epoch: int) -> None:
         self.run_id = run_id
+        self.epoch = epoch  # the lease epoch this process holds the run under: its writes are fenced by it
         self.next_seq = last_seq + 1
         self.committed_seq = last_seq
         self.finished = False
@@ -94,6 +95,7 @@ class EventLog:
         self._events: list[tuple[RunChannel, RunEvent, str]] = []
         self._runs: dict[str, RunRow] = {}
         self._checkpoints: list[Checkpoint] = []
+        self._epochs: dict[str, int] = {}  # the epoch of every run with something pending
         self._wake: asyncio.Future[None] | None = None
         self._flushed: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -110,9 +112,9 @@ class EventLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
-    def open_channel(self, run_id: str, last_seq: int) -> RunChannel:
-        """Register a live run whose log holds `last_seq` events already."""
-        channel = RunChannel(run_id, last_seq, self._tail_size)
+    def open_channel(self, run_id: str, last_seq: int, *, epoch: int) -> RunChannel:
+        """Register a live run whose log holds `last_seq` events already, held under lease `epoch`."""
+        channel = RunChannel(run_id, last_seq, self._tail_size, epoch)
         self._channels[run_id] = channel
         return channel
 
@@ -133,16 +135,21 @@ class EventLog:
         event.seq = channel.next_seq
         channel.next_seq += 1
         self._events.append((channel, event, event.WhichOneof("payload") or ""))
+        self._epochs[channel.run_id] = channel.epoch
         self._poke()
 
     def update_run(self, row: RunRow) -> None:
         """Queue an upsert of a run row; it commits with the events queued before it."""
         self._runs[row.run_id] = row
+        self._epochs[row.run_id] = row.epoch
         self._poke()
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Queue a stage checkpoint; it commits with the events queued before it."""
         self._checkpoints.append(checkpoint)
+        channel = self._channels.get(checkpoint.run_id)
+        if channel is not None:
+            self._epochs[checkpoint.run_id] = channel.epoch
         self._poke()
 
     async def flush(self) -> None:
@@ -169,27 +176,34 @@ class EventLog:
             runs, self._runs = self._runs, {}
             checkpoints, self._checkpoints = self._checkpoints, []
             flushed, self._flushed = self._flushed, []
+            epochs, self._epochs = self._epochs, {}
             batch = Batch(
                 [StoredEvent(e.run_id, e.seq, e.SerializeToString()) for _, e, _ in events],
                 list(runs.values()),
                 checkpoints,
+                epochs,
             )
-            await self._write(batch)
+            refused = await self._write(batch)
+            if refused:
+                # Another process holds these runs under a newer epoch: nothing of theirs was written, so
+                # watchers must not see it either.
+                log.warning("event_write_refused", runs=sorted(refused))
+                events = [item for item in events if item[0].run_id not in refused]
             metrics.count_events(Tally(kind for _, _, kind in events))
             self._fan_out(events)
             for done in flushed:
                 if not done.done():
                     done.set_result(None)
 
-    async def _write(self, batch: Batch) -> None:
+    async def _write(self, batch: Batch) -> set[str]:
         """Write a batch, retrying with backoff: events must not be dropped while the disk is unhappy."""
         for attempt in itertools.count():
             try:
-                await self.store.write_batch(batch)
-                return
+                return await self.store.write_batch(batch)
             except Exception:
                 log.exception("event_store_write_failed", attempt=attempt, events=len(batch.events))
                 await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+        raise AssertionError("unreachable: the attempts never run out")
 
     def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]]) -> None:
         by_channel: dict[RunChannel, list[RunEvent]] = {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,8 +18,15 @@ from collections.abc import AsyncIterator
 import structlog
 from google.protobuf.message import DecodeError
 
-from facilitair.server.domain import chain_text
-from facilitair.server.errors import DataCorrupt, FacilitairError, FailedPrecondition, Reason, Unavailable
+from facilitair.server.domain import Plan, chain_text
+from facilitair.server.errors import (
+    DataCorrupt,
+    FacilitairError,
+    FailedPrecondition,
+    Reason,
+    ResourceLimited,
+    Unavailable,
+)
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.recorder import RunRecorder
@@ -25,15 +34,19 @@ from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
-from facilitair.server.runs.admission import Admission, check_budget
+from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admission, check_budget
 from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import PipelineConfig, Settings
-from facilitair.server.store.base import EventStore, RunRow
+from facilitair.server.store.base import EventStore, InsertOutcome, RunRow
 from facilitair.v1 import orchestrator_pb2 as pb
 
 log = structlog.get_logger(__name__)
+
+# Leases are not renewed yet: the store fences writes by epoch, not by the lease's expiry.
+LEASE_SECONDS = 10.0
+CLAIM_ALL = 1_000_000
 
 
 class RunService:
@@ -67,8 +80,9 @@ class RunService:
         # Idempotency keys of runs being created right now: a second call with the same key waits for the
         # first one's run instead of starting another (the store answers once the run is committed).
         self._creating: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[str]] = set()
         self._stopping = False
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- life of the service --------------------------------------------------------------------
 
@@ -76,8 +90,12 @@ class RunService:
         """Open the store, start the writer, resume the runs a previous server left unfinished."""
         await self._store.open()
         self.events.start()
-        for row in await self._store.unfinished_runs():
-            await self._resume(row)
+        # One process on its store: every unfinished run was left by an earlier life of this server.
+        claims = await self._store.claim_expired(
+            self.replica_id, LEASE_SECONDS, CLAIM_ALL, ignore_leases=not self._store.shared
+        )
+        for claim in claims:
+            await self._resume(claim.row, claim.last_seq)
         self._retention.start()
 
     async def stop(self) -> None:
@@ -124,48 +142,60 @@ class RunService:
         check_budget(plan, self._estimator.tokens(spec), spec.budget_usd, spec.budget_tokens)
         run_id = str(uuid.uuid4())
         self._admission.admit(run_id, principal)
-        created: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        # Storing the run, starting to drive it and its first commit belong to the run, not to this caller: a
+        # caller that leaves meanwhile (deadline, disconnect) must neither orphan the run nor hide it from a
+        # retry with the same key, which waits for this creation instead of starting another run.
+        creation = asyncio.ensure_future(self._create(run_id, spec, plan, principal))
+        self._background.add(creation)
+        creation.add_done_callback(self._background.discard)
         if spec.client_request_id:
-            self._creating[key] = created
+            self._creating[key] = creation
+            creation.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(creation)
+
+    def _forget(self, key: tuple[str, str], creation: asyncio.Future[str]) -> None:
+        """Once a creation is over (stored, or failed), its key is answered by the store alone."""
+        if self._creating.get(key) is creation:
+            del self._creating[key]
+
+    async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str) -> str:
+        """Store a new run (held by this replica), start driving it and wait for its first commit."""
+        now = time.time()
+        summary = wire.new_summary(run_id, spec.task, int(now * 1e9))
+        row = RunRow(
+            run_id, principal, spec.client_request_id, summary.state, now, now, None,
+            summary.SerializeToString(), spec.to_json(),
+        )  # fmt: skip
         try:
-            now = time.time()
-            summary = wire.new_summary(run_id, spec.task, int(now * 1e9))
-            row = RunRow(
-                run_id, principal, spec.client_request_id, summary.state, now, now, None,
-                summary.SerializeToString(), spec.to_json(),
-            )  # fmt: skip
-            self.events.update_run(row)
-            rec = self._recorder(row, last_seq=0)
-            rec.run_started(spec.task, plan)
-            self._supervisor.spawn(rec, spec, principal)
+            inserted = await self._store.insert_run(
+                row,
+                owner=self.replica_id,
+                lease_seconds=LEASE_SECONDS,
+                max_active_per_principal=self.settings.max_runs_per_principal,
+            )
         except BaseException:
             self._admission.release(run_id)
-            self._creating.pop(key, None)
-            created.set_exception(Unavailable("the run could not be started; retry"))
-            created.exception()  # retrieved here: callers waiting on it get it, nobody else must
             raise
+        if inserted.outcome is not InsertOutcome.CREATED or inserted.row is None:
+            self._admission.release(run_id)
+            if inserted.outcome is InsertOutcome.EXISTING and inserted.row is not None:
+                return inserted.row.run_id  # started at the same moment elsewhere: attach to that run
+            raise ResourceLimited(
+                f"you have {inserted.active} runs in flight, the most allowed (FACILITAIR_MAX_RUNS_PER_PRINCIPAL); "
+                "wait for one to finish or cancel one",
+                CONCURRENCY_RETRY_SECONDS,
+            )
+        rec = self._recorder(inserted.row, last_seq=0)
+        rec.run_started(spec.task, plan)
+        self._supervisor.spawn(rec, spec, principal)
         log.info(
             "run_created",
             run_id=run_id,
             principal=principal,
             models={r.label: chain_text(m) for r, m in spec.models.items()},
         )
-        # The run is stored before its id is handed out. The wait belongs to the run, not to this caller: a
-        # caller that leaves meanwhile (deadline, disconnect) must not end it, or a retry would not find the run.
-        stored = asyncio.ensure_future(self._stored(key, created, run_id))
-        self._background.add(stored)
-        stored.add_done_callback(self._background.discard)
-        await asyncio.shield(stored)
+        await self.events.flush()
         return run_id
-
-    async def _stored(self, key: tuple[str, str], created: asyncio.Future[str], run_id: str) -> None:
-        """Wait for the new run's first commit, then let callers with the same idempotency key find it."""
-        try:
-            await self.events.flush()
-        finally:
-            if self._creating.get(key) is created:
-                del self._creating[key]
-            created.set_result(run_id)
 
     async def _existing(self, key: tuple[str, str]) -> str | None:
         """The run an idempotency key already started (waiting for one being created), or None."""
@@ -178,13 +208,12 @@ class RunService:
         pending = self._creating.get(key)  # created while the store was read
         return await asyncio.shield(pending) if pending is not None else None
 
-    async def _resume(self, row: RunRow) -> None:
+    async def _resume(self, row: RunRow, last_seq: int) -> None:
         """Continue a run a previous server left in flight, from its last completed stage.
 
         Each run stands alone: one that cannot be read (corrupt, or written by an unknown version) ends with
         run_failed, and the server goes on with the others.
         """
-        last_seq = await self._store.last_seq(row.run_id)
         try:
             rec = self._recorder(row, last_seq)
         except DecodeError:
@@ -218,7 +247,7 @@ class RunService:
         self._supervisor.fail(rec, error)
 
     def _recorder(self, row: RunRow, last_seq: int) -> RunRecorder:
-        channel = self.events.open_channel(row.run_id, last_seq)
+        channel = self.events.open_channel(row.run_id, last_seq, epoch=row.epoch)
         return RunRecorder(
             self.events,
             channel,

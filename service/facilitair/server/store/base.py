@@ -1,20 +1,46 @@
-"""The storage interface for runs and their event logs.
+"""The storage interface for runs, their event logs and their leases.
 
-The event log (eventlog.py) batches writes from all runs and hands each batch to `write_batch`,
-which must make it durable in one step (one SQLite transaction; one Redis pipeline later). Nothing
-above this interface knows which store is used.
+The event log (eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
+it durable in one transaction. Nothing above this interface knows which store is used: SQLite (one process)
+or PostgreSQL (any number of replicas on one database).
+
+Several replicas share a PostgreSQL database, so every unfinished run has one owner holding a lease with an
+epoch: a fencing token. `insert_run` and `claim_expired` hand out leases, `renew_leases` keeps them,
+`release_leases` gives them up, and `write_batch` writes a run's parts only under the epoch the run is held
+with now, so an owner whose run was taken over can never write to it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
+
+# RunState values that may still produce events: QUEUED, RUNNING, INTERRUPTED.
+UNFINISHED_STATES: tuple[int, ...] = (1, 2, 6)
+# The NOTIFY channels of the PostgreSQL store.
+COMMITS_CHANNEL = "facilitair_commits"
+CANCEL_CHANNEL = "facilitair_cancel"
+# Retention deletes this many runs per transaction, so no transaction grows with the size of the store.
+DELETE_BATCH = 500
+
+
+class StoreUnavailable(Exception):
+    """The store cannot write (or cannot be reached) now; the message is the plain cause, safe to log and show.
+
+    It says nothing of file paths or credentials. The condition may clear by itself (space freed, the database
+    back): the stores reconnect on the next call.
+    """
+
+
+class SchemaError(Exception):
+    """The database's schema is not one this version can use (newer than it knows, or not ours)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """A run as stored: indexed columns plus the serialized RunSummary and the run's spec."""
+    """A run as stored: indexed columns, the serialized RunSummary, the run's spec and its lease."""
 
     run_id: str
     principal: str
@@ -25,6 +51,13 @@ class RunRow:
     finished_at: float | None
     summary: bytes
     spec: str
+    # The replica holding the run's lease ("" when none ever did) and the lease's epoch (the fencing token).
+    owner: str = ""
+    epoch: int = 0
+    # When the lease runs out, in seconds since the epoch by the store's clock; None when there is none.
+    lease_expires_at: float | None = None
+    # Why a cancel was requested (by any replica), or None when none was.
+    cancel_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +80,121 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class Batch:
-    """Everything to make durable in one step; rows are upserts."""
+    """Everything to make durable in one transaction.
+
+    `runs` update rows that `insert_run` created (state, updated_at, finished_at, summary). `epochs` holds the
+    epoch under which the writer holds each run of the batch: a run's parts are written only if the stored
+    epoch is that one, and a run with no entry is refused.
+    """
 
     events: list[StoredEvent]
     runs: list[RunRow]
     checkpoints: list[Checkpoint]
+    epochs: dict[str, int] = field(default_factory=dict)
+
+    def run_ids(self) -> set[str]:
+        """Every run the batch writes to."""
+        ids = {e.run_id for e in self.events}
+        ids.update(r.run_id for r in self.runs)
+        ids.update(c.run_id for c in self.checkpoints)
+        return ids
+
+
+class InsertOutcome(enum.Enum):
+    """What `insert_run` did."""
+
+    CREATED = "created"  # the run is stored, held by the caller with epoch 1
+    EXISTING = "existing"  # the principal already started a run with this client_request_id: that one
+    LIMITED = "limited"  # the principal has max_active_per_principal unfinished runs already; nothing stored
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """The outcome of `insert_run`, the run created or found (None when limited), and the active count."""
+
+    outcome: InsertOutcome
+    row: RunRow | None
+    # The principal's unfinished runs before this insert (0 when an existing run was returned).
+    active: int
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    """What `renew_leases` found."""
+
+    # Runs whose lease the caller no longer holds (taken over, or gone): stop driving them, write nothing.
+    lost: frozenset[str]
+    # Runs still held for which a cancel was requested: run id -> reason.
+    cancel_requested: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run taken over by `claim_expired`: its row (new owner and epoch) and its newest stored seq."""
+
+    row: RunRow
+    last_seq: int
+
+
+# A commit by another writer: run id -> its newest committed seq. Empty means "re-check every run you follow"
+# (too many runs for one notification, or notifications may have been missed while reconnecting).
+OnCommit = Callable[[Mapping[str, int]], None]
+# A cancel was requested for this run id (by any replica, this one included); the reason is on the run.
+OnCancel = Callable[[str], None]
 
 
 class EventStore(Protocol):
-    """Durable storage of runs, events and checkpoints."""
+    """Durable storage of runs, events, checkpoints and run leases."""
+
+    kind: str  # "sqlite" or "postgresql"
+    shared: bool  # several processes may use the store at once
 
     async def open(self) -> None:
-        """Create or migrate the storage."""
+        """Connect, then create or migrate the schema (SchemaError when it is newer than this code knows)."""
         ...
 
     async def close(self) -> None:
-        """Flush and release resources."""
+        """Stop listening and release connections."""
         ...
 
-    async def write_batch(self, batch: Batch) -> None:
-        """Make a batch durable, all or nothing."""
+    async def insert_run(
+        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+    ) -> InsertResult:
+        """Atomically: the principal's run with this client_request_id, or LIMITED, or the new run held by `owner`."""
+        ...
+
+    async def write_batch(self, batch: Batch) -> set[str]:
+        """Commit the batch in one transaction, except the runs not held under batch.epochs: return those.
+
+        Writing the same batch again (a retry after a commit whose acknowledgement was lost) changes nothing and
+        returns the same runs; events that conflict with other stored ones raise the driver's integrity error.
+        """
+        ...
+
+    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
+        """Deliver other writers' commits and every cancel request until close(); no-op on a one-process store."""
+        ...
+
+    async def request_cancel(self, run_id: str, reason: str) -> bool:
+        """Record a cancel request on an unfinished run and tell its owner; False if the run is finished or unknown."""
+        ...
+
+    async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
+        """Extend the leases `owner` holds under these epochs; report the lost ones and pending cancels."""
+        ...
+
+    async def claim_expired(
+        self, owner: str, lease_seconds: float, limit: int, *, ignore_leases: bool = False
+    ) -> list[Claim]:
+        """Take over up to `limit` unfinished runs whose lease ran out (or every unfinished run: ignore_leases)."""
+        ...
+
+    async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
+        """Let these leases run out now (where still held), so another replica claims the runs at once."""
+        ...
+
+    async def count_active(self, principal: str) -> int:
+        """How many unfinished runs the principal has."""
         ...
 
     async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[bytes]:
@@ -92,13 +220,13 @@ class EventStore(Protocol):
         ...
 
     async def unfinished_runs(self) -> list[RunRow]:
-        """Runs that were queued, running or interrupted when the server last stopped."""
+        """Runs that are queued, running or interrupted, oldest first."""
         ...
 
     async def checkpoints(self, run_id: str) -> Sequence[Checkpoint]:
         """The stored checkpoints of a run, by stage."""
         ...
 
-    async def delete_finished_before(self, cutoff: float) -> int:
-        """Remove runs that finished before `cutoff` (epoch seconds) with their events; return how many."""
+    async def delete_finished_before(self, cutoff: float, *, batch_size: int = DELETE_BATCH) -> int:
+        """Remove runs that finished before `cutoff` with their events, `batch_size` runs per transaction."""
         ...

@@ -1,207 +1,320 @@
-"""The default store: one embedded SQLite file in WAL mode with durable commits.
+"""The default store: one embedded SQLite file in WAL mode with durable commits, for one process.
 
-sqlite3 blocks, so each connection lives on its own thread: one writer (all batches, in order) and
-one reader, which WAL lets run alongside the writer. `synchronous=FULL` makes every commit durable
-across power loss; the event log's group commits keep that affordable on the per-token path.
+sqlite3 blocks, so each connection lives on its own thread: one writer (every write, in order) and one
+reader, which WAL lets run alongside the writer. `synchronous=FULL` makes every commit durable across power
+loss; the event log's group commits keep that affordable on the per-token path. Leases and epochs work as on
+PostgreSQL (the writer thread and BEGIN IMMEDIATE serialise them), by the machine's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from facilitair.server.store.base import Batch, Checkpoint, RunRow
+from facilitair.server.store import sqlite_schema
+from facilitair.server.store.base import (
+    DELETE_BATCH,
+    Batch,
+    Checkpoint,
+    Claim,
+    InsertOutcome,
+    InsertResult,
+    OnCancel,
+    OnCommit,
+    RenewResult,
+    RunRow,
+    StoreUnavailable,
+)
+from facilitair.server.store.sqlite_batch import chunks, immediate, marks, write_once
 
 T = TypeVar("T")
 
-# Run states that may still produce events (RunState QUEUED, RUNNING, INTERRUPTED).
-UNFINISHED_STATES = (1, 2, 6)
+_RUN_COLUMNS = (
+    "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
+    "owner, epoch, lease_expires_at, cancel_reason"
+)
+# UNFINISHED_STATES written out, so that SQLite can use the partial indexes made on this very predicate.
+_UNFINISHED = "state IN (1, 2, 6)"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    principal TEXT NOT NULL,
-    client_request_id TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    finished_at REAL,
-    summary BLOB NOT NULL,
-    spec TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_by_principal ON runs (principal, created_at DESC, run_id DESC);
-CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request ON runs (principal, client_request_id)
-    WHERE client_request_id != '';
-CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (
-    run_id TEXT NOT NULL,
-    stage INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (run_id, stage)
-) WITHOUT ROWID;
-"""
-
-_RUN_COLUMNS = "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec"
+# SQLite errors that mean "cannot write now" and what to say about them (SQLite's own words hold no path).
+_UNAVAILABLE = {
+    "database or disk is full": "database or disk is full",
+    "readonly database": "the database is read-only",
+    "disk i/o error": "disk I/O error",
+    "unable to open database file": "unable to open the database file",
+    "database is locked": "the database is locked by another process",
+}
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
-ROWS_PER_INSERT = 300  # 900 parameters per statement at most; SQLite allows 32,766
-
-
-def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[object, ...]], tail: str = "") -> None:
-    """`head VALUES (..),(..) tail`, ROWS_PER_INSERT rows per statement at most."""
-    if not rows:
-        return
-    one = "(" + ",".join("?" * len(rows[0])) + ")"
-    for i in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[i : i + ROWS_PER_INSERT]
-        conn.execute(f"{head} VALUES {','.join([one] * len(chunk))} {tail}", [v for row in chunk for v in row])
+def unavailable_cause(exc: sqlite3.Error) -> str | None:
+    """The plain cause when `exc` means the store cannot work now, else None."""
+    text = str(exc).lower()
+    for needle, cause in _UNAVAILABLE.items():
+        if needle in text:
+            return f"the SQLite store cannot write: {cause}"
+    return None
 
 
 def _row(values: Sequence[object]) -> RunRow:
     return RunRow(*values)  # type: ignore[arg-type]
 
 
+def _last_seq(conn: sqlite3.Connection, run_id: str) -> int:
+    row = conn.execute("SELECT MAX(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()
+    return int(row[0] or 0)
+
+
+class _Connection:
+    """One connection on its own thread, opened on first use and again after the store became unavailable."""
+
+    def __init__(self, path: Path, name: str, max_pages: int | None) -> None:
+        self.path = path
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{name}")
+        self._max_pages = max_pages
+        self._conn: sqlite3.Connection | None = None
+
+    def get(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=5000")
+                if self._max_pages is not None:
+                    conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def drop(self) -> None:
+        """Close the connection; the next call reopens it (a file opened read-only stays so until then)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self.get())
+            except sqlite3.Error as exc:
+                cause = unavailable_cause(exc)
+                if cause is None:
+                    raise
+                self.drop()
+                raise StoreUnavailable(cause) from None
+
+        return await asyncio.get_running_loop().run_in_executor(self.thread, call)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self.drop)
+        self.thread.shutdown(wait=True)
+
+
 class SqliteStore:
     """EventStore on a SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
-        self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
+    kind = "sqlite"
+    shared = False
 
-    async def _on(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+    def __init__(self, path: Path, *, max_pages: int | None = None) -> None:
+        """A store on `path`; `max_pages` caps the file (PRAGMA max_page_count): past it writes fail as when full."""
+        self._path = path
+        self._writer = _Connection(path, "writer", max_pages)
+        self._reader = _Connection(path, "reader", None)
 
     async def open(self) -> None:
-        """Create the file, its folder and the schema."""
+        """Create the file and its folder, and create or migrate the schema."""
 
-        def setup() -> None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = _connect(self._path)
-            self._writer.executescript(_SCHEMA)
+        def setup(conn: sqlite3.Connection) -> None:
+            sqlite_schema.migrate(conn)
 
-        await self._on(self._writer_thread, setup)
-
-        def open_reader() -> None:
-            self._reader = _connect(self._path)
-
-        await self._on(self._reader_thread, open_reader)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        await self._writer.run(setup)
 
     async def close(self) -> None:
         """Close both connections and their threads."""
-        if self._writer is not None:
-            await self._on(self._writer_thread, self._writer.close)
-        if self._reader is not None:
-            await self._on(self._reader_thread, self._reader.close)
-        self._writer_thread.shutdown(wait=True)
-        self._reader_thread.shutdown(wait=True)
+        await self._writer.close()
+        await self._reader.close()
 
-    def _w(self) -> sqlite3.Connection:
-        assert self._writer is not None, "store not opened"
-        return self._writer
+    # -- writes ---------------------------------------------------------------------------------------------
 
-    def _r(self) -> sqlite3.Connection:
-        assert self._reader is not None, "store not opened"
-        return self._reader
+    async def insert_run(
+        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+    ) -> InsertResult:
+        """The existing run for the request id, LIMITED, or the new run held by `owner` (epoch 1)."""
 
-    async def write_batch(self, batch: Batch) -> None:
-        """One transaction for the whole batch, written with multi-row INSERTs.
+        def insert(conn: sqlite3.Connection) -> InsertResult:
+            with immediate(conn):
+                if row.client_request_id:
+                    found = conn.execute(
+                        f"SELECT {_RUN_COLUMNS} FROM runs WHERE principal=? AND client_request_id=?",
+                        (row.principal, row.client_request_id),
+                    ).fetchone()
+                    if found is not None:
+                        return InsertResult(InsertOutcome.EXISTING, _row(found), 0)
+                active = int(
+                    conn.execute(
+                        f"SELECT count(*) FROM runs WHERE principal=? AND {_UNFINISHED}", (row.principal,)
+                    ).fetchone()[0]
+                )
+                if active >= max_active_per_principal:
+                    return InsertResult(InsertOutcome.LIMITED, None, active)
+                stored = dataclasses.replace(
+                    row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
+                )
+                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(13)})", dataclasses.astuple(stored))
+                return InsertResult(InsertOutcome.CREATED, stored, active)
 
-        Not executemany: it steps once per row and releases and re-takes the GIL around each step, and
-        while the event loop thread is busy every re-take waits up to the switch interval, so a commit
-        of n rows took up to n switch intervals (bench/README: one 2,000-event commit took 1.1 s).
+        return await self._writer.run(insert)
+
+    async def write_batch(self, batch: Batch) -> set[str]:
+        """One transaction for the whole batch, written with multi-row INSERTs; returns the refused runs.
+
+        Not executemany: it steps once per row and releases and re-takes the GIL around each step, and while
+        the event loop thread is busy every re-take waits up to the switch interval, so a commit of n rows took
+        up to n switch intervals (bench/README: one 2,000-event commit took 1.1 s).
+
+        The same batch again (a retry after an unclear failure) changes nothing and returns the same runs; a
+        batch that conflicts with other stored events raises IntegrityError.
+        """
+        return await self._writer.run(lambda conn: write_once(conn, batch))
+
+    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
+        """Nothing to do: one process writes and watches, and it knows its own commits."""
+
+    async def request_cancel(self, run_id: str, reason: str) -> bool:
+        """Record the reason (the first one stays) on an unfinished run."""
+
+        def mark(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? AND {_UNFINISHED}",
+                (reason, run_id),
+            )
+            return cur.rowcount > 0
+
+        return await self._writer.run(mark)
+
+    async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
+        """Extend the leases still held; the others are lost."""
+
+        def renew(conn: sqlite3.Connection) -> RenewResult:
+            held: dict[str, str | None] = {}
+            until = time.time() + lease_seconds
+            with immediate(conn):
+                for chunk in chunks(list(epochs.items())):
+                    cur = conn.execute(
+                        f"UPDATE runs SET lease_expires_at=? WHERE owner=? AND (run_id, epoch) IN "
+                        f"(VALUES {','.join(['(?,?)'] * len(chunk))}) RETURNING run_id, cancel_reason",
+                        [until, owner, *(v for pair in chunk for v in pair)],
+                    )
+                    held.update((str(r[0]), r[1]) for r in cur.fetchall())
+            return RenewResult(frozenset(set(epochs) - set(held)), {k: v for k, v in held.items() if v is not None})
+
+        return await self._writer.run(renew)
+
+    async def claim_expired(
+        self, owner: str, lease_seconds: float, limit: int, *, ignore_leases: bool = False
+    ) -> list[Claim]:
+        """Take over unfinished runs whose lease ran out (all of them with ignore_leases), oldest first."""
+
+        def claim(conn: sqlite3.Connection) -> list[Claim]:
+            now = time.time()
+            expired = "" if ignore_leases else " AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+            rows: list[RunRow] = []
+            with immediate(conn):
+                candidates = conn.execute(
+                    f"SELECT run_id, epoch FROM runs WHERE {_UNFINISHED}{expired} ORDER BY created_at, run_id LIMIT ?",
+                    (limit,) if ignore_leases else (now, limit),
+                ).fetchall()
+                for run_id, epoch in candidates:
+                    got = conn.execute(
+                        f"UPDATE runs SET owner=?, epoch=epoch+1, lease_expires_at=? WHERE run_id=? AND epoch=? "
+                        f"RETURNING {_RUN_COLUMNS}",
+                        (owner, now + lease_seconds, run_id, epoch),
+                    ).fetchone()
+                    if got is not None:
+                        rows.append(_row(got))
+            # Read after the commit: no write under an older epoch can land from now on.
+            return [Claim(r, _last_seq(conn, r.run_id)) for r in rows]
+
+        return await self._writer.run(claim)
+
+    async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
+        """Expire the leases still held, now."""
+
+        def release(conn: sqlite3.Connection) -> None:
+            with immediate(conn):
+                for chunk in chunks(list(epochs.items())):
+                    conn.execute(
+                        f"UPDATE runs SET lease_expires_at=0 WHERE owner=? AND (run_id, epoch) IN "
+                        f"(VALUES {','.join(['(?,?)'] * len(chunk))})",
+                        [owner, *(v for pair in chunk for v in pair)],
+                    )
+
+        await self._writer.run(release)
+
+    async def delete_finished_before(self, cutoff: float, *, batch_size: int = DELETE_BATCH) -> int:
+        """Retention: drop old finished runs with their events and checkpoints, `batch_size` runs a transaction.
+
+        Each transaction is its own call on the writer thread, so event batches go in between.
         """
 
-        def write() -> None:
-            conn = self._w()
-            # Most commits are token events only: one INSERT statement is its own atomic, durable
-            # transaction, so BEGIN and COMMIT (each a GIL release and re-take) are left out.
-            if not batch.runs and not batch.checkpoints and len(batch.events) <= ROWS_PER_INSERT:
-                _insert_rows(
-                    conn, "INSERT INTO events (run_id, seq, data)", [(e.run_id, e.seq, e.data) for e in batch.events]
-                )
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                _insert_rows(
-                    conn,
-                    f"INSERT INTO runs ({_RUN_COLUMNS})",
-                    [
-                        (r.run_id, r.principal, r.client_request_id, r.state, r.created_at, r.updated_at,
-                         r.finished_at, r.summary, r.spec)
-                        for r in batch.runs
-                    ],
-                    "ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at, "
-                    "finished_at=excluded.finished_at, summary=excluded.summary",
-                )  # fmt: skip
-                _insert_rows(
-                    conn, "INSERT INTO events (run_id, seq, data)", [(e.run_id, e.seq, e.data) for e in batch.events]
-                )
-                _insert_rows(
-                    conn,
-                    "INSERT OR REPLACE INTO checkpoints (run_id, stage, data)",
-                    [(c.run_id, c.stage, c.data) for c in batch.checkpoints],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        def delete(conn: sqlite3.Connection) -> int:
+            with immediate(conn):
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT run_id FROM runs WHERE finished_at < ? AND NOT {_UNFINISHED} LIMIT ?",
+                        (cutoff, batch_size),
+                    )
+                ]
+                for table in ("events", "checkpoints", "runs"):
+                    conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks(len(ids))})", ids)
+            return len(ids)
 
-        await self._on(self._writer_thread, write)
+        total = 0
+        while True:
+            removed = await self._writer.run(delete)
+            total += removed
+            if removed < batch_size:
+                return total
+
+    # -- reads ----------------------------------------------------------------------------------------------
 
     async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[bytes]:
         """Events after a seq, in order."""
 
-        def read() -> list[bytes]:
-            cur = self._r().execute(
+        def read(conn: sqlite3.Connection) -> list[bytes]:
+            cur = conn.execute(
                 "SELECT data FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?", (run_id, after_seq, limit)
             )
             return [bytes(r[0]) for r in cur]
 
-        return await self._on(self._reader_thread, read)
+        return await self._reader.run(read)
 
     async def last_seq(self, run_id: str) -> int:
         """The highest seq of a run."""
-
-        def read() -> int:
-            row = self._r().execute("SELECT MAX(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()
-            return int(row[0] or 0)
-
-        return await self._on(self._reader_thread, read)
+        return await self._reader.run(lambda conn: _last_seq(conn, run_id))
 
     async def _one(self, sql: str, args: tuple[object, ...]) -> RunRow | None:
-        def read() -> RunRow | None:
-            row = self._r().execute(sql, args).fetchone()
+        def read(conn: sqlite3.Connection) -> RunRow | None:
+            row = conn.execute(sql, args).fetchone()
             return None if row is None else _row(row)
 
-        return await self._on(self._reader_thread, read)
+        return await self._reader.run(read)
 
     async def _many(self, sql: str, args: tuple[object, ...]) -> list[RunRow]:
-        def read() -> list[RunRow]:
-            return [_row(r) for r in self._r().execute(sql, args)]
-
-        return await self._on(self._reader_thread, read)
+        return await self._reader.run(lambda conn: [_row(r) for r in conn.execute(sql, args)])
 
     async def get_run(self, run_id: str) -> RunRow | None:
         """A run by id."""
@@ -211,6 +324,16 @@ class SqliteStore:
         """A run by idempotency key."""
         return await self._one(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE principal=? AND client_request_id=?", (principal, client_request_id)
+        )
+
+    async def count_active(self, principal: str) -> int:
+        """The principal's unfinished runs."""
+        return await self._reader.run(
+            lambda conn: int(
+                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {_UNFINISHED}", (principal,)).fetchone()[
+                    0
+                ]
+            )
         )
 
     async def list_runs(
@@ -230,44 +353,14 @@ class SqliteStore:
         return await self._many(sql, tuple(args))
 
     async def unfinished_runs(self) -> list[RunRow]:
-        """Runs a restarted server must resume, oldest first."""
-        marks = ",".join("?" * len(UNFINISHED_STATES))
-        return await self._many(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY created_at", UNFINISHED_STATES
-        )
+        """Queued, running or interrupted runs, oldest first."""
+        return await self._many(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_UNFINISHED} ORDER BY created_at", ())
 
     async def checkpoints(self, run_id: str) -> list[Checkpoint]:
         """Checkpoints by stage."""
 
-        def read() -> list[Checkpoint]:
-            cur = self._r().execute(
-                "SELECT run_id, stage, data FROM checkpoints WHERE run_id=? ORDER BY stage", (run_id,)
-            )
+        def read(conn: sqlite3.Connection) -> list[Checkpoint]:
+            cur = conn.execute("SELECT run_id, stage, data FROM checkpoints WHERE run_id=? ORDER BY stage", (run_id,))
             return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
 
-        return await self._on(self._reader_thread, read)
-
-    async def delete_finished_before(self, cutoff: float) -> int:
-        """Retention: drop old finished runs with their events and checkpoints."""
-        marks = ",".join("?" * len(UNFINISHED_STATES))
-
-        def delete() -> int:
-            conn = self._w()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT run_id FROM runs WHERE finished_at < ? AND state NOT IN ({marks})",
-                        (cutoff, *UNFINISHED_STATES),
-                    )
-                ]
-                for table in ("events", "checkpoints", "runs"):
-                    conn.executemany(f"DELETE FROM {table} WHERE run_id=?", [(i,) for i in ids])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return len(ids)
-
-        return await self._on(self._writer_thread, delete)
+        return await self._reader.run(read)

@@ -20,8 +20,8 @@ from facilitair.server.metrics import MetricsServer
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import ConfigError, PipelineConfig, Settings
+from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
-from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
@@ -94,7 +94,7 @@ async def create_server(
     # started is stopped again when a later step fails: no half-started server.
     metrics_server = _metrics_server(settings.metrics_listen)
     runs = RunService(
-        settings, store if store is not None else SqliteStore(settings.db), providers, config, status_number
+        settings, store if store is not None else create_store(settings), providers, config, status_number
     )
     try:
         await runs.start()

@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from facilitair.server.settings import ConfigError, PipelineConfig, Settings
+from facilitair.server.store.base import StoreUnavailable
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE = 0, 1, 2
 
 # What argparse puts in the namespace besides the settings; not fields of Settings.
 _NOT_SETTINGS = ("command", "action", "handler")
@@ -75,6 +76,9 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
             runner.run(serve(settings, config))
     except (ConfigError, ValidationError) as exc:
         return _config_error(exc)
+    except StoreUnavailable as exc:  # its message is the plain cause, password masked
+        print(f"facilitair: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 

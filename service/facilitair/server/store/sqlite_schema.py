@@ -1,0 +1,101 @@
+"""The SQLite schema as an ordered list of migrations, and the code that applies them.
+
+Version 1 is the schema every database had before versions were recorded (no schema_version table); its DDL
+is kept exactly as it was, so that a fresh database goes through the same steps an old one went through.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from facilitair.server.store.base import SchemaError
+
+V1 = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    client_request_id TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    summary BLOB NOT NULL,
+    spec TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_principal ON runs (principal, created_at DESC, run_id DESC);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request ON runs (principal, client_request_id)
+    WHERE client_request_id != '';
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, stage)
+) WITHOUT ROWID;
+"""
+
+# Leases (owner, epoch, expiry) and cancel requests; indexes for claiming, per-principal limits and retention.
+# Existing runs get owner '' and epoch 0 with no lease: the next claim takes them over.
+V2 = """
+ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_expires_at REAL;
+ALTER TABLE runs ADD COLUMN cancel_reason TEXT;
+CREATE INDEX runs_unfinished ON runs (created_at) WHERE state IN (1, 2, 6);
+CREATE INDEX runs_active_by_principal ON runs (principal) WHERE state IN (1, 2, 6);
+CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2)
+VERSION = len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    # The scripts hold no semicolon inside a literal, so splitting is exact.
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def stored_version(conn: sqlite3.Connection) -> int:
+    """The schema version of the open database: 0 when empty, 1 when it predates schema_version."""
+    if _has_table(conn, "schema_version"):
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            raise SchemaError("the database's schema_version table is empty: it was not made by facilitair")
+        return int(row[0])
+    return 1 if _has_table(conn, "runs") else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to VERSION in one transaction; return the version found. SchemaError if it is newer."""
+    conn.execute("BEGIN IMMEDIATE")  # the write lock first: two processes opening one file do not both migrate
+    try:
+        found = stored_version(conn)
+        if found > VERSION:
+            raise SchemaError(
+                f"the database's schema is version {found}, newer than this server knows ({VERSION}): "
+                "upgrade facilitair, or point it at another database"
+            )
+        for script in MIGRATIONS[found:]:
+            for statement in _statements(script):
+                conn.execute(statement)
+        if found < VERSION:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
