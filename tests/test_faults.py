@@ -379,11 +379,12 @@ async def test_a_stall_before_the_first_token_is_a_retried_timeout(make_server: 
 
 
 async def test_an_unreachable_provider_is_retried_then_fails_unavailable(make_server: ServerFactory) -> None:
-    # Nothing listens on port 1: every attempt is a connection error.
-    h = await make_server(
-        OPENAI_API_KEY="test-key", OPENAI_BASE_URL="http://127.0.0.1:1/v1", provider_attempts=3, retry_backoff=0.01
-    )
-    events = await h.run(TASK)
+    # The fake's port is closed (no other program's port, which might answer): every attempt is refused.
+    async with FakeOpenAI(scripted()) as fake:
+        await fake.stop_listening()
+        h = await make_server(openai=fake, provider_attempts=3, retry_backoff=0.01)
+        events = await h.run(TASK)
+    assert fake.requests == []
     assert_gapless(events)
     assert [r.attempt for r in of_kind(events, "attempt_reset")] == [2, 3]
     failed = events[-1].run_failed
@@ -391,3 +392,68 @@ async def test_an_unreachable_provider_is_retried_then_fails_unavailable(make_se
     assert failed.retryable
     assert failed.stage == 1
     assert "openai connection failed for model gpt-4.1-mini" in failed.message
+
+
+# ----- output of the wrong shape (issue 11, item 13) -----
+
+WRONG_SHAPES = {
+    "openai": [
+        "[]",
+        "7",
+        "null",
+        '"text"',
+        '{"choices":["x"]}',
+        '{"choices":[{"index":0,"delta":["x"],"finish_reason":null}]}',
+        '{"choices":[{"index":0,"delta":{"content":7},"finish_reason":null}]}',
+        '{"choices":[],"usage":{"prompt_tokens":null,"completion_tokens":3,"total_tokens":3}}',
+    ],
+    "anthropic": [
+        "[]",
+        "7",
+        "null",
+        '{"choices":["x"]}',
+        '{"type":"content_block_delta","index":0,"delta":["x"]}',
+        '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":null}}',
+        '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":null}}',
+        '{"type":"message_start","message":{"usage":{"input_tokens":null,"output_tokens":1}}}',
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("vendor", "payload"), [(vendor, payload) for vendor, shapes in WRONG_SHAPES.items() for payload in shapes]
+)
+async def test_a_chunk_of_the_wrong_shape_is_a_broken_stream_and_retried(
+    make_server: ServerFactory, vendor: str, payload: str
+) -> None:
+    good = default_replies()["coder"]
+    broken = Reply(chunks=["File: src/rev.py\n```python\n", "def broken(", "more"], fault=Fault.wrong_shape(2, payload))
+    script = scripted(coder=[broken, good])
+    async with fake_for(vendor, script) as fake:
+        h = await start(make_server, fake)
+        events = await h.run(TASK)
+    assert_gapless(events)
+    assert kind(events[-1]) == "run_completed", events[-1]
+    assert len(script.requests("coder")) == 2
+    [reset] = of_kind(events, "attempt_reset")
+    assert (reset.stage, reset.attempt) == (CODER_STAGE, 2)
+    assert "stream broke off" in reset.reason
+    assert coder_text_after_last_reset(events) == text_of(good)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_body_without_its_terminal_event_is_retried_even_after_finish_and_usage(
+    make_server: ServerFactory, vendor: str
+) -> None:
+    # The finish chunk and the usage came, [DONE] / message_stop did not: the README says that is retried.
+    good = default_replies()["coder"]
+    script = scripted(coder=[Reply(chunks=["File: src/rev.py\n"], fault=Fault.no_terminal()), good])
+    async with fake_for(vendor, script) as fake:
+        h = await start(make_server, fake)
+        events = await h.run(TASK)
+    assert kind(events[-1]) == "run_completed", events[-1]
+    [reset] = of_kind(events, "attempt_reset")
+    assert (reset.stage, reset.attempt) == (CODER_STAGE, 2)
+    assert "stream broke off" in reset.reason
+    assert len(script.requests("coder")) == 2
+    assert coder_text_after_last_reset(events) == text_of(good)

@@ -103,7 +103,10 @@ class ProviderFailure(enum.Enum):
     AUTH = ("rejected the API key", grpc.StatusCode.FAILED_PRECONDITION, False)
     PERMISSION = ("refused access to the model", grpc.StatusCode.PERMISSION_DENIED, False)
     NOT_FOUND = ("does not know the model", grpc.StatusCode.FAILED_PRECONDITION, False)
-    BAD_REQUEST = ("rejected the request", grpc.StatusCode.INVALID_ARGUMENT, False)
+    # The server builds the request from its pipeline file, so a refusal is its setup's, not the caller's.
+    BAD_REQUEST = ("refused the request the server built", grpc.StatusCode.FAILED_PRECONDITION, False)
+    CONTEXT_EXCEEDED = ("refused the request: prompt plus max_tokens exceed the context window",
+                        grpc.StatusCode.FAILED_PRECONDITION, False)  # fmt: skip
 
     def __init__(self, text: str, code: grpc.StatusCode, retryable: bool) -> None:
         self.text = text
@@ -122,6 +125,7 @@ class ProviderError(FacilitairError):
         *,
         http_status: int | None = None,
         retry_after: float | None = None,
+        cause: str | None = None,
     ) -> None:
         detail = f" (HTTP {http_status})" if http_status else ""
         hint = ""
@@ -129,6 +133,13 @@ class ProviderError(FacilitairError):
             hint = f"; check {provider.upper()}_API_KEY"
         elif kind is ProviderFailure.NOT_FOUND:
             hint = "; check the model name in the request or pipeline config"
+        elif kind is ProviderFailure.CONTEXT_EXCEEDED:
+            hint = (
+                "; lower this agent's max_tokens in the pipeline file ([agents.<agent>] max_tokens), "
+                "or serve the model with a larger context window"
+            )
+        elif kind is ProviderFailure.BAD_REQUEST:
+            hint = "; check this agent's settings in the pipeline file (max_tokens, temperature) against the model"
         super().__init__(f"{provider} {kind.text} for model {model}{detail}{hint}")
         self.provider = provider
         self.kind = kind
@@ -136,6 +147,7 @@ class ProviderError(FacilitairError):
         self.retryable = kind.retryable
         self.http_status = http_status
         self.retry_after = retry_after
+        self.cause = cause  # the class of the error beneath (e.g. ConnectionRefusedError), for the server log
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
