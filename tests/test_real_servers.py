@@ -166,3 +166,39 @@ async def test_a_model_with_a_larger_window_takes_over_a_refused_request(make_se
     assert all("context window" in f.reason for f in fallbacks)
     assert openai_script.agents() == ["architect"]
     assert anthropic_script.agents() == AGENTS_OF_A_RUN[1:]
+
+
+# ----- prompt caching (item 12) -----
+
+
+async def test_anthropic_cache_reads_and_writes_are_counted_and_priced(make_server: ServerFactory) -> None:
+    # message_start said input_tokens 5, cache_read_input_tokens 61 (a real server), and a cache write of 100.
+    architect = Reply(chunks=["design"], input_tokens=5, cache_read_tokens=61, cache_write_tokens=100, output_tokens=9)
+    async with FakeAnthropic(scripted(architect=architect)) as fake:
+        h = await make_server(anthropic=fake, model=SONNET)
+        events = await h.run(TASK)
+
+    assert kind(events[-1]) == "run_completed"
+    usage = of_kind(events, "stage_completed")[0].usage
+    assert usage.input_tokens == 5 + 61 + 100  # the whole prompt, as input_tokens always means
+    assert usage.cache_read_input_tokens == 61
+    assert usage.cache_write_input_tokens == 100
+    assert usage.output_tokens == 9
+    # claude-sonnet-4-6 per million tokens: input $3, cache read $0.30, cache write (5 min) $3.75, output $15.
+    assert usage.cost_usd == pytest.approx((5 * 3 + 61 * 0.30 + 100 * 3.75 + 9 * 15) / 1e6)
+    total = events[-1].run_completed.usage
+    stages = of_kind(events, "stage_completed")
+    assert total.cache_read_input_tokens == sum(s.usage.cache_read_input_tokens for s in stages) == 61
+    assert total.input_tokens == sum(s.usage.input_tokens for s in stages)
+
+
+async def test_openai_cached_tokens_are_priced_at_the_cache_rate(make_server: ServerFactory) -> None:
+    architect = Reply(chunks=["design"], input_tokens=100, cache_read_tokens=80, output_tokens=9)
+    async with FakeOpenAI(scripted(architect=architect)) as fake:
+        h = await make_server(openai=fake, model=MINI)
+        events = await h.run(TASK)
+
+    usage = of_kind(events, "stage_completed")[0].usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_write_input_tokens) == (100, 80, 0)
+    # gpt-4.1-mini per million tokens: input $0.40, cached input $0.10, output $1.60.
+    assert usage.cost_usd == pytest.approx((20 * 0.40 + 80 * 0.10 + 9 * 1.60) / 1e6)

@@ -192,7 +192,13 @@ class Pipeline:
         for event in derive(result.text, stage):
             self.rec.emit(event)
         end = result.end
-        usage = self.prices.usage(result.model, end.input_tokens, end.output_tokens)
+        usage = self.prices.usage(
+            result.model,
+            end.input_tokens,
+            end.output_tokens,
+            cache_read_tokens=end.cache_read_tokens,
+            cache_write_tokens=end.cache_write_tokens,
+        )
         if not end.usage_reported:
             usage.cost_unknown = True
         done = pb.StageCompleted(

@@ -24,6 +24,8 @@ def usage_pb(usage: UsageTotals) -> pb.Usage:
         output_tokens=usage.output_tokens,
         cost_usd=usage.cost_usd,
         cost_unknown=usage.cost_unknown,
+        cache_read_input_tokens=usage.cache_read_tokens,
+        cache_write_input_tokens=usage.cache_write_tokens,
     )
 
 
@@ -48,6 +50,8 @@ class RunRecorder:
             self.summary.usage.output_tokens,
             self.summary.usage.cost_usd,
             self.summary.usage.cost_unknown,
+            self.summary.usage.cache_read_input_tokens,
+            self.summary.usage.cache_write_input_tokens,
         )
         self._row = row
         self._thinking_interval = thinking_interval
