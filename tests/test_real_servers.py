@@ -13,13 +13,19 @@ from typing import Any
 import grpc
 import pytest
 
+from facilitair.server.attempts import AttemptPolicy
+from facilitair.server.settings import Settings
 from tests.conftest import (
     Harness,
     Script,
     ServerFactory,
+    default_replies,
+    held,
     kind,
     of_kind,
     scripted,
+    stage_text,
+    text_of,
 )
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
 
@@ -118,6 +124,56 @@ async def test_connections_closed_after_each_stream_cost_no_attempt(make_server:
     assert script.agents() == AGENTS_OF_A_RUN
     assert len(fake.requests) == len(AGENTS_OF_A_RUN)
     assert fake.connections == len(AGENTS_OF_A_RUN)
+
+
+# ----- a provider restarting (item 9) -----
+
+
+def test_the_default_retries_span_a_provider_restart_of_several_seconds() -> None:
+    settings = Settings()
+    policy = AttemptPolicy(
+        attempts_per_model=settings.provider_attempts,
+        retry_wait_max=settings.retry_wait_max,
+        backoff_base=settings.retry_backoff,
+    )
+    assert policy == AttemptPolicy()  # the server's defaults and the policy's agree
+    waits = [policy.backoff_range(tries) for tries in range(1, policy.attempts_per_model)]
+    shortest = sum(low for low, _ in waits)
+    longest = sum(high for _, high in waits)
+    # Even with the shortest jitter the last attempt comes 5 s or more after the first failure (a server
+    # that restarts in about 4 s is back by then), and the longest is within a minute and within the cap.
+    assert shortest >= 5.0
+    assert longest <= 60.0
+    assert longest <= policy.retry_wait_max
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+async def test_a_provider_down_for_three_attempts_mid_run_is_ridden_out(
+    make_server: ServerFactory, vendor: str
+) -> None:
+    # The coder's stream is held, then the provider goes down (the stream is cut, connections are refused)
+    # for three attempts: two more than the old default of three attempts allowed after the cut.
+    # The backoff is scaled down 40x from the default; the number of attempts is the default's.
+    coder, _ = held(default_replies()["coder"], after=1)
+    good = default_replies()["coder"]
+    script = scripted(coder=[coder, good])
+    async with fake_for(vendor, script) as fake:
+        h = await serve(make_server, fake, retry_backoff=0.05)
+        async with h.stream(TASK) as stream:
+            await stream.until(lambda e: kind(e) == "token_delta" and e.token_delta.stage == 2)
+            await fake.stop_listening()
+            await stream.until(lambda e: kind(e) == "attempt_reset" and e.attempt_reset.attempt == 4)
+            await fake.listen_again()
+            events = await stream.to_end()
+
+    assert kind(events[-1]) == "run_completed", events[-1]
+    resets = of_kind(events, "attempt_reset")
+    assert [r.attempt for r in resets][:3] == [2, 3, 4]
+    assert all(r.stage == 2 for r in resets)
+    assert all("connection failed" in r.reason or "stream broke off" in r.reason for r in resets), resets
+    assert script.agents() == ["architect", "coder", "coder", "reviewer", "tester", "documenter"]
+    last_reset = max(i for i, e in enumerate(events) if kind(e) == "attempt_reset")
+    assert stage_text(events[last_reset + 1 :], 2) == text_of(good)
 
 
 # ----- a small context window (item 10) -----

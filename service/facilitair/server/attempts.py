@@ -31,16 +31,26 @@ CHARS_PER_TOKEN = 4
 
 @dataclass(frozen=True, slots=True)
 class AttemptPolicy:
-    """How hard a stage tries: attempts per model, total retry wait, the longest wait for a byte."""
+    """How hard a stage tries: attempts per model, total retry wait, the longest wait for a byte.
 
-    attempts_per_model: int = 3
+    The defaults (Settings has the same) wait 2, 4, 8 and 16 s, each jittered x0.5-1.5, between five
+    attempts: 15-45 s in all, enough to ride out a provider that restarts in several seconds.
+    """
+
+    attempts_per_model: int = 5
     retry_wait_max: float = 60.0
     provider_timeout: float = 300.0
-    backoff_base: float = 0.5
+    backoff_base: float = 2.0
+
+    def backoff_range(self, tries: int) -> tuple[float, float]:
+        """The least and the most `backoff(tries)` may return."""
+        step = min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base)
+        return step * 0.5, step * 1.5
 
     def backoff(self, tries: int) -> float:
         """Jittered exponential backoff before retry number `tries` (1-based), at most 16 bases."""
-        return min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base) * (0.5 + random.random())  # noqa: S311
+        low, high = self.backoff_range(tries)
+        return random.uniform(low, high)  # noqa: S311
 
 
 class Budget:

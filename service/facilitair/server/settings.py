@@ -161,10 +161,12 @@ class Settings(BaseSettings):
     max_refinements: int | None = Field(default=None, ge=0, le=10)
     # Provider calls: the longest wait for the next byte (a stall past it fails the attempt), attempts
     # per model and stage (retryable failures only), and the most one stage may spend waiting to retry.
+    # Five attempts 2, 4, 8, 16 s apart (each jittered x0.5-1.5: 15-45 s in all) ride out a provider
+    # that restarts in several seconds; the old 3 x 0.5 s gave up after about a second.
     provider_timeout: float = Field(default=300.0, gt=0)
-    provider_attempts: int = Field(default=3, ge=1, le=10)
+    provider_attempts: int = Field(default=5, ge=1, le=10)
     retry_wait_max: float = Field(default=60.0, ge=0)
-    retry_backoff: float = Field(default=0.5, gt=0, le=30)
+    retry_backoff: float = Field(default=2.0, gt=0, le=30)
     # The longest a run may take from its creation; past it the run fails with DEADLINE_EXCEEDED.
     run_timeout: float = Field(default=1800.0, gt=0)
     # Budgets: the default per run (None: none), and the most a request may ask for (None: no bound).
