@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from facilitair.server import metrics
 from facilitair.server.domain import ModelRef, UsageTotals
 from facilitair.server.errors import BudgetExceeded, ProviderError, RunDeadlineExceeded
@@ -27,6 +29,8 @@ from facilitair.v1 import orchestrator_pb2 as pb
 
 # Characters per token, to estimate tokens of text in flight (the provider reports usage at the end).
 CHARS_PER_TOKEN = 4
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,19 @@ class Budget:
         )
 
 
+def _log_fields(stage: int, model: ModelRef, host: str, exc: ProviderError) -> dict[str, object]:
+    """What the server log says of a provider failure: never the vendor's text or body (they may echo keys)."""
+    return {
+        "stage": stage,
+        "provider": model.provider,
+        "model": model.model,
+        "host": host,
+        "http_status": exc.http_status,
+        "error": exc.kind.name.lower(),
+        "cause": exc.cause,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class StageResult:
     """A stage's output: its text, the provider's end marker, and the model that produced it."""
@@ -143,9 +160,11 @@ class StageRunner:
     ) -> StageResult:
         """Try the models of `chain` in order until one streams the stage to its end."""
         last_error: ProviderError | None = None
+        failure: dict[str, object] = {}  # the last failure's fields for the log
         for index, model in enumerate(chain):
             if last_error is not None:
                 attempt += 1
+                log.warning("provider_fallback", to_model=str(model), **failure)
                 self.rec.emit(pb.RunEvent(model_fallback=pb.ModelFallback(
                     stage=stage, from_model=str(chain[index - 1]), to_model=str(model), reason=last_error.public_message
                 )))  # fmt: skip
@@ -164,6 +183,8 @@ class StageRunner:
                     return StageResult(text, end, model)
                 except ProviderError as exc:
                     metrics.PROVIDER_ERRORS.labels(model.provider, exc.kind.name.lower()).inc()
+                    failure = _log_fields(stage, model, provider.host, exc)
+                    log.warning("provider_attempt_failed", attempt=attempt, retryable=exc.retryable, **failure)
                     last_error = exc
                     delay = exc.retry_after if exc.retry_after is not None else self.policy.backoff(tries)
                     if (
@@ -175,9 +196,11 @@ class StageRunner:
                         break
                     waited += delay
                     attempt += 1
+                    log.info("provider_retry", attempt=attempt, delay=round(delay, 3), **failure)
                     self._reset(stage, attempt, exc.public_message, model, delay)
                     await asyncio.sleep(delay)
         assert last_error is not None, "a model list is never empty"
+        log.error("provider_failed", models_tried=len(chain), **failure)
         raise last_error
 
     def _reset(self, stage: int, attempt: int, reason: str, model: ModelRef, delay: float) -> None:
