@@ -430,3 +430,159 @@ async def test_stop_does_not_hang_on_stalled_or_held_streams() -> None:
             [chunk async for chunk in openai_stream_]
         with pytest.raises(httpx2.TransportError):
             [event async for event in anthropic_stream_]
+
+
+# ----- What real servers do (provider-wire-formats.md, "What real servers do") -----
+
+
+async def raw_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """Send one POST on a new TCP connection and read until the server closes it (a hang guard bounds it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Content-Length": str(len(body))}.items())
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
+    try:
+        return await asyncio.wait_for(reader.read(-1), 5)  # -1: until EOF, which only the server's close gives
+    finally:
+        writer.close()
+
+
+def port_of(base_url: str) -> int:
+    """The port of a fake's base URL."""
+    return int(base_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+async def test_a_stream_is_answered_keep_alive_and_then_closed_after_its_last_chunk() -> None:
+    async with FakeOpenAI([Reply(["a"])]) as fake:
+        body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+        raw = await raw_post(port_of(fake.base_url), "/v1/chat/completions", body, {"Authorization": "Bearer test-key"})
+
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"\r\nConnection: keep-alive" in head
+    assert b"\r\nKeep-Alive: timeout=5, max=100" in head
+    # The whole body came, then the server closed the connection (read(-1) returned at EOF).
+    assert rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+
+
+async def test_an_error_answer_keeps_the_connection_open_and_a_stream_closes_it() -> None:
+    # Two requests on one connection: the 401 leaves it open, the stream that follows ends it.
+    async with FakeAnthropic([Reply(["a"])]) as fake:
+        body = b'{"model":"m","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(fake.base_url))
+        for key in ("wrong", "test-key"):
+            writer.write(
+                b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + key.encode()
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )  # fmt: skip
+        raw = await asyncio.wait_for(reader.read(-1), 5)
+        writer.close()
+
+    assert raw.count(b"HTTP/1.1 ") == 2
+    assert raw.startswith(b"HTTP/1.1 401")
+    assert b"event: message_stop" in raw
+    assert fake.connections == 1
+
+
+async def test_with_close_after_stream_off_the_sdk_reuses_one_connection() -> None:
+    fake = FakeOpenAI([Reply(["a"]), Reply(["b"])], close_after_stream=False)
+    async with fake, openai_client(fake, http_client=openai.DefaultAioHttpClient()) as client:
+        for _ in range(2):
+            [chunk async for chunk in await openai_stream(client)]
+
+    assert len(fake.requests) == 2
+    assert fake.connections == 1
+
+
+async def test_a_fake_that_stops_listening_refuses_connections_then_comes_back_on_the_same_port() -> None:
+    async with FakeOpenAI([Reply(["a"]), Reply(["b"])]) as fake, openai_client(fake) as client:
+        base_url = fake.base_url
+        assert content([c async for c in await openai_stream(client)]) == ["a"]
+        await fake.stop_listening()
+        with pytest.raises(openai.APIConnectionError) as refused:
+            await openai_stream(client)
+        await fake.listen_again()
+        assert content([c async for c in await openai_stream(client)]) == ["b"]
+
+    assert isinstance(refused.value.__cause__, httpx2.ConnectError)
+    assert fake.base_url == base_url
+    assert len(fake.requests) == 2  # the refused one never arrived
+
+
+async def test_stop_listening_drops_an_open_stream_as_a_killed_server_does() -> None:
+    reply = Reply(["a", "b"], hold_after=1)
+    async with FakeOpenAI([reply]) as fake, openai_client(fake) as client:
+        stream = await openai_stream(client)
+        got: list[ChatCompletionChunk] = []
+        while not content(got):
+            got.append(await anext(stream))
+        await fake.stop_listening()
+        with pytest.raises(openai.APIConnectionError):
+            await collect(stream, got)
+
+        assert content(got) == ["a"]
+        assert fake.disconnects == 0  # the fake ended it, not the client
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+async def test_a_request_past_the_context_window_is_refused_with_400(vendor: str) -> None:
+    # 4 characters a token: "hi" is 0 tokens, so max_tokens alone decides.
+    if vendor == "openai":
+        async with FakeOpenAI([Reply(["ok"])], context_window=100) as fake, openai_client(fake) as client:
+            create = client.chat.completions.create
+            with pytest.raises(openai.BadRequestError) as caught:
+                await create(model="m", messages=OPENAI_MESSAGES, stream=True, max_tokens=101)
+            fits = await create(model="m", messages=OPENAI_MESSAGES, stream=True, max_tokens=100)
+            assert content([c async for c in fits]) == ["ok"]
+        message = str(caught.value.body)
+    else:
+        async with FakeAnthropic([Reply(["ok"])], context_window=100) as fake_a, anthropic_client(fake_a) as a:
+            with pytest.raises(anthropic.BadRequestError) as caught_a:
+                await a.messages.create(model="m", max_tokens=101, messages=ANTHROPIC_MESSAGES, stream=True)
+        message = str(caught_a.value.body)
+    assert "request (101 tokens) exceeds the available context size (100 tokens)" in message
+
+
+async def test_anthropic_reports_cache_reads_and_writes_beside_input_tokens() -> None:
+    reply = Reply(["a"], input_tokens=5, cache_read_tokens=61, cache_write_tokens=7)
+    async with FakeAnthropic([reply]) as fake, anthropic_client(fake) as client:
+        events = [event async for event in await anthropic_stream(client)]
+
+    start = events[0]
+    assert isinstance(start, RawMessageStartEvent)
+    usage = start.message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (5, 61, 7)
+
+
+async def test_openai_reports_cached_tokens_inside_prompt_tokens() -> None:
+    async with FakeOpenAI([Reply(["a"], input_tokens=100, cache_read_tokens=80)]) as fake, openai_client(fake) as c:
+        chunks = [chunk async for chunk in await openai_stream(c)]
+
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.prompt_tokens == 100
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 80
+
+
+async def test_a_chunk_of_the_wrong_shape_is_inserted_and_the_stream_goes_on() -> None:
+    async with FakeOpenAI([Reply(["a", "b"], fault=Fault.wrong_shape(1, "[]"))]) as fake:
+        body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+        raw = await raw_post(port_of(fake.base_url), "/v1/chat/completions", body, {"Authorization": "Bearer test-key"})
+
+    text = raw.decode()
+    assert text.index('"content":"a"') < text.index("data: []\n\n") < text.index('"content":"b"')
+    assert "data: [DONE]" in text
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+async def test_no_terminal_sends_the_finish_and_usage_but_not_the_terminal_event(vendor: str) -> None:
+    reply = Reply(["a"], fault=Fault.no_terminal())
+    if vendor == "openai":
+        async with FakeOpenAI([reply]) as fake, openai_client(fake) as client:
+            chunks = [chunk async for chunk in await openai_stream(client)]
+        assert chunks[-2].choices[0].finish_reason == "stop"
+        assert chunks[-1].usage is not None
+    else:
+        async with FakeAnthropic([reply]) as fake_a, anthropic_client(fake_a) as a:
+            events = [event async for event in await anthropic_stream(a)]
+        assert [e.type for e in events][-2:] == ["content_block_stop", "message_delta"]

@@ -7,11 +7,12 @@ number of requests each fake received, and that the final text carries no duplic
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 from facilitair.client import RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -379,11 +380,12 @@ async def test_a_stall_before_the_first_token_is_a_retried_timeout(make_server: 
 
 
 async def test_an_unreachable_provider_is_retried_then_fails_unavailable(make_server: ServerFactory) -> None:
-    # Nothing listens on port 1: every attempt is a connection error.
-    h = await make_server(
-        OPENAI_API_KEY="test-key", OPENAI_BASE_URL="http://127.0.0.1:1/v1", provider_attempts=3, retry_backoff=0.01
-    )
-    events = await h.run(TASK)
+    # The fake's port is closed (no other program's port, which might answer): every attempt is refused.
+    async with FakeOpenAI(scripted()) as fake:
+        await fake.stop_listening()
+        h = await make_server(openai=fake, provider_attempts=3, retry_backoff=0.01)
+        events = await h.run(TASK)
+    assert fake.requests == []
     assert_gapless(events)
     assert [r.attempt for r in of_kind(events, "attempt_reset")] == [2, 3]
     failed = events[-1].run_failed
@@ -391,3 +393,155 @@ async def test_an_unreachable_provider_is_retried_then_fails_unavailable(make_se
     assert failed.retryable
     assert failed.stage == 1
     assert "openai connection failed for model gpt-4.1-mini" in failed.message
+
+
+# ----- output of the wrong shape (issue 11, item 13) -----
+
+WRONG_SHAPES = {
+    "openai": [
+        "[]",
+        "7",
+        "null",
+        '"text"',
+        '{"choices":["x"]}',
+        '{"choices":[{"index":0,"delta":["x"],"finish_reason":null}]}',
+        '{"choices":[{"index":0,"delta":{"content":7},"finish_reason":null}]}',
+        '{"choices":[],"usage":{"prompt_tokens":null,"completion_tokens":3,"total_tokens":3}}',
+    ],
+    "anthropic": [
+        "[]",
+        "7",
+        "null",
+        '{"choices":["x"]}',
+        '{"type":"content_block_delta","index":0,"delta":["x"]}',
+        '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":null}}',
+        '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":null}}',
+        '{"type":"message_start","message":{"usage":{"input_tokens":null,"output_tokens":1}}}',
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("vendor", "payload"), [(vendor, payload) for vendor, shapes in WRONG_SHAPES.items() for payload in shapes]
+)
+async def test_a_chunk_of_the_wrong_shape_is_a_broken_stream_and_retried(
+    make_server: ServerFactory, vendor: str, payload: str
+) -> None:
+    good = default_replies()["coder"]
+    broken = Reply(chunks=["File: src/rev.py\n```python\n", "def broken(", "more"], fault=Fault.wrong_shape(2, payload))
+    script = scripted(coder=[broken, good])
+    async with fake_for(vendor, script) as fake:
+        h = await start(make_server, fake)
+        events = await h.run(TASK)
+    assert_gapless(events)
+    assert kind(events[-1]) == "run_completed", events[-1]
+    assert len(script.requests("coder")) == 2
+    [reset] = of_kind(events, "attempt_reset")
+    assert (reset.stage, reset.attempt) == (CODER_STAGE, 2)
+    assert "stream broke off" in reset.reason
+    assert coder_text_after_last_reset(events) == text_of(good)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_body_without_its_terminal_event_is_retried_even_after_finish_and_usage(
+    make_server: ServerFactory, vendor: str
+) -> None:
+    # The finish chunk and the usage came, [DONE] / message_stop did not: the README says that is retried.
+    good = default_replies()["coder"]
+    script = scripted(coder=[Reply(chunks=["File: src/rev.py\n"], fault=Fault.no_terminal()), good])
+    async with fake_for(vendor, script) as fake:
+        h = await start(make_server, fake)
+        events = await h.run(TASK)
+    assert kind(events[-1]) == "run_completed", events[-1]
+    [reset] = of_kind(events, "attempt_reset")
+    assert (reset.stage, reset.attempt) == (CODER_STAGE, 2)
+    assert "stream broke off" in reset.reason
+    assert len(script.requests("coder")) == 2
+    assert coder_text_after_last_reset(events) == text_of(good)
+
+
+# ----- the server log (item 11) -----
+
+LOGGED_KEY = "sk-fake-Zq8x3LoggedKey"  # a key the vendor's error text echoes: it must never reach the log
+
+
+class EchoingOpenAI(FakeOpenAI):
+    """A fake OpenAI whose error messages quote the key it was sent, as some vendors' do."""
+
+    def _status_message(self, status: int) -> str:
+        return f"Vendor trouble for key {LOGGED_KEY}: {super()._status_message(status)}"
+
+
+PROVIDER_EVENTS = {"provider_attempt_failed", "provider_retry", "provider_fallback", "provider_failed"}
+
+
+def provider_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """The captured log lines about failed provider calls, in order."""
+    return [line for line in logs if line.get("event") in PROVIDER_EVENTS]
+
+
+async def test_failed_attempts_retries_fallbacks_and_the_final_error_are_logged(make_server: ServerFactory) -> None:
+    # openai: two 500s (a retry between them), then a fallback to anthropic, which answers 429 twice: the end.
+    openai_script = scripted(coder=Reply(chunks=["x"], fault=Fault.http_status(500)))
+    anthropic_script = scripted(coder=Reply(chunks=["x"], fault=Fault.http_status(429, retry_after=0.01)))
+    async with EchoingOpenAI(openai_script, api_key=LOGGED_KEY) as oa, FakeAnthropic(anthropic_script) as an:
+        h = await make_server(openai=oa, anthropic=an, provider_attempts=2, retry_backoff=FAST_RETRIES)
+        with structlog.testing.capture_logs() as logs:
+            events = await h.run(TASK, agent_models={"coder": f"{MINI},{SONNET}"})
+    assert kind(events[-1]) == "run_failed"
+
+    lines = provider_lines(logs)
+    assert [line["event"] for line in lines] == [
+        "provider_attempt_failed",
+        "provider_retry",
+        "provider_attempt_failed",
+        "provider_fallback",
+        "provider_attempt_failed",
+        "provider_retry",
+        "provider_attempt_failed",
+        "provider_failed",
+    ]
+    openai_host, anthropic_host = (f.base_url.split("//")[1].split("/")[0] for f in (oa, an))
+    first, retry, _, fallback, _, anthropic_retry, last, final = lines
+    assert first["log_level"] == "warning"
+    assert {k: first[k] for k in ("stage", "provider", "model", "host", "http_status", "error", "retryable")} == {
+        "stage": CODER_STAGE,
+        "provider": "openai",
+        "model": "gpt-4.1-mini",
+        "host": openai_host,
+        "http_status": 500,
+        "error": "server_error",
+        "retryable": True,
+    }
+    assert first["cause"] == "HTTPStatusError"
+    assert (retry["attempt"], retry["provider"], retry["host"]) == (2, "openai", openai_host)
+    assert 0 < retry["delay"] < 1
+    assert (fallback["model"], fallback["to_model"], fallback["error"]) == ("gpt-4.1-mini", SONNET, "server_error")
+    assert anthropic_retry["delay"] == pytest.approx(0.01)
+    assert (last["provider"], last["host"], last["http_status"], last["error"]) == (
+        "anthropic",
+        anthropic_host,
+        429,
+        "rate_limited",
+    )
+    assert final["log_level"] == "warning"  # a provider failing is not a server bug
+    assert (final["provider"], final["model"], final["http_status"]) == ("anthropic", "claude-sonnet-4-6", 429)
+    # The vendors' bodies, with the key one of them echoed, are nowhere in the log.
+    logged = repr(logs)
+    assert LOGGED_KEY not in logged
+    assert "Vendor trouble" not in logged
+    assert "Rate limit reached" not in logged
+    assert "/v1" not in logged  # hosts only: no paths
+
+
+async def test_a_connection_refused_is_logged_with_its_cause(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        await fake.stop_listening()
+        h = await make_server(openai=fake, provider_attempts=1)
+        with structlog.testing.capture_logs() as logs:
+            events = await h.run(TASK)
+    assert kind(events[-1]) == "run_failed"
+    failed, final = provider_lines(logs)
+    assert (failed["event"], failed["error"], failed["http_status"]) == ("provider_attempt_failed", "connection", None)
+    assert failed["cause"] == "ConnectionRefusedError"
+    assert final["event"] == "provider_failed"

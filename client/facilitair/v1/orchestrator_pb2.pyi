@@ -810,8 +810,13 @@ class Usage(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     COST_UNKNOWN_FIELD_NUMBER: _builtins.int
+    CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
-    """Input (prompt) tokens as the provider reported them."""
+    """Input (prompt) tokens as the provider reported them: the whole prompt,
+    including the parts read from or written to the provider's prompt cache
+    (cache_read_input_tokens and cache_write_input_tokens below).
+    """
     output_tokens: _builtins.int
     """Output (completion) tokens as the provider reported them."""
     cost_usd: _builtins.float
@@ -820,6 +825,14 @@ class Usage(_message.Message):
     """True when some tokens came from a model with no known price, so
     cost_usd is a lower bound.
     """
+    cache_read_input_tokens: _builtins.int
+    """Of input_tokens, those read from the provider's prompt cache (priced at
+    the model's cache-read rate, usually a tenth of the input rate).
+    """
+    cache_write_input_tokens: _builtins.int
+    """Of input_tokens, those written to the provider's prompt cache (priced at
+    the model's cache-write rate, usually above the input rate).
+    """
     def __init__(
         self,
         *,
@@ -827,10 +840,12 @@ class Usage(_message.Message):
         output_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
         cost_unknown: _builtins.bool = ...,
+        cache_read_input_tokens: _builtins.int = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_unknown", b"cost_unknown", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_input_tokens", b"cache_read_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cost_unknown", b"cost_unknown", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

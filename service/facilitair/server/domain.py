@@ -83,12 +83,14 @@ def chain_text(chain: list[ModelRef]) -> str:
 
 @dataclass(slots=True)
 class UsageTotals:
-    """Tokens and cost, added up over stages."""
+    """Tokens and cost, added up over stages; input_tokens includes the cache reads and writes."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     cost_unknown: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def add(self, other: UsageTotals) -> None:
         """Add another usage to this one."""
@@ -96,6 +98,8 @@ class UsageTotals:
         self.output_tokens += other.output_tokens
         self.cost_usd += other.cost_usd
         self.cost_unknown = self.cost_unknown or other.cost_unknown
+        self.cache_read_tokens += other.cache_read_tokens
+        self.cache_write_tokens += other.cache_write_tokens
 
 
 class ArtifactKind(enum.IntEnum):

@@ -166,7 +166,13 @@ class ProviderFailure(enum.Enum):
     AUTH = ("rejected the API key", Reason.PROVIDER_AUTH_FAILED, False)
     PERMISSION = ("refused access to the model", Reason.PROVIDER_PERMISSION_DENIED, False)
     NOT_FOUND = ("does not know the model", Reason.PROVIDER_MODEL_NOT_FOUND, False)
-    BAD_REQUEST = ("rejected the request", Reason.PROVIDER_REJECTED_REQUEST, False)
+    # The server builds the request from its pipeline file, so a refusal is its setup's, not the caller's.
+    BAD_REQUEST = ("refused the request the server built", Reason.PROVIDER_REJECTED_REQUEST, False)
+    CONTEXT_EXCEEDED = (
+        "refused the request: prompt plus max_tokens exceed the context window",
+        Reason.PROVIDER_CONTEXT_EXCEEDED,
+        False,
+    )
 
     def __init__(self, text: str, reason: Reason, retryable: bool) -> None:
         self.text = text
@@ -185,6 +191,7 @@ class ProviderError(FacilitairError):
         *,
         http_status: int | None = None,
         retry_after: float | None = None,
+        cause: str | None = None,
     ) -> None:
         detail = f" (HTTP {http_status})" if http_status else ""
         hint = ""
@@ -192,6 +199,13 @@ class ProviderError(FacilitairError):
             hint = f"; check {provider.upper()}_API_KEY"
         elif kind is ProviderFailure.NOT_FOUND:
             hint = "; check the model name in the request or pipeline config"
+        elif kind is ProviderFailure.CONTEXT_EXCEEDED:
+            hint = (
+                "; lower this agent's max_tokens in the pipeline file ([agents.<agent>] max_tokens), "
+                "or serve the model with a larger context window"
+            )
+        elif kind is ProviderFailure.BAD_REQUEST:
+            hint = "; check this agent's settings in the pipeline file (max_tokens, temperature) against the model"
         super().__init__(f"{provider} {kind.text} for model {model}{detail}{hint}", reason=kind.reason)
         self.provider = provider
         self.model = model
@@ -199,3 +213,4 @@ class ProviderError(FacilitairError):
         self.retryable = kind.retryable
         self.http_status = http_status
         self.retry_after = retry_after
+        self.cause = cause  # the class of the error beneath (e.g. ConnectionRefusedError), for the server log

@@ -4,6 +4,10 @@ Prices come from the `genai-prices` package (an offline snapshot of the vendors'
 including tiered long-context prices); the pipeline config's `[prices]` table adds models it does
 not know, or overrides it, at flat per-million-token prices. A model priced by neither reports its
 usage with `cost_unknown` set instead of a made-up number.
+
+Prompt caching: `input_tokens` is the whole prompt, and the parts of it read from or written to the
+provider's cache are priced at genai-prices' cache rates (its `input_tokens` is that same total). A
+flat override has no cache rates: it prices the whole prompt at its input rate.
 """
 
 from __future__ import annotations
@@ -30,18 +34,41 @@ class PriceTable:
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self._overrides = dict(overrides or {})
 
-    def usage(self, model: ModelRef, input_tokens: int, output_tokens: int) -> UsageTotals:
-        """Usage with its cost; `cost_unknown` when no price is known for the model."""
+    def usage(
+        self,
+        model: ModelRef,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> UsageTotals:
+        """Usage with its cost; `cost_unknown` when no price is known for the model.
+
+        `input_tokens` includes `cache_read_tokens` and `cache_write_tokens` (a total below their sum is
+        raised to it: the provider's counts are the facts, not our total).
+        """
+        input_tokens = max(input_tokens, cache_read_tokens + cache_write_tokens)
+        totals = UsageTotals(
+            input_tokens, output_tokens, cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens
+        )
         price = self._overrides.get(str(model))
         if price is not None:
-            cost = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1_000_000
-            return UsageTotals(input_tokens, output_tokens, cost)
+            totals.cost_usd = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1_000_000
+            return totals
         try:
             calc = genai_prices.calc_price(
-                genai_prices.Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+                genai_prices.Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cache_read_tokens=cache_read_tokens or None,
+                    cache_write_tokens=cache_write_tokens or None,
+                ),
                 model_ref=model.model,
                 provider_id=model.provider,
             )
         except LookupError:
-            return UsageTotals(input_tokens, output_tokens, 0.0, cost_unknown=True)
-        return UsageTotals(input_tokens, output_tokens, float(calc.total_price))
+            totals.cost_unknown = True
+            return totals
+        totals.cost_usd = float(calc.total_price)
+        return totals

@@ -213,14 +213,16 @@ class Settings(BaseSettings):
     provider_timeout: float = _in_file(
         default=300.0, gt=0, description="longest wait for the next byte from a provider before the attempt fails"
     )
+    # Five attempts with a 2 s base: the waits before the last one add up to 15-45 s, enough to ride out a
+    # provider that restarts (a local server is back in about 4 s), within retry_wait_max.
     provider_attempts: int = _in_file(
-        default=3, ge=1, le=10, description="attempts per model and stage for retryable provider failures"
+        default=5, ge=1, le=10, description="attempts per model and stage for retryable provider failures"
     )
     retry_wait_max: float = _in_file(
         default=60.0, ge=0, description="most seconds one stage may spend waiting to retry"
     )
     retry_backoff: float = _in_file(
-        default=0.5, gt=0, le=30, description="base of the jittered exponential backoff between attempts, seconds"
+        default=2.0, gt=0, le=30, description="base of the jittered exponential backoff between attempts, seconds"
     )
     run_timeout: float = _in_file(
         default=1800.0, gt=0, description="longest a run may take from its creation (then DEADLINE_EXCEEDED)"

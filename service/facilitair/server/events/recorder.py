@@ -34,7 +34,14 @@ class RunRecorder:
         self.run_id = row.run_id
         self.summary = pb.RunSummary.FromString(row.summary)
         stored = self.summary.usage
-        self.usage = UsageTotals(stored.input_tokens, stored.output_tokens, stored.cost_usd, stored.cost_unknown)
+        self.usage = UsageTotals(
+            stored.input_tokens,
+            stored.output_tokens,
+            stored.cost_usd,
+            stored.cost_unknown,
+            stored.cache_read_input_tokens,
+            stored.cache_write_input_tokens,
+        )
         self._row = row
         self.watchdog = SilenceWatchdog(
             thinking_interval=thinking_interval,

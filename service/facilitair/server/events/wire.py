@@ -27,6 +27,8 @@ def usage(totals: UsageTotals) -> pb.Usage:
         output_tokens=totals.output_tokens,
         cost_usd=totals.cost_usd,
         cost_unknown=totals.cost_unknown,
+        cache_read_input_tokens=totals.cache_read_tokens,
+        cache_write_input_tokens=totals.cache_write_tokens,
     )
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from facilitair.server import metrics
 from facilitair.server.domain import ModelRef
 from facilitair.server.errors import ProviderError, RunDeadlineExceeded
@@ -23,19 +25,44 @@ from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.budget import Budget
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd
 
+log = structlog.get_logger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptPolicy:
-    """How hard a stage tries: attempts per model, total retry wait, the longest wait for a byte."""
+    """How hard a stage tries: attempts per model, total retry wait, the longest wait for a byte.
 
-    attempts_per_model: int = 3
+    The defaults (Settings has the same) wait 2, 4, 8 and 16 s, each jittered x0.5-1.5, between five
+    attempts: 15-45 s in all, enough to ride out a provider that restarts in several seconds.
+    """
+
+    attempts_per_model: int = 5
     retry_wait_max: float = 60.0
     provider_timeout: float = 300.0
-    backoff_base: float = 0.5
+    backoff_base: float = 2.0
+
+    def backoff_range(self, tries: int) -> tuple[float, float]:
+        """The least and the most `backoff(tries)` may return."""
+        step = min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base)
+        return step * 0.5, step * 1.5
 
     def backoff(self, tries: int) -> float:
         """Jittered exponential backoff before retry number `tries` (1-based), at most 16 bases."""
-        return min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base) * (0.5 + random.random())  # noqa: S311
+        low, high = self.backoff_range(tries)
+        return random.uniform(low, high)  # noqa: S311
+
+
+def _log_fields(stage: int, model: ModelRef, host: str, exc: ProviderError) -> dict[str, object]:
+    """What the server log says of a provider failure: never the vendor's text or body (they may echo keys)."""
+    return {
+        "stage": stage,
+        "provider": model.provider,
+        "model": model.model,
+        "host": host,
+        "http_status": exc.http_status,
+        "error": exc.kind.name.lower(),
+        "cause": exc.cause,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +107,11 @@ class StageRunner:
     ) -> StageResult:
         """Try the models of `chain` in order until one streams the stage to its end."""
         last_error: ProviderError | None = None
+        failure: dict[str, object] = {}  # the last failure's fields for the log
         for index, model in enumerate(chain):
             if last_error is not None:
                 attempt += 1
+                log.warning("provider_fallback", to_model=str(model), **failure)
                 self.rec.model_fallback(stage, chain[index - 1], model, last_error.public_message)
                 self.rec.attempt_reset(stage, attempt, f"falling back to {model}", model, 0.0)
             provider = self.providers.get(model.provider)
@@ -99,6 +128,8 @@ class StageRunner:
                     return StageResult(text, end, model)
                 except ProviderError as exc:
                     metrics.PROVIDER_ERRORS.labels(model.provider, exc.kind.name.lower()).inc()
+                    failure = _log_fields(stage, model, provider.host, exc)
+                    log.warning("provider_attempt_failed", attempt=attempt, retryable=exc.retryable, **failure)
                     last_error = exc
                     delay = exc.retry_after if exc.retry_after is not None else self.policy.backoff(tries)
                     if (
@@ -110,9 +141,11 @@ class StageRunner:
                         break
                     waited += delay
                     attempt += 1
+                    log.info("provider_retry", attempt=attempt, delay=round(delay, 3), **failure)
                     self.rec.attempt_reset(stage, attempt, exc.public_message, model, delay)
                     await asyncio.sleep(delay)
         assert last_error is not None, "a model list is never empty"
+        log.warning("provider_failed", models_tried=len(chain), **failure)
         raise last_error
 
     async def _stream(

@@ -171,7 +171,13 @@ class Pipeline:
         result = await self.runner.run(stage, chain, request, attempt)
         derive(result.text, stage, True)
         end = result.end
-        usage = self.prices.usage(result.model, end.input_tokens, end.output_tokens)
+        usage = self.prices.usage(
+            result.model,
+            end.input_tokens,
+            end.output_tokens,
+            cache_read_tokens=end.cache_read_tokens,
+            cache_write_tokens=end.cache_write_tokens,
+        )
         if not end.usage_reported:
             usage.cost_unknown = True
         elapsed = time.monotonic() - started

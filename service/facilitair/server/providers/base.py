@@ -5,9 +5,9 @@ The orchestrator only sees this module; vendor SDKs stay in the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from facilitair.server.errors import ProviderError, ProviderFailure
 
@@ -28,6 +28,9 @@ class CompletionRequest:
 class StreamEnd:
     """The last item of a stream: usage as the provider reported it, and why it stopped.
 
+    `input_tokens` is the whole prompt, the cached part included (Anthropic reports that part beside its
+    own `input_tokens`; OpenAI inside `prompt_tokens`). Of it, `cache_read_tokens` were read from the
+    provider's prompt cache and `cache_write_tokens` written to it; each is priced at its own rate.
     `usage_reported` is False when an OpenAI-compatible endpoint sent no usage chunk.
     """
 
@@ -35,12 +38,15 @@ class StreamEnd:
     output_tokens: int
     finish_reason: str
     usage_reported: bool = True
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Provider(Protocol):
     """A vendor's streaming completions API."""
 
     name: str
+    host: str  # the API's host[:port] for logs: no scheme, no path, no credentials
 
     def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield text deltas exactly as the vendor streams them, then one StreamEnd.
@@ -55,8 +61,14 @@ class Provider(Protocol):
         ...
 
 
-def failure_for_status(status: int, error_type: str | None = None) -> ProviderFailure:
-    """Classify an HTTP status (and the vendor's error type, when the status says nothing)."""
+def failure_for_status(status: int, error_type: str | None = None, said: Iterable[str] = ()) -> ProviderFailure:
+    """Classify an HTTP status (and the vendor's error type and words, when the status says nothing).
+
+    `said` holds the vendor's error type, code and message: read only to recognise a request that does
+    not fit the model's context window, never passed on (it may echo the request, keys included).
+    """
+    if status in (400, 413, 422) and _is_context_refusal(said):
+        return ProviderFailure.CONTEXT_EXCEEDED
     if status in (401,):
         return ProviderFailure.AUTH
     if status == 403:
@@ -72,6 +84,40 @@ def failure_for_status(status: int, error_type: str | None = None) -> ProviderFa
     if 400 <= status < 500:
         return ProviderFailure.BAD_REQUEST
     return ProviderFailure.SERVER_ERROR
+
+
+# How servers say that a prompt plus max_tokens does not fit: llama.cpp ("exceed_context_size_error",
+# "exceeds the available context size"), OpenAI and vLLM ("context_length_exceeded", "maximum context
+# length"), Anthropic ("prompt is too long", "exceed context limit"), others ("context window").
+_CONTEXT_MARKERS = (
+    "context size",
+    "context_size",
+    "context length",
+    "context_length",
+    "context window",
+    "context limit",
+    "prompt is too long",
+)
+
+
+def _is_context_refusal(said: Iterable[str]) -> bool:
+    """Whether the vendor's words say the request does not fit the model's context window."""
+    return any(marker in text.lower() for text in said for marker in _CONTEXT_MARKERS)
+
+
+def error_words(body: object) -> list[str]:
+    """The vendor's error type, code and message from an error body (`{"error": {...}}` or the inner dict)."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return []
+    return [str(inner[key]) for key in ("type", "code", "message") if isinstance(inner.get(key), str)]
+
+
+def host_of(base_url: Any) -> str:
+    """host[:port] of the SDK client's base URL (an httpx2.URL), for logs."""
+    host = str(getattr(base_url, "host", "") or "unknown")
+    port = getattr(base_url, "port", None)
+    return f"{host}:{port}" if port else host
 
 
 MAX_RETRY_AFTER = 120.0
@@ -92,6 +138,11 @@ def retry_after_of(headers: Mapping[str, str] | None) -> float | None:
         if value >= 0:
             return min(value, MAX_RETRY_AFTER)
     return None
+
+
+def is_count(value: object) -> bool:
+    """Whether a usage field holds a token count (an int, not a bool, not negative)."""
+    return type(value) is int and value >= 0
 
 
 def broken(provider: str, model: str, kind: ProviderFailure = ProviderFailure.STREAM_BROKEN) -> ProviderError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -9,8 +10,16 @@ from typing import Any
 import openai
 
 from facilitair.server.errors import ProviderError, ProviderFailure
-from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status, retry_after_of
-from facilitair.server.providers.transport import transport_failure
+from facilitair.server.providers.base import (
+    CompletionRequest,
+    StreamEnd,
+    broken,
+    error_words,
+    failure_for_status,
+    host_of,
+    retry_after_of,
+)
+from facilitair.server.providers.transport import error_class, resend_if_stale, transport_failure
 
 # A line longer than this is not an SSE event from a chat completions stream.
 MAX_LINE = 1 << 20
@@ -30,6 +39,7 @@ class OpenAIProvider:
             timeout=timeout,
             http_client=openai.DefaultAioHttpClient(timeout=timeout),  # see providers/transport.py
         )
+        self.host = host_of(self._client.base_url)
         # api.openai.com wants max_completion_tokens (newer models reject max_tokens); compatible
         # servers (vLLM, Ollama, OpenRouter) reliably accept only the older max_tokens.
         self._max_tokens_param = "max_completion_tokens" if base_url is None else "max_tokens"
@@ -44,34 +54,26 @@ class OpenAIProvider:
         The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
         split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
         stream builds a model per chunk, the largest single cost in the server's profile, and its
-        line iterator is four async generators deep per chunk (bench/README).
+        line iterator is four async generators deep per chunk (bench/README). The SDK's models also
+        checked nothing: a chunk of the wrong shape (`[]`, `null`, `"choices": ["x"]`) is a broken
+        stream here, as is a body that ends without `[DONE]`.
         """
-        extra: dict[str, Any] = {self._max_tokens_param: request.max_tokens}
-        if request.temperature is not None:
-            extra["temperature"] = request.temperature
-        if request.timeout is not None:
-            extra["timeout"] = request.timeout
-        opened = self._client.chat.completions.with_streaming_response.create(
-            model=request.model,
-            messages=[
-                {"role": "system", "content": request.system},
-                {"role": "user", "content": request.prompt},
-            ],
-            stream=True,
-            stream_options={"include_usage": True},
-            **extra,
-        )
+        params = self._params(request)
+        opening = self._client.chat.completions.with_streaming_response
         finish: str | None = None
-        usage: dict[str, Any] | None = None
+        usage: tuple[int, int, int] | None = None  # prompt (cached part included), completion, cached
+        done = False
         try:
-            async with opened as response:
+            async with contextlib.AsyncExitStack() as stack:
+                response = await resend_if_stale(
+                    lambda: stack.enter_async_context(opening.create(**params)), host=self.host
+                )
                 pending = b""
-                done = False
                 async for received in response.http_response.aiter_bytes():
                     # Events end with a blank line and fields with \n (\r\n: the \r goes with strip()).
                     *lines, pending = (pending + received).split(b"\n")
                     if len(pending) > MAX_LINE:
-                        raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN)
+                        raise broken(self.name, request.model)
                     for line in lines:
                         if not line.startswith(b"data:"):
                             continue  # blank separators, comments, keep-alives
@@ -80,51 +82,101 @@ class OpenAIProvider:
                             done = True
                             break
                         chunk = json.loads(data)
-                        if "error" in chunk:
-                            # An error event inside an open stream; its text is the vendor's, never passed on.
-                            raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN)
+                        if type(chunk) is not dict or "error" in chunk:
+                            # Not a chunk, or an error event inside an open stream (its text is the vendor's,
+                            # never passed on): the stream broke off either way.
+                            raise broken(self.name, request.model)
                         if chunk.get("usage"):
-                            usage = chunk["usage"]
-                        for choice in chunk.get("choices") or ():
-                            text = (choice.get("delta") or {}).get("content")
+                            usage = self._usage(chunk["usage"], request.model)
+                        choices = chunk.get("choices")
+                        if not choices:
+                            continue
+                        if type(choices) is not list:
+                            raise broken(self.name, request.model)
+                        for choice in choices:
+                            text, reason = self._choice(choice, request.model)
                             if text:
                                 yield text
-                            if choice.get("finish_reason") is not None:
-                                finish = choice["finish_reason"]
+                            if reason is not None:
+                                finish = reason
                     if done:
                         break
         except ValueError:  # a chunk that is not JSON
-            raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN) from None
+            raise broken(self.name, request.model) from None
         except Exception as exc:
             raise self._error(exc, request.model) from None
-        if finish is None:
-            # A body that ends without its finish chunk is a truncated stream, not a success.
+        if not done or finish is None:
+            # A body that ends without its finish chunk or [DONE] is a truncated stream, not a success.
             raise broken(self.name, request.model)
         if usage is None:
             yield StreamEnd(0, 0, finish, usage_reported=False)
         else:
-            yield StreamEnd(int(usage["prompt_tokens"]), int(usage["completion_tokens"]), finish)
+            yield StreamEnd(usage[0], usage[1], finish, cache_read_tokens=usage[2])
+
+    def _choice(self, choice: object, model: str) -> tuple[str | None, str | None]:
+        """A choice's content delta and finish reason; a choice of the wrong shape is a broken stream."""
+        if type(choice) is not dict:
+            raise broken(self.name, model)
+        delta = choice.get("delta")
+        text = delta.get("content") if type(delta) is dict else None
+        reason = choice.get("finish_reason")
+        wrong_delta = bool(delta) and type(delta) is not dict
+        if wrong_delta or (text and type(text) is not str) or (reason is not None and type(reason) is not str):
+            raise broken(self.name, model)
+        return text, reason
+
+    def _params(self, request: CompletionRequest) -> dict[str, Any]:
+        """The arguments of `chat.completions.create` for one request."""
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": [
+                {"role": "system", "content": request.system},
+                {"role": "user", "content": request.prompt},
+            ],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            self._max_tokens_param: request.max_tokens,
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.timeout is not None:
+            params["timeout"] = request.timeout
+        return params
+
+    def _usage(self, usage: object, model: str) -> tuple[int, int, int]:
+        """Prompt, completion and cached tokens of a usage chunk; usage of the wrong shape is a broken stream."""
+        if type(usage) is not dict:
+            raise broken(self.name, model)
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+            raise broken(self.name, model)
+        # prompt_tokens counts the cached part; the details, optional, say how much of it was cached.
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if type(details) is dict else None
+        return prompt, completion, min(cached, prompt) if type(cached) is int and cached >= 0 else 0
 
     def _error(self, exc: Exception, model: str) -> ProviderError:
         """Classify an SDK or transport error; the vendor's text is never passed on."""
         if isinstance(exc, ProviderError):
             return exc
+        cause = error_class(exc)
         if isinstance(exc, openai.APIStatusError):
             return ProviderError(
                 self.name,
                 model,
-                failure_for_status(exc.status_code),
+                failure_for_status(exc.status_code, said=error_words(exc.body)),
                 http_status=exc.status_code,
                 retry_after=retry_after_of(exc.response.headers),
+                cause=cause,
             )
         kind = transport_failure(exc)
         if kind is not None:
-            return ProviderError(self.name, model, kind)
+            return ProviderError(self.name, model, kind, cause=cause)
         if isinstance(exc, openai.APITimeoutError):
-            return ProviderError(self.name, model, ProviderFailure.TIMEOUT)
+            return ProviderError(self.name, model, ProviderFailure.TIMEOUT, cause=cause)
         if isinstance(exc, openai.APIConnectionError):
-            return ProviderError(self.name, model, ProviderFailure.CONNECTION)
+            return ProviderError(self.name, model, ProviderFailure.CONNECTION, cause=cause)
         if isinstance(exc, openai.APIError):
             # An error event inside an open stream: the vendor failed mid-response.
-            return ProviderError(self.name, model, ProviderFailure.STREAM_BROKEN)
+            return ProviderError(self.name, model, ProviderFailure.STREAM_BROKEN, cause=cause)
         raise exc

@@ -1,21 +1,51 @@
-"""The HTTP transport under both SDKs: aiohttp, and how its errors are classified.
+"""The HTTP transport under both SDKs: aiohttp, how its errors are classified, and stale pooled connections.
 
 Both SDKs default to httpx2 over anyio (pure-Python HTTP parsing and a cancel scope per read). With 200
 streams at 25 tokens/s that receive path was 48 % of the event loop's time and the server fell behind
 (bench/README). Each SDK ships an aiohttp transport (`DefaultAioHttpClient`, C parser); the SDKs'
 behaviour above the transport (auth, headers, status errors, timeouts) is unchanged.
+
+Real OpenAI- and Anthropic-compatible servers answer a stream with `Connection: keep-alive` and then
+close the connection after its last chunk. aiohttp pools the connection before the close is seen, and
+the next request, taken from the pool, is refused by the closing socket before any byte of it is sent
+("Cannot write to closing transport"). aiohttp re-sends such a request by itself only for idempotent
+methods, and ours are POSTs, so `resend_if_stale` does it: the failed connection has been dropped, the
+request goes out again on a fresh one, and no attempt of the stage is spent on it. `force_close` on the
+connector would avoid the pool altogether, at the cost of a TCP and TLS handshake per request even to
+servers that do keep connections alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 import httpx2
+import structlog
 
 from facilitair.server.errors import ProviderFailure
 
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
 _CHAIN_DEPTH = 8  # an SDK error, httpx2's, aiohttp's, the OS's: a cycle or a deeper chain is not ours
+# aiohttp's words when a write meets a transport already closing (aiohttp/http_writer.py): nothing was sent.
+_CLOSING_TRANSPORT = "Cannot write to closing transport"
+# Each stale failure drops its connection from the pool; more than a few in a row is not staleness.
+STALE_RESENDS = 3
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first, at most _CHAIN_DEPTH of them."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < _CHAIN_DEPTH:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
 
 
 def transport_failure(exc: BaseException) -> ProviderFailure | None:
@@ -25,16 +55,41 @@ def transport_failure(exc: BaseException) -> ProviderFailure | None:
     server that drops the connection becomes httpx2.ConnectTimeout), so the aiohttp error in the
     chain decides when there is one; then httpx2's, which the SDKs wrap in their own.
     """
-    seen: BaseException | None = exc
     transport: ProviderFailure | None = None
-    for _ in range(_CHAIN_DEPTH):
-        if seen is None:
-            break
+    for seen in _chain(exc):
         if isinstance(seen, aiohttp.ClientError):
             return ProviderFailure.TIMEOUT if isinstance(seen, asyncio.TimeoutError) else ProviderFailure.CONNECTION
         if transport is None and isinstance(seen, httpx2.TimeoutException):
             transport = ProviderFailure.TIMEOUT
         elif transport is None and isinstance(seen, httpx2.TransportError):
             transport = ProviderFailure.CONNECTION
-        seen = seen.__cause__ or seen.__context__
     return transport
+
+
+def never_sent(exc: BaseException) -> bool:
+    """True when the request failed on a pooled connection that was already closing: not a byte of it left.
+
+    aiohttp writes a request's headers and (small, in-memory) body in one write, and refuses that write
+    when the socket is closing; a request refused there never reached the server, whatever it would have
+    done with it. Any other failure may have reached it and is a real attempt.
+    """
+    return any(
+        isinstance(seen, aiohttp.ClientConnectionResetError) and str(seen) == _CLOSING_TRANSPORT for seen in _chain(exc)
+    )
+
+
+async def resend_if_stale(send: Callable[[], Awaitable[T]], *, host: str) -> T:
+    """Await `send()`, calling it again at once when it failed before any byte reached the server."""
+    for _ in range(STALE_RESENDS):
+        try:
+            return await send()
+        except Exception as exc:
+            if not never_sent(exc):
+                raise
+            log.debug("provider_stale_connection", host=host)
+    return await send()
+
+
+def error_class(exc: BaseException) -> str:
+    """The class name of the error at the bottom of the chain (e.g. ConnectionRefusedError), for logs."""
+    return type(_chain(exc)[-1]).__name__
