@@ -218,9 +218,7 @@ def test_the_enums_match_the_proto() -> None:
         (ArtifactKind, pb.ArtifactKind, "ARTIFACT_KIND_"),
         (OnDisconnect, pb.OnDisconnect, "ON_DISCONNECT_"),
     ):
-        assert {m.name: m.value for m in ours} == {
-            name.removeprefix(prefix): value for name, value in theirs.items()
-        }
+        assert {m.name: m.value for m in ours} == {name.removeprefix(prefix): value for name, value in theirs.items()}
     payloads = {f.name for f in pb.RunEvent.DESCRIPTOR.oneofs_by_name["payload"].fields}
     assert {k.value for k in EventKind} - {"unknown"} == payloads
 
