@@ -347,7 +347,7 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
 def reset_line(reset: pb.AttemptReset, discarded: bool) -> str:
     """ "!! [3] attempt 2 in 12s: provider overloaded" and, only if text was shown, that it is void."""
     delay = reset.delay.ToNanoseconds() / 1e9
-    when = f" in {seconds(delay)}" if delay > 0 else ""
+    when = f" in {seconds(delay)}" if delay >= 0.05 else ""
     void = "; the partial output above is discarded" if discarded else ""
     return f"!! [{reset.stage}] attempt {reset.attempt}{when}: {reset.reason}{void}"
 
