@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import signal
 import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -266,3 +268,72 @@ async def test_the_client_takes_the_port_and_tls_from_the_target() -> None:
         assert client.tls
     with pytest.raises(FacilitairError):
         Client("http://127.0.0.1:1", tls=True)
+
+
+# ----- SyncClient in a script: Ctrl-C and leaving a loop early ----------------------------------------------------
+
+SYNC_INTERRUPTED = """
+import sys
+from facilitair.client import EventKind, SyncClient, event_kind
+
+with SyncClient(sys.argv[1]) as client:
+    try:
+        for event in client.collaborate("reverse a string"):
+            if event_kind(event) is EventKind.TOKEN_DELTA and event.token_delta.stage == 2:
+                print("streaming", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+print("closed", flush=True)
+"""
+
+SYNC_BREAK = """
+import sys
+from facilitair.client import SyncClient
+
+client = SyncClient(sys.argv[1])
+events = client.collaborate("reverse a string")
+for event in events:
+    break
+with SyncClient(sys.argv[1]) as other:
+    held = other.watch(event.run_id)
+    next(held)
+client.close()
+print("closed", flush=True)
+"""
+
+
+async def _script(source: str, target: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", source, target, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def test_sync_client_ctrl_c_in_a_loop_is_a_clean_keyboard_interrupt(make_server: ServerFactory) -> None:
+    coder, release = held(default_replies()["coder"], after=1)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        try:
+            h = await make_server(openai=fake)
+            proc = await _script(SYNC_INTERRUPTED, h.target)
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"streaming\n"
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            release.set()
+    assert err.decode() == ""  # no "RuntimeError: aclose(): asynchronous generator is already running"
+    assert out.decode() == "interrupted\nclosed\n"
+    assert proc.returncode == 0
+
+
+async def test_sync_client_left_early_exits_without_loop_errors(make_server: ServerFactory) -> None:
+    coder, release = held(default_replies()["coder"], after=1)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        try:
+            h = await make_server(openai=fake)
+            proc = await _script(SYNC_BREAK, h.target)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            release.set()
+    assert err.decode() == ""  # no "Event loop is closed" from iterators finalised after close()
+    assert out.decode() == "closed\n"
+    assert proc.returncode == 0
