@@ -7,6 +7,7 @@ OpenAI, and the assertions read the emulated screen: what is on which row, what 
 from __future__ import annotations
 
 import re
+import socket
 
 from tests.conftest import ServerFactory, default_replies, held, scripted
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
@@ -111,3 +112,31 @@ async def test_an_unapproved_result_ends_in_the_warning_colour(make_server: Serv
         "Documenter",
     ]
     assert default_replies()["tester"].chunks[1].strip() in term.text()
+
+
+async def test_a_reconnect_is_one_line_that_updates_in_place(make_server: ServerFactory) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{sock.getsockname()[1]}"
+    coder, release = held(Reply(chunks=CODER_CHUNKS), after=2)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        try:
+            h = await make_server(openai=fake, listen=listen)
+            async with terminal(listen, "run", TASK) as term:
+                await term.wait_for(lambda s: s.endswith("def rev(s: str"))
+                await h.stop()
+                await term.wait_for(lambda s: re.search(r"reconnecting, attempt [3-9] \(\d+s\): ", s) is not None)
+                during = term.lines()
+                release.set()
+                await make_server(openai=fake, listen=listen)  # the same database: the run resumes
+                code = await term.wait_exit()
+        finally:
+            release.set()
+    assert code == 0
+    assert sum("reconnecting" in line for line in during) == 1, "the attempts update one line"
+    assert during[-2:-1] == ["def rev(s: str"], "under the unfinished row"
+    lines = term.lines()
+    assert [line for line in lines if "connection lost" in line or "reconnect" in line] == [
+        next(line for line in lines if line.startswith("reconnected after"))
+    ]
+    assert "(connection lost: " in term.text()

@@ -53,7 +53,8 @@ class PrettyRenderer:
         now = time.monotonic()
         if self._lost is not None:
             attempt, error, since = self._lost
-            head = f"connection lost ({error}); reconnecting, attempt {attempt} ({clock(now - since)})"
+            # The count first: gRPC's reasons are long, and the line is cut at the terminal's width.
+            head = f"reconnecting, attempt {attempt} ({clock(now - since)}): {error.split(';')[0]}"
         elif self._retry_until is not None and now < self._retry_until:
             head = f"retrying in {math.ceil(self._retry_until - now)}s"
         elif self._waiting_since is not None:
