@@ -294,9 +294,8 @@ client = SyncClient(sys.argv[1])
 events = client.collaborate("reverse a string")
 for event in events:
     break
-with SyncClient(sys.argv[1]) as other:
-    held = other.watch(event.run_id)
-    next(held)
+watching = client.watch(event.run_id)
+next(watching)
 client.close()
 print("closed", flush=True)
 """

@@ -25,6 +25,17 @@ T = TypeVar("T")
 _CANCEL_WAIT = 5.0
 
 
+async def _drain() -> None:
+    """Let the tasks grpc left behind (a cancelled call's status handling) finish before the loop closes."""
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=_CANCEL_WAIT)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+
 class EventIterator(Iterator[pb.RunEvent]):
     """A run's events, one at a time; `close()` (or leaving a `with` block) stops following the run."""
 
@@ -231,6 +242,7 @@ class SyncClient:
         try:
             self._call(self._client.close())
             self._call(self._loop.shutdown_asyncgens())
+            self._call(_drain())
         finally:
             self._stop_loop()
 
