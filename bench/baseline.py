@@ -20,7 +20,7 @@ import grpc
 
 from bench.fake import MIN_SIZE, stamped
 from bench.procs import announce_ready
-from facilitair.server.server import loop_factory
+from facilitair.server.transport.app import loop_factory
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 

@@ -14,8 +14,8 @@ import os
 from bench import patches
 from bench.procs import announce_ready
 from facilitair.server.logging_setup import configure_logging
-from facilitair.server.server import create_server, loop_factory, tune_runtime, until_signalled
 from facilitair.server.settings import Settings
+from facilitair.server.transport.app import create_server, loop_factory, tune_runtime, until_signalled
 
 UNLIMITED = 1_000_000
 

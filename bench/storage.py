@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fake import stamped
-from facilitair.server.eventlog import EventLog
+from facilitair.server.events.eventlog import EventLog
 from facilitair.server.store.base import Batch, StoredEvent
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.v1 import orchestrator_pb2 as pb

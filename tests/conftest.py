@@ -27,8 +27,8 @@ from typing import Any, Protocol, Self
 import pytest
 
 from facilitair.client import Client, RunEvent
-from facilitair.server.server import RunningServer, create_server
 from facilitair.server.settings import Settings
+from facilitair.server.transport.app import RunningServer, create_server
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Reply
 
 AGENTS = ("architect", "coder", "reviewer", "refiner", "tester", "documenter")

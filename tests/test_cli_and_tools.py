@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from facilitair.server.server import RunningServer, create_server
 from facilitair.server.settings import Settings
+from facilitair.server.transport.app import RunningServer, create_server
 from tests.fakes.providers import FakeOpenAI, Reply
 
 BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from facilitair.client import RunEvent
-from facilitair.server.relay import coalesce_tokens
+from facilitair.server.events.relay import coalesce_tokens
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.conftest import RunStream, ServerFactory, collect, held, kind, scripted, stage_text
 from tests.fakes.providers import FakeOpenAI, Reply

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from facilitair.client import Client, FacilitairError, StatusCode
-from facilitair.server.server import RunningServer, create_server
 from facilitair.server.settings import Settings
+from facilitair.server.transport.app import RunningServer, create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI, Reply

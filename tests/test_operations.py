@@ -12,8 +12,8 @@ import uvloop  # the server extra installs it on Linux, where the tests run
 from pydantic import ValidationError
 
 from facilitair.server.logging_setup import configure_logging
-from facilitair.server.server import loop_factory
 from facilitair.server.settings import ConfigError, Settings
+from facilitair.server.transport.app import loop_factory
 from tests.conftest import ServerFactory, kind, scripted
 from tests.fakes.providers import FakeOpenAI
 
@@ -88,7 +88,7 @@ def test_the_event_loop_setting_picks_uvloop_or_asyncio(monkeypatch: pytest.Monk
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("uvloop") is uvloop.new_event_loop
     with pytest.raises(ValidationError):
-        Settings(event_loop="trio")
+        Settings(event_loop="trio")  # type: ignore[arg-type]
     # Without uvloop (Windows), auto falls back to asyncio's loop and an explicit uvloop is a clear error.
     monkeypatch.setitem(sys.modules, "uvloop", None)
     assert loop_factory("auto") is None

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from facilitair.client import FacilitairError, StatusCode
-from facilitair.server import prompts
 from facilitair.server.domain import AgentRole
+from facilitair.server.pipeline import prompts
 from facilitair.server.settings import ConfigError, PipelineConfig, Settings
 from tests.conftest import ServerFactory, kind, scripted, system_of
 from tests.fakes.providers import FakeOpenAI

@@ -29,8 +29,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
-from facilitair.server.server import SERVICE_NAME
 from facilitair.server.settings import ConfigError
+from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.conftest import (

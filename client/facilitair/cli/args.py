@@ -51,7 +51,11 @@ def _client_args(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("FACILITAIR_TARGET", DEFAULT_TARGET),
         help="server HOST[:PORT] (port 50051 by default), http://... or https://... (env FACILITAIR_TARGET)",
     )
-    p.add_argument("--api-key", default=os.environ.get("FAC_API_KEY"), help="API key (env FAC_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("FACILITAIR_API_KEY") or os.environ.get("FAC_API_KEY"),
+        help="API key (env FACILITAIR_API_KEY; FAC_API_KEY is read too)",
+    )
     p.add_argument("--tls", action="store_true", help="connect with TLS (implied by https://, --ca and --cert)")
     p.add_argument("--ca", type=Path, help="CA certificate to trust, PEM (default: the system's)")
     p.add_argument("--cert", type=Path, help="client certificate, PEM (mutual TLS)")

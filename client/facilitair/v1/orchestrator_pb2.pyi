@@ -1237,6 +1237,7 @@ class RunFailed(_message.Message):
     RETRYABLE_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """The gRPC status code that fits the failure (as its number, e.g. 14 for
     UNAVAILABLE, 9 for FAILED_PRECONDITION).
@@ -1247,6 +1248,11 @@ class RunFailed(_message.Message):
     """True when starting the run again may succeed."""
     stage: _builtins.int
     """The stage that failed (0 when none was running)."""
+    reason: _builtins.str
+    """A stable, machine-readable reason for the failure, the same as the
+    google.rpc.ErrorInfo reason the server uses for errors of this kind,
+    e.g. "BUDGET_EXCEEDED", "PROVIDER_RATE_LIMITED", "RUN_DEADLINE_EXCEEDED".
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens and cost spent before the failure."""
@@ -1259,10 +1265,11 @@ class RunFailed(_message.Message):
         retryable: _builtins.bool = ...,
         stage: _builtins.int = ...,
         usage: Global___Usage | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "retryable", b"retryable", "stage", b"stage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "retryable", b"retryable", "stage", b"stage", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

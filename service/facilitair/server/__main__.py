@@ -1,27 +1,10 @@
-"""`python -m facilitair.server`: serve with settings from FACILITAIR_* and the SDKs' variables only."""
+"""`python -m facilitair.server [flags]`: serve, exactly as `facilitair serve [flags]`."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from pydantic import ValidationError
-
-from facilitair.server.server import loop_factory, serve
-from facilitair.server.settings import ConfigError, Settings
-
-
-def main() -> int:
-    """Serve until SIGINT/SIGTERM; exit 2 on a configuration error."""
-    try:
-        settings = Settings()
-        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings))
-    except (ConfigError, ValidationError) as exc:
-        print(f"facilitair: configuration error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+from facilitair.server.transport.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,12 @@
-"""Domain types shared by the orchestrator, providers and the servicer: agents, model references, usage."""
+"""Domain values shared by every layer: agents, model references, usage, files, verdicts, plans.
+
+The wire format (facilitair.v1) is built from these in one place, events/wire.py.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from facilitair.server.errors import InvalidArgument
 
@@ -93,3 +96,71 @@ class UsageTotals:
         self.output_tokens += other.output_tokens
         self.cost_usd += other.cost_usd
         self.cost_unknown = self.cost_unknown or other.cost_unknown
+
+
+class ArtifactKind(enum.IntEnum):
+    """What a produced file is for; values match the `facilitair.v1.ArtifactKind` enum numbers."""
+
+    CODE = 1
+    TEST = 2
+    DOC = 3
+    DESIGN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A file a stage produced."""
+
+    path: str
+    kind: ArtifactKind
+    content: str
+    stage: int
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem the reviewer raised."""
+
+    severity: str
+    file: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The reviewer's decision; `well_formed` is False when its output could not be read."""
+
+    approved: bool
+    summary: str
+    issues: list[Issue] = field(default_factory=list)
+    well_formed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStage:
+    """One stage a run expects, with its estimates (cost None when the model has no known price)."""
+
+    role: AgentRole
+    model: ModelRef
+    estimated_seconds: float
+    estimated_cost_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The stages a run expects when the first review approves, and the bound on refinement."""
+
+    stages: list[PlannedStage]
+    max_refinements: int
+    estimated_seconds: float
+    estimated_cost_usd: float | None
+    max_estimated_cost_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What a completed run produced: the final files, the last review's decision, the rounds run."""
+
+    artifacts: list[Artifact]
+    approved: bool
+    refinements: int

@@ -1,35 +1,76 @@
-"""Domain errors and the one table that maps them to gRPC status codes.
+"""Domain errors: what went wrong, said safely to a caller, with a stable machine-readable reason.
 
-FacilitairError                 base; `public_message` is safe to show a caller
-├── InvalidArgument             a request field is wrong          -> INVALID_ARGUMENT (+ BadRequest)
-├── NotFound                    no such run (for this caller)      -> NOT_FOUND
-├── OutOfRange                  after_seq past a finished run      -> OUT_OF_RANGE
-├── FailedPrecondition          e.g. a provider is not configured  -> FAILED_PRECONDITION
-├── Unavailable                 the server is shutting down        -> UNAVAILABLE
-└── ProviderError               a model call failed for good       -> by kind (see ProviderFailure)
+No transport here: the gRPC status of each reason is decided in one table, transport/status.py.
+
+FacilitairError                 base; `public_message` is safe to show a caller, `reason` is stable
+├── InvalidArgument             a request field is wrong (lists every field violation)
+├── NotFound                    no such run (for this caller)
+├── OutOfRange                  after_seq past the end of a run
+├── FailedPrecondition          the server or the request cannot work as set up (e.g. no provider key)
+├── AlreadyExists               an idempotency key reused for a different request
+├── Unauthenticated             no valid credentials
+├── Unavailable                 the server cannot take the request now (stopping, store failing)
+├── ResourceLimited             a limit on runs; `retry_after` says when to try again
+├── BudgetExceeded              a run spent, or would spend, more than its budget
+├── RunDeadlineExceeded         a run took longer than the server allows
+└── ProviderError               a model call failed; `kind` (ProviderFailure) decides retry and reason
 """
 
 from __future__ import annotations
 
 import enum
 
-import grpc
+
+class Reason(enum.StrEnum):
+    """Stable reasons a client can branch on (google.rpc.ErrorInfo.reason, RunFailed.reason)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    SEQ_OUT_OF_RANGE = "SEQ_OUT_OF_RANGE"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    PROVIDER_NOT_CONFIGURED = "PROVIDER_NOT_CONFIGURED"
+    PLAN_OVER_BUDGET = "PLAN_OVER_BUDGET"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    RUN_NOT_RESUMABLE = "RUN_NOT_RESUMABLE"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_RUNS = "TOO_MANY_RUNS"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    RUN_DEADLINE_EXCEEDED = "RUN_DEADLINE_EXCEEDED"
+    PROVIDER_RATE_LIMITED = "PROVIDER_RATE_LIMITED"
+    PROVIDER_OVERLOADED = "PROVIDER_OVERLOADED"
+    PROVIDER_SERVER_ERROR = "PROVIDER_SERVER_ERROR"
+    PROVIDER_UNREACHABLE = "PROVIDER_UNREACHABLE"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    PROVIDER_STREAM_BROKEN = "PROVIDER_STREAM_BROKEN"
+    PROVIDER_AUTH_FAILED = "PROVIDER_AUTH_FAILED"
+    PROVIDER_PERMISSION_DENIED = "PROVIDER_PERMISSION_DENIED"
+    PROVIDER_MODEL_NOT_FOUND = "PROVIDER_MODEL_NOT_FOUND"
+    PROVIDER_REJECTED_REQUEST = "PROVIDER_REJECTED_REQUEST"
+    PROVIDER_CONTEXT_EXCEEDED = "PROVIDER_CONTEXT_EXCEEDED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    INTERNAL = "INTERNAL"
 
 
 class FacilitairError(Exception):
     """Base of the errors the service reports to callers; the message never holds secrets or tracebacks."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: Reason = Reason.INTERNAL
+    #: True when trying again later may succeed (a run's failure says so in run_failed.retryable).
+    retryable: bool = False
 
-    def __init__(self, public_message: str) -> None:
+    def __init__(self, public_message: str, *, reason: Reason | None = None) -> None:
         super().__init__(public_message)
         self.public_message = public_message
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidArgument(FacilitairError):
-    """A request field is invalid; `field` names it for the BadRequest detail."""
+    """A request field is invalid; `violations` lists (field, description) for the BadRequest detail."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field}: {description}")
@@ -48,66 +89,80 @@ class InvalidArgument(FacilitairError):
 class NotFound(FacilitairError):
     """The run does not exist, has expired, or belongs to someone else."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    reason = Reason.RUN_NOT_FOUND
 
 
 class OutOfRange(FacilitairError):
-    """A position past the end of a finished run."""
+    """A position past the end of a run."""
 
-    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = Reason.SEQ_OUT_OF_RANGE
 
 
 class FailedPrecondition(FacilitairError):
     """The server is not set up for what was asked (e.g. no key for the provider)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.FAILED_PRECONDITION
+
+
+class AlreadyExists(FacilitairError):
+    """An idempotency key was reused for a different request."""
+
+    reason = Reason.REQUEST_ID_REUSED
+
+
+class Unauthenticated(FacilitairError):
+    """The call carries no valid credentials."""
+
+    reason = Reason.UNAUTHENTICATED
 
 
 class Unavailable(FacilitairError):
-    """The server cannot take the request now; retrying later may work."""
+    """The server cannot take the request now; retrying later (or elsewhere) may work."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.SHUTTING_DOWN
+    retryable = True
 
 
 class ResourceLimited(FacilitairError):
     """A limit on concurrent runs or on the rate of new runs; `retry_after` says when to try again."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.TOO_MANY_RUNS
+    retryable = True
 
-    def __init__(self, public_message: str, retry_after: float) -> None:
-        super().__init__(public_message)
+    def __init__(self, public_message: str, retry_after: float, *, reason: Reason | None = None) -> None:
+        super().__init__(public_message, reason=reason)
         self.retry_after = retry_after
 
 
 class BudgetExceeded(FacilitairError):
     """A run spent (or would spend) more than its cost or token budget."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.BUDGET_EXCEEDED
 
 
 class RunDeadlineExceeded(FacilitairError):
     """A run took longer than the server allows."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = Reason.RUN_DEADLINE_EXCEEDED
 
 
 class ProviderFailure(enum.Enum):
-    """What kind of provider failure ended an attempt; decides retry and status code."""
+    """What kind of provider failure ended an attempt: its words, its reason, and whether retrying may help."""
 
-    RATE_LIMITED = ("rate limited", grpc.StatusCode.RESOURCE_EXHAUSTED, True)
-    OVERLOADED = ("overloaded or unavailable", grpc.StatusCode.UNAVAILABLE, True)
-    SERVER_ERROR = ("server error", grpc.StatusCode.UNAVAILABLE, True)
-    CONNECTION = ("connection failed", grpc.StatusCode.UNAVAILABLE, True)
-    TIMEOUT = ("timed out", grpc.StatusCode.DEADLINE_EXCEEDED, True)
-    STREAM_BROKEN = ("stream broke off", grpc.StatusCode.UNAVAILABLE, True)
-    AUTH = ("rejected the API key", grpc.StatusCode.FAILED_PRECONDITION, False)
-    PERMISSION = ("refused access to the model", grpc.StatusCode.PERMISSION_DENIED, False)
-    NOT_FOUND = ("does not know the model", grpc.StatusCode.FAILED_PRECONDITION, False)
-    BAD_REQUEST = ("rejected the request", grpc.StatusCode.INVALID_ARGUMENT, False)
+    RATE_LIMITED = ("rate limited", Reason.PROVIDER_RATE_LIMITED, True)
+    OVERLOADED = ("overloaded or unavailable", Reason.PROVIDER_OVERLOADED, True)
+    SERVER_ERROR = ("server error", Reason.PROVIDER_SERVER_ERROR, True)
+    CONNECTION = ("connection failed", Reason.PROVIDER_UNREACHABLE, True)
+    TIMEOUT = ("timed out", Reason.PROVIDER_TIMEOUT, True)
+    STREAM_BROKEN = ("stream broke off", Reason.PROVIDER_STREAM_BROKEN, True)
+    AUTH = ("rejected the API key", Reason.PROVIDER_AUTH_FAILED, False)
+    PERMISSION = ("refused access to the model", Reason.PROVIDER_PERMISSION_DENIED, False)
+    NOT_FOUND = ("does not know the model", Reason.PROVIDER_MODEL_NOT_FOUND, False)
+    BAD_REQUEST = ("rejected the request", Reason.PROVIDER_REJECTED_REQUEST, False)
 
-    def __init__(self, text: str, code: grpc.StatusCode, retryable: bool) -> None:
+    def __init__(self, text: str, reason: Reason, retryable: bool) -> None:
         self.text = text
-        self.status_code = code
+        self.reason = reason
         self.retryable = retryable
 
 
@@ -129,17 +184,10 @@ class ProviderError(FacilitairError):
             hint = f"; check {provider.upper()}_API_KEY"
         elif kind is ProviderFailure.NOT_FOUND:
             hint = "; check the model name in the request or pipeline config"
-        super().__init__(f"{provider} {kind.text} for model {model}{detail}{hint}")
+        super().__init__(f"{provider} {kind.text} for model {model}{detail}{hint}", reason=kind.reason)
         self.provider = provider
+        self.model = model
         self.kind = kind
-        self.code = kind.status_code
         self.retryable = kind.retryable
         self.http_status = http_status
         self.retry_after = retry_after
-
-
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and caller-safe message for any exception: unknown ones become a generic INTERNAL."""
-    if isinstance(exc, FacilitairError):
-        return exc.code, exc.public_message
-    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
 from facilitair.server.domain import AgentRole, ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
@@ -63,15 +72,27 @@ class PriceConfig(BaseModel):
 
 
 class PipelineConfig(BaseModel):
-    """The pipeline file (TOML): per-agent models, the refinement bound, price overrides."""
+    """The pipeline file (TOML): per-agent models and prompts, price overrides, and some server settings."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_refinements: int = Field(default=2, ge=0, le=10)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     # Server settings the file may set (budgets, limits, bounds); flags and FACILITAIR_* win over them.
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_level_max_refinements(cls, data: Any) -> Any:
+        """`max_refinements` at the top of the file (as older files have it) is the setting of that name."""
+        if isinstance(data, dict) and "max_refinements" in data:
+            data = dict(data)
+            table = dict(data.get("settings") or {})
+            if "max_refinements" in table:
+                raise ValueError("max_refinements is given twice: at the top and in [settings]; keep one")
+            table["max_refinements"] = data.pop("max_refinements")
+            data["settings"] = table
+        return data
 
     @field_validator("settings")
     @classmethod
@@ -126,82 +147,132 @@ class PipelineConfig(BaseModel):
             raise ConfigError(f"pipeline file {path}: {problems}") from None
 
 
-FILE_SETTINGS = frozenset({
-    "budget_usd", "budget_tokens", "budget_usd_max", "budget_tokens_max", "max_runs", "max_runs_per_principal",
-    "runs_per_minute", "run_timeout", "provider_attempts", "provider_timeout", "retry_wait_max", "retry_backoff",
-    "thinking_interval", "heartbeat_interval", "retention_days",
-})  # fmt: skip
-
-
 class ConfigError(Exception):
     """The configuration is invalid; the message says which key and why."""
 
 
+def _in_file(**field: Any) -> Any:
+    """A setting the pipeline file's [settings] table may set too (flags and FACILITAIR_* win over it)."""
+    return Field(**field, json_schema_extra={"in_file": True})
+
+
 class Settings(BaseSettings):
-    """Everything the server reads at start."""
+    """Everything the server reads at start: `facilitair serve` flags, then FACILITAIR_*, then the file, then defaults.
+
+    Each field's description is its flag's help; `config show` prints them all.
+    """
 
     model_config = SettingsConfigDict(
-        env_prefix="FACILITAIR_", extra="ignore", populate_by_name=True, validate_assignment=True
+        env_prefix="FACILITAIR_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_assignment=True,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
     )
 
-    listen: str = "127.0.0.1:50051"
-    db: Path = Field(default_factory=default_db_path)
-    model: str = "openai:gpt-4.1-mini"
-    pipeline: Path | None = None
-    thinking_interval: float = Field(default=2.0, gt=0, le=60)
-    heartbeat_interval: float = Field(default=5.0, gt=0, le=60)
-    grace_seconds: float = Field(default=5.0, ge=0, le=300)
-    metrics_listen: str | None = None
-    log_level: str = "info"
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
-    # auto: uvloop's event loop when it is installed (the server extra installs it except on Windows).
-    event_loop: str = Field(default="auto", pattern="^(auto|asyncio|uvloop)$")
-    retention_days: float = Field(default=7.0, gt=0)
-    retention_check_seconds: float = Field(default=3600.0, gt=0)
-    max_refinements: int | None = Field(default=None, ge=0, le=10)
-    # Provider calls: the longest wait for the next byte (a stall past it fails the attempt), attempts
-    # per model and stage (retryable failures only), and the most one stage may spend waiting to retry.
-    provider_timeout: float = Field(default=300.0, gt=0)
-    provider_attempts: int = Field(default=3, ge=1, le=10)
-    retry_wait_max: float = Field(default=60.0, ge=0)
-    retry_backoff: float = Field(default=0.5, gt=0, le=30)
-    # The longest a run may take from its creation; past it the run fails with DEADLINE_EXCEEDED.
-    run_timeout: float = Field(default=1800.0, gt=0)
-    # Budgets: the default per run (None: none), and the most a request may ask for (None: no bound).
-    budget_usd: float | None = Field(default=None, gt=0)
-    budget_usd_max: float | None = Field(default=None, gt=0)
-    budget_tokens: int | None = Field(default=None, gt=0)
-    budget_tokens_max: int | None = Field(default=None, gt=0)
-    # Keepalive (see README "Long streams"): the server's pings, and how often it lets clients ping.
-    keepalive_time_ms: int = Field(default=60_000, ge=1000)
-    keepalive_timeout_ms: int = Field(default=20_000, ge=1000)
-    keepalive_min_ping_interval_ms: int = Field(default=10_000, ge=100)
+    listen: str = Field(default="127.0.0.1:50051", description="HOST:PORT to serve gRPC on (port 0: any free port)")
+    db: Path = Field(default_factory=default_db_path, description="the SQLite file that stores runs and events")
+    model: str = Field(
+        default="openai:gpt-4.1-mini",
+        description="default model for every agent, provider:model or a comma-separated fallback list",
+    )
+    pipeline: Path | None = Field(default=None, description="pipeline file (TOML): agents, models, prompts, prices")
+    thinking_interval: float = _in_file(
+        default=2.0, gt=0, le=60, description="seconds between thinking events while a model has not answered"
+    )
+    heartbeat_interval: float = _in_file(
+        default=5.0, gt=0, le=60, description="seconds of silence before a heartbeat event"
+    )
+    grace_seconds: float = Field(
+        default=5.0, ge=0, le=300, description="on SIGTERM, how long open streams may finish before they are ended"
+    )
+    metrics_listen: str | None = Field(default=None, description="HOST:PORT to serve Prometheus /metrics on")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="console on a terminal, JSON lines otherwise (auto), or forced"
+    )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", description="the event loop: uvloop when installed (auto), or forced"
+    )
+    retention_days: float = _in_file(default=7.0, gt=0, description="finished runs are deleted after this many days")
+    retention_check_seconds: float = Field(default=3600.0, gt=0, description="how often retention runs")
+    max_refinements: int = _in_file(
+        default=2,
+        ge=0,
+        le=10,
+        description="Refiner/Reviewer rounds after the first review, when a request does not say",
+    )
+    provider_timeout: float = _in_file(
+        default=300.0, gt=0, description="longest wait for the next byte from a provider before the attempt fails"
+    )
+    provider_attempts: int = _in_file(
+        default=3, ge=1, le=10, description="attempts per model and stage for retryable provider failures"
+    )
+    retry_wait_max: float = _in_file(
+        default=60.0, ge=0, description="most seconds one stage may spend waiting to retry"
+    )
+    retry_backoff: float = _in_file(
+        default=0.5, gt=0, le=30, description="base of the jittered exponential backoff between attempts, seconds"
+    )
+    run_timeout: float = _in_file(
+        default=1800.0, gt=0, description="longest a run may take from its creation (then DEADLINE_EXCEEDED)"
+    )
+    budget_usd: float | None = _in_file(default=None, gt=0, description="default cost budget of a run, USD")
+    budget_usd_max: float | None = _in_file(default=None, gt=0, description="the largest cost budget a request may ask")
+    budget_tokens: int | None = _in_file(default=None, gt=0, description="default token budget of a run")
+    budget_tokens_max: int | None = _in_file(
+        default=None, gt=0, description="the largest token budget a request may ask"
+    )
+    keepalive_time_ms: int = Field(
+        default=60_000, ge=1000, description="the server pings an idle connection this often"
+    )
+    keepalive_timeout_ms: int = Field(default=20_000, ge=1000, description="and drops it when no answer comes in this")
+    keepalive_min_ping_interval_ms: int = Field(
+        default=10_000, ge=100, description="clients may ping this often (no GOAWAY too_many_pings)"
+    )
 
-    # Who may call: API keys as "name:key" (comma-separated here, one per line in the file); TLS; limits.
-    api_keys: SecretStr | None = None
-    api_keys_file: Path | None = None
-    reflection: bool = True
-    insecure: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    max_runs: int = Field(default=64, ge=1)
-    max_runs_per_principal: int = Field(default=8, ge=1)
-    runs_per_minute: float = Field(default=30.0, gt=0)
+    # Secrets never come from flags (a command line is visible to every user of the machine).
+    api_keys: CliSuppress[SecretStr | None] = Field(
+        default=None, description="API keys of callers, name:key comma-separated (environment only)"
+    )
+    api_keys_file: Path | None = Field(default=None, description="file of caller API keys, one name:key per line")
+    reflection: bool = Field(default=True, description="serve gRPC server reflection (for grpcurl and buf curl)")
+    insecure: bool = Field(
+        default=False, description="allow a non-loopback address with no authentication (not recommended)"
+    )
+    tls_cert: Path | None = Field(default=None, description="server certificate, PEM")
+    tls_key: Path | None = Field(default=None, description="server private key, PEM")
+    tls_client_ca: Path | None = Field(default=None, description="require client certificates from this CA (mTLS)")
+    max_runs: int = _in_file(default=64, ge=1, description="most runs in flight on this server")
+    max_runs_per_principal: int = _in_file(default=8, ge=1, description="most runs in flight per caller")
+    runs_per_minute: float = _in_file(default=30.0, gt=0, description="most new runs per caller per minute")
 
-    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
-    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
-    anthropic_base_url: str | None = Field(default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL"))
+    # The SDKs' own variables, so a machine set up for the SDKs needs nothing more (environment only).
+    openai_api_key: CliSuppress[SecretStr | None] = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY"), description="OpenAI API key"
+    )
+    openai_base_url: CliSuppress[str | None] = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"), description="OpenAI-compatible endpoint"
+    )
+    anthropic_api_key: CliSuppress[SecretStr | None] = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"), description="Anthropic API key"
+    )
+    anthropic_base_url: CliSuppress[str | None] = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL"), description="Anthropic-compatible endpoint"
+    )
 
     @field_validator("model")
     @classmethod
     def _valid_model(cls, v: str) -> str:
         return _check_model(v, "FACILITAIR_MODEL")
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _valid_listen(cls, v: str) -> str:
+    def _valid_listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{v!r} is not HOST:PORT")
@@ -265,3 +336,11 @@ class Settings(BaseSettings):
         if "model" not in self.model_fields_set and self.openai_api_key is None and self.anthropic_api_key is not None:
             return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
         return parse_chain(self.model, field="FACILITAIR_MODEL")
+
+
+# The settings the pipeline file's [settings] table may set: those declared with _in_file.
+FILE_SETTINGS = frozenset(
+    name
+    for name, f in Settings.model_fields.items()
+    if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("in_file")
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from facilitair.server.errors import FailedPrecondition
+from facilitair.server.errors import FailedPrecondition, Reason
 from facilitair.server.providers.base import CompletionRequest, Provider, StreamEnd
 from facilitair.server.settings import Settings
 
@@ -54,7 +54,9 @@ class ProviderRegistry:
             return self._providers[name]
         except KeyError:
             hint = _SETUP_HINT.get(name, "configure it on the server")
-            raise FailedPrecondition(f"provider {name!r} is not configured: {hint}") from None
+            raise FailedPrecondition(
+                f"provider {name!r} is not configured: {hint}", reason=Reason.PROVIDER_NOT_CONFIGURED
+            ) from None
 
     async def aclose(self) -> None:
         """Close every provider's HTTP client."""

@@ -15,15 +15,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from facilitair.server.guard import ApiKeys, GuardInterceptor
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.providers import ProviderRegistry
-from facilitair.server.runs import RunManager
-from facilitair.server.servicer import OrchestratorServicer
+from facilitair.server.runs.service import RunService
 from facilitair.server.settings import ConfigError, PipelineConfig, Settings
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
+from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
+from facilitair.server.transport.servicer import OrchestratorServicer
+from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -57,7 +58,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    runs: RunManager
+    runs: RunService
     health: health_aio.HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
@@ -89,8 +90,35 @@ async def create_server(
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
-    runs = RunManager(settings, store if store is not None else SqliteStore(settings.db), providers, config)
-    await runs.start()
+    # Everything that can fail on a bad setting is bound before the gRPC server starts, and what was
+    # started is stopped again when a later step fails: no half-started server.
+    metrics_server = _metrics_server(settings.metrics_listen)
+    runs = RunService(
+        settings, store if store is not None else SqliteStore(settings.db), providers, config, status_number
+    )
+    try:
+        await runs.start()
+        try:
+            server, health, port = await _grpc_server(settings, runs, config, keys, credentials)
+        except BaseException:
+            await runs.stop()
+            raise
+    except BaseException:
+        await providers.aclose()
+        if metrics_server is not None:
+            metrics_server.stop()
+        raise
+    return RunningServer(server, port, runs, health, providers, metrics_server)
+
+
+async def _grpc_server(
+    settings: Settings,
+    runs: RunService,
+    config: PipelineConfig,
+    keys: ApiKeys,
+    credentials: grpc.ServerCredentials | None,
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+    """Bind and start the gRPC server with our service, health and reflection."""
     server = grpc.aio.server(
         options=server_options(settings),
         interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
@@ -104,18 +132,30 @@ async def create_server(
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:  # grpc raises this when it cannot bind
+        port = 0
     if port == 0:
-        await runs.stop()
         raise ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    metrics_server = MetricsServer(settings.metrics_listen) if settings.metrics_listen else None
-    return RunningServer(server, port, runs, health, providers, metrics_server)
+    return server, health, port
+
+
+def _metrics_server(listen: str | None) -> MetricsServer | None:
+    """The /metrics endpoint, bound now; ConfigError naming the address when it cannot be."""
+    if listen is None:
+        return None
+    try:
+        return MetricsServer(listen)
+    except (OSError, ValueError, OverflowError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not HOST:PORT"
+        raise ConfigError(f"cannot serve metrics on {listen}: {why}") from None
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -150,7 +190,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop for `auto` when it is installed and for `uvloop`; None (asyncio's) otherwise.
 
     The event loop thread is what saturates first under load; on uvloop's loop the same load left it
-    more headroom (bench/README). grpc.aio, aiohttp and the store's threads run unchanged on either.
+    more headroom (README "Benchmarks"). grpc.aio, aiohttp and the store's threads run unchanged on either.
     """
     if choice == "asyncio":
         return None
@@ -172,10 +212,10 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format)
-    running = await create_server(settings)
+    running = await create_server(settings, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]
     if settings.insecure and not (settings.api_keys or settings.api_keys_file or settings.tls_client_ca):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+from facilitair.server.domain import Issue, Verdict
 
 _FILE_BLOCK = re.compile(
     r"""
@@ -78,25 +80,6 @@ def parse_files(text: str, *, fallback_stem: str) -> list[ParsedFile]:
             ext = _EXTENSIONS.get(lang, "txt")
             files[f"{fallback_stem}_{i}.{ext}" if i > 1 else f"{fallback_stem}.{ext}"] = match.group("body")
     return [ParsedFile(path, content) for path, content in files.items()]
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One problem the reviewer raised."""
-
-    severity: str
-    file: str
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The reviewer's decision; `well_formed` is False when its output could not be read."""
-
-    approved: bool
-    summary: str
-    issues: list[Issue] = field(default_factory=list)
-    well_formed: bool = True
 
 
 MALFORMED_ISSUE = Issue(

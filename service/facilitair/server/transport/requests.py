@@ -1,4 +1,4 @@
-"""Requests to domain objects: validation with every field violation named, model resolution."""
+"""Requests to domain values: validation with every field violation named, model resolution."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from google.protobuf import json_format
 
 from facilitair.server.domain import AgentRole, ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
+from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.settings import PipelineConfig, Settings
-from facilitair.server.spec import RunSpec
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000
@@ -77,12 +77,7 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
             or (parse_chain(configured, field=f"agents.{role.label}.model") if configured else None)
             or default
         )
-    if request.HasField("max_refinements"):
-        max_refinements = request.max_refinements
-    elif settings.max_refinements is not None:
-        max_refinements = settings.max_refinements
-    else:
-        max_refinements = config.max_refinements
+    max_refinements = request.max_refinements if request.HasField("max_refinements") else settings.max_refinements
     return RunSpec(
         task=task,
         context=context,
@@ -142,3 +137,10 @@ def run_id_of(run_id: str) -> str:
     if len(run_id) > 64:
         raise InvalidArgument("run_id", "is longer than any run id")
     return run_id
+
+
+def run_state_of(state: int) -> int:
+    """Check a RunState filter (0: any state)."""
+    if state not in pb.RunState.values():
+        raise InvalidArgument("state", f"unknown value {state}")
+    return state

@@ -13,35 +13,37 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from facilitair.server import metrics, prompts
-from facilitair.server.attempts import StageRunner
-from facilitair.server.domain import AgentRole, ModelRef
-from facilitair.server.parsing import ParsedFile, Verdict, parse_files, parse_verdict, verdict_as_text
+from facilitair.server import metrics
+from facilitair.server.domain import AgentRole, Artifact, ArtifactKind, ModelRef, RunOutcome, Verdict
+from facilitair.server.events.recorder import RunRecorder
+from facilitair.server.pipeline import prompts
+from facilitair.server.pipeline.attempts import StageRunner
+from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
+from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import CompletionRequest
-from facilitair.server.recorder import RunRecorder, stage_agent, usage_pb
 from facilitair.server.settings import PipelineConfig
-from facilitair.server.spec import RunSpec, StageOutput
-from facilitair.v1 import orchestrator_pb2 as pb
 
-_Derive = Callable[[str, int], list[pb.RunEvent]]
+# Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
+# when the stage is replayed from its checkpoint (its events are in the log already).
+_Derive = Callable[[str, int, bool], None]
 
 
 @dataclass(slots=True)
 class _Files:
     """The current files by path, last writer wins."""
 
-    by_path: dict[str, pb.Artifact] = field(default_factory=dict)
+    by_path: dict[str, Artifact] = field(default_factory=dict)
 
-    def add(self, files: list[ParsedFile], kind: pb.ArtifactKind.ValueType, stage: int) -> list[pb.Artifact]:
+    def add(self, files: list[ParsedFile], kind: ArtifactKind, stage: int) -> list[Artifact]:
         added = []
         for f in files:
-            artifact = pb.Artifact(path=f.path, kind=kind, content=f.content, stage=stage)
+            artifact = Artifact(path=f.path, kind=kind, content=f.content, stage=stage)
             self.by_path[f.path] = artifact
             added.append(artifact)
         return added
 
-    def render(self, kind: pb.ArtifactKind.ValueType) -> str:
+    def render(self, kind: ArtifactKind) -> str:
         blocks = []
         for a in self.by_path.values():
             if a.kind == kind:
@@ -80,71 +82,53 @@ class Pipeline:
             task=self.spec.task,
             context=self.spec.context,
             design=design,
-            code=self.files.render(pb.ARTIFACT_KIND_CODE),
+            code=self.files.render(ArtifactKind.CODE),
             review=review,
-            tests=self.files.render(pb.ARTIFACT_KIND_TEST) if tests else "",
+            tests=self.files.render(ArtifactKind.TEST) if tests else "",
         )
 
-    async def run(self) -> pb.RunResult:
+    async def run(self) -> RunOutcome:
         """Run every stage and return the final result (the caller emits the terminal event)."""
-        design = await self._stage(AgentRole.ARCHITECT, 0, self._inputs(), self._files_of(pb.ARTIFACT_KIND_DESIGN))
-        await self._stage(AgentRole.CODER, 0, self._inputs(design), self._files_of(pb.ARTIFACT_KIND_CODE))
+        design = await self._stage(AgentRole.ARCHITECT, 0, self._inputs(), self._files_of(ArtifactKind.DESIGN))
+        await self._stage(AgentRole.CODER, 0, self._inputs(design), self._files_of(ArtifactKind.CODE))
         rounds = 0
         await self._stage(AgentRole.REVIEWER, rounds, self._inputs(design), self._verdict_of(rounds))
         while not self.verdict.approved and rounds < self.spec.max_refinements:
             rounds += 1
             review = verdict_as_text(self.verdict)
             await self._stage(
-                AgentRole.REFINER, rounds, self._inputs(design, review), self._files_of(pb.ARTIFACT_KIND_CODE)
+                AgentRole.REFINER, rounds, self._inputs(design, review), self._files_of(ArtifactKind.CODE)
             )
             await self._stage(AgentRole.REVIEWER, rounds, self._inputs(design), self._verdict_of(rounds))
-        await self._stage(AgentRole.TESTER, rounds, self._inputs(design), self._files_of(pb.ARTIFACT_KIND_TEST))
+        await self._stage(AgentRole.TESTER, rounds, self._inputs(design), self._files_of(ArtifactKind.TEST))
         await self._stage(
-            AgentRole.DOCUMENTER, rounds, self._inputs(design, tests=True), self._files_of(pb.ARTIFACT_KIND_DOC)
+            AgentRole.DOCUMENTER, rounds, self._inputs(design, tests=True), self._files_of(ArtifactKind.DOC)
         )
-        return pb.RunResult(
-            artifacts=list(self.files.by_path.values()), approved=self.verdict.approved, refinements=rounds
-        )
+        return RunOutcome(list(self.files.by_path.values()), self.verdict.approved, rounds)
 
-    def _files_of(self, kind: pb.ArtifactKind.ValueType) -> _Derive:
+    def _files_of(self, kind: ArtifactKind) -> _Derive:
         """Record the files in a stage's output; events announce each one."""
 
-        def derive(text: str, stage: int) -> list[pb.RunEvent]:
-            if kind == pb.ARTIFACT_KIND_DESIGN:
+        def derive(text: str, stage: int, announce: bool) -> None:
+            if kind == ArtifactKind.DESIGN:
                 files = [ParsedFile("DESIGN.md", text)]
-            elif kind == pb.ARTIFACT_KIND_DOC:
+            elif kind == ArtifactKind.DOC:
                 files = [ParsedFile("README.md", text)]
             else:
-                files = parse_files(
-                    text, fallback_stem="test_solution" if kind == pb.ARTIFACT_KIND_TEST else "solution"
-                )
-            return [
-                pb.RunEvent(artifact_produced=pb.ArtifactProduced(artifact=a))
-                for a in self.files.add(files, kind, stage)
-            ]
+                files = parse_files(text, fallback_stem="test_solution" if kind == ArtifactKind.TEST else "solution")
+            added = self.files.add(files, kind, stage)
+            if announce:
+                self.rec.artifacts(added)
 
         return derive
 
     def _verdict_of(self, rounds: int) -> _Derive:
         """Read the reviewer's verdict; a malformed one is a non-approval, never a crash."""
 
-        def derive(text: str, stage: int) -> list[pb.RunEvent]:
-            v = self.verdict = parse_verdict(text)
-            return [
-                pb.RunEvent(
-                    review_verdict=pb.ReviewVerdict(
-                        stage=stage,
-                        approved=v.approved,
-                        summary=v.summary,
-                        well_formed=v.well_formed,
-                        round=rounds,
-                        issues=[
-                            pb.ReviewIssue(severity=i.severity, file=i.file, description=i.description)
-                            for i in v.issues
-                        ],
-                    )
-                )
-            ]
+        def derive(text: str, stage: int, announce: bool) -> None:
+            self.verdict = parse_verdict(text)
+            if announce:
+                self.rec.verdict(stage, rounds, self.verdict)
 
         return derive
 
@@ -158,7 +142,7 @@ class Pipeline:
         stage = self._stage_count
         saved = self.checkpoints.get(stage)
         if saved is not None:
-            derive(saved.text, stage)
+            derive(saved.text, stage, False)
             return saved.text
         structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
@@ -180,36 +164,30 @@ class Pipeline:
         if stage == self.interrupted_stage:
             # The server stopped during this stage: its partial tokens stay in the log, voided here.
             attempt = 2
-            reset = pb.AttemptReset(stage=stage, attempt=attempt, reason="server restarted during the stage")
-            reset.model = str(chain[0])
-            self.rec.emit(pb.RunEvent(attempt_reset=reset))
+            self.rec.attempt_reset(stage, attempt, "server restarted during the stage", chain[0], 0.0)
         else:
             attempt = 1
-            self.rec.stage_started(
-                pb.StageStarted(stage=stage, agent=stage_agent(role), model=str(chain[0]), round=rounds, attempt=1)
-            )
+            self.rec.stage_started(stage, role, chain[0], rounds)
         result = await self.runner.run(stage, chain, request, attempt)
-        for event in derive(result.text, stage):
-            self.rec.emit(event)
+        derive(result.text, stage, True)
         end = result.end
         usage = self.prices.usage(result.model, end.input_tokens, end.output_tokens)
         if not end.usage_reported:
             usage.cost_unknown = True
-        done = pb.StageCompleted(
-            stage=stage,
-            agent=stage_agent(role),
-            model=str(result.model),
-            usage=usage_pb(usage),
-            finish_reason=end.finish_reason,
-        )
         elapsed = time.monotonic() - started
-        done.duration.FromNanoseconds(int(elapsed * 1e9))
         provider = result.model.provider
         metrics.STAGE_SECONDS.labels(role.label).observe(elapsed)
         metrics.PROVIDER_TOKENS.labels(provider, "input").inc(end.input_tokens)
         metrics.PROVIDER_TOKENS.labels(provider, "output").inc(end.output_tokens)
         metrics.COST.labels(provider).inc(usage.cost_usd)
+        checkpoint = StageOutput(stage, role, rounds, str(result.model), result.text).to_json()
         self.rec.stage_completed(
-            done, usage, StageOutput(stage, role, rounds, str(result.model), result.text).to_json()
+            stage,
+            role=role,
+            model=result.model,
+            stage_usage=usage,
+            finish_reason=end.finish_reason,
+            seconds=elapsed,
+            checkpoint=checkpoint,
         )
         return result.text

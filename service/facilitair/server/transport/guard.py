@@ -20,8 +20,18 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from facilitair.server.errors import FacilitairError, Reason, Unauthenticated
+from facilitair.server.transport.status import abort
+
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="local")
+
+
+def current_principal() -> str:
+    """Who is calling (set by the interceptor for the call being handled); every run belongs to one principal."""
+    return PRINCIPAL.get()
+
+
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -89,7 +99,7 @@ def _deny(handler: Handler, message: str) -> Handler:
     """A handler of the same shape that refuses the call without reading the request."""
 
     async def refuse(_request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, Unauthenticated(message))
 
     if handler.response_streaming:
         return handler._replace(request_deserializer=None, unary_stream=refuse)  # type: ignore[attr-defined,no-any-return]
@@ -106,7 +116,9 @@ def _guarded(handler: Handler, rpc: str, principal: str | None, mtls: bool) -> H
         try:
             return parse(raw)
         except (DecodeError, ValueError, RuntimeError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {rpc}Request message")
+            message = f"the request is not a valid {rpc}Request message"
+            invalid = FacilitairError(message, reason=Reason.INVALID_ARGUMENT)
+            await abort(context, invalid)
 
     if handler.response_streaming:
         inner_stream: Any = handler.unary_stream

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from facilitair.server import metrics
+from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
@@ -31,9 +32,8 @@ READ_PAGE = 1000
 # Events of each live run kept in memory for watchers that are a little behind; further behind (a
 # reconnecting client, a slow reader) they read from the store, an indexed range scan. A token event
 # takes about 0.9 KB in memory, so this is about 29 KB per live run (128 events made the RSS per active
-# run miss its 256 KB goal; bench/README). A commit larger than this is kept whole until the next one.
+# run miss its 256 KB goal; README, Benchmarks). A commit larger than this is kept whole until the next one.
 TAIL_SIZE = 32
-TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
 class RunChannel:

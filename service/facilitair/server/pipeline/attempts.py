@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from facilitair.server import metrics
-from facilitair.server.domain import ModelRef, UsageTotals
-from facilitair.server.errors import BudgetExceeded, ProviderError, RunDeadlineExceeded
-from facilitair.server.pricing import PriceTable
+from facilitair.server.domain import ModelRef
+from facilitair.server.errors import ProviderError, RunDeadlineExceeded
+from facilitair.server.events.recorder import RunRecorder
+from facilitair.server.pipeline.budget import Budget
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd
-from facilitair.server.recorder import RunRecorder
-from facilitair.v1 import orchestrator_pb2 as pb
-
-# Characters per token, to estimate tokens of text in flight (the provider reports usage at the end).
-CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,54 +36,6 @@ class AttemptPolicy:
     def backoff(self, tries: int) -> float:
         """Jittered exponential backoff before retry number `tries` (1-based), at most 16 bases."""
         return min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base) * (0.5 + random.random())  # noqa: S311
-
-
-class Budget:
-    """A run's cost and token budgets, checked before each stage and while one streams."""
-
-    def __init__(self, usd: float | None, tokens: int | None, prices: PriceTable) -> None:
-        self.usd = usd
-        self.tokens = tokens
-        self._prices = prices
-
-    def check_before_stage(self, used: UsageTotals, stage: int) -> None:
-        """Refuse to start a stage once a budget is spent."""
-        if self.tokens is not None and used.input_tokens + used.output_tokens >= self.tokens:
-            raise BudgetExceeded(
-                f"the run's token budget of {self.tokens} is spent ({used.input_tokens + used.output_tokens} used); "
-                f"stage {stage} was not started. Raise max_tokens (or FACILITAIR_BUDGET_TOKENS)"
-            )
-        if self.usd is not None and used.cost_usd >= self.usd:
-            raise BudgetExceeded(
-                f"the run's cost budget of ${self.usd:.4f} is spent (${used.cost_usd:.4f} used); "
-                f"stage {stage} was not started. Raise max_cost_usd (or FACILITAIR_BUDGET_USD)"
-            )
-
-    def char_limit(self, used: UsageTotals, model: ModelRef, prompt_chars: int) -> float:
-        """How many characters of output the stage may stream before it would cross a budget."""
-        limit = math.inf
-        input_tokens = prompt_chars // CHARS_PER_TOKEN
-        if self.tokens is not None:
-            left = self.tokens - used.input_tokens - used.output_tokens - input_tokens
-            limit = min(limit, left * CHARS_PER_TOKEN)
-        if self.usd is not None:
-            per_million = self._prices.usage(model, 0, 1_000_000)
-            if not per_million.cost_unknown and per_million.cost_usd > 0:
-                left_usd = self.usd - used.cost_usd - self._prices.usage(model, input_tokens, 0).cost_usd
-                limit = min(limit, left_usd / per_million.cost_usd * 1_000_000 * CHARS_PER_TOKEN)
-        return limit
-
-    def crossed(self, stage: int, used: UsageTotals) -> BudgetExceeded:
-        """The error for a stage stopped because it would cross a budget."""
-        which = []
-        if self.usd is not None:
-            which.append(f"cost budget of ${self.usd:.4f} (${used.cost_usd:.4f} used before the stage)")
-        if self.tokens is not None:
-            which.append(f"token budget of {self.tokens} ({used.input_tokens + used.output_tokens} used before it)")
-        return BudgetExceeded(
-            f"stage {stage} was stopped: it would take the run past its {' and '.join(which)}. "
-            "Raise max_cost_usd / max_tokens (or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS)"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +83,8 @@ class StageRunner:
         for index, model in enumerate(chain):
             if last_error is not None:
                 attempt += 1
-                self.rec.emit(pb.RunEvent(model_fallback=pb.ModelFallback(
-                    stage=stage, from_model=str(chain[index - 1]), to_model=str(model), reason=last_error.public_message
-                )))  # fmt: skip
-                self._reset(stage, attempt, f"falling back to {model}", model, 0.0)
+                self.rec.model_fallback(stage, chain[index - 1], model, last_error.public_message)
+                self.rec.attempt_reset(stage, attempt, f"falling back to {model}", model, 0.0)
             provider = self.providers.get(model.provider)
             tries = 0
             waited = 0.0
@@ -165,15 +110,10 @@ class StageRunner:
                         break
                     waited += delay
                     attempt += 1
-                    self._reset(stage, attempt, exc.public_message, model, delay)
+                    self.rec.attempt_reset(stage, attempt, exc.public_message, model, delay)
                     await asyncio.sleep(delay)
         assert last_error is not None, "a model list is never empty"
         raise last_error
-
-    def _reset(self, stage: int, attempt: int, reason: str, model: ModelRef, delay: float) -> None:
-        reset = pb.AttemptReset(stage=stage, attempt=attempt, reason=reason, model=str(model))
-        reset.delay.FromNanoseconds(int(delay * 1e9))
-        self.rec.emit(pb.RunEvent(attempt_reset=reset))
 
     async def _stream(
         self, provider: Provider, request: CompletionRequest, stage: int, limit: float

@@ -1,0 +1,95 @@
+"""The plan announced when a run starts: its stages with rough time, token and cost estimates.
+
+Estimates, not promises (the README says so). Each stage's output is its agent's typical length, capped by
+the agent's `max_tokens` in the pipeline file; its input is its prompt plus the earlier outputs it reads;
+its time is a first-token wait plus the output at the provider's usual speed.
+"""
+
+from __future__ import annotations
+
+import json
+
+from facilitair.server.domain import AgentRole, Plan, PlannedStage
+from facilitair.server.pipeline import prompts
+from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pricing import PriceTable
+from facilitair.server.settings import PipelineConfig
+
+PLANNED_ROLES = (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.REVIEWER, AgentRole.TESTER, AgentRole.DOCUMENTER)
+CHARS_PER_TOKEN = 4
+# Typical output tokens per agent, from runs of the default prompts on vendor models.
+TYPICAL_OUTPUT = {
+    AgentRole.ARCHITECT: 900,
+    AgentRole.CODER: 1800,
+    AgentRole.REVIEWER: 500,
+    AgentRole.REFINER: 1800,
+    AgentRole.TESTER: 1500,
+    AgentRole.DOCUMENTER: 900,
+}
+# What each agent's prompt carries of earlier stages' output.
+READS = {
+    AgentRole.ARCHITECT: (),
+    AgentRole.CODER: (AgentRole.ARCHITECT,),
+    AgentRole.REVIEWER: (AgentRole.ARCHITECT, AgentRole.CODER),
+    AgentRole.REFINER: (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.REVIEWER),
+    AgentRole.TESTER: (AgentRole.ARCHITECT, AgentRole.CODER),
+    AgentRole.DOCUMENTER: (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.TESTER),
+}
+# Usual streaming speed (output tokens/s) and wait for the first token, by provider; a local model on a
+# CPU is far slower than a vendor's.
+SPEED = {"openai": (80.0, 1.5), "anthropic": (60.0, 2.0), "local": (15.0, 2.0)}
+DEFAULT_SPEED = (50.0, 3.0)
+
+
+class PlanEstimator:
+    """Estimates the stages of a run from its request and the pipeline file."""
+
+    def __init__(self, prices: PriceTable, config: PipelineConfig) -> None:
+        self._prices = prices
+        self._config = config
+
+    def output_tokens(self, role: AgentRole) -> int:
+        """The output a stage of `role` is expected to produce: typical, at most its max_tokens."""
+        return min(TYPICAL_OUTPUT[role], self._config.agent(role).max_tokens)
+
+    def input_tokens(self, spec: RunSpec, role: AgentRole) -> int:
+        """The prompt of a stage of `role`: its system prompt, the task and context, earlier outputs."""
+        own = len(prompts.system_prompt(role, self._config.agent(role).system_prompt)) + len(spec.task)
+        if spec.context:
+            own += len(json.dumps(spec.context))
+        return own // CHARS_PER_TOKEN + sum(self.output_tokens(r) for r in READS[role])
+
+    def tokens(self, spec: RunSpec) -> int:
+        """Input plus output tokens of the planned stages (no refinement), for the token budget check."""
+        return sum(self.input_tokens(spec, r) + self.output_tokens(r) for r in PLANNED_ROLES)
+
+    def plan(self, spec: RunSpec) -> Plan:
+        """The planned stages with their estimates; costs None where a model has no known price."""
+        stages = [self._stage(spec, role) for role in PLANNED_ROLES]
+        total: float | None = None
+        if all(s.estimated_cost_usd is not None for s in stages):
+            total = sum(s.estimated_cost_usd or 0.0 for s in stages)
+        worst: float | None = None
+        if total is not None:
+            extra = [self._stage(spec, r).estimated_cost_usd for r in (AgentRole.REFINER, AgentRole.REVIEWER)]
+            if all(e is not None for e in extra):
+                worst = total + sum(e or 0.0 for e in extra) * spec.max_refinements
+        return Plan(
+            stages=stages,
+            max_refinements=spec.max_refinements,
+            estimated_seconds=sum(s.estimated_seconds for s in stages),
+            estimated_cost_usd=total,
+            max_estimated_cost_usd=worst,
+        )
+
+    def _stage(self, spec: RunSpec, role: AgentRole) -> PlannedStage:
+        model = spec.models[role][0]
+        output = self.output_tokens(role)
+        usage = self._prices.usage(model, self.input_tokens(spec, role), output)
+        speed, first_token = SPEED.get(model.provider, DEFAULT_SPEED)
+        return PlannedStage(
+            role=role,
+            model=model,
+            estimated_seconds=first_token + output / speed,
+            estimated_cost_usd=None if usage.cost_unknown else usage.cost_usd,
+        )

@@ -1,0 +1,150 @@
+"""A run's validated request as stored with the run, and stage checkpoints; both versioned JSON.
+
+A run row outlives the code that wrote it (a server upgraded while runs are in flight resumes them), so
+each stored document carries a `version`, and reading accepts every version ever written. Anything that
+cannot be read raises UnreadableRecord, which fails that one run and never stops the server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain
+from facilitair.server.errors import FacilitairError, InvalidArgument, Reason
+
+T = TypeVar("T")
+
+# Version 1 (before versions were written) had the same keys as version 2 without "version".
+SPEC_VERSION = 2
+CHECKPOINT_VERSION = 2
+
+
+class UnreadableRecord(FacilitairError):
+    """A stored spec or checkpoint this server cannot read (corrupt, or from an unknown version)."""
+
+    reason = Reason.RUN_NOT_RESUMABLE
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """A validated request, as stored with the run so that it can be resumed."""
+
+    task: str
+    context: dict[str, Any]
+    models: dict[AgentRole, list[ModelRef]]  # per agent: the model, then its fallbacks in order
+    max_refinements: int
+    on_disconnect: int
+    client_request_id: str = ""
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+
+    def to_json(self) -> str:
+        """Serialize for the run row."""
+        return json.dumps(
+            {
+                "version": SPEC_VERSION,
+                "task": self.task,
+                "context": self.context,
+                "max_refinements": self.max_refinements,
+                "models": {r.label: chain_text(m) for r, m in self.models.items()},
+                "on_disconnect": self.on_disconnect,
+                "client_request_id": self.client_request_id,
+                "budget_usd": self.budget_usd,
+                "budget_tokens": self.budget_tokens,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        """Read back any version to_json ever wrote; UnreadableRecord for anything else."""
+        try:
+            data = _document(text, SPEC_VERSION)
+            spec = cls(
+                task=_typed(data["task"], str),
+                context=_typed(data["context"], dict),
+                max_refinements=_typed(data["max_refinements"], int),
+                models={
+                    AgentRole.from_label(k, field="models"): parse_chain(_typed(v, str), field="models")
+                    for k, v in _typed(data["models"], dict).items()
+                },
+                on_disconnect=_typed(data["on_disconnect"], int),
+                client_request_id=_typed(data.get("client_request_id", ""), str),
+                budget_usd=data.get("budget_usd"),
+                budget_tokens=data.get("budget_tokens"),
+            )
+        except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+            raise UnreadableRecord(f"the run's stored request cannot be read ({_what(exc)})") from None
+        missing = [r.label for r in AgentRole if r not in spec.models]
+        if missing:
+            raise UnreadableRecord(f"the run's stored request names no model for {', '.join(missing)}")
+        return spec
+
+    def all_models(self) -> set[ModelRef]:
+        """Every model the run may ask, fallbacks included."""
+        return {m for chain in self.models.values() for m in chain}
+
+
+@dataclass(slots=True)
+class StageOutput:
+    """What a completed stage produced; this is its checkpoint."""
+
+    stage: int
+    role: AgentRole
+    round: int
+    model: str
+    text: str
+
+    def to_json(self) -> str:
+        """Serialize for the checkpoint table."""
+        return json.dumps(
+            {
+                "version": CHECKPOINT_VERSION,
+                "stage": self.stage,
+                "agent": self.role.label,
+                "round": self.round,
+                "model": self.model,
+                "text": self.text,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StageOutput:
+        """Read back any version to_json ever wrote; UnreadableRecord for anything else."""
+        try:
+            d = _document(text, CHECKPOINT_VERSION)
+            return cls(
+                _typed(d["stage"], int),
+                AgentRole.from_label(_typed(d["agent"], str), field="agent"),
+                _typed(d["round"], int),
+                _typed(d["model"], str),
+                _typed(d["text"], str),
+            )
+        except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+            raise UnreadableRecord(f"a stored stage checkpoint cannot be read ({_what(exc)})") from None
+
+
+def _document(text: str, newest: int) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    version = data.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= newest:
+        raise ValueError(f"version {version!r} is not one this server reads (1 to {newest})")
+    return data
+
+
+def _typed(value: object, kind: type[T]) -> T:
+    # bool is an int to isinstance; a stored boolean where a number belongs is corrupt, not 0 or 1.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"expected {kind.__name__}, found {type(value).__name__}")
+    return value
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing {exc.args[0]!r}"
+    if isinstance(exc, InvalidArgument):
+        return exc.public_message
+    return str(exc)[:200]

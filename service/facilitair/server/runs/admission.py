@@ -1,0 +1,92 @@
+"""Admission: whether a new run may start, decided before anything is stored.
+
+Limits on runs in flight (this server's, and each principal's) and a token bucket on the rate of new runs
+per principal, then the plan against the run's budgets. A run counts against the limits from the moment
+it is admitted (checked and counted with no await in between), so calls arriving together cannot all
+slip under a limit before any of them is counted.
+"""
+
+from __future__ import annotations
+
+import time
+
+from facilitair.server.domain import Plan
+from facilitair.server.errors import FailedPrecondition, Reason, ResourceLimited
+from facilitair.server.settings import Settings
+
+# How long a client is told to wait when a concurrency limit is full: a run takes minutes, so soon
+# enough to notice a freed slot without hammering the server.
+CONCURRENCY_RETRY_SECONDS = 10.0
+
+
+class Admission:
+    """Counts admitted runs and refuses the ones over a limit or a budget."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._in_flight: dict[str, str] = {}  # admitted, unfinished run id -> principal
+        self._buckets: dict[str, tuple[float, float]] = {}  # principal -> (tokens, monotonic time)
+
+    @property
+    def in_flight(self) -> int:
+        """Runs admitted here and not yet finished."""
+        return len(self._in_flight)
+
+    def admit(self, run_id: str, principal: str) -> None:
+        """Count a run against the limits, or raise ResourceLimited; no await between check and count."""
+        s = self._settings
+        if len(self._in_flight) >= s.max_runs:
+            raise ResourceLimited(
+                f"the server is running its maximum of {s.max_runs} runs; retry later", CONCURRENCY_RETRY_SECONDS
+            )
+        mine = sum(1 for owner in self._in_flight.values() if owner == principal)
+        if mine >= s.max_runs_per_principal:
+            raise ResourceLimited(
+                f"you have {mine} runs in flight, the most allowed (FACILITAIR_MAX_RUNS_PER_PRINCIPAL); "
+                "wait for one to finish or cancel one",
+                CONCURRENCY_RETRY_SECONDS,
+            )
+        self._take_token(principal)
+        self._in_flight[run_id] = principal
+
+    def resumed(self, run_id: str, principal: str) -> None:
+        """Count a run resumed or taken over: it was admitted once, so no limit refuses it now."""
+        self._in_flight[run_id] = principal
+
+    def release(self, run_id: str) -> None:
+        """The run finished (or stopped being driven here)."""
+        self._in_flight.pop(run_id, None)
+
+    def _take_token(self, principal: str) -> None:
+        """A token bucket: runs_per_minute tokens, refilled continuously."""
+        s = self._settings
+        now = time.monotonic()
+        rate = s.runs_per_minute / 60.0
+        tokens, then = self._buckets.get(principal, (s.runs_per_minute, now))
+        tokens = min(s.runs_per_minute, tokens + (now - then) * rate)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / rate
+            self._buckets[principal] = (tokens, now)
+            raise ResourceLimited(
+                f"you started more than {s.runs_per_minute:g} runs a minute; retry in {wait:.1f} s",
+                wait,
+                reason=Reason.RATE_LIMITED,
+            )
+        self._buckets[principal] = (tokens - 1.0, now)
+
+
+def check_budget(plan: Plan, planned_tokens: int, budget_usd: float | None, budget_tokens: int | None) -> None:
+    """Refuse a run whose plan is estimated over its budget, saying by how much."""
+    cost = plan.estimated_cost_usd
+    if budget_usd is not None and cost is not None and cost > budget_usd:
+        raise FailedPrecondition(
+            f"the plan's estimated cost ${cost:.4f} is over the budget ${budget_usd:.4f} "
+            f"by ${cost - budget_usd:.4f}; raise max_cost_usd or choose cheaper models",
+            reason=Reason.PLAN_OVER_BUDGET,
+        )
+    if budget_tokens is not None and planned_tokens > budget_tokens:
+        raise FailedPrecondition(
+            f"the plan's estimated {planned_tokens} tokens are over the budget of {budget_tokens} "
+            f"by {planned_tokens - budget_tokens}; raise max_tokens",
+            reason=Reason.PLAN_OVER_BUDGET,
+        )

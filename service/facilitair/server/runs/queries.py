@@ -1,0 +1,96 @@
+"""Questions about runs: ownership, summaries with live progress, pages of runs, where a watch may start.
+
+A run that belongs to someone else is answered exactly like one that does not exist (NOT_FOUND), so run
+ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+
+from facilitair.server.errors import InvalidArgument, NotFound, OutOfRange
+from facilitair.server.events import wire
+from facilitair.server.events.eventlog import EventLog
+from facilitair.server.store.base import EventStore, RunRow
+from facilitair.v1 import orchestrator_pb2 as pb
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+# A token we issue is about 80 characters; anything much longer is not one of ours.
+MAX_PAGE_TOKEN_CHARS = 512
+
+
+class RunQueries:
+    """Reads runs for one caller at a time."""
+
+    def __init__(self, store: EventStore, events: EventLog) -> None:
+        self._store = store
+        self._events = events
+
+    async def owned(self, run_id: str, principal: str) -> RunRow:
+        """The run, or NotFound, the same whether it does not exist or belongs to someone else."""
+        row = await self._store.get_run(run_id) if looks_like_run_id(run_id) else None
+        if row is None or row.principal != principal:
+            raise NotFound(f"run {run_id[:64]!r} not found")
+        return row
+
+    async def last_seq(self, run_id: str) -> int:
+        """The newest committed seq of a run: from its live channel when it runs here, else from the store."""
+        channel = self._events.channel(run_id)
+        return channel.committed_seq if channel is not None else await self._store.last_seq(run_id)
+
+    async def summary(self, row: RunRow, *, with_result: bool) -> pb.RunSummary:
+        """The run's stored summary with its live progress."""
+        return wire.summary_of(row.summary, await self.last_seq(row.run_id), with_result=with_result)
+
+    async def check_watch(self, run_id: str, after_seq: int, principal: str) -> None:
+        """Refuse a watch of someone else's run, or one that starts past the run's last event."""
+        row = await self.owned(run_id, principal)
+        last = await self.last_seq(run_id)
+        if after_seq > last:
+            where = "finished " if row.state in wire.FINISHED_STATES else ""
+            raise OutOfRange(f"after_seq {after_seq} is past the last event ({last}) of this {where}run")
+
+    async def list_runs(
+        self, principal: str, state: int, page_size: int, page_token: str
+    ) -> tuple[list[pb.RunSummary], str]:
+        """One page of the principal's runs, newest first, and the next page's token."""
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        before = decode_page_token(page_token) if page_token else None
+        rows = await self._store.list_runs(principal, state or None, before, size + 1)
+        page = [await self.summary(r, with_result=False) for r in rows[:size]]
+        token = encode_page_token(rows[size - 1]) if len(rows) > size else ""
+        return page, token
+
+
+def looks_like_run_id(run_id: str) -> bool:
+    """True for a string that could be a run id (a UUID); anything else is not looked up."""
+    try:
+        uuid.UUID(run_id)
+    except ValueError:
+        return False
+    return True
+
+
+def encode_page_token(row: RunRow) -> str:
+    """The token of the page that starts after `row` (keyset pagination on created_at, run_id)."""
+    return base64.urlsafe_b64encode(json.dumps([row.created_at, row.run_id]).encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """Read a token encode_page_token made; InvalidArgument for anything else."""
+    try:
+        if len(token) > MAX_PAGE_TOKEN_CHARS:
+            raise ValueError
+        created_at, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(run_id, str) or not isinstance(created_at, int | float) or isinstance(created_at, bool):
+            raise TypeError
+        when = float(created_at)  # OverflowError for an integer past the range of a float
+    except (ValueError, TypeError, UnicodeError, OverflowError, RecursionError, binascii.Error):
+        raise InvalidArgument("page_token", "not a token returned by ListRuns") from None
+    return when, run_id

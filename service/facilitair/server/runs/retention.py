@@ -1,0 +1,51 @@
+"""Retention: finished runs older than `retention_days` are deleted with their events, now and then."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from facilitair.server.settings import Settings
+from facilitair.server.store.base import EventStore
+
+log = structlog.get_logger(__name__)
+
+
+class Retention:
+    """A background task that deletes expired runs every `retention_check_seconds`."""
+
+    def __init__(self, settings: Settings, store: EventStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop (the first pass runs at once)."""
+        self._task = asyncio.create_task(self._loop(), name="retention")
+
+    async def stop(self) -> None:
+        """Stop the loop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run_once(self) -> int:
+        """Delete what has expired now; return how many runs."""
+        days = self._settings.retention_days
+        removed = await self._store.delete_finished_before(time.time() - days * 86400)
+        if removed:
+            log.info("runs_expired", removed=removed, retention_days=days)
+        return removed
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception as exc:  # noqa: BLE001 - the store may fail for a while; the next pass tries again
+                log.warning("retention_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._settings.retention_check_seconds)

@@ -1,0 +1,167 @@
+"""The OrchestratorService servicer: convert the request, call the run service, convert back.
+
+Two helpers carry every RPC: `_unary` and `_stream`. Each covers the whole call (setup and, for streams,
+every message sent) and maps any error through the one status table (transport/status.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import structlog
+
+from facilitair.server import metrics
+from facilitair.server.events.relay import coalesce_tokens
+from facilitair.server.runs.service import RunService
+from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.transport import requests
+from facilitair.server.transport.guard import current_principal
+from facilitair.server.transport.status import abort
+from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[object, object]
+T = TypeVar("T")
+R = TypeVar("R")
+EventBatches = AsyncIterator[list[pb.RunEvent]]
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
+    """Thin adapter from gRPC to the RunService."""
+
+    def __init__(self, runs: RunService, settings: Settings, config: PipelineConfig) -> None:
+        self._runs = runs
+        self._settings = settings
+        self._config = config
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- the two shapes of RPC ------------------------------------------------------------------
+
+    async def _unary(self, context: Context, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def _stream(
+        self,
+        context: Context,
+        rpc: str,
+        open_events: Callable[[], Awaitable[EventBatches]],
+        message: Callable[[pb.RunEvent], R],
+        *,
+        coalesce: bool,
+        on_client_gone: Callable[[], None] | None = None,
+    ) -> AsyncIterator[R]:
+        sent = metrics.MESSAGES_SENT.labels(rpc)
+        metrics.WATCHERS_ACTIVE.inc()
+        complete = False
+        try:
+            async for batch in await open_events():
+                events = coalesce_tokens(batch) if coalesce else batch
+                for event in events:
+                    yield message(event)
+                sent.inc(len(events))
+            complete = True
+        except asyncio.CancelledError:
+            # The client went away (cancelled, deadline, connection lost), or the server is stopping.
+            if on_client_gone is not None and not self._runs.stopping:
+                on_client_gone()
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+        finally:
+            metrics.WATCHERS_ACTIVE.dec()
+            log.info("stream_closed", complete=complete)
+
+    # -- the RPCs -----------------------------------------------------------------------------
+
+    async def Collaborate(
+        self, request: pb.CollaborateRequest, context: Context
+    ) -> AsyncIterator[pb.CollaborateResponse]:
+        """Start (or re-attach to) a run and stream its events."""
+        structlog.contextvars.bind_contextvars(rpc="Collaborate")
+        principal = current_principal()
+        started: list[str] = []  # the run id, once there is one
+        cancel_on_disconnect = request.on_disconnect == pb.ON_DISCONNECT_CANCEL
+
+        async def open_events() -> EventBatches:
+            spec = requests.run_spec(request, self._settings, self._config)
+            run_id = await self._runs.create_run(spec, principal)
+            started.append(run_id)
+            structlog.contextvars.bind_contextvars(run_id=run_id)
+            return await self._runs.watch(run_id, 0, principal)
+
+        def client_gone() -> None:
+            if cancel_on_disconnect and started:
+                self._cancel_detached(started[0], principal)
+
+        async for response in self._stream(
+            context,
+            "Collaborate",
+            open_events,
+            lambda e: pb.CollaborateResponse(event=e),
+            coalesce=request.coalesce_tokens,
+            on_client_gone=client_gone,
+        ):
+            yield response
+
+    def _cancel_detached(self, run_id: str, principal: str) -> None:
+        async def cancel() -> None:
+            try:
+                await self._runs.cancel_run(run_id, principal, reason="the client disconnected (on_disconnect=CANCEL)")
+            except Exception:
+                log.exception("cancel_on_disconnect_failed", run_id=run_id)
+
+        task = asyncio.get_running_loop().create_task(cancel())
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
+
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.WatchRunResponse]:
+        """Replay and follow a run."""
+        structlog.contextvars.bind_contextvars(rpc="WatchRun", run_id=request.run_id[:64])
+
+        async def open_events() -> EventBatches:
+            run_id = requests.run_id_of(request.run_id)
+            return await self._runs.watch(run_id, request.after_seq, current_principal())
+
+        async for response in self._stream(
+            context, "WatchRun", open_events, lambda e: pb.WatchRunResponse(event=e), coalesce=request.coalesce_tokens
+        ):
+            yield response
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        """Describe a run."""
+        structlog.contextvars.bind_contextvars(rpc="GetRun", run_id=request.run_id[:64])
+
+        async def call() -> pb.GetRunResponse:
+            run = await self._runs.get_run(requests.run_id_of(request.run_id), current_principal())
+            return pb.GetRunResponse(run=run)
+
+        return await self._unary(context, call)
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        """A page of the caller's runs."""
+        structlog.contextvars.bind_contextvars(rpc="ListRuns")
+
+        async def call() -> pb.ListRunsResponse:
+            state = requests.run_state_of(request.state)
+            runs, token = await self._runs.list_runs(current_principal(), state, request.page_size, request.page_token)
+            return pb.ListRunsResponse(runs=runs, next_page_token=token)
+
+        return await self._unary(context, call)
+
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
+        """Cancel a run (idempotent)."""
+        structlog.contextvars.bind_contextvars(rpc="CancelRun", run_id=request.run_id[:64])
+
+        async def call() -> pb.CancelRunResponse:
+            run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
+            return pb.CancelRunResponse(run=run)
+
+        return await self._unary(context, call)
