@@ -122,11 +122,11 @@ async def test_cli_plain_output_and_output_dir(live: Live, tmp_path: Path) -> No
     lines = out.splitlines()
     headers = [line for line in lines if line.startswith("== [")]
     assert headers == [
-        "== [1] Architect - openai:gpt-4.1-mini",
-        "== [2] Coder - openai:gpt-4.1-mini",
-        "== [3] Reviewer - openai:gpt-4.1-mini",
-        "== [4] Tester - openai:gpt-4.1-mini",
-        "== [5] Documenter - openai:gpt-4.1-mini",
+        "== [1/5] Architect - openai:gpt-4.1-mini",
+        "== [2/5] Coder - openai:gpt-4.1-mini",
+        "== [3/5] Reviewer - openai:gpt-4.1-mini",
+        "== [4/5] Tester - openai:gpt-4.1-mini",
+        "== [5/5] Documenter - openai:gpt-4.1-mini",
     ]
     assert "One function reverse(s)." in out
     assert "Review: approved" in out
@@ -135,9 +135,17 @@ async def test_cli_plain_output_and_output_dir(live: Live, tmp_path: Path) -> No
     assert (out_dir / "test_reverse.py").read_text() == TEST
     assert (out_dir / "README.md").read_text() == "".join(DOCS)
     assert (out_dir / "DESIGN.md").read_text() == "".join(DESIGN)
-    events = [json.loads(line) for line in (out_dir / "events.jsonl").read_text().splitlines()]
+    # The CLI's records are under .facilitair/, where no produced file may go; events as --format jsonl prints them.
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        ".facilitair",
+        "DESIGN.md",
+        "README.md",
+        "reverse.py",
+        "test_reverse.py",
+    ]
+    events = [json.loads(line)["event"] for line in (out_dir / ".facilitair" / "events.jsonl").read_text().splitlines()]
     assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
-    run = json.loads((out_dir / "run.json").read_text())
+    run = json.loads((out_dir / ".facilitair" / "run.json").read_text())
     # Architect 100 + Coder 200 + Reviewer, Tester, Documenter 11 each, as the fake reported them.
     assert run["runCompleted"]["usage"]["inputTokens"] == "333"
 
@@ -166,7 +174,7 @@ async def test_cli_exit_codes(live: Live) -> None:
     assert "NOT_FOUND" in err
     code, _, err = await run_cli(None, "runs")
     assert code == 3
-    assert "UNAVAILABLE" in err
+    assert err == "cannot reach facilitair at 127.0.0.1:1 - is `facilitair serve` running?\n"
 
 
 async def test_cli_detach_then_watch_status_runs(live: Live, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from facilitair.client import SyncClient
 from tests.conftest import ServerFactory, default_replies, held, scripted, text_of
-from tests.fakes.providers import FakeOpenAI
+from tests.fakes.providers import FakeOpenAI, Fault, Reply
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "backend_service.py"
 
@@ -81,3 +81,42 @@ async def test_sync_client_runs_watches_and_lists(make_server: ServerFactory) ->
     assert replay == seqs[3:]
     assert count == 1
     assert last == "run_completed"
+
+
+# ----- the README's library example ------------------------------------------------------------------------------
+
+RUN_TASK = EXAMPLE.parent / "run_task.py"
+README = EXAMPLE.parent.parent / "README.md"
+
+
+def test_the_readme_shows_the_library_example_that_runs() -> None:
+    source = RUN_TASK.read_text()
+    code = source[source.index('"""\n\n', 3) + 5 :]  # the file after its docstring
+    assert f"```python\n{code}```" in README.read_text()
+
+
+async def run_task(target: str) -> tuple[int, str, str]:
+    """Run examples/run_task.py as a real subprocess; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(RUN_TASK), target, "reverse a string",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_library_example_reports_a_completed_and_a_failed_run(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        code, out, err = await run_task(h.target)
+    assert (code, err) == (0, "")
+    assert text_of(default_replies()["coder"]) in out
+    assert out.splitlines()[-5].endswith(": 4 files, review approved, $0.0008")
+    assert out.splitlines()[-3] == "  src/rev.py (3 lines)"
+    failing = scripted(coder=Reply(chunks=["x"], fault=Fault.http_status(503)))
+    async with FakeOpenAI(failing) as fake:
+        h = await make_server(openai=fake, provider_attempts=1, db=h.settings.db.with_suffix(".2"))
+        code, out, err = await run_task(h.target)
+    assert code == 1
+    assert "failed: UNAVAILABLE: openai overloaded" in err

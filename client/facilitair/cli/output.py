@@ -1,22 +1,47 @@
-"""`--output-dir`: the final files, `run.json` and `events.jsonl`."""
+"""Writing a run's files: `--output-dir` (files, plus .facilitair/run.json and .facilitair/events.jsonl)
+and `facilitair files RUN_ID DIR`.
+
+The CLI's own records live under `.facilitair/`, a folder no produced file may write into, so a run
+that produces `run.json` or `events.jsonl` cannot overwrite them (nor they it).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from google.protobuf import json_format
 
+from facilitair.cli.render import event_json
+from facilitair.client import EventKind, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
+
+RECORDS = ".facilitair"
 
 
 def _inside(root: Path, relative: str) -> Path | None:
-    """The file's place under root, or None if the path would leave it (never trust a path blindly)."""
-    parts = PurePosixPath(relative).parts
-    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+    """The file's place under root, or None if the path would leave it or enter RECORDS."""
+    path = PurePosixPath(relative)
+    parts = path.parts
+    if not parts or path.is_absolute() or ".." in parts or parts[0] == RECORDS:
         return None
     target = (root / Path(*parts)).resolve()
     return target if target.is_relative_to(root.resolve()) else None
+
+
+def write_files(root: Path, artifacts: Iterable[pb.Artifact]) -> tuple[list[str], list[str]]:
+    """Write each artifact under root; return (paths written, paths refused)."""
+    written, refused = [], []
+    for artifact in artifacts:
+        target = _inside(root, artifact.path)
+        if target is None:
+            refused.append(artifact.path)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(artifact.content, encoding="utf-8")
+        written.append(artifact.path)
+    return written, refused
 
 
 class OutputDir:
@@ -24,25 +49,20 @@ class OutputDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self._events = (root / "events.jsonl").open("w", encoding="utf-8")
+        (root / RECORDS).mkdir(parents=True, exist_ok=True)
+        self._events = (root / RECORDS / "events.jsonl").open("w", encoding="utf-8")
 
     def event(self, event: pb.RunEvent) -> None:
-        """Append one event to events.jsonl."""
-        self._events.write(json.dumps(json_format.MessageToDict(event), separators=(",", ":")) + "\n")
+        """Append one event to events.jsonl, in the shape `--format jsonl` prints."""
+        self._events.write(event_json(event) + "\n")
 
-    def finish(self, final: pb.RunEvent | None) -> list[str]:
-        """Write run.json and, for a completed run, its files; return the paths written."""
+    def finish(self, final: pb.RunEvent | None) -> tuple[list[str], list[str]]:
+        """Write run.json and, for a completed run, its files; return (paths written, paths refused)."""
         self._events.close()
-        written = []
-        if final is not None and final.WhichOneof("payload") == "run_completed":
-            for artifact in final.run_completed.result.artifacts:
-                target = _inside(self.root, artifact.path)
-                if target is None:
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(artifact.content, encoding="utf-8")
-                written.append(artifact.path)
+        written: list[str] = []
+        refused: list[str] = []
+        if final is not None and event_kind(final) is EventKind.RUN_COMPLETED:
+            written, refused = write_files(self.root, final.run_completed.result.artifacts)
         run = json_format.MessageToDict(final) if final is not None else {}
-        (self.root / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-        return written
+        (self.root / RECORDS / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        return written, refused

@@ -1,4 +1,6 @@
-"""How the CLI shows a run: `pretty` (rich, live), `plain` (text, no escape codes), `jsonl` (one JSON per message).
+"""How the CLI shows a run: `plain` (text, no escape codes) and `jsonl` (one JSON per message) here,
+`pretty` (live, rich) in pretty.py. What they share: RunView, what is remembered of a run, and
+`describe`, the words for each event.
 
 Every renderer gets the events in seq order exactly once (the client library resumes and drops
 duplicates) and writes tokens the moment they arrive.
@@ -7,46 +9,62 @@ duplicates) and writes tokens the moment they arrive.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from google.protobuf import json_format
-from rich.console import Console, RenderableType
-from rich.live import Live
-from rich.spinner import Spinner
-from rich.table import Table
-from rich.text import Text
 
+from facilitair.client import Agent, EventKind, StatusCode, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
-STATUS_NAMES = {
-    0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
-    6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION", 10: "ABORTED",
-    11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED",
-}  # fmt: skip
+# Agents whose stages belong to a refinement round; the others run once, whatever the round number says.
+_ROUND_AGENTS = ("Refiner", "Reviewer")
 
 
 def agent_name(agent: int) -> str:
     """ "Architect" for AGENT_ARCHITECT."""
-    if agent not in pb.Agent.values():
+    if agent not in Agent._value2member_map_ or agent == 0:
         return "?"
-    return pb.Agent.Name(pb.Agent.ValueType(agent)).removeprefix("AGENT_").capitalize()
+    return Agent(agent).name.capitalize()
+
+
+def plural(count: int, word: str) -> str:
+    """ "1 file", "2 files"."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def money(usage: pb.Usage) -> str:
     """Cost as text; a lower bound is marked, an unknown cost says so."""
-    if usage.cost_unknown and usage.cost_usd == 0:
+    return cost_text(usage.cost_usd, usage.cost_unknown)
+
+
+def cost_text(cost: float, unknown: bool = False) -> str:
+    """A USD amount; small amounts keep their digits; `unknown` marks a lower bound."""
+    if unknown and cost == 0:
         return "unknown"
-    cost = usage.cost_usd
     text = f"${cost:.4f}" if cost >= 0.01 or cost == 0 else f"${cost:.6f}"
-    return text + ("+" if usage.cost_unknown else "")
+    return text + ("+" if unknown else "")
 
 
 def seconds(d: float) -> str:
     """A duration for people."""
     return f"{d:.1f}s" if d < 60 else f"{int(d // 60)}m{int(d % 60):02d}s"
+
+
+def event_json(event: pb.RunEvent) -> str:
+    """One event as the line `--format jsonl` and events.jsonl both write: {"event": {...}}."""
+    return json.dumps(json_format.MessageToDict(pb.WatchRunResponse(event=event)), separators=(",", ":"))
+
+
+def same_terminal(out: IO[str], err: IO[str]) -> bool:
+    """True when both streams end up in the same place (a terminal, or `2>&1`): notes must not glue into text."""
+    try:
+        return os.path.samestat(os.fstat(out.fileno()), os.fstat(err.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @dataclass
@@ -59,6 +77,11 @@ class StageRow:
     usage: pb.Usage | None = None
     duration: float = 0.0
 
+    @property
+    def label(self) -> str:
+        """ "Refiner (round 1)"; Tester and Documenter run once, so no round."""
+        return self.agent + (f" (round {self.round})" if self.round and self.agent in _ROUND_AGENTS else "")
+
 
 @dataclass
 class RunView:
@@ -67,22 +90,69 @@ class RunView:
     run_id: str = ""
     stages: dict[int, StageRow] = field(default_factory=dict)
     final: pb.RunEvent | None = None
+    planned: int = 0  # stages in the plan (the first review approving)
+    rounds: int = 0  # refinement rounds started: each adds a Refiner and a Reviewer stage
+    current: int = 0  # the stage running now
+    cost: float = 0.0
+    cost_unknown: bool = False
+    started: float | None = None  # server time of run_started, seconds
+    last_time: float = 0.0  # server time of the latest event
+    last_seen: float = 0.0  # time.monotonic() when it arrived
+    last_token_time: float = 0.0  # server time of the latest token
+    shown: dict[int, int] = field(default_factory=dict)  # characters shown of each stage's current attempt
+    discarded: bool = False  # the latest attempt_reset voided text that was shown
+
+    @property
+    def total(self) -> int:
+        """Stages the run will have if no further round runs."""
+        return self.planned + 2 * self.rounds
+
+    def elapsed(self) -> float:
+        """Seconds since the run started, by the server's clock, counting on locally since the last event."""
+        if self.started is None:
+            return 0.0
+        if self.final is not None:
+            return self.last_time - self.started
+        return self.last_time - self.started + time.monotonic() - self.last_seen
 
     def track(self, event: pb.RunEvent) -> None:
-        """Remember what the summary needs."""
+        """Remember what the summary and the status line need."""
         self.run_id = self.run_id or event.run_id
-        kind = event.WhichOneof("payload")
-        if kind == "stage_started":
+        self.last_time = event.time.ToNanoseconds() / 1e9
+        self.last_seen = time.monotonic()
+        kind = event_kind(event)
+        if kind is EventKind.RUN_STARTED:
+            self.planned = len(event.run_started.plan.stages)
+            self.started = self.last_time
+        elif kind is EventKind.STAGE_STARTED:
             s = event.stage_started
             self.stages[s.stage] = StageRow(agent_name(s.agent), s.model, s.round)
-        elif kind == "stage_completed":
+            self.current = s.stage
+            self.rounds = max(self.rounds, s.round)
+            self.shown[s.stage] = 0
+        elif kind is EventKind.TOKEN_DELTA:
+            stage = event.token_delta.stage
+            self.shown[stage] = self.shown.get(stage, 0) + len(event.token_delta.text)
+            self.last_token_time = self.last_time
+        elif kind is EventKind.ATTEMPT_RESET:
+            self.discarded = self.shown.get(event.attempt_reset.stage, 0) > 0
+            self.shown[event.attempt_reset.stage] = 0
+        elif kind is EventKind.STAGE_COMPLETED:
             c = event.stage_completed
             row = self.stages.setdefault(c.stage, StageRow(agent_name(c.agent), c.model, 0))
             row.usage = c.usage
             row.model = c.model
             row.duration = c.duration.ToNanoseconds() / 1e9
-        elif kind in ("run_completed", "run_failed", "run_cancelled"):
+            self.cost += c.usage.cost_usd
+            self.cost_unknown = self.cost_unknown or c.usage.cost_unknown
+            self.current = 0
+        elif kind in (EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self.final = event
+            self.current = 0
+
+    def position(self, stage: int) -> str:
+        """ "3/5": the stage's place among those the run will have."""
+        return f"{stage}/{max(self.total, stage)}" if self.total else str(stage)
 
     def summary_rows(self) -> list[tuple[str, str, str, str, str, str]]:
         """(stage, agent, model, tokens, time, cost) per completed stage."""
@@ -90,9 +160,8 @@ class RunView:
         for number, s in sorted(self.stages.items()):
             if s.usage is None:
                 continue
-            label = s.agent + (f" (round {s.round})" if s.round else "")
             tokens = f"{s.usage.input_tokens} in / {s.usage.output_tokens} out"
-            rows.append((str(number), label, s.model, tokens, seconds(s.duration), money(s.usage)))
+            rows.append((str(number), s.label, s.model, tokens, seconds(s.duration), money(s.usage)))
         return rows
 
 
@@ -105,8 +174,16 @@ class Renderer(Protocol):
         """Show one event."""
         ...
 
-    def note(self, text: str) -> None:
-        """Tell the user something that is not an event (reconnecting, how to watch again)."""
+    def note(self, text: str, *, warning: bool = False) -> None:
+        """Tell the user something that is not an event (how to watch again, where the files are)."""
+        ...
+
+    def connection_lost(self, attempt: int, error: str) -> None:
+        """The stream broke; the client reconnects (called once per attempt)."""
+        ...
+
+    def connection_back(self, after: float, error: str) -> None:
+        """The stream is back after `after` seconds."""
         ...
 
     def close(self) -> None:
@@ -114,58 +191,77 @@ class Renderer(Protocol):
         ...
 
 
-class JsonlRenderer:
+class _Notes:
+    """Notes on stderr, for the renderers whose stdout is text or JSON, one line per reconnect."""
+
+    def __init__(self, out: IO[str], err: IO[str]) -> None:
+        self._out = out
+        self._err = err
+        self._glued = same_terminal(out, err)
+        self.at_line_start = True
+
+    def note(self, text: str, *, warning: bool = False) -> None:
+        """A line on stderr, after ending stdout's unfinished line when both show in one place."""
+        del warning  # no colours here
+        if self._glued and not self.at_line_start:
+            self._out.write("\n")
+            self._out.flush()
+            self.at_line_start = True
+        print(text, file=self._err, flush=True)
+
+    def connection_lost(self, attempt: int, error: str) -> None:
+        """Say it once per break, not once per attempt."""
+        if attempt == 1:
+            self.note(f"connection lost ({error}); reconnecting")
+
+    def connection_back(self, after: float, error: str) -> None:
+        """The text going on says it."""
+
+
+class JsonlRenderer(_Notes):
     """One protobuf-JSON object per streamed message, one per line, flushed per line."""
 
     def __init__(self, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> None:
+        super().__init__(out, err)
         self.view = RunView()
-        self._out = out
-        self._err = err
 
     def event(self, event: pb.RunEvent) -> None:
         """Write the message carrying the event."""
         self.view.track(event)
-        message = json_format.MessageToDict(pb.WatchRunResponse(event=event))
-        self._out.write(json.dumps(message, separators=(",", ":")) + "\n")
+        self._out.write(event_json(event) + "\n")
         self._out.flush()
-
-    def note(self, text: str) -> None:
-        """Notes go to stderr so stdout stays pure JSON lines."""
-        print(text, file=self._err, flush=True)
 
     def close(self) -> None:
         """Nothing to finish."""
 
 
-class PlainRenderer:
+class PlainRenderer(_Notes):
     """Readable text with no escape codes, for pipes and logs."""
 
     def __init__(self, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> None:
+        super().__init__(out, err)
         self.view = RunView()
-        self._out = out
-        self._err = err
-        self._at_line_start = True
 
     def _line(self, text: str) -> None:
-        if not self._at_line_start:
+        if not self.at_line_start:
             self._out.write("\n")
         self._out.write(text + "\n")
         self._out.flush()
-        self._at_line_start = True
+        self.at_line_start = True
 
     def event(self, event: pb.RunEvent) -> None:
         """Write the event as text; tokens are written as they come."""
         self.view.track(event)
-        kind = event.WhichOneof("payload")
-        if kind == "token_delta":
+        kind = event_kind(event)
+        if kind is EventKind.TOKEN_DELTA:
             text = event.token_delta.text
             self._out.write(text)
             self._out.flush()
-            self._at_line_start = text.endswith("\n")
+            self.at_line_start = text.endswith("\n") or (self.at_line_start and not text)
             return
         for line in describe(event, self.view):
             self._line(line)
-        if kind in ("run_completed", "run_failed", "run_cancelled"):
+        if self.view.final is event:
             self._summary()
 
     def _summary(self) -> None:
@@ -175,166 +271,87 @@ class PlainRenderer:
             for row in rows:
                 self._line("  ".join(f"{cell:<{w}}" for cell, w in zip(row, (3, 22, 32, 24, 8, 10), strict=True)))
 
-    def note(self, text: str) -> None:
-        """Notes go to stderr."""
-        print(text, file=self._err, flush=True)
-
     def close(self) -> None:
         """End on a fresh line."""
-        if not self._at_line_start:
+        if not self.at_line_start:
             self._out.write("\n")
             self._out.flush()
+            self.at_line_start = True
+
+
+def _plan_line(plan: pb.Plan) -> str:
+    steps = " -> ".join(agent_name(s.agent) for s in plan.stages)
+    cost = f"~${plan.estimated_cost_usd:.4f}" if plan.HasField("estimated_cost_usd") else "cost unknown"
+    rounds = plural(plan.max_refinements, "refinement round")
+    return f"Plan: {steps} (up to {rounds}), ~{seconds(plan.estimated_seconds)}, {cost}"
+
+
+def completed_line(done: pb.RunCompleted) -> str:
+    """The line that ends a completed run; an unapproved review says so first."""
+    verdict = "approved" if done.result.approved else "not approved"
+    return (
+        f"Run completed in {seconds(done.duration.ToNanoseconds() / 1e9)}, review {verdict}: "
+        f"{plural(len(done.result.artifacts), 'file')}, {plural(done.result.refinements, 'refinement')}, "
+        f"{done.usage.input_tokens} in / {done.usage.output_tokens} out tokens, {money(done.usage)}"
+    )
 
 
 def describe(event: pb.RunEvent, view: RunView) -> list[str]:
     """The lines plain text shows for an event other than a token (none for heartbeats)."""
-    kind = event.WhichOneof("payload")
-    if kind == "run_started":
-        plan = event.run_started.plan
-        steps = " -> ".join(agent_name(s.agent) for s in plan.stages)
-        cost = f"~${plan.estimated_cost_usd:.4f}" if plan.HasField("estimated_cost_usd") else "cost unknown"
-        return [
-            f"Run {event.run_id}",
-            f"Plan: {steps} (up to {plan.max_refinements} refinement rounds), "
-            f"~{seconds(plan.estimated_seconds)}, {cost}",
-        ]
-    if kind == "stage_started":
+    kind = event_kind(event)
+    lines: list[str] = []
+    if kind is EventKind.RUN_STARTED:
+        lines = [f"Run {event.run_id}", _plan_line(event.run_started.plan)]
+    elif kind is EventKind.STAGE_STARTED:
         s = event.stage_started
-        return [f"== [{s.stage}] {agent_name(s.agent)} - {s.model}" + (f" - round {s.round}" if s.round else "")]
-    if kind == "thinking":
-        return [f"   ... waiting for the model ({event.thinking.waited_seconds:.0f}s)"]
-    if kind == "stage_completed":
+        row = view.stages[s.stage]
+        lines = [f"== [{view.position(s.stage)}] {row.label} - {s.model}"]
+    elif kind is EventKind.THINKING:
+        lines = [f"   ... waiting for the model ({event.thinking.waited_seconds:.0f}s)"]
+    elif kind is EventKind.STAGE_COMPLETED:
         c = event.stage_completed
-        return [
+        lines = [
             f"-- [{c.stage}] done in {seconds(c.duration.ToNanoseconds() / 1e9)}: "
             f"{c.usage.input_tokens} in / {c.usage.output_tokens} out tokens, {money(c.usage)}"
+            f" (run so far: {seconds(view.elapsed())}, {cost_text(view.cost, view.cost_unknown)})"
         ]
-    if kind == "review_verdict":
+    elif kind is EventKind.REVIEW_VERDICT:
         v = event.review_verdict
-        head = "approved" if v.approved else f"changes requested ({len(v.issues)} issues)"
+        head = "approved" if v.approved else f"changes requested ({plural(len(v.issues), 'issue')})"
         if not v.well_formed:
             head += " - the verdict was malformed"
-        return [f"Review: {head}"] + [
+        lines = [f"Review: {head}"] + [
             f"  - [{i.severity}] {i.file + ': ' if i.file else ''}{i.description}" for i in v.issues
         ]
-    if kind == "artifact_produced":
+    elif kind is EventKind.ARTIFACT_PRODUCED:
         a = event.artifact_produced.artifact
         kind_name = pb.ArtifactKind.Name(a.kind).removeprefix("ARTIFACT_KIND_").lower()
-        return [f"+ {a.path} ({kind_name}, {len(a.content.splitlines())} lines)"]
-    if kind == "attempt_reset":
-        r = event.attempt_reset
-        return [f"!! [{r.stage}] attempt {r.attempt}: the partial output above is discarded ({r.reason})"]
-    if kind == "run_completed":
-        done = event.run_completed
-        verdict = "approved" if done.result.approved else "not approved"
-        return [
-            f"Run completed in {seconds(done.duration.ToNanoseconds() / 1e9)}: {len(done.result.artifacts)} files, "
-            f"review {verdict}, {done.result.refinements} refinements, "
-            f"{done.usage.input_tokens} in / {done.usage.output_tokens} out tokens, {money(done.usage)}"
-        ]
-    if kind == "run_failed":
+        lines = [f"+ {a.path} ({kind_name}, {plural(len(a.content.splitlines()), 'line')})"]
+    elif kind is EventKind.ATTEMPT_RESET:
+        lines = [reset_line(event.attempt_reset, view.discarded)]
+    elif kind is EventKind.MODEL_FALLBACK:
+        fb = event.model_fallback
+        lines = [f"!! [{fb.stage}] giving up on {fb.from_model} ({fb.reason}); falling back to {fb.to_model}"]
+    elif kind is EventKind.RUN_COMPLETED:
+        lines = [completed_line(event.run_completed)]
+    elif kind is EventKind.RUN_FAILED:
         f = event.run_failed
         hint = " (retrying may help)" if f.retryable else ""
-        return [f"Run failed: {STATUS_NAMES.get(f.code, str(f.code))}: {f.message}{hint}"]
-    if kind == "run_cancelled":
-        return [f"Run cancelled: {event.run_cancelled.reason} ({money(event.run_cancelled.usage)} spent)"]
-    return []
+        code = StatusCode(f.code).name if f.code in StatusCode._value2member_map_ else str(f.code)
+        lines = [f"Run failed: {code}: {f.message}{hint} ({money(f.usage)} spent)"]
+    elif kind is EventKind.RUN_CANCELLED:
+        lines = [f"Run cancelled: {event.run_cancelled.reason} ({money(event.run_cancelled.usage)} spent)"]
+    return lines
 
 
-class _Waiting:
-    """A spinner line whose elapsed time counts up on every refresh."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.since = time.monotonic()
-        self.spinner = Spinner("dots")
-
-    def __rich__(self) -> RenderableType:
-        self.spinner.update(text=Text(f"{self.label} {time.monotonic() - self.since:.0f}s", style="dim"))
-        return self.spinner
+def reset_line(reset: pb.AttemptReset, discarded: bool) -> str:
+    """ "!! [3] attempt 2 in 12s: provider overloaded" and, only if text was shown, that it is void."""
+    delay = reset.delay.ToNanoseconds() / 1e9
+    when = f" in {seconds(delay)}" if delay >= 0.05 else ""
+    void = "; the partial output above is discarded" if discarded else ""
+    return f"!! [{reset.stage}] attempt {reset.attempt}{when}: {reset.reason}{void}"
 
 
-class PrettyRenderer:
-    """A live terminal view: a header per stage, tokens as they come, a spinner while waiting, a summary."""
-
-    def __init__(self, console: Console | None = None) -> None:
-        self.view = RunView()
-        self.console = console or Console(highlight=False)
-        self._live: Live | None = None
-        self._in_text = False
-
-    def _stop_spinner(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    def _spinner(self, label: str) -> None:
-        self._stop_spinner()
-        self._live = Live(_Waiting(label), console=self.console, transient=True, refresh_per_second=8)
-        self._live.start()
-
-    def _print(self, renderable: RenderableType | str, style: str | None = None) -> None:
-        self._stop_spinner()
-        if self._in_text:
-            self.console.file.write("\n")
-            self._in_text = False
-        self.console.print(renderable, style=style, markup=False)
-
-    def event(self, event: pb.RunEvent) -> None:
-        """Show one event."""
-        self.view.track(event)
-        kind = event.WhichOneof("payload")
-        if kind == "token_delta":
-            self._stop_spinner()
-            self.console.file.write(event.token_delta.text)
-            self.console.file.flush()
-            self._in_text = not event.token_delta.text.endswith("\n")
-        elif kind == "stage_started":
-            s = event.stage_started
-            title = f"[{s.stage}] {agent_name(s.agent)} · {s.model}" + (f" · round {s.round}" if s.round else "")
-            self._stop_spinner()
-            self.console.rule(Text(title, style="bold cyan"))
-            self._spinner(f"{agent_name(s.agent)} is thinking…")
-        elif kind in ("thinking", "heartbeat"):
-            pass  # the spinner counts the waiting time itself
-        elif kind == "run_started":
-            for line in describe(event, self.view):
-                self._print(line, style="bold")
-        elif kind == "review_verdict":
-            style = "green" if event.review_verdict.approved else "yellow"
-            for line in describe(event, self.view):
-                self._print(line, style=style)
-        elif kind in ("run_failed", "run_cancelled"):
-            for line in describe(event, self.view):
-                self._print(line, style="bold red")
-            self._table()
-        elif kind == "run_completed":
-            for line in describe(event, self.view):
-                self._print(line, style="bold green")
-            self._table()
-        else:
-            for line in describe(event, self.view):
-                self._print(line, style="dim")
-
-    def _table(self) -> None:
-        rows = self.view.summary_rows()
-        if not rows:
-            return
-        table = Table(title="Stages", title_justify="left")
-        for column in ("#", "Agent", "Model", "Tokens", "Time", "Cost"):
-            table.add_column(column, justify="right" if column in ("#", "Time", "Cost") else "left")
-        for row in rows:
-            table.add_row(*row)
-        self._print(table)
-
-    def note(self, text: str) -> None:
-        """Notes go to the terminal's stderr."""
-        self._stop_spinner()
-        Console(stderr=True, highlight=False).print(text, style="yellow", markup=False)
-
-    def close(self) -> None:
-        """Stop the spinner and end on a fresh line."""
-        self._stop_spinner()
-        if self._in_text:
-            self.console.file.write("\n")
-            self._in_text = False
+def json_of(message: Any) -> str:
+    """A message as indented protobuf JSON (status --json, files --json)."""
+    return json.dumps(json_format.MessageToDict(message), indent=2)

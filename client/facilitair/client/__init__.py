@@ -3,24 +3,56 @@
 Needs only grpcio and protobuf (and grpcio-status for error details); callers never import grpc::
 
     async with Client("127.0.0.1:50051") as client:
-        async for event in client.collaborate("Write a function that reverses a string"):
-            ...
+        result = await client.run("Write a function that reverses a string")   # or RunFailed / RunCancelled
+        for file in result.files:
+            print(file.path)
 
-`SyncClient` offers the same calls, blocking, for code that is not async.
+`collaborate`/`watch` yield every event (`event_kind(event)` says which); `SyncClient` offers the same
+calls, blocking, for code that is not async.
 """
 
-from facilitair.client._client import CHANNEL_OPTIONS, TERMINAL, Client
-from facilitair.client._errors import FacilitairError, StatusCode
+from facilitair.client._client import CHANNEL_OPTIONS, TERMINAL, Client, EventCallback
+from facilitair.client._errors import FacilitairError, RunCancelled, RunFailed, ServerUnreachable, StatusCode
 from facilitair.client._sync import SyncClient
-from facilitair.v1.orchestrator_pb2 import RunEvent, RunSummary
+from facilitair.client._target import DEFAULT_PORT, Target, parse_target
+from facilitair.client._types import (
+    Agent,
+    ArtifactKind,
+    CompletedRun,
+    EventKind,
+    OnDisconnect,
+    RunState,
+    event_kind,
+    is_terminal,
+    result_of,
+)
+from facilitair.v1.orchestrator_pb2 import Artifact, RunEvent, RunSummary, Usage
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "DEFAULT_PORT",
     "TERMINAL",
+    "Agent",
+    "Artifact",
+    "ArtifactKind",
     "Client",
+    "CompletedRun",
+    "EventCallback",
+    "EventKind",
     "FacilitairError",
+    "OnDisconnect",
+    "RunCancelled",
     "RunEvent",
+    "RunFailed",
+    "RunState",
     "RunSummary",
+    "ServerUnreachable",
     "StatusCode",
     "SyncClient",
+    "Target",
+    "Usage",
+    "event_kind",
+    "is_terminal",
+    "parse_target",
+    "result_of",
 ]

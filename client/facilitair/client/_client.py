@@ -1,24 +1,27 @@
 """The async client: typed calls, keepalive for long streams, and resume built in.
 
-A stream that breaks (UNAVAILABLE: the server restarted, the connection dropped, the server's
-grace period ended) is re-attached with WatchRun after the last seq received, with jittered
-backoff, until the run's terminal event arrives or `reconnect_timeout` passes. Callers see each
-event exactly once, in seq order.
+The first call of a client waits (at most `connect_timeout`) for the connection: when nothing answers
+at the target, it raises ServerUnreachable at once instead of retrying. After that, a stream that
+breaks (UNAVAILABLE: the server restarted, the connection dropped, the server's grace period ended) is
+re-attached with WatchRun after the last seq received, with jittered backoff, until the run's terminal
+event arrives or `reconnect_timeout` passes. Callers see each event exactly once, in seq order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
-from facilitair.client._errors import FacilitairError, StatusCode
+from facilitair.client._errors import FacilitairError, ServerUnreachable, StatusCode
+from facilitair.client._request import collaborate_request, count, invalid
+from facilitair.client._target import parse_target
+from facilitair.client._types import CompletedRun, RunState, is_terminal, result_of
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
@@ -34,6 +37,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
+#: Called with each event as it arrives; may be a coroutine function.
+EventCallback = Callable[[pb.RunEvent], Awaitable[None] | None]
+
 
 class Client:
     """An async connection to a facilitair server."""
@@ -48,27 +54,36 @@ class Client:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         reconnect_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
         channel: grpc.aio.Channel | None = None,
         options: list[tuple[str, Any]] | None = None,
     ) -> None:
-        """Connect to `target` (HOST:PORT); `tls` (implied by any certificate) uses the system's or the given CA.
+        """Connect to `target`: HOST[:PORT] (default port 50051), http://... or https://... (TLS).
 
+        `tls` (implied by https:// and by any certificate) uses the system's or the given CA;
         `private_key` with `certificate_chain` present a client certificate (mutual TLS). `options`
-        add to or override CHANNEL_OPTIONS.
+        add to or override CHANNEL_OPTIONS. `connect_timeout` bounds the wait for the first connection.
         """
-        self.target = target
+        parsed = parse_target(target)
+        tls = tls or bool(parsed.tls) or bool(root_certificates or certificate_chain)
+        if parsed.tls is False and tls:
+            raise invalid("target", "http:// asks for a plaintext connection but TLS was asked for too")
+        self.target = parsed.address
+        self.tls = tls
         self.reconnect_timeout = reconnect_timeout
+        self.connect_timeout = connect_timeout
         # Sent as call metadata: it works over TLS and over a plain loopback connection alike.
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         merged = dict(CHANNEL_OPTIONS) | dict(options or [])
         if channel is None:
-            if tls or root_certificates or certificate_chain:
+            if tls:
                 credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-                channel = grpc.aio.secure_channel(target, credentials, options=list(merged.items()))
+                channel = grpc.aio.secure_channel(self.target, credentials, options=list(merged.items()))
             else:
-                channel = grpc.aio.insecure_channel(target, options=list(merged.items()))
+                channel = grpc.aio.insecure_channel(self.target, options=list(merged.items()))
         self._channel = channel
         self._stub = pb_grpc.OrchestratorServiceStub(self._channel)
+        self._reached = False
         #: Called with (attempt, delay_seconds, error) before each reconnect; the CLI reports it.
         self.on_reconnect: Callable[[int, float, FacilitairError], None] | None = None
 
@@ -81,6 +96,23 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _reach(self) -> None:
+        """Wait for the first connection; ServerUnreachable when it fails or takes over `connect_timeout`."""
+        if self._reached:
+            return
+        ready, failed = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                state = self._channel.get_state(try_to_connect=True)
+                while state not in (ready, failed, grpc.ChannelConnectivity.SHUTDOWN):
+                    await self._channel.wait_for_state_change(state)
+                    state = self._channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            raise ServerUnreachable(self.target, tls=self.tls) from None
+        if state != ready:
+            raise ServerUnreachable(self.target, tls=self.tls)
+        self._reached = True
 
     async def collaborate(
         self,
@@ -100,25 +132,21 @@ class Client:
         """Start a run and yield its events until the terminal one, resuming across disconnects.
 
         With `coalesce_tokens` the server may join consecutive token deltas of a stage into one event
-        (`first_seq` set, `seq` the last joined one's); the text is the same.
+        (`first_seq` set, `seq` the last joined one's); the text is the same. Bad arguments raise
+        FacilitairError (INVALID_ARGUMENT) before anything is sent.
         """
-        request = pb.CollaborateRequest(
-            task=task,
+        request = collaborate_request(
+            task,
+            context=context,
             model=model,
-            agent_models=dict(agent_models or {}),
-            on_disconnect=pb.ON_DISCONNECT_CANCEL if cancel_on_disconnect else pb.ON_DISCONNECT_CONTINUE,
-            # An idempotency key makes retrying the start itself safe.
-            client_request_id=client_request_id or str(uuid.uuid4()),
+            agent_models=agent_models,
+            max_refinements=max_refinements,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            cancel_on_disconnect=cancel_on_disconnect,
+            client_request_id=client_request_id,
             coalesce_tokens=coalesce_tokens,
         )
-        if context:
-            request.context.CopyFrom(_struct(context))
-        if max_refinements is not None:
-            request.max_refinements = max_refinements
-        if max_cost_usd is not None:
-            request.max_cost_usd = max_cost_usd
-        if max_tokens is not None:
-            request.max_tokens = max_tokens
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
             if not run_id:
@@ -138,6 +166,7 @@ class Client:
 
         `coalesce_tokens` as for `collaborate`.
         """
+        count("after_seq", after_seq)
 
         def opener(after: int, rid: str) -> AsyncIterable[Any]:
             return self._stub.WatchRun(
@@ -148,9 +177,46 @@ class Client:
         async for event in self._follow(opener, run_id, after_seq, resume):
             yield event
 
+    async def run(
+        self,
+        task: str,
+        *,
+        on_event: EventCallback | None = None,
+        context: Mapping[str, Any] | None = None,
+        model: str = "",
+        agent_models: Mapping[str, str] | None = None,
+        max_refinements: int | None = None,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
+        cancel_on_disconnect: bool = False,
+        client_request_id: str | None = None,
+    ) -> CompletedRun:
+        """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
+
+        `on_event` sees every event first (tokens included), in order. Other arguments as for `collaborate`.
+        """
+        events = self.collaborate(
+            task,
+            context=context,
+            model=model,
+            agent_models=agent_models,
+            max_refinements=max_refinements,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            cancel_on_disconnect=cancel_on_disconnect,
+            client_request_id=client_request_id,
+            coalesce_tokens=on_event is None,  # nobody looks at single tokens: fewer messages
+        )
+        return await _outcome(events, on_event)
+
+    async def wait(self, run_id: str, *, after_seq: int = 0, on_event: EventCallback | None = None) -> CompletedRun:
+        """Follow a run already started until its end: its CompletedRun, or RunFailed / RunCancelled raised."""
+        return await _outcome(self.watch(run_id, after_seq, coalesce_tokens=on_event is None), on_event)
+
     async def _follow(
         self, opener: Callable[[int, str], AsyncIterable[Any]], run_id: str, after_seq: int, resume: bool
     ) -> AsyncGenerator[pb.RunEvent, None]:
+        await self._reach()
         last_seq = after_seq
         attempt = 0
         broken_since: float | None = None
@@ -176,7 +242,7 @@ class Client:
                     attempt = 0
                     broken_since = None
                     yield event
-                    if event.WhichOneof("payload") in TERMINAL:
+                    if is_terminal(event):
                         return
                 # The stream ended without a terminal event: the server is going away.
                 error = FacilitairError(StatusCode.UNAVAILABLE, "the stream ended before the run did")
@@ -207,13 +273,15 @@ class Client:
         return response.run
 
     async def list_runs(
-        self, *, state: int = 0, page_size: int = 0, page_token: str = ""
+        self, *, state: RunState | int | None = None, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[pb.RunSummary], str]:
-        """One page of runs, newest first, and the token of the next page ("" at the end)."""
-        response = await self._unary(
-            self._stub.ListRuns,
-            pb.ListRunsRequest(state=state, page_size=page_size, page_token=page_token),  # type: ignore[arg-type]
-        )
+        """One page of runs, newest first (at most 100), and the token of the next page ("" at the end)."""
+        request = pb.ListRunsRequest(page_size=count("page_size", page_size, 2**32 - 1), page_token=page_token)
+        if state is not None:
+            if state not in RunState._value2member_map_:
+                raise invalid("state", f"{state} is not a RunState")
+            request.state = int(state)  # type: ignore[assignment]
+        response = await self._unary(self._stub.ListRuns, request)
         return list(response.runs), response.next_page_token
 
     async def cancel_run(self, run_id: str) -> pb.RunSummary:
@@ -222,13 +290,23 @@ class Client:
         return response.run
 
     async def _unary(self, method: Any, request: Any) -> Any:
+        await self._reach()
         try:
             return await method(request, timeout=30.0, metadata=self._metadata)
         except grpc.RpcError as err:
             raise FacilitairError.from_rpc_error(err) from None
 
 
-def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(dict(value))
-    return struct
+async def _outcome(events: AsyncGenerator[pb.RunEvent, None], on_event: EventCallback | None) -> CompletedRun:
+    """Read a run's events to its terminal one and turn that into a result or an exception."""
+    try:
+        async for event in events:
+            if on_event is not None:
+                handled = on_event(event)
+                if inspect.isawaitable(handled):
+                    await handled
+            if is_terminal(event):
+                return result_of(event)
+    finally:
+        await events.aclose()
+    raise FacilitairError(StatusCode.UNAVAILABLE, "the stream ended before the run did")

@@ -1,8 +1,13 @@
-"""The client's error type, so that callers never catch grpc exceptions.
+"""The client's error types, so that callers never catch grpc exceptions.
 
 FacilitairError          any failed call; `code` is a StatusCode, `message` is the server's text,
-                         `field_violations` lists (field, description) for INVALID_ARGUMENT,
-                         `retry_after` is the server's RetryInfo delay in seconds (or None).
+ |                       `field_violations` lists (field, description) for INVALID_ARGUMENT (also for
+ |                       arguments the library refuses before sending), `retry_after` is the server's
+ |                       RetryInfo delay in seconds (or None).
+ +-- ServerUnreachable   the first connection failed: nothing answers at `target` (code UNAVAILABLE).
+ +-- RunFailed           the run ended with run_failed: `code` and `message` from the event, `retryable`,
+ |                       `stage`, `usage` so far, `run_id`.
+ +-- RunCancelled        the run ended with run_cancelled: `reason`, `usage` so far, `run_id` (code CANCELLED).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import enum
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from facilitair.v1 import orchestrator_pb2 as pb
 
 
 class StatusCode(enum.IntEnum):
@@ -71,3 +78,35 @@ class FacilitairError(Exception):
                     detail.Unpack(retry)
                     retry_after = retry.retry_delay.ToNanoseconds() / 1e9
         return cls(code, err.details() or code.name, violations, retry_after)
+
+
+class ServerUnreachable(FacilitairError):
+    """The client has never reached the server: nothing answered at the target (or not with TLS)."""
+
+    def __init__(self, target: str, *, tls: bool) -> None:
+        running = "running with TLS" if tls else "running"
+        message = f"cannot reach facilitair at {target} - is `facilitair serve` {running}?"
+        super().__init__(StatusCode.UNAVAILABLE, message)
+        self.target = target
+
+
+class RunFailed(FacilitairError):
+    """A run ended with run_failed; `code`/`message` are the event's, `usage` what was spent."""
+
+    def __init__(self, run_id: str, failure: pb.RunFailed) -> None:
+        code = StatusCode(failure.code) if failure.code in StatusCode._value2member_map_ else StatusCode.UNKNOWN
+        super().__init__(code, failure.message)
+        self.run_id = run_id
+        self.retryable = failure.retryable
+        self.stage = failure.stage
+        self.usage = failure.usage
+
+
+class RunCancelled(FacilitairError):
+    """A run ended with run_cancelled; `reason` says by whom, `usage` what was spent."""
+
+    def __init__(self, run_id: str, cancelled: pb.RunCancelled) -> None:
+        super().__init__(StatusCode.CANCELLED, f"run cancelled: {cancelled.reason}")
+        self.run_id = run_id
+        self.reason = cancelled.reason
+        self.usage = cancelled.usage

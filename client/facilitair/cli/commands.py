@@ -1,0 +1,118 @@
+"""The one-call commands: `status`, `cancel`, `runs` and `files`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+
+from google.protobuf import json_format
+
+from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
+from facilitair.cli.output import write_files
+from facilitair.cli.render import agent_name, json_of, money, plural
+from facilitair.client import ArtifactKind, Client, RunState
+from facilitair.v1 import orchestrator_pb2 as pb
+
+_PAGE_MAX = 100  # the server's largest page
+_DEFAULT_LIMIT = 20
+
+
+def state_name(state: int) -> str:
+    """ "completed" for RUN_STATE_COMPLETED."""
+    return RunState(state).name.lower() if state in RunState._value2member_map_ else str(state)
+
+
+def one_line(text: str, width: int) -> str:
+    """`text` on one line, cut to `width` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
+
+
+def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
+    if as_json:
+        print(json_of(run))
+        return
+    print(f"run      {run.run_id}\nstate    {state_name(run.state)}\ntask     {one_line(run.task, 200)}")
+    if run.current_stage:
+        print(f"stage    {run.current_stage} ({agent_name(run.current_agent)})")
+    print(
+        f"events   {run.last_seq}\nusage    {run.usage.input_tokens} in / {run.usage.output_tokens} out tokens, "
+        f"{money(run.usage)}"
+    )
+    if run.HasField("failure"):
+        print(f"failure  {run.failure.message}")
+    if run.result.artifacts:
+        print(f"files    {plural(len(run.result.artifacts), 'file')}: facilitair files {run.run_id} [DIR]")
+        if not run.result.approved:
+            print("review   not approved")
+
+
+async def _runs(client: Client, args: argparse.Namespace) -> None:
+    state = RunState[args.state.upper()] if args.state else None
+    runs: list[pb.RunSummary] = []
+    token = args.page_token
+    while True:  # pages of at most 100 until --limit runs or the last page
+        page, token = await client.list_runs(
+            state=state, page_size=min(args.limit - len(runs), _PAGE_MAX), page_token=token
+        )
+        runs += page
+        if not token or len(runs) >= args.limit:
+            break
+    if args.json:
+        print(json.dumps({"runs": [json_format.MessageToDict(r) for r in runs], "next_page_token": token}))
+        return
+    if not runs:
+        print(f"no runs{' in state ' + args.state if args.state else ''}")
+        return
+    head = f"{'RUN':<36}  {'CREATED':<19}  {'STATE':<11}  {'COST':>9}  "
+    width = max(shutil.get_terminal_size((120, 24)).columns - len(head), 20) if sys.stdout.isatty() else 60
+    print(head + "TASK")
+    for r in runs:
+        created = r.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r.run_id:<36}  {created}  {state_name(r.state):<11}  {money(r.usage):>9}  {one_line(r.task, width)}")
+    if token:
+        more = f"facilitair runs --page-token {token}"
+        more += f" --state {args.state}" if args.state else ""
+        more += f" --limit {args.limit}" if args.limit != _DEFAULT_LIMIT else ""
+        print(f"more: {more}")
+
+
+async def _files(client: Client, args: argparse.Namespace) -> None:
+    run = await client.get_run(args.run_id)
+    state = state_name(run.state)
+    if RunState(run.state) is not RunState.COMPLETED:
+        later = RunState(run.state) in (RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED)
+        why = f"its files come when it completes: facilitair watch {run.run_id}" if later else "it has no files"
+        raise CommandFailed(f"run {run.run_id} is {state}; {why}")
+    artifacts = list(run.result.artifacts)
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(a) for a in artifacts], indent=2))
+        return
+    if args.dir is None:
+        width = max((len(a.path) for a in artifacts), default=0)
+        for a in artifacts:
+            kind = ArtifactKind(a.kind).name.lower() if a.kind in ArtifactKind._value2member_map_ else "?"
+            print(f"{a.path:<{width}}  {kind:<6}  {plural(len(a.content.splitlines()), 'line')}")
+        print(f"Write them with: facilitair files {run.run_id} DIR", file=sys.stderr)
+        return
+    written, refused = write_files(args.dir, artifacts)
+    for path in written:
+        print(f"wrote {args.dir / path}")
+    for path in refused:
+        print(f"facilitair: did not write {path}: it would leave {args.dir}", file=sys.stderr)
+
+
+async def unary_command(args: argparse.Namespace) -> int:
+    """status, cancel, runs, files."""
+    async with make_client(args) as client:
+        if args.command == "status":
+            _print_summary(await client.get_run(args.run_id), args.json)
+        elif args.command == "cancel":
+            _print_summary(await client.cancel_run(args.run_id), args.json)
+        elif args.command == "files":
+            await _files(client, args)
+        else:
+            await _runs(client, args)
+    return EXIT_OK

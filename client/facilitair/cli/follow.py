@@ -1,0 +1,234 @@
+"""`facilitair run` and `facilitair watch`: follow a run to its end and say how it ended.
+
+Ctrl-C in `run` cancels the run (a second one quits and leaves it going); in `watch` it detaches.
+Output closed early (`run | head`): the run is cancelled when --on-disconnect says so, and otherwise
+goes on, and stderr says how to watch it. Every run ends with its id, its files and how to get them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+
+from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_client, make_renderer
+from facilitair.cli.inputs import agent_models, build_context, read_task
+from facilitair.cli.output import OutputDir
+from facilitair.cli.render import Renderer, plural
+from facilitair.client import Client, EventKind, FacilitairError, event_kind
+from facilitair.v1 import orchestrator_pb2 as pb
+
+# Files named one by one at the end of a run; more are counted.
+_LISTED_FILES = 8
+
+
+def _coalesce(args: argparse.Namespace) -> bool:
+    """Text views ask for coalesced tokens (less work for everyone); jsonl and --output-dir keep every event."""
+    return args.format != "jsonl" and args.output_dir is None
+
+
+class Follower:
+    """Shows one run's events until its end and turns that end into an exit code."""
+
+    def __init__(
+        self,
+        client: Client,
+        renderer: Renderer,
+        output: OutputDir | None,
+        *,
+        require_approval: bool,
+        cancel_on_interrupt: bool,
+        cancel_on_close: bool = False,
+        run_id: str = "",
+    ) -> None:
+        self.client = client
+        self.renderer = renderer
+        self.output = output
+        self.require_approval = require_approval
+        self.cancel_on_interrupt = cancel_on_interrupt
+        self.cancel_on_close = cancel_on_close
+        self.run_id = run_id
+        self.last_seq = 0
+        self._lost: tuple[float, str] | None = None
+        client.on_reconnect = self._reconnecting
+
+    def _reconnecting(self, attempt: int, delay: float, error: FacilitairError) -> None:
+        del delay  # the status line counts the time itself
+        if self._lost is None:
+            self._lost = (time.monotonic(), error.message)
+        self.renderer.connection_lost(attempt, error.message)
+
+    @property
+    def current(self) -> str:
+        """The run's id as far as known."""
+        return self.renderer.view.run_id or self.run_id
+
+    async def _show(self, events: AsyncIterator[pb.RunEvent]) -> None:
+        async for event in events:
+            if self._lost is not None:
+                since, error = self._lost
+                self._lost = None
+                self.renderer.connection_back(time.monotonic() - since, error)
+            self.renderer.event(event)
+            self.last_seq = event.seq
+            if self.output is not None:
+                self.output.event(event)
+
+    async def follow(self, events: AsyncIterator[pb.RunEvent]) -> int:
+        """Follow to the end (or Ctrl-C, or closed output); return the exit code."""
+        loop = asyncio.get_running_loop()
+        showing = asyncio.ensure_future(self._show(events))
+        presses = 0
+        background: set[asyncio.Task[None]] = set()
+
+        def on_sigint() -> None:
+            nonlocal presses
+            presses += 1
+            if self.cancel_on_interrupt and presses == 1 and self.current:
+                self.renderer.note(
+                    f"cancelling run {self.current}... (Ctrl-C again to quit and leave it running)", warning=True
+                )
+                task = loop.create_task(self._cancel())
+                background.add(task)
+                task.add_done_callback(background.discard)
+                return
+            showing.cancel()
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            await showing
+        except asyncio.CancelledError:
+            self._close_view()
+            if self.current:
+                self.renderer.note(f"detached; the run goes on. Follow it with: {self._watch_hint()}", warning=True)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            return await self._output_closed()
+        except FacilitairError:
+            self._close_view()  # the status line goes, the output dir gets what there was
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+        self._close_view()
+        code = self._ending()
+        if presses:
+            final = self.renderer.view.final
+            if final is not None and event_kind(final) is EventKind.RUN_CANCELLED:
+                return EXIT_INTERRUPTED
+        return code
+
+    def _watch_hint(self) -> str:
+        after = f" --after {self.last_seq}" if self.last_seq else ""
+        return f"facilitair watch {self.current}{after}"
+
+    async def _cancel(self) -> None:
+        try:
+            await self.client.cancel_run(self.current)
+        except FacilitairError as err:
+            self.renderer.note(f"could not cancel run {self.current}: {err.code.name}: {err.message}", warning=True)
+
+    def _close_view(self) -> None:
+        self.renderer.close()
+        if self.output is not None:
+            written, refused = self.output.finish(self.renderer.view.final)
+            for path in written:
+                self.renderer.note(f"wrote {self.output.root / path}")
+            for path in refused:
+                self.renderer.note(f"did not write {path}: it would leave {self.output.root} or enter .facilitair/")
+
+    async def _output_closed(self) -> int:
+        """stdout's reader went away: cancel the run or say how to watch it; no more writes to stdout."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        if not self.current:
+            return EXIT_OK
+        if self.cancel_on_close:
+            await self._cancel()
+            print(f"facilitair: output closed; run {self.current} cancelled (--on-disconnect cancel)", file=sys.stderr)
+        else:
+            print(f"facilitair: output closed; the run goes on. Follow it with: {self._watch_hint()}", file=sys.stderr)
+        return EXIT_OK
+
+    def _ending(self) -> int:
+        """Say where the run's results are; the exit code its end calls for."""
+        final = self.renderer.view.final
+        if final is None:
+            return EXIT_FAILED
+        if event_kind(final) is not EventKind.RUN_COMPLETED:
+            self.renderer.note(f"See the run with: facilitair status {final.run_id}")
+            return EXIT_FAILED
+        result = final.run_completed.result
+        if self.output is None and result.artifacts:
+            paths = [a.path for a in result.artifacts]
+            shown = ", ".join(paths[:_LISTED_FILES]) + (
+                f" and {len(paths) - _LISTED_FILES} more" if len(paths) > _LISTED_FILES else ""
+            )
+            self.renderer.note(f"Run {final.run_id}: {plural(len(paths), 'file')}: {shown}")
+            self.renderer.note(f"Get them with: facilitair files {final.run_id} DIR")
+        if not result.approved:
+            self.renderer.note("The last review did not approve the code.", warning=True)
+            if self.require_approval:
+                self.renderer.note("Exit code 1 (--require-approval).", warning=True)
+                return EXIT_FAILED
+        return EXIT_OK
+
+
+def _views(args: argparse.Namespace) -> tuple[Renderer, OutputDir | None]:
+    return make_renderer(args.format), OutputDir(args.output_dir) if args.output_dir else None
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    """`facilitair run`."""
+    task = read_task(args.task, args.task_file)
+    context = build_context(args.context, args.context_file, args.file)
+    models = agent_models(args.agent_model)
+    renderer, output = _views(args)
+    async with make_client(args, reconnect_timeout=args.reconnect_timeout) as client:
+        events = client.collaborate(
+            task,
+            context=context,
+            model=args.model,
+            agent_models=models,
+            max_refinements=args.max_refinements,
+            max_cost_usd=args.max_cost,
+            max_tokens=args.max_tokens,
+            cancel_on_disconnect=args.on_disconnect == "cancel",
+            client_request_id=args.request_id,
+            coalesce_tokens=_coalesce(args),
+        )
+        if args.detach:
+            first = await anext(events)
+            await events.aclose()
+            print(first.run_id)
+            print(f"Follow it with: facilitair watch {first.run_id}", file=sys.stderr)
+            return EXIT_OK
+        follower = Follower(
+            client,
+            renderer,
+            output,
+            require_approval=args.require_approval,
+            cancel_on_interrupt=True,
+            cancel_on_close=args.on_disconnect == "cancel",
+        )
+        return await follower.follow(events)
+
+
+async def watch_command(args: argparse.Namespace) -> int:
+    """`facilitair watch`."""
+    renderer, output = _views(args)
+    async with make_client(args, reconnect_timeout=args.reconnect_timeout) as client:
+        events = client.watch(args.run_id, args.after, coalesce_tokens=_coalesce(args))
+        follower = Follower(
+            client,
+            renderer,
+            output,
+            require_approval=args.require_approval,
+            cancel_on_interrupt=False,
+            run_id=args.run_id,
+        )
+        follower.last_seq = args.after
+        return await follower.follow(events)

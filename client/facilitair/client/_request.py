@@ -1,0 +1,114 @@
+"""Requests built from Python values, refusing what cannot be sent with FacilitairError (INVALID_ARGUMENT).
+
+Protobuf raises ValueError or TypeError for a negative unsigned field or a value a Struct cannot hold;
+callers get the library's error naming the field instead, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from facilitair.client._errors import FacilitairError, StatusCode
+from facilitair.v1 import orchestrator_pb2 as pb
+
+_UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
+
+
+def invalid(field: str, why: str) -> FacilitairError:
+    """The error for one bad argument."""
+    return FacilitairError(StatusCode.INVALID_ARGUMENT, f"{field}: {why}", [(field, why)])
+
+
+def count(field: str, value: int, maximum: int = _UINT64_MAX) -> int:
+    """A whole number from 0 to `maximum`, or the error naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(field, f"must be a whole number, not {type(value).__name__}")
+    if not 0 <= value <= maximum:
+        raise invalid(field, f"must be from 0 to {maximum}, not {value}")
+    return value
+
+
+def context_struct(context: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A JSON-like mapping as a Struct, or the error saying which value cannot be one."""
+    if not isinstance(context, Mapping):
+        raise invalid("context", f"must be a mapping (a JSON object), not {type(context).__name__}")
+    struct = struct_pb2.Struct()
+    try:
+        _check_json("context", context)
+        struct.update(dict(context))
+    except (TypeError, ValueError) as exc:
+        raise invalid("context", str(exc)) from None
+    return struct
+
+
+def _check_json(where: str, value: object) -> None:
+    """Raise TypeError naming the first value JSON (hence a Struct) cannot hold."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value}, which JSON cannot hold")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a key {key!r} that is not a string")
+            _check_json(f"{where}.{key}", item)
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(f"{where}[{index}]", item)
+        return
+    raise TypeError(f"{where} is a {type(value).__name__}, which JSON cannot hold")
+
+
+def collaborate_request(
+    task: str,
+    *,
+    context: Mapping[str, Any] | None,
+    model: str,
+    agent_models: Mapping[str, str] | None,
+    max_refinements: int | None,
+    max_cost_usd: float | None,
+    max_tokens: int | None,
+    cancel_on_disconnect: bool,
+    client_request_id: str | None,
+    coalesce_tokens: bool,
+) -> pb.CollaborateRequest:
+    """The CollaborateRequest for these arguments; the server checks the rest (blank task, limits)."""
+    if not isinstance(task, str):
+        raise invalid("task", f"must be a string, not {type(task).__name__}")
+    models = dict(agent_models or {})
+    for agent, value in models.items():
+        if not isinstance(agent, str) or not isinstance(value, str):
+            raise invalid("agent_models", "maps agent names to model strings")
+    request = pb.CollaborateRequest(
+        task=task,
+        model=model,
+        agent_models=models,
+        on_disconnect=pb.ON_DISCONNECT_CANCEL if cancel_on_disconnect else pb.ON_DISCONNECT_CONTINUE,
+        # An idempotency key makes retrying the start itself safe.
+        client_request_id=client_request_id or str(uuid.uuid4()),
+        coalesce_tokens=coalesce_tokens,
+    )
+    if context:
+        request.context.CopyFrom(context_struct(context))
+    if max_refinements is not None:
+        request.max_refinements = count("max_refinements", max_refinements, _UINT32_MAX)
+    if max_cost_usd is not None:
+        if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, int | float):
+            raise invalid("max_cost_usd", f"must be a number, not {type(max_cost_usd).__name__}")
+        if not math.isfinite(max_cost_usd) or max_cost_usd <= 0:
+            raise invalid("max_cost_usd", f"must be a positive number of USD, not {max_cost_usd}")
+        request.max_cost_usd = max_cost_usd
+    if max_tokens is not None:
+        request.max_tokens = count("max_tokens", max_tokens)
+        if max_tokens == 0:
+            raise invalid("max_tokens", "must be at least 1")
+    return request
