@@ -6,6 +6,8 @@ ANTHROPIC_BASE_URL) so that a machine already set up for the SDKs needs nothing 
 
 from __future__ import annotations
 
+import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +37,11 @@ def _check_model(text: str, field: str) -> str:
     except InvalidArgument as exc:
         raise ValueError(exc.violations[0][1]) from None
     return text
+
+
+def default_replica_id() -> str:
+    """host-pid: unique among the processes of a deployment, and says where to look."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def default_db_path() -> Path:
@@ -179,6 +186,36 @@ class Settings(BaseSettings):
         default=None,
         description="postgresql://user@host:port/db: the shared PostgreSQL store for several replicas (unset: the "
         "SQLite file at --db); give a password through FACILITAIR_DATABASE_URL or PGPASSWORD, not on a command line",
+    )
+    replica_id: str = Field(
+        default_factory=default_replica_id,
+        min_length=1,
+        max_length=128,
+        description="this server's name among the replicas on one store (shown by GetRun and in logs; default "
+        "host-pid)",
+    )
+    lease_seconds: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=300.0,
+        description="a replica holds each run it drives under a lease renewed this often; a replica that dies "
+        "loses its runs to another after about this long",
+    )
+    store_grace_seconds: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=600.0,
+        description="when the store cannot write for this long, runs are interrupted (their provider streams "
+        "closed) and resume once it can",
+    )
+    # Set by `serve --workers N` for its worker processes, which share one port on purpose (SO_REUSEPORT).
+    share_port: CliSuppress[bool] = Field(default=False, description="share the port with the other workers")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="run this many server processes on one port, each a replica on the shared store "
+        "(PostgreSQL only)",
     )
     model: str = Field(
         default="openai:gpt-4.1-mini",
