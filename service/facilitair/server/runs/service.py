@@ -137,7 +137,7 @@ class RunService:
             if existing is not None:
                 return existing
         for model in spec.all_models():
-            self._providers.get(model.provider)  # FailedPrecondition now, not mid-run
+            self._providers.check(model)  # FailedPrecondition now, not mid-run
         plan = self._estimator.plan(spec)
         check_budget(plan, self._estimator.tokens(spec), spec.budget_usd, spec.budget_tokens)
         run_id = str(uuid.uuid4())
@@ -226,7 +226,7 @@ class RunService:
         try:
             spec = RunSpec.from_json(row.spec)
             for model in spec.all_models():
-                self._providers.get(model.provider)
+                self._providers.check(model)
             checkpoints = {c.stage: StageOutput.from_json(c.data) for c in await self._store.checkpoints(row.run_id)}
         except FacilitairError as exc:
             self._fail_unresumable(rec, exc)
