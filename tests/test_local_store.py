@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from facilitair.client import FacilitairError, StatusCode
-from facilitair.server.domain import ModelRef
+from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.errors import FailedPrecondition, InvalidArgument
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers.local import models
-from facilitair.server.settings import Settings
+from facilitair.server.settings import PipelineConfig, Settings
 from tests.conftest import ServerFactory
 from tests.local_model import OFFLINE, cached_wheel, models_dir
 
@@ -105,6 +105,12 @@ async def test_config_show_and_settings_default_to_the_local_model_without_a_key
     ]
     for values, expected in with_key:
         assert Settings.model_validate(values).default_models() == [expected]
+
+
+def test_the_local_pipeline_example_is_valid() -> None:
+    config = PipelineConfig.load(Path(__file__).resolve().parent.parent / "examples" / "local.toml")
+    assert config.settings["max_refinements"] == 1
+    assert all(config.agent(role).max_tokens <= 256 for role in AgentRole)
 
 
 def test_local_model_names_and_price() -> None:
