@@ -11,9 +11,11 @@ import json
 import os
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.server.domain import AgentRole, ModelRef
@@ -105,6 +107,23 @@ async def test_config_show_and_settings_default_to_the_local_model_without_a_key
     ]
     for values, expected in with_key:
         assert Settings.model_validate(values).default_models() == [expected]
+
+
+async def test_the_engine_comes_with_the_local_extra_only_and_loads_in_its_own_process() -> None:
+    requirements = [Requirement(r) for r in metadata.requires("facilitair") or []]
+
+    def extra(name: str) -> set[str]:
+        return {r.name for r in requirements if r.marker is not None and r.marker.evaluate({"extra": name})}
+
+    assert "xllamacpp" in extra("local")
+    assert "xllamacpp" not in extra("server")  # a vendor-only deployment carries no inference engine
+    code = (
+        "import sys, facilitair.server.transport.app, facilitair.server.providers.local_provider\n"
+        "print('xllamacpp' in sys.modules)"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.decode().strip() == "False"  # only the engine's child process imports it
 
 
 def test_the_local_pipeline_example_is_valid() -> None:
