@@ -49,7 +49,14 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("facilitair")) / "facilitair.sqlite3"
 
 
+def default_models_dir() -> Path:
+    """Where `facilitair models pull` puts local models: the user's data directory."""
+    return Path(platformdirs.user_data_dir("facilitair")) / "models"
+
+
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
+# With no provider key at all: the small model `facilitair models pull` fetches (the `local` extra runs it).
+DEFAULT_LOCAL_MODEL = "default"
 
 
 class AgentConfig(BaseModel):
@@ -294,6 +301,25 @@ class Settings(BaseSettings):
     max_runs_per_principal: int = _in_file(default=8, ge=1, description="most runs in flight per caller")
     runs_per_minute: float = _in_file(default=30.0, gt=0, description="most new runs per caller per minute")
 
+    # `local:` models (the `local` extra). Threads: llama.cpp's threads spin while they wait for each other, and
+    # on a core shared with this server or anything else they slowed down 20-fold here, hence half the CPUs.
+    local_models_dir: Path = Field(
+        default_factory=default_models_dir,
+        description="where `facilitair models pull` puts local models, and where local:<file> names are looked up",
+    )
+    local_slots: int = _in_file(
+        default=2, ge=1, le=64, description="requests a local model serves at once; more wait (producing nothing)"
+    )
+    local_context: int = _in_file(
+        default=4096, ge=256, le=1_048_576, description="context window of each local slot, tokens (prompt + answer)"
+    )
+    local_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU threads of a local model (default: half the logical CPUs)"
+    )
+    local_max_tokens: int = _in_file(
+        default=384, ge=16, le=64_000, description="most tokens one stage may write on a local model"
+    )
+
     # The SDKs' own variables, so a machine set up for the SDKs needs nothing more (environment only).
     openai_api_key: CliSuppress[SecretStr | None] = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY"), description="OpenAI API key"
@@ -377,9 +403,11 @@ class Settings(BaseSettings):
             )
 
     def default_models(self) -> list[ModelRef]:
-        """The server-wide default model (or fallback list); unset, it follows the one provider with a key."""
-        if "model" not in self.model_fields_set and self.openai_api_key is None and self.anthropic_api_key is not None:
-            return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
+        """The server-wide default model (or fallback list); unset, it follows the provider with a key, else local."""
+        if "model" not in self.model_fields_set and self.openai_api_key is None:
+            if self.anthropic_api_key is not None:
+                return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
+            return [ModelRef("local", DEFAULT_LOCAL_MODEL)]
         return parse_chain(self.model, field="FACILITAIR_MODEL")
 
 

@@ -69,7 +69,7 @@ class RunStarter:
             if existing is not None:
                 return existing
         for model in spec.all_models():
-            self._providers.get(model.provider)  # FailedPrecondition now, not mid-run
+            self._providers.check(model)  # FailedPrecondition now, not mid-run
         plan = self._estimator.plan(spec)
         check_budget(plan, self._estimator.tokens(spec), spec.budget_usd, spec.budget_tokens)
         run_id = str(uuid.uuid4())
@@ -164,7 +164,7 @@ class RunStarter:
         try:
             spec = RunSpec.from_json(row.spec)
             for model in spec.all_models():
-                self._providers.get(model.provider)
+                self._providers.check(model)
             checkpoints = {c.stage: StageOutput.from_json(c.data) for c in await self._store.checkpoints(row.run_id)}
         except (UnreadableRecord, FailedPrecondition) as exc:
             self._fail_unresumable(rec, exc)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from facilitair.server.domain import chain_text
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.providers import ProviderRegistry
@@ -114,7 +115,7 @@ async def create_server(
     keys = ApiKeys(settings.load_api_keys())
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
-    providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
+    providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
     # Everything that can fail on a bad setting is bound before the gRPC server starts, and what was
     # started is stopped again when a later step fails: no half-started server.
     metrics_server = _metrics_server(settings.metrics_listen)
@@ -274,6 +275,13 @@ async def serve(settings: Settings, config: PipelineConfig | None = None) -> Non
     if running.metrics is not None:
         metrics_host = (settings.metrics_listen or "").rpartition(":")[0]
         log.info("metrics", address=f"{metrics_host}:{running.metrics.port}", port=running.metrics.port)
+    defaults = settings.default_models()
+    note = {}
+    if "model" not in settings.model_fields_set and defaults[0].provider == "local":
+        note["note"] = (
+            "no provider key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY): runs use local:default, a tiny model on this "
+            "machine; its answers are poor, but every part of the service works"
+        )
     log.info(
         "serving",
         address=f"{host}:{running.port}",
@@ -282,8 +290,9 @@ async def serve(settings: Settings, config: PipelineConfig | None = None) -> Non
         db=str(settings.db) if running.runs.store.kind == "sqlite" else None,
         healthy=running.runs.events.health.healthy,
         providers=running.providers.names(),
-        default_model=settings.model,
+        default_model=chain_text(defaults),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        **note,
     )
     try:
         await until_signalled()
