@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
+import os
 import signal
 import socket
 import sys
@@ -31,6 +33,9 @@ from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+# A worker of `serve --workers` looks this often whether the process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
@@ -252,12 +257,20 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def until_signalled() -> None:
-    """Return at the first SIGINT or SIGTERM."""
+    """Return at the first SIGINT or SIGTERM, or, for a worker of `serve --workers`, once its parent is gone."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    parent = os.environ.get("FACILITAIR_PARENT_PID")
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PARENT_CHECK_SECONDS):
+                await stop.wait()
+            return
+        if parent is not None and os.getppid() != int(parent):
+            log.warning("parent_gone", parent=parent)
+            return
 
 
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
