@@ -9,6 +9,7 @@ are hang guards only; ordering comes from held replies that the test releases.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sqlite3
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
+from facilitair.server.runs.queries import MAX_PAGE_TOKEN_CHARS
 from facilitair.server.settings import ConfigError
 from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -674,6 +676,44 @@ async def test_a_request_over_one_mebibyte_is_refused_by_grpc(make_server: Serve
         assert err.code == StatusCode.RESOURCE_EXHAUSTED
         assert (await h.client.list_runs())[0] == []
     assert fake.requests == []
+
+
+def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
+    """The fields a raw error's BadRequest detail names; fails the test if there is none."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in the trailers"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return [v.field for v in bad.field_violations]
+    raise AssertionError(f"no BadRequest among {[d.type_url for d in status.details]}")
+
+
+def bracket_token(depth: int) -> str:
+    """A page token shaped like ours (url-safe base64 of JSON) holding lists nested `depth` deep."""
+    return base64.urlsafe_b64encode(b"[" * depth + b"]" * depth).decode()
+
+
+# A token exactly as long as the server reads (3 bytes of JSON make 4 characters); one more level is refused unread.
+AT_THE_BOUND = MAX_PAGE_TOKEN_CHARS * 3 // 8
+
+
+@pytest.mark.parametrize(
+    "page_token",
+    [bracket_token(100_000), bracket_token(AT_THE_BOUND), bracket_token(AT_THE_BOUND + 1)],
+    ids=["nested-100k-deep", "at-the-length-bound", "just-past-the-bound"],
+)
+async def test_a_deeply_nested_page_token_is_an_invalid_argument(make_server: ServerFactory, page_token: str) -> None:
+    h = await make_server()
+    async with grpc.aio.insecure_channel(h.target) as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        err = await failure(stub.ListRuns(pb.ListRunsRequest(page_token=page_token)))
+        # The server is still there and answers the same call with no token.
+        assert list((await stub.ListRuns(pb.ListRunsRequest())).runs) == []
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+    assert err.details() == "page_token: not a token returned by ListRuns"
+    assert bad_request_fields(err) == ["page_token"]
 
 
 # ----- slow watchers ----------------------------------------------------------------------------------------
