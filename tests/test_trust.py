@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import os
 import sqlite3
@@ -24,6 +25,9 @@ import grpc
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -453,6 +457,38 @@ class Pki:
             options=options,
         )
 
+    def nameless_cert(self, sans: Sequence[x509.GeneralName]) -> tuple[bytes, bytes]:
+        """A client certificate with an EMPTY subject (as SPIFFE issues them) and `sans` as its SAN: (PEM, key PEM).
+
+        trustme always writes a subject, so the certificate is built with `cryptography` and signed by this CA.
+        """
+        ca_cert = x509.load_pem_x509_certificate(self.root)
+        ca_key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
+            .not_valid_after(datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if sans:  # with an empty subject, the SAN extension must be critical (RFC 5280 4.2.1.6)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def nameless_client(self, target: str, sans: Sequence[x509.GeneralName]) -> Client:
+        """A client presenting a certificate from `nameless_cert`."""
+        chain, key = self.nameless_cert(sans)
+        return Client(target, root_certificates=self.root, certificate_chain=chain, private_key=key)
+
     @staticmethod
     def subject(client_cert: trustme.LeafCert) -> str:
         """The subject of a certificate as gRPC reports it (RFC 4514)."""
@@ -527,6 +563,80 @@ async def test_mtls_requires_a_client_certificate_and_its_subject_owns_the_run(
             assert (await bob.list_runs())[0] == []
     assert owners(h.settings.db) == {run_id: Pki.subject(alice_cert)}
     assert Pki.subject(alice_cert) != Pki.subject(bob_cert)
+
+
+async def mtls_server(make_server: ServerFactory, pki: Pki, fake: FakeOpenAI) -> Harness:
+    """A server that requires client certificates from `pki`'s CA, and no API key."""
+    return await make_server(
+        openai=fake, model=MINI, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca_cert
+    )
+
+
+ALICE_SPIFFE = "spiffe://example.org/ns/payments/sa/alice"
+BOB_SPIFFE = "spiffe://example.org/ns/payments/sa/bob"
+
+
+async def test_spiffe_certificates_with_empty_subjects_are_two_principals(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    pki = Pki.make(tmp_path)
+    async with FakeOpenAI(scripted()) as fake:
+        h = await mtls_server(make_server, pki, fake)
+        target = f"localhost:{h.server.port}"
+        alice_client = pki.nameless_client(target, [x509.UniformResourceIdentifier(ALICE_SPIFFE)])
+        bob_client = pki.nameless_client(target, [x509.UniformResourceIdentifier(BOB_SPIFFE)])
+        async with alice_client as alice, bob_client as bob:
+            alice_events = await collect(alice.collaborate(TASK))
+            assert completed(alice_events)
+            alice_run = alice_events[0].run_id
+            # bob sees nothing of alice's: not her run, not in his list, and his cancel cannot reach it.
+            for call in (bob.get_run, bob.cancel_run):
+                with pytest.raises(FacilitairError) as err:
+                    await call(alice_run)
+                assert err.value.code == StatusCode.NOT_FOUND
+            assert (await bob.list_runs())[0] == []
+            bob_events = await collect(bob.collaborate(TASK))
+            assert completed(bob_events)
+            assert [r.run_id for r in (await alice.list_runs())[0]] == [alice_run]
+            assert [r.run_id for r in (await bob.list_runs())[0]] == [bob_events[0].run_id]
+    assert owners(h.settings.db) == {alice_run: ALICE_SPIFFE, bob_events[0].run_id: BOB_SPIFFE}
+
+
+@pytest.mark.parametrize(
+    "sans",
+    [
+        [],
+        [x509.UniformResourceIdentifier(ALICE_SPIFFE), x509.UniformResourceIdentifier(BOB_SPIFFE)],
+        [x509.DNSName("payments.example.org")],
+    ],
+    ids=["no-san", "two-uris", "dns-name-only"],
+)
+async def test_a_client_certificate_that_names_nobody_is_refused(
+    make_server: ServerFactory, tmp_path: Path, sans: list[x509.GeneralName]
+) -> None:
+    pki = Pki.make(tmp_path)
+    async with FakeOpenAI(scripted()) as fake:
+        h = await mtls_server(make_server, pki, fake)
+        target = f"localhost:{h.server.port}"
+        async with pki.nameless_client(target, sans) as nobody:
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "Collaborate": lambda: collect(nobody.collaborate(TASK)),
+                "ListRuns": nobody.list_runs,
+                "GetRun": lambda: nobody.get_run(str(uuid.uuid4())),
+            }
+            for name, call in calls.items():
+                with pytest.raises(FacilitairError) as err:
+                    await call()
+                assert err.value.code == StatusCode.UNAUTHENTICATED, name
+                assert "the client certificate names no identity" in err.value.message, name
+        # The TLS connection itself is accepted: health, which needs no credentials, answers over it.
+        chain, key = pki.nameless_cert(sans)
+        credentials = grpc.ssl_channel_credentials(pki.root, key, chain)
+        async with grpc.aio.secure_channel(target, credentials) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert fake.requests == []
+    assert owners(h.settings.db) == {}
 
 
 # ----- limits -----------------------------------------------------------------------------------------------

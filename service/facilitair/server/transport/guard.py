@@ -4,7 +4,7 @@ Deny by default: every method of every service, whatever its shape, is served th
 
 - Authentication: with API keys configured, a call must send `authorization: Bearer <key>` (keys are
   compared in constant time, and no part of one is ever logged). With client-certificate TLS (mTLS)
-  the certificate's subject is the principal.
+  the certificate names the principal (`certificate_identity`); one that names nobody is refused.
   Only health and reflection need no credentials; every other method does, including any added later.
 - Decoding: every request message, of every service (health and reflection too) and every shape, is
   parsed here, so corrupt bytes become INVALID_ARGUMENT with a clear message instead of UNKNOWN with
@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -39,6 +39,7 @@ PRINCIPAL: ContextVar[str] = ContextVar("principal", default="local")
 # The services anyone may call: a load balancer's health check, grpcurl's and buf curl's reflection.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 NO_KEY = "missing or invalid API key: send the header 'authorization: Bearer <key>'"
+NO_IDENTITY = "the client certificate names no identity: it needs a subject, or exactly one URI SAN (a SPIFFE ID)"
 NO_IDENTITY = "the client certificate names no identity: it needs a subject, or exactly one URI SAN (a SPIFFE ID)"
 
 
@@ -72,14 +73,18 @@ class ApiKeys:
         return found
 
 
-def _subject(context: Context) -> str | None:
-    """The client certificate's subject (or common name) when the connection is mutual TLS."""
-    auth = context.auth_context()
-    for key in ("x509_subject", "x509_common_name"):
-        values = auth.get(key)
-        if values:
-            return bytes(next(iter(values))).decode(errors="replace")
-    return None
+def certificate_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """Whom a verified client certificate names: its subject, else its one URI SAN (a SPIFFE ID), else nobody.
+
+    SPIFFE certificates usually have an empty subject: read by subject alone, they were all one principal
+    ("local"). gRPC reports the subject in RFC 4514 form ("CN=a,O=b"), which no URI ("scheme:...") can equal.
+    A certificate with several URIs, or only a DNS name or an e-mail address, names no one principal.
+    """
+    subject = b"".join(auth_context.get("x509_subject", ()))
+    if subject:
+        return subject.decode(errors="replace")
+    uris = list(auth_context.get("peer_uri", ()))
+    return uris[0].decode(errors="replace") if len(uris) == 1 and uris[0] else None
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -141,7 +146,9 @@ class _Gate:
             await abort(context, Unauthenticated(self.refusal))
         who = self.principal
         if self.by_certificate:
-            who = _subject(context)
+            who = certificate_identity(context.auth_context())
+            if who is None:
+                await abort(context, Unauthenticated(NO_IDENTITY))
         PRINCIPAL.set(who or PRINCIPAL.get())
         structlog.contextvars.bind_contextvars(principal=PRINCIPAL.get())
 
