@@ -40,7 +40,7 @@ PRINCIPAL: ContextVar[str] = ContextVar("principal", default="local")
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 NO_KEY = "missing or invalid API key: send the header 'authorization: Bearer <key>'"
 NO_IDENTITY = "the client certificate names no identity: it needs a subject, or exactly one URI SAN (a SPIFFE ID)"
-NO_IDENTITY = "the client certificate names no identity: it needs a subject, or exactly one URI SAN (a SPIFFE ID)"
+NO_MESSAGE = "the call ended without a request message"
 
 
 def current_principal() -> str:
@@ -136,9 +136,7 @@ class _Gate:
             return (await self._parsed(raw, context) async for raw in raw_requests)
         raw = await anext(aiter(raw_requests), None)
         if raw is None:
-            await abort(
-                context, FacilitairError("the call ended without a request message", reason=Reason.INVALID_ARGUMENT)
-            )
+            await abort(context, FacilitairError(NO_MESSAGE, reason=Reason.INVALID_ARGUMENT))
         return await self._parsed(raw, context)
 
     async def _authenticate(self, context: Context) -> None:
@@ -177,10 +175,9 @@ async def _mapped(context: Context) -> AsyncIterator[None]:
 
 def _served(handler: Handler, gate: _Gate) -> Handler:
     """`handler` behind the gate, as a request stream with the same kind of response."""
-    shape = (
-        f"{'stream' if handler.request_streaming else 'unary'}_{'stream' if handler.response_streaming else 'unary'}"
-    )
-    inner: Any = getattr(handler, shape)
+    takes = "stream" if handler.request_streaming else "unary"
+    gives = "stream" if handler.response_streaming else "unary"
+    inner: Any = getattr(handler, f"{takes}_{gives}")  # e.g. handler.unary_stream
 
     if handler.response_streaming:
 
