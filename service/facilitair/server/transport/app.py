@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from facilitair.server.domain import chain_text
@@ -28,6 +27,7 @@ from facilitair.server.settings import ConfigError, PipelineConfig, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
+from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -71,7 +71,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     runs: RunService
-    health: health_aio.HealthServicer
+    health: HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
 
@@ -150,7 +150,7 @@ async def _grpc_server(
     config: PipelineConfig,
     keys: ApiKeys,
     credentials: grpc.ServerCredentials | None,
-) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+) -> tuple[grpc.aio.Server, HealthServicer, int]:
     """Bind and start the gRPC server with our service, health and reflection."""
     server = grpc.aio.server(
         options=server_options(settings),
@@ -159,7 +159,7 @@ async def _grpc_server(
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
         OrchestratorServicer(runs, settings, config), server
     )
-    health = health_aio.HealthServicer()
+    health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:
         reflection.enable_server_reflection(
