@@ -101,6 +101,7 @@ class RunView:
     last_token_time: float = 0.0  # server time of the latest token
     shown: dict[int, int] = field(default_factory=dict)  # characters shown of each stage's current attempt
     discarded: bool = False  # the latest attempt_reset voided text that was shown
+    files: dict[str, str] = field(default_factory=dict)  # the kind of each file announced, by path
 
     @property
     def total(self) -> int:
@@ -146,6 +147,9 @@ class RunView:
             self.cost += c.usage.cost_usd
             self.cost_unknown = self.cost_unknown or c.usage.cost_unknown
             self.current = 0
+        elif kind is EventKind.ARTIFACT_PRODUCED:
+            produced = event.artifact_produced.artifact
+            self.files[produced.path] = kind_name(produced.kind)
         elif kind in (EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self.final = event
             self.current = 0
@@ -324,9 +328,7 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
             f"  - [{i.severity}] {i.file + ': ' if i.file else ''}{i.description}" for i in v.issues
         ]
     elif kind is EventKind.ARTIFACT_PRODUCED:
-        a = event.artifact_produced.artifact
-        kind_name = pb.ArtifactKind.Name(a.kind).removeprefix("ARTIFACT_KIND_").lower()
-        lines = [f"+ {a.path} ({kind_name}, {plural(len(a.content.splitlines()), 'line')})"]
+        lines = [artifact_line(event.artifact_produced.artifact, view)]
     elif kind is EventKind.ATTEMPT_RESET:
         lines = [reset_line(event.attempt_reset, view.discarded)]
     elif kind is EventKind.MODEL_FALLBACK:
@@ -342,6 +344,23 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
     elif kind is EventKind.RUN_CANCELLED:
         lines = [f"Run cancelled: {event.run_cancelled.reason} ({money(event.run_cancelled.usage)} spent)"]
     return lines
+
+
+def kind_name(kind: int) -> str:
+    """ "code" for ARTIFACT_KIND_CODE."""
+    return pb.ArtifactKind.Name(pb.ArtifactKind.ValueType(kind)).removeprefix("ARTIFACT_KIND_").lower()
+
+
+def artifact_line(a: pb.Artifact, view: RunView) -> str:
+    """ "+ src/rev.py (code, 4 lines, version 2)"; a file kept beside another kind's says where it was written."""
+    about = f"{kind_name(a.kind)}, {plural(len(a.content.splitlines()), 'line')}"
+    if a.version > 1:
+        about += f", version {a.version}"
+    if a.requested_path:
+        holder = view.files.get(a.requested_path)
+        whose = f"the {holder}'s path" if holder else "another file's path"
+        about += f"; written as {a.requested_path}, {whose}"
+    return f"+ {a.path} ({about})"
 
 
 def reset_line(reset: pb.AttemptReset, discarded: bool) -> str:

@@ -1101,6 +1101,8 @@ class Artifact(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTED_PATH_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Relative path, forward slashes, no ".."."""
     kind: Global___ArtifactKind.ValueType
@@ -1109,6 +1111,20 @@ class Artifact(_message.Message):
     """The file's content."""
     stage: _builtins.int
     """The stage that produced it."""
+    version: _builtins.int
+    """Which version of the file at `path` this is: 1 when a stage first writes
+    the path, then 2, 3, ... each time a later stage rewrites it on purpose
+    (the Refiner rewriting the code). Only a file of the same kind is
+    rewritten: tests never replace code, nor code a design (see
+    requested_path). 0 from servers older than this field.
+    """
+    requested_path: _builtins.str
+    """Set when the stage named a path that already held a file of another
+    kind (a Tester writing the Coder's "src/example.py"): the path it
+    asked for. The file is then kept under `path`, a free name beside it
+    ("src/example_test.py"), and the other file is left as it was. Empty
+    when the file is at the path the stage named.
+    """
     def __init__(
         self,
         *,
@@ -1116,10 +1132,12 @@ class Artifact(_message.Message):
         kind: Global___ArtifactKind.ValueType = ...,
         content: _builtins.str = ...,
         stage: _builtins.int = ...,
+        version: _builtins.int = ...,
+        requested_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "path", b"path", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "path", b"path", "requested_path", b"requested_path", "stage", b"stage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1186,8 +1204,11 @@ class RunResult(_message.Message):
     """Number of refinement rounds that ran."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
-        """The final files: design, code, tests, docs. Where several stages wrote
-        the same path, the last one wins.
+        """The final files: design, code, tests, docs, one per path, each at its
+        latest version (the last stage that rewrote it, see Artifact.version).
+        Files of different kinds never share a path: a test named like a code
+        file is kept under a name of its own (see Artifact.requested_path), so
+        no file a stage announced is lost.
         """
 
     def __init__(

@@ -113,12 +113,14 @@ class ArtifactKind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    """A file a stage produced."""
+    """A file a stage produced: version 1, 2, ... of its path; `requested_path` when it had to move aside."""
 
     path: str
     kind: ArtifactKind
     content: str
     stage: int
+    version: int = 1
+    requested_path: str = ""  # the path the stage named, when a file of another kind held it
 
 
 @dataclass(frozen=True, slots=True)

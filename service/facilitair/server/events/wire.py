@@ -51,7 +51,12 @@ def plan(value: Plan) -> pb.Plan:
 def artifact(value: Artifact) -> pb.Artifact:
     """A produced file as its message."""
     return pb.Artifact(
-        path=value.path, kind=pb.ArtifactKind.ValueType(int(value.kind)), content=value.content, stage=value.stage
+        path=value.path,
+        kind=pb.ArtifactKind.ValueType(int(value.kind)),
+        content=value.content,
+        stage=value.stage,
+        version=value.version,
+        requested_path=value.requested_path,
     )
 
 

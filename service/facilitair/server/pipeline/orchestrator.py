@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, Artifact, ArtifactKind, ModelRef, RunOutcome, Verdict
+from facilitair.server.domain import AgentRole, ArtifactKind, ModelRef, RunOutcome, Verdict
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.attempts import StageRunner
+from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
@@ -27,29 +27,6 @@ from facilitair.server.settings import PipelineConfig
 # Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
 # when the stage is replayed from its checkpoint (its events are in the log already).
 _Derive = Callable[[str, int, bool], None]
-
-
-@dataclass(slots=True)
-class _Files:
-    """The current files by path, last writer wins."""
-
-    by_path: dict[str, Artifact] = field(default_factory=dict)
-
-    def add(self, files: list[ParsedFile], kind: ArtifactKind, stage: int) -> list[Artifact]:
-        added = []
-        for f in files:
-            artifact = Artifact(path=f.path, kind=kind, content=f.content, stage=stage)
-            self.by_path[f.path] = artifact
-            added.append(artifact)
-        return added
-
-    def render(self, kind: ArtifactKind) -> str:
-        blocks = []
-        for a in self.by_path.values():
-            if a.kind == kind:
-                body = a.content if a.content.endswith("\n") else a.content + "\n"
-                blocks.append(f"File: {a.path}\n````\n{body}````")
-        return "\n\n".join(blocks)
 
 
 class Pipeline:
@@ -73,7 +50,7 @@ class Pipeline:
         self.checkpoints = checkpoints or {}
         self.interrupted_stage = interrupted_stage
         self.runner = runner
-        self.files = _Files()
+        self.files = FileSet()
         self.verdict = Verdict(approved=False, summary="")
         self._stage_count = 0
 
@@ -104,7 +81,7 @@ class Pipeline:
         await self._stage(
             AgentRole.DOCUMENTER, rounds, self._inputs(design, tests=True), self._files_of(ArtifactKind.DOC)
         )
-        return RunOutcome(list(self.files.by_path.values()), self.verdict.approved, rounds)
+        return RunOutcome(self.files.final(), self.verdict.approved, rounds)
 
     def _files_of(self, kind: ArtifactKind) -> _Derive:
         """Record the files in a stage's output; events announce each one."""
