@@ -11,7 +11,7 @@ from tests.fakes.providers import FakeOpenAI, Reply
 from tests.test_cli import cli
 
 TASK = "Write a function that reverses a string"
-CODE = 'def rev(s: str) -> str:\n    return s[::-1]\n'
+CODE = "def rev(s: str) -> str:\n    return s[::-1]\n"
 REFINED = 'def rev(s: str) -> str:\n    """Reverse s."""\n    return s[::-1]\n'
 TEST = 'from example import rev\n\n\ndef test_rev() -> None:\n    assert rev("ab") == "ba"\n'
 REJECT = '```json\n{"approved": false, "summary": "No docstring.", "issues": ["add a docstring"]}\n```'

@@ -20,6 +20,8 @@ from google.protobuf import json_format
 from facilitair.client import Agent, EventKind, StatusCode, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
+# Said of a stage whose model stopped at max_tokens (StageCompleted.truncated).
+TRUNCATED = "output truncated (the model reached max_tokens)"
 # Agents whose stages belong to a refinement round; the others run once, whatever the round number says.
 _ROUND_AGENTS = ("Refiner", "Reviewer")
 
@@ -76,6 +78,7 @@ class StageRow:
     round: int
     usage: pb.Usage | None = None
     duration: float = 0.0
+    truncated: bool = False
 
     @property
     def label(self) -> str:
@@ -144,6 +147,7 @@ class RunView:
             row.usage = c.usage
             row.model = c.model
             row.duration = c.duration.ToNanoseconds() / 1e9
+            row.truncated = c.truncated
             self.cost += c.usage.cost_usd
             self.cost_unknown = self.cost_unknown or c.usage.cost_unknown
             self.current = 0
@@ -165,7 +169,8 @@ class RunView:
             if s.usage is None:
                 continue
             tokens = f"{s.usage.input_tokens} in / {s.usage.output_tokens} out"
-            rows.append((str(number), s.label, s.model, tokens, seconds(s.duration), money(s.usage)))
+            label = s.label + (", output truncated" if s.truncated else "")
+            rows.append((str(number), label, s.model, tokens, seconds(s.duration), money(s.usage)))
         return rows
 
 
@@ -314,8 +319,9 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
         lines = [f"   ... waiting for the model ({event.thinking.waited_seconds:.0f}s)"]
     elif kind is EventKind.STAGE_COMPLETED:
         c = event.stage_completed
+        cut = f"; {TRUNCATED}" if c.truncated else ""
         lines = [
-            f"-- [{c.stage}] done in {seconds(c.duration.ToNanoseconds() / 1e9)}: "
+            f"-- [{c.stage}] done in {seconds(c.duration.ToNanoseconds() / 1e9)}{cut}: "
             f"{c.usage.input_tokens} in / {c.usage.output_tokens} out tokens, {money(c.usage)}"
             f" (run so far: {seconds(view.elapsed())}, {cost_text(view.cost, view.cost_unknown)})"
         ]

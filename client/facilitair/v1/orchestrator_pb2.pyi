@@ -981,6 +981,7 @@ class StageCompleted(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     stage: _builtins.int
     """The stage."""
     agent: Global___Agent.ValueType
@@ -989,6 +990,13 @@ class StageCompleted(_message.Message):
     """The model that produced the output, "provider:model"."""
     finish_reason: _builtins.str
     """Why the model stopped ("stop", "end_turn", "length", ...)."""
+    truncated: _builtins.bool
+    """True when the model stopped because it reached the stage's max_tokens
+    (finish_reason "length" from OpenAI, "max_tokens" from Anthropic): the
+    output is cut short, and the files or verdict read from it may be
+    incomplete. Small models often end this way; raising the agent's
+    max_tokens (or context_window) in the pipeline file gives them room.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens and cost of this stage."""
@@ -1006,10 +1014,11 @@ class StageCompleted(_message.Message):
         usage: Global___Usage | None = ...,
         duration: _duration_pb2.Duration | None = ...,
         finish_reason: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "duration", b"duration", "finish_reason", b"finish_reason", "model", b"model", "stage", b"stage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "duration", b"duration", "finish_reason", b"finish_reason", "model", b"model", "stage", b"stage", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

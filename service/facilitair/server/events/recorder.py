@@ -122,6 +122,7 @@ class RunRecorder:
         model: ModelRef,
         stage_usage: UsageTotals,
         finish_reason: str,
+        truncated: bool,
         seconds: float,
         checkpoint: str,
     ) -> None:
@@ -135,6 +136,7 @@ class RunRecorder:
             model=str(model),
             usage=wire.usage(stage_usage),
             finish_reason=finish_reason,
+            truncated=truncated,
         )
         done.duration.FromNanoseconds(int(seconds * 1e9))
         self._emit(pb.RunEvent(stage_completed=done))

@@ -20,9 +20,10 @@ import structlog
 
 from facilitair.server import metrics
 from facilitair.server.domain import ModelRef
-from facilitair.server.errors import ProviderError, RunDeadlineExceeded
+from facilitair.server.errors import FacilitairError, ProviderError, ProviderFailure, RunDeadlineExceeded
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.budget import Budget
+from facilitair.server.pipeline.context import ContextTooSmall
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,16 @@ def _log_fields(stage: int, model: ModelRef, host: str, exc: ProviderError) -> d
     }
 
 
+def _name_agent(exc: ProviderError, agent: str) -> None:
+    """Fill in the agent a provider's context-window hint is about (the provider cannot know it; we do)."""
+    exc.public_message = (
+        exc.public_message.replace("[agents.<agent>]", f"[agents.{agent}]")
+        + f"; with [agents.{agent}] context_window set to the window the model is served with, the server fits "
+        "each request into it"
+    )
+    exc.args = (exc.public_message,)
+
+
 @dataclass(frozen=True, slots=True)
 class StageResult:
     """A stage's output: its text, the provider's end marker, and the model that produced it."""
@@ -104,9 +115,15 @@ class StageRunner:
         chain: list[ModelRef],
         make_request: Callable[[ModelRef, float], CompletionRequest],
         attempt: int,
+        *,
+        agent: str,
     ) -> StageResult:
-        """Try the models of `chain` in order until one streams the stage to its end."""
-        last_error: ProviderError | None = None
+        """Try the models of `chain` in order until one streams the stage to its end.
+
+        `make_request` builds the request for a model, or raises ContextTooSmall when the stage cannot fit
+        that model's context window: the next model of the chain is then tried, as after a failure.
+        """
+        last_error: FacilitairError | None = None
         failure: dict[str, object] = {}  # the last failure's fields for the log
         for index, model in enumerate(chain):
             if last_error is not None:
@@ -119,7 +136,13 @@ class StageRunner:
             waited = 0.0
             while True:
                 tries += 1
-                request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
+                try:
+                    request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
+                except ContextTooSmall as exc:
+                    failure = {"stage": stage, "provider": model.provider, "model": model.model, "error": "context"}
+                    log.warning("stage_does_not_fit_context_window", **failure)
+                    last_error = exc
+                    break
                 limit = self.budget.char_limit(self.rec.usage, model, len(request.system) + len(request.prompt))
                 if limit <= 0:
                     raise self.budget.crossed(stage, self.rec.usage)
@@ -127,6 +150,8 @@ class StageRunner:
                     text, end = await self._stream(provider, request, stage, limit)
                     return StageResult(text, end, model)
                 except ProviderError as exc:
+                    if exc.kind is ProviderFailure.CONTEXT_EXCEEDED:
+                        _name_agent(exc, agent)
                     metrics.PROVIDER_ERRORS.labels(model.provider, exc.kind.name.lower()).inc()
                     failure = _log_fields(stage, model, provider.host, exc)
                     log.warning("provider_attempt_failed", attempt=attempt, retryable=exc.retryable, **failure)

@@ -13,15 +13,15 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, ArtifactKind, ModelRef, RunOutcome, Verdict
+from facilitair.server.domain import AgentRole, ArtifactKind, RunOutcome, Verdict
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.attempts import StageRunner
+from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
-from facilitair.server.providers import CompletionRequest
 from facilitair.server.settings import PipelineConfig
 
 # Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
@@ -124,19 +124,12 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
         chain = self.spec.models[role]
-        agent_cfg = self.config.agent(role)
-        prompt = prompts.user_prompt(role, inputs)
-
-        def request(model: ModelRef, timeout: float) -> CompletionRequest:
-            return CompletionRequest(
-                model=model.model,
-                system=prompts.system_prompt(role, agent_cfg.system_prompt),
-                prompt=prompt,
-                max_tokens=agent_cfg.max_tokens,
-                temperature=agent_cfg.temperature,
-                timeout=timeout,
-            )
-
+        request = StageRequests(
+            role,
+            inputs,
+            self.config.agent(role),
+            lambda model: self.runner.providers.get(model.provider).context_window(model.model),
+        )
         started = time.monotonic()
         if stage == self.interrupted_stage:
             # The server stopped during this stage: its partial tokens stay in the log, voided here.
@@ -145,7 +138,7 @@ class Pipeline:
         else:
             attempt = 1
             self.rec.stage_started(stage, role, chain[0], rounds)
-        result = await self.runner.run(stage, chain, request, attempt)
+        result = await self.runner.run(stage, chain, request, attempt, agent=role.label)
         derive(result.text, stage, True)
         end = result.end
         usage = self.prices.usage(
@@ -170,6 +163,7 @@ class Pipeline:
             model=result.model,
             stage_usage=usage,
             finish_reason=end.finish_reason,
+            truncated=end.truncated,
             seconds=elapsed,
             checkpoint=checkpoint,
         )

@@ -24,6 +24,10 @@ class CompletionRequest:
     timeout: float | None = None
 
 
+# The finish reasons that mean the output reached max_tokens and was cut off.
+TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+
+
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
     """The last item of a stream: usage as the provider reported it, and why it stopped.
@@ -41,6 +45,11 @@ class StreamEnd:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
 
+    @property
+    def truncated(self) -> bool:
+        """Whether the model stopped at max_tokens (OpenAI says "length", Anthropic "max_tokens")."""
+        return self.finish_reason in TRUNCATED_REASONS
+
 
 class Provider(Protocol):
     """A vendor's streaming completions API."""
@@ -54,6 +63,10 @@ class Provider(Protocol):
         Raises ProviderError for every failure, including a stream that ends without its terminal
         event. Closing the iterator (aclose) closes the HTTP response, so no more tokens are paid for.
         """
+        ...
+
+    def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens (prompt plus output), or None when the provider cannot tell."""
         ...
 
     async def aclose(self) -> None:
