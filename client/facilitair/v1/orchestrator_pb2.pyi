@@ -812,6 +812,7 @@ class Usage(_message.Message):
     COST_UNKNOWN_FIELD_NUMBER: _builtins.int
     CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Input (prompt) tokens as the provider reported them: the whole prompt,
     including the parts read from or written to the provider's prompt cache
@@ -833,6 +834,15 @@ class Usage(_message.Message):
     """Of input_tokens, those written to the provider's prompt cache (priced at
     the model's cache-write rate, usually above the input rate).
     """
+    estimated: _builtins.bool
+    """True when some of these counts are estimates: a stage was cut off (the
+    run cancelled or failed, the server stopped, or an attempt broke and
+    was retried) before the provider reported its usage. Its tokens are
+    counted all the same, as the provider reported them so far (Anthropic
+    gives the input when the stream starts) or else estimated (about four
+    characters a token, of the prompt sent and the text received), and so
+    is their cost.
+    """
     def __init__(
         self,
         *,
@@ -842,10 +852,11 @@ class Usage(_message.Message):
         cost_unknown: _builtins.bool = ...,
         cache_read_input_tokens: _builtins.int = ...,
         cache_write_input_tokens: _builtins.int = ...,
+        estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_input_tokens", b"cache_read_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cost_unknown", b"cost_unknown", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_input_tokens", b"cache_read_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cost_unknown", b"cost_unknown", "cost_usd", b"cost_usd", "estimated", b"estimated", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -91,6 +91,7 @@ class UsageTotals:
     cost_unknown: bool = False
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    estimated: bool = False  # some counts are estimates: a stage was cut off before its provider reported them
 
     def add(self, other: UsageTotals) -> None:
         """Add another usage to this one."""
@@ -100,6 +101,7 @@ class UsageTotals:
         self.cost_unknown = self.cost_unknown or other.cost_unknown
         self.cache_read_tokens += other.cache_read_tokens
         self.cache_write_tokens += other.cache_write_tokens
+        self.estimated = self.estimated or other.estimated
 
 
 class ArtifactKind(enum.IntEnum):

@@ -29,6 +29,7 @@ def usage(totals: UsageTotals) -> pb.Usage:
         cost_unknown=totals.cost_unknown,
         cache_read_input_tokens=totals.cache_read_tokens,
         cache_write_input_tokens=totals.cache_write_tokens,
+        estimated=totals.estimated,
     )
 
 

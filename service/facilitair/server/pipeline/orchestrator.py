@@ -13,7 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, ArtifactKind, RunOutcome, Verdict
+from facilitair.server.domain import AgentRole, ArtifactKind, RunOutcome, UsageTotals, Verdict
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.attempts import StageRunner
@@ -109,6 +109,21 @@ class Pipeline:
 
         return derive
 
+    def _cut_off_usage(self) -> UsageTotals:
+        """The priced usage of the current stage's attempts that were cut off."""
+        total = UsageTotals()
+        for spent in self.runner.cut_offs:
+            usage = self.prices.usage(
+                spent.model,
+                spent.input_tokens,
+                spent.output_tokens,
+                cache_read_tokens=spent.cache_read_tokens,
+                cache_write_tokens=spent.cache_write_tokens,
+            )
+            usage.estimated = spent.estimated
+            total.add(usage)
+        return total
+
     async def _stage(self, role: AgentRole, rounds: int, inputs: prompts.StageInputs, derive: _Derive) -> str:
         """Run one stage, or replay it from its checkpoint, and return its output text.
 
@@ -138,7 +153,12 @@ class Pipeline:
         else:
             attempt = 1
             self.rec.stage_started(stage, role, chain[0], rounds)
-        result = await self.runner.run(stage, chain, request, attempt, agent=role.label)
+        try:
+            result = await self.runner.run(stage, chain, request, attempt, agent=role.label)
+        except BaseException:
+            # Cancelled, failed or stopped mid-stage: what its attempts consumed still counts in the run's usage.
+            self.rec.cut_off(self._cut_off_usage())
+            raise
         derive(result.text, stage, True)
         end = result.end
         usage = self.prices.usage(
@@ -150,6 +170,7 @@ class Pipeline:
         )
         if not end.usage_reported:
             usage.cost_unknown = True
+        usage.add(self._cut_off_usage())  # attempts that broke and were retried were paid for too
         elapsed = time.monotonic() - started
         provider = result.model.provider
         metrics.STAGE_SECONDS.labels(role.label).observe(elapsed)

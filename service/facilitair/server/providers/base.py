@@ -51,14 +51,31 @@ class StreamEnd:
         return self.finish_reason in TRUNCATED_REASONS
 
 
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """Usage a provider reported before its stream's end, so that a stream cut off later is counted right.
+
+    Anthropic reports the prompt in `message_start` (output not yet: None) and the output in
+    `message_delta`; OpenAI reports both in the usage chunk just before `[DONE]`. Counts mean what
+    StreamEnd's mean. The StreamEnd of a stream that finishes supersedes every report.
+    """
+
+    input_tokens: int
+    output_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
 class Provider(Protocol):
     """A vendor's streaming completions API."""
 
     name: str
     host: str  # the API's host[:port] for logs: no scheme, no path, no credentials
 
-    def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[str | UsageReport | StreamEnd, None]:
         """Yield text deltas exactly as the vendor streams them, then one StreamEnd.
+
+        A UsageReport may come between them whenever the vendor reports usage before the end.
 
         Raises ProviderError for every failure, including a stream that ends without its terminal
         event. Closing the iterator (aclose) closes the HTTP response, so no more tokens are paid for.
