@@ -13,7 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, ArtifactKind, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import AgentRole, ArtifactKind, ModelRef, RunOutcome, UsageTotals, Verdict
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.attempts import StageRunner
@@ -22,6 +22,7 @@ from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
+from facilitair.server.providers import KnowsContextWindows
 from facilitair.server.settings import PipelineConfig
 
 # Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
@@ -109,6 +110,11 @@ class Pipeline:
 
         return derive
 
+    def _provider_window(self, model: ModelRef) -> int | None:
+        """The model's context window as its provider knows it (None: it does not say)."""
+        provider = self.runner.providers.get(model.provider)
+        return provider.context_window(model.model) if isinstance(provider, KnowsContextWindows) else None
+
     def _cut_off_usage(self) -> UsageTotals:
         """The priced usage of the current stage's attempts that were cut off."""
         total = UsageTotals()
@@ -139,12 +145,7 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
         chain = self.spec.models[role]
-        request = StageRequests(
-            role,
-            inputs,
-            self.config.agent(role),
-            lambda model: self.runner.providers.get(model.provider).context_window(model.model),
-        )
+        request = StageRequests(role, inputs, self.config.agent(role), self._provider_window)
         started = time.monotonic()
         if stage == self.interrupted_stage:
             # The server stopped during this stage: its partial tokens stay in the log, voided here.

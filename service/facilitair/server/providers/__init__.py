@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from facilitair.server.errors import FailedPrecondition, Reason
-from facilitair.server.providers.base import CompletionRequest, Provider, StreamEnd, UsageReport
+from facilitair.server.providers.base import CompletionRequest, KnowsContextWindows, Provider, StreamEnd, UsageReport
 from facilitair.server.settings import Settings
 
-__all__ = ["CompletionRequest", "Provider", "ProviderRegistry", "StreamEnd", "UsageReport"]
+__all__ = ["CompletionRequest", "KnowsContextWindows", "Provider", "ProviderRegistry", "StreamEnd", "UsageReport"]
 
 _SETUP_HINT = {
     "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for an OpenAI-compatible endpoint) on the server",

@@ -123,11 +123,6 @@ class AnthropicProvider:
         )
         self.host = host_of(self._client.base_url)
 
-    def context_window(self, model: str) -> int | None:
-        """Unknown: the vendor's API does not say (a pipeline file's `context_window` can)."""
-        del model
-        return None
-
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
         await self._client.close()

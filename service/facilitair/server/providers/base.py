@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from facilitair.server.errors import ProviderError, ProviderFailure
 
@@ -82,12 +82,21 @@ class Provider(Protocol):
         """
         ...
 
-    def context_window(self, model: str) -> int | None:
-        """The model's context window in tokens (prompt plus output), or None when the provider cannot tell."""
-        ...
-
     async def aclose(self) -> None:
         """Release the HTTP client."""
+        ...
+
+
+@runtime_checkable
+class KnowsContextWindows(Protocol):
+    """A provider that knows its models' context windows (a local server does; the vendors' APIs do not say).
+
+    The pipeline fits each stage's request into the window (pipeline/context.py); a pipeline file's
+    `context_window` for the agent wins over it.
+    """
+
+    def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens (prompt plus output), or None when it cannot tell."""
         ...
 
 

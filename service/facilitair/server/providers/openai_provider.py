@@ -45,11 +45,6 @@ class OpenAIProvider:
         # servers (vLLM, Ollama, OpenRouter) reliably accept only the older max_tokens.
         self._max_tokens_param = "max_completion_tokens" if base_url is None else "max_tokens"
 
-    def context_window(self, model: str) -> int | None:
-        """Unknown: the vendor's API does not say (a pipeline file's `context_window` can)."""
-        del model
-        return None
-
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
         await self._client.close()
