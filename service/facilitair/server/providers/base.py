@@ -100,6 +100,15 @@ class KnowsContextWindows(Protocol):
         ...
 
 
+@runtime_checkable
+class ChecksModels(Protocol):
+    """A provider that can tell, before a run starts, that it cannot serve a model (e.g. a file is missing)."""
+
+    def check_model(self, model: str) -> None:
+        """Raise FailedPrecondition saying what to do when `model` cannot be served."""
+        ...
+
+
 def failure_for_status(status: int, error_type: str | None = None, said: Iterable[str] = ()) -> ProviderFailure:
     """Classify an HTTP status (and the vendor's error type and words, when the status says nothing).
 
