@@ -175,8 +175,11 @@ async def _grpc_server(
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}: {_why_not_bindable(settings.listen)}")
     await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    # SERVING only while the store takes writes (RunningServer.follow_store_health keeps this true).
+    serving = runs.events.health.healthy
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health.set("", status)
+    await health.set(SERVICE_NAME, status)
     return server, health, port
 
 
