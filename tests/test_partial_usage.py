@@ -15,9 +15,11 @@ import pytest
 import structlog
 
 from facilitair.server.pipeline.context import TEMPLATE_TOKENS, estimate_tokens
-from tests.conftest import Harness, ServerFactory, default_replies, held, kind, of_kind, scripted
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
-from tests.test_cli import cli
+from tests.harness.cli import cli
+from tests.harness.events import kind, of_kind
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"

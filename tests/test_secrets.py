@@ -29,8 +29,10 @@ from aiohttp import web
 
 from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
 from facilitair.server.logging_setup import _QUIET, configure_logging
-from tests.conftest import Harness, RunStream, ServerFactory, agent_of, collect, default_replies, kind, of_kind
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
+from tests.harness.events import RunStream, collect, kind, of_kind
+from tests.harness.scripts import agent_of, default_replies
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"

@@ -24,9 +24,10 @@ from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import RunStream, collect, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
-from tests.storekit import read_only
+from tests.harness.events import RunStream, collect, kind
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.stores import read_only
 
 TASK = "Write a function that reverses a string"
 HANG_GUARD = 30.0

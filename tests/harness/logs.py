@@ -1,6 +1,9 @@
-"""A check that nothing is logged at error level while a block runs: by us, by grpc's Python code, by grpc's core.
+"""What the server logs, seen from the test: `on_log` waits for one event, `no_error_logs` fails on any error.
 
-Three places are watched, because a log line can come from three:
+Both work in-process, on structlog's events (`structlog.testing.capture_logs` or a processor added to the
+configured chain), never by parsing rendered output; a server process's JSON lines are kept by
+`tests.harness.processes.ServerProcess` instead. For `no_error_logs`, three places are watched, because a log
+line can come from three:
 - our structlog events, captured with `structlog.testing.capture_logs`;
 - the stdlib's records (grpc's `grpc._cython.cygrpc` logger writes "Unexpected [DecodeError] raised by
   servicer method" there, with a traceback), captured by pytest's `caplog` handler; structlog loggers
@@ -12,10 +15,12 @@ Three places are watched, because a log line can come from three:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -51,3 +56,22 @@ def no_error_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
     assert ours == [], f"structlog events at error level: {ours}"
     assert stdlib == [], f"stdlib records at error level: {stdlib}"
     assert core == [], f"error lines on stderr: {core}"
+
+
+@contextlib.contextmanager
+def on_log(event: str, **match: object) -> Iterator[asyncio.Event]:
+    """An event set when the server logs `event` with these fields (for what no RPC can observe)."""
+    seen = asyncio.Event()
+
+    def processor(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event_dict.get("event") == event and all(event_dict.get(k) == v for k, v in match.items()):
+            seen.set()
+        return event_dict
+
+    # The configured list itself is changed (as structlog.testing.capture_logs does) so cached loggers see it.
+    processors = structlog.get_config()["processors"]
+    processors.insert(0, processor)
+    try:
+        yield seen
+    finally:
+        processors.remove(processor)
