@@ -12,13 +12,13 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 
 from facilitair.client import RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
 from tests.harness.events import collect, kind, of_kind, stage_text
+from tests.harness.logs import captured_logs
 from tests.harness.scripts import Script, default_replies, held, scripted, text_of
 from tests.harness.servers import Harness, ServerFactory
 
@@ -487,11 +487,11 @@ async def test_failed_attempts_retries_fallbacks_and_the_final_error_are_logged(
     anthropic_script = scripted(coder=Reply(chunks=["x"], fault=Fault.http_status(429, retry_after=0.01)))
     async with EchoingOpenAI(openai_script, api_key=LOGGED_KEY) as oa, FakeAnthropic(anthropic_script) as an:
         h = await make_server(openai=oa, anthropic=an, provider_attempts=2, retry_backoff=FAST_RETRIES)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             events = await h.run(TASK, agent_models={"coder": f"{MINI},{SONNET}"})
     assert kind(events[-1]) == "run_failed"
 
-    lines = provider_lines(logs)
+    lines = provider_lines(logs.entries)
     assert [line["event"] for line in lines] == [
         "provider_attempt_failed",
         "provider_retry",
@@ -528,7 +528,7 @@ async def test_failed_attempts_retries_fallbacks_and_the_final_error_are_logged(
     assert final["log_level"] == "warning"  # a provider failing is not a server bug
     assert (final["provider"], final["model"], final["http_status"]) == ("anthropic", "claude-sonnet-4-6", 429)
     # The vendors' bodies, with the key one of them echoed, are nowhere in the log.
-    logged = repr(logs)
+    logged = repr(logs.entries)
     assert LOGGED_KEY not in logged
     assert "Vendor trouble" not in logged
     assert "Rate limit reached" not in logged
@@ -539,10 +539,10 @@ async def test_a_connection_refused_is_logged_with_its_cause(make_server: Server
     async with FakeOpenAI(scripted()) as fake:
         await fake.stop_listening()
         h = await make_server(openai=fake, provider_attempts=1)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             events = await h.run(TASK)
     assert kind(events[-1]) == "run_failed"
-    failed, final = provider_lines(logs)
+    failed, final = provider_lines(logs.entries)
     assert (failed["event"], failed["error"], failed["http_status"]) == ("provider_attempt_failed", "connection", None)
     assert failed["cause"] == "ConnectionRefusedError"
     assert final["event"] == "provider_failed"
