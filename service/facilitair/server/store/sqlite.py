@@ -21,6 +21,7 @@ from typing import TypeVar
 from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
     DELETE_BATCH,
+    RATE_WINDOW,
     Batch,
     Checkpoint,
     Claim,
@@ -32,6 +33,7 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    rate_limited,
 )
 from facilitair.server.store.sqlite_batch import chunks, immediate, marks, write_once
 
@@ -150,7 +152,13 @@ class SqliteStore:
     # -- writes ---------------------------------------------------------------------------------------------
 
     async def insert_run(
-        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+        self,
+        row: RunRow,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_active_per_principal: int,
+        max_started_per_minute: float | None = None,
     ) -> InsertResult:
         """The existing run for the request id, LIMITED, or the new run held by `owner` (epoch 1)."""
 
@@ -170,6 +178,13 @@ class SqliteStore:
                 )
                 if active >= max_active_per_principal:
                     return InsertResult(InsertOutcome.LIMITED, None, active)
+                recent, oldest = conn.execute(
+                    "SELECT count(*), min(created_at) FROM runs WHERE principal=? AND created_at > ?",
+                    (row.principal, row.created_at - RATE_WINDOW),
+                ).fetchone()
+                limited = rate_limited(max_started_per_minute, int(recent), oldest, row, active)
+                if limited is not None:
+                    return limited
                 stored = dataclasses.replace(
                     row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
                 )
