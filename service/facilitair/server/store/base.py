@@ -1,6 +1,6 @@
 """The storage interface for runs, their event logs and their leases.
 
-The event log (eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
+The event log (events/eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
 it durable in one transaction. Nothing above this interface knows which store is used: SQLite (one process)
 or PostgreSQL (any number of replicas on one database).
 

@@ -198,7 +198,7 @@ class SqliteStore:
 
         Not executemany: it steps once per row and releases and re-takes the GIL around each step, and while
         the event loop thread is busy every re-take waits up to the switch interval, so a commit of n rows took
-        up to n switch intervals (bench/README: one 2,000-event commit took 1.1 s).
+        up to n switch intervals (README, Benchmarks: one 2,000-event commit took 1.1 s).
 
         The same batch again (a retry after an unclear failure) changes nothing and returns the same runs; a
         batch that conflicts with other stored events raises IntegrityError.
