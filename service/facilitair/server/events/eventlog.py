@@ -29,6 +29,7 @@ from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
 from facilitair.server.events.wire import FINISHED_STATES, TERMINAL_PAYLOADS
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
+from facilitair.server.tasks import cancel_and_wait
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
@@ -77,10 +78,7 @@ class EventLog:
         unwritten = len(self._events)
         if unwritten:
             log.warning("events_not_written", events=unwritten, cause=self.health.cause)
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await cancel_and_wait(self._writer)
         await self.remote.stop()
         return unwritten
 
