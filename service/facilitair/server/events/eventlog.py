@@ -244,6 +244,7 @@ class EventLog:
         between replicas the watcher moves with it, gap-free.
         """
         next_seq = after_seq + 1
+        over = False  # the run had ended when last looked at: what the store holds now is all there is
         while True:
             channel = self._channels.get(run_id)
             feed: RemoteFeed | None = None
@@ -258,8 +259,13 @@ class EventLog:
                     raise error
                 if events or run_id in self._channels:
                     continue
-                if await self._over(run_id):
+                if over:
                     return
+                # The run's end (its row's state) commits with its terminal event: once the row says it
+                # ended, one more read gets every event up to the terminal one.
+                over = await self._over(run_id)
+                if over:
+                    continue
                 feed = await self.remote.attach(run_id)
                 channel = feed.channel
             try:
