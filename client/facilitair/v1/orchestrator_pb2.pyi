@@ -336,7 +336,11 @@ class WatchRunRequest(_message.Message):
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to watch."""
+    """The run to watch: its id, a prefix of its id that no other run of
+    yours starts with (at least 4 characters, like git), or "last" for your
+    newest run. A prefix several of your runs start with is INVALID_ARGUMENT
+    naming some of them. The events carry the full id.
+    """
     after_seq: _builtins.int
     """Only events with seq greater than this are sent; 0 sends them all."""
     coalesce_tokens: _builtins.bool
@@ -390,7 +394,11 @@ class GetRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to describe."""
+    """The run to describe: its id, a prefix of its id that no other run of
+    yours starts with (at least 4 characters, like git), or "last" for your
+    newest run. A prefix several of your runs start with is INVALID_ARGUMENT
+    naming some of them.
+    """
     def __init__(
         self,
         *,
@@ -494,7 +502,11 @@ class CancelRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to cancel."""
+    """The run to cancel: its id, a prefix of its id that no other run of
+    yours starts with (at least 4 characters, like git), or "last" for your
+    newest run. A prefix several of your runs start with is INVALID_ARGUMENT
+    naming some of them.
+    """
     def __init__(
         self,
         *,

@@ -260,8 +260,8 @@ class RunService:
 
     async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[pb.RunEvent]]:
         """Check the request, then return the run's events after `after_seq` until its end."""
-        await self._queries.check_watch(run_id, after_seq, principal)
-        return self.events.watch(run_id, after_seq)
+        row = await self._queries.check_watch(run_id, after_seq, principal)
+        return self.events.watch(row.run_id, after_seq)
 
     async def get_run(self, run_id: str, principal: str) -> pb.RunSummary:
         """The run's summary with its live progress and (once finished) its result."""
@@ -278,6 +278,6 @@ class RunService:
         self, run_id: str, principal: str, reason: str = "cancelled by a client request"
     ) -> pb.RunSummary:
         """Cancel a live run and wait for its run_cancelled event; a finished run is returned as it is."""
-        await self._queries.owned(run_id, principal)
-        await self._supervisor.cancel(run_id, reason)
-        return await self.get_run(run_id, principal)
+        row = await self._queries.owned(run_id, principal)
+        await self._supervisor.cancel(row.run_id, reason)
+        return await self.get_run(row.run_id, principal)
