@@ -35,6 +35,7 @@ from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admission, check_budget
+from facilitair.server.runs.idempotency import check_same_request
 from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
@@ -135,7 +136,8 @@ class RunService:
         if spec.client_request_id:
             existing = await self._existing(key)
             if existing is not None:
-                return existing
+                check_same_request(existing, spec)
+                return existing.run_id
         for model in spec.all_models():
             self._providers.get(model.provider)  # FailedPrecondition now, not mid-run
         plan = self._estimator.plan(spec)
@@ -179,6 +181,7 @@ class RunService:
         if inserted.outcome is not InsertOutcome.CREATED or inserted.row is None:
             self._admission.release(run_id)
             if inserted.outcome is InsertOutcome.EXISTING and inserted.row is not None:
+                check_same_request(inserted.row, spec)
                 return inserted.row.run_id  # started at the same moment elsewhere: attach to that run
             raise ResourceLimited(
                 f"you have {inserted.active} runs in flight, the most allowed (FACILITAIR_MAX_RUNS_PER_PRINCIPAL); "
@@ -197,16 +200,17 @@ class RunService:
         await self.events.flush()
         return run_id
 
-    async def _existing(self, key: tuple[str, str]) -> str | None:
+    async def _existing(self, key: tuple[str, str]) -> RunRow | None:
         """The run an idempotency key already started (waiting for one being created), or None."""
         pending = self._creating.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        row = await self._store.find_run(*key)
-        if row is not None:
-            return row.run_id
-        pending = self._creating.get(key)  # created while the store was read
-        return await asyncio.shield(pending) if pending is not None else None
+        if pending is None:
+            row = await self._store.find_run(*key)
+            if row is not None:
+                return row
+            pending = self._creating.get(key)  # created while the store was read
+            if pending is None:
+                return None
+        return await self._store.get_run(await asyncio.shield(pending))
 
     async def _resume(self, row: RunRow, last_seq: int) -> None:
         """Continue a run a previous server left in flight, from its last completed stage.
