@@ -82,7 +82,7 @@ async def _event_log(path: Path, runs: int, per_run: int, size: int) -> dict[str
     await asyncio.gather(*(produce(run_id) for run_id in run_ids))
     await log.flush()
     elapsed = time.monotonic() - start
-    await log.stop()
+    await log.stop(wait=60.0)
     await store.close()
     total = runs * per_run
     return {

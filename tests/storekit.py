@@ -116,6 +116,7 @@ class Heard:
 
     commits: list[dict[str, int]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
+    releases: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_commit(self, newest: Mapping[str, int]) -> None:
@@ -126,6 +127,11 @@ class Heard:
     def on_cancel(self, run_id: str) -> None:
         """The listener's cancel callback."""
         self.cancels.append(run_id)
+        self.changed.set()
+
+    def on_released(self) -> None:
+        """The listener's released-leases callback."""
+        self.releases += 1
         self.changed.set()
 
     async def until(self, done: object) -> None:

@@ -58,7 +58,7 @@ async def test_server_info_says_what_the_server_offers_and_runs_get_those_models
         events = await h.run(TASK)  # no model in the request: the server's resolution decides
 
     assert info.version == metadata.version("facilitair")
-    assert list(info.providers) == ["anthropic", "openai"]
+    assert list(info.providers) == ["anthropic", "local", "openai"]  # local: the dev extra installs its engine
     assert info.default_model == MINI
     expected = {agent: MINI for agent in AGENTS} | {"coder": SONNET, "tester": f"{SONNET},{MINI}"}
     assert dict(info.agent_models) == expected
@@ -86,7 +86,7 @@ async def test_server_info_needs_a_key_like_every_call(make_server: ServerFactor
                     await client.server_info()
                 assert refused.value.code == StatusCode.UNAUTHENTICATED
         async with Client(h.target, api_key=KEY) as alice:
-            assert list((await alice.server_info()).providers) == ["openai"]
+            assert list((await alice.server_info()).providers) == ["local", "openai"]
 
 
 async def test_server_info_reports_the_postgresql_store(make_server: ServerFactory, pg_url: str) -> None:
@@ -106,7 +106,7 @@ async def test_sync_client_server_info(make_server: ServerFactory) -> None:
                 info = client.server_info()
             return list(info.providers), info.limits.max_cost_usd_default, info.limits.max_tokens_limit
 
-        assert await asyncio.to_thread(ask) == (["openai"], 0.5, 50_000)
+        assert await asyncio.to_thread(ask) == (["local", "openai"], 0.5, 50_000)
 
 
 async def test_cli_info_for_people_and_as_json(make_server: ServerFactory, tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ async def test_cli_info_for_people_and_as_json(make_server: ServerFactory, tmp_p
     assert out.splitlines() == [
         f"server      facilitair {version} at {h.target} (replica {replica})",
         "store       sqlite (one server process)",
-        "providers   anthropic, openai",
+        "providers   anthropic, local, openai",
         f"models      default     {MINI}",
         f"            architect   {MINI}",
         f"            coder       {SONNET}",
@@ -138,7 +138,7 @@ async def test_cli_info_for_people_and_as_json(make_server: ServerFactory, tmp_p
     assert json_code == 0
     doc = json.loads(json_out)
     assert doc["version"] == version
-    assert doc["providers"] == ["anthropic", "openai"]
+    assert doc["providers"] == ["anthropic", "local", "openai"]
     assert doc["agentModels"]["coder"] == SONNET
     assert doc["store"] == "STORE_KIND_SQLITE"
     assert doc["limits"]["maxRunsPerPrincipal"] == 3
@@ -173,6 +173,6 @@ async def test_generic_tools_find_get_server_info_through_reflection(make_server
     doc = json.loads(out)
     assert (doc["version"], doc["providers"], doc["store"]) == (
         metadata.version("facilitair"),
-        ["openai"],
+        ["local", "openai"],
         "STORE_KIND_SQLITE",
     )

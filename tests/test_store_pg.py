@@ -65,8 +65,8 @@ async def _admin(url: str, sql: str, *args: object) -> object:
 async def test_one_notification_per_batch_to_other_replicas_only(replicas: list[PostgresStore]) -> None:
     a, b = replicas
     heard_by_a, heard_by_b = Heard(), Heard()
-    await a.listen(heard_by_a.on_commit, heard_by_a.on_cancel)
-    await b.listen(heard_by_b.on_commit, heard_by_b.on_cancel)
+    await a.listen(heard_by_a.on_commit, heard_by_a.on_cancel, heard_by_a.on_released)
+    await b.listen(heard_by_b.on_commit, heard_by_b.on_cancel, heard_by_b.on_released)
     x, y = await new_run(a), await new_run(a)
 
     assert await a.write_batch(batch_of((x, 1, 3), (y, 1, 2))) == set()
@@ -87,7 +87,7 @@ async def test_one_notification_per_batch_to_other_replicas_only(replicas: list[
 async def test_a_batch_of_too_many_runs_for_one_notification_says_recheck(replicas: list[PostgresStore]) -> None:
     a, b = replicas
     heard = Heard()
-    await b.listen(heard.on_commit, heard.on_cancel)
+    await b.listen(heard.on_commit, heard.on_cancel, heard.on_released)
     runs = [await new_run(a) for _ in range(250)]  # 250 x "uuid:1," is past the 8000-byte payload limit
     assert await a.write_batch(batch_of(*((r, 1, 1) for r in runs))) == set()
     await heard.until(lambda: heard.commits)
@@ -98,8 +98,8 @@ async def test_a_batch_of_too_many_runs_for_one_notification_says_recheck(replic
 async def test_cancel_requests_reach_every_listener(replicas: list[PostgresStore]) -> None:
     a, b = replicas
     heard_by_a, heard_by_b = Heard(), Heard()
-    await a.listen(heard_by_a.on_commit, heard_by_a.on_cancel)
-    await b.listen(heard_by_b.on_commit, heard_by_b.on_cancel)
+    await a.listen(heard_by_a.on_commit, heard_by_a.on_cancel, heard_by_a.on_released)
+    await b.listen(heard_by_b.on_commit, heard_by_b.on_cancel, heard_by_b.on_released)
     run = await new_run(a, "A")
     assert await b.request_cancel(run.run_id, "the user pressed ^C") is True
     await heard_by_a.until(lambda: heard_by_a.cancels)
@@ -112,7 +112,7 @@ async def test_cancel_requests_reach_every_listener(replicas: list[PostgresStore
 async def test_the_listener_reconnects_and_asks_for_a_recheck(pg_url: str, replicas: list[PostgresStore]) -> None:
     a, b = replicas
     heard = Heard()
-    await b.listen(heard.on_commit, heard.on_cancel)
+    await b.listen(heard.on_commit, heard.on_cancel, heard.on_released)
     killed = await _admin(
         pg_url,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -148,7 +148,7 @@ async def test_the_listener_notices_a_database_gone_silent(pg_url: str) -> None:
     heard = Heard()
     stopped: int | None = None
     try:
-        await store.listen(heard.on_commit, heard.on_cancel)
+        await store.listen(heard.on_commit, heard.on_cancel, heard.on_released)
         (backend,) = await _pids(pg_url)
         where = await _admin(pg_url, "SELECT coalesce(host(inet_server_addr()), 'socket')")
         if where not in ("socket", "127.0.0.1", "::1") or not _is_postgres(backend):

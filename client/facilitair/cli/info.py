@@ -39,7 +39,7 @@ def info_lines(info: ServerInfo, target: str) -> list[str]:
     lines = [
         _line("server", f"facilitair {info.version or '?'} at {target} (replica {info.replica_id or '?'})"),
         _line("store", store),
-        _line("providers", ", ".join(info.providers) or "none: no provider has a key on the server"),
+        _line("providers", ", ".join(info.providers) or "none: no provider key, no local engine"),
     ]
     known = [a.name.lower() for a in Agent if a is not Agent.UNSPECIFIED]
     agents = [a for a in known if a in info.agent_models] + sorted(set(info.agent_models) - set(known))

@@ -35,6 +35,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A target naming several replicas (dns:///name, ipv4:a,b): spread calls over them, and when one goes
+    # away the next call (a resumed watch) goes to another.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 #: Called with each event as it arrives; may be a coroutine function.

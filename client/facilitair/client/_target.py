@@ -1,11 +1,15 @@
 """Where to connect: `host`, `host:port`, `[v6]:port`, `http://host:port` or `https://host` (TLS).
 
 A missing port means 50051, the server's default, whatever the scheme. gRPC's own target schemes
-(`unix:`, `dns:`, `ipv4:`, ...) are passed through unchanged.
+(`unix:`, `dns:`, `ipv4:`, ...) are passed through unchanged: `dns:///name:port` for a name that resolves to
+several replicas, `ipv4:10.0.0.1:50051,10.0.0.2:50051` for a list of them. A plain comma-separated list of
+IP addresses (`10.0.0.1:50051,10.0.0.2:50051`) is that list too. The client spreads calls over the
+addresses (round robin) and moves to another one when a replica goes away.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from facilitair.client._errors import FacilitairError, StatusCode
@@ -44,6 +48,8 @@ def parse_target(target: str) -> Target:
             break
     if "://" in text:
         raise _bad(target, "only http:// and https:// are understood")
+    if "," in text:
+        return Target(_address_list(target, text), tls)
     if text.startswith("["):  # [v6] or [v6]:port
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
@@ -63,3 +69,16 @@ def _port(target: str, text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise _bad(target, f"port {text!r} is not a number from 1 to 65535")
     return int(text)
+
+
+def _address_list(target: str, text: str) -> str:
+    """`a:p,b:p` as gRPC's `ipv4:` (or `ipv6:`) list; names need `dns:///` (one name, many addresses)."""
+    addresses = [parse_target(part).address for part in text.split(",") if part.strip()]
+    hosts = [a.rpartition(":")[0].strip("[]") for a in addresses]
+    try:
+        families = {ipaddress.ip_address(h).version for h in hosts}
+    except ValueError:
+        raise _bad(target, "a list of addresses takes IP addresses; for a name, use dns:///NAME:PORT") from None
+    if len(families) > 1:
+        raise _bad(target, "a list of addresses must be all IPv4 or all IPv6")
+    return f"ipv{families.pop()}:{','.join(addresses)}"

@@ -563,6 +563,7 @@ class RunSummary(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     state: Global___RunState.ValueType
@@ -575,6 +576,11 @@ class RunSummary(_message.Message):
     """Agent of the stage running now (unspecified when none is)."""
     last_seq: _builtins.int
     """Seq of the last stored event."""
+    replica_id: _builtins.str
+    """The replica (server process) driving the run now, as named by its
+    --replica-id; empty when none is (the run has ended, or waits for a
+    replica to take it over).
+    """
     @_builtins.property
     def plan(self) -> Global___Plan:
         """The plan announced when it started."""
@@ -619,10 +625,11 @@ class RunSummary(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         result: Global___RunResult | None = ...,
         failure: Global___RunFailed | None = ...,
+        replica_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure", b"failure", "finished_at", b"finished_at", "plan", b"plan", "result", b"result", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_agent", b"current_agent", "current_stage", b"current_stage", "failure", b"failure", "finished_at", b"finished_at", "last_seq", b"last_seq", "plan", b"plan", "result", b"result", "run_id", b"run_id", "state", b"state", "task", b"task", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_agent", b"current_agent", "current_stage", b"current_stage", "failure", b"failure", "finished_at", b"finished_at", "last_seq", b"last_seq", "plan", b"plan", "replica_id", b"replica_id", "result", b"result", "run_id", b"run_id", "state", b"state", "task", b"task", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1493,8 +1500,10 @@ class GetServerInfoResponse(_message.Message):
     """
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The providers the server has credentials for, sorted, e.g. "anthropic",
-        "openai". A model of any other provider is refused (FAILED_PRECONDITION).
+        """The providers the server can use, sorted, e.g. "anthropic", "local",
+        "openai": a vendor whose key is set, and "local" when the server has
+        the local model engine. A model of any other provider is refused
+        (FAILED_PRECONDITION).
         """
 
     @_builtins.property

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from facilitair.server.errors import InvalidArgument
 
-PROVIDERS = ("openai", "anthropic")
+# `local` runs GGUF models on this machine (the `local` extra); its model names are file names or paths.
+PROVIDERS = ("openai", "anthropic", "local")
 
 
 class AgentRole(enum.IntEnum):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -15,10 +17,17 @@ import structlog
 _QUIET = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "openai", "anthropic", "grpc", "asyncio")
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Set up structlog and the stdlib root logger; call once at start."""
+def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | None = None) -> None:
+    """Set up structlog and the stdlib root logger; call once at start. `replica` names this server in every line."""
     console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
+
+    def add_replica(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if replica is not None:
+            event.setdefault("replica", replica)
+        return event
+
     shared: list[structlog.types.Processor] = [
+        add_replica,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -3,7 +3,7 @@
 Prices come from the `genai-prices` package (an offline snapshot of the vendors' price lists,
 including tiered long-context prices); the pipeline config's `[prices]` table adds models it does
 not know, or overrides it, at flat per-million-token prices. A model priced by neither reports its
-usage with `cost_unknown` set instead of a made-up number.
+usage with `cost_unknown` set instead of a made-up number. `local:` models cost 0.
 
 Prompt caching: `input_tokens` is the whole prompt, and the parts of it read from or written to the
 provider's cache are priced at genai-prices' cache rates (its `input_tokens` is that same total). A
@@ -52,6 +52,8 @@ class PriceTable:
         totals = UsageTotals(
             input_tokens, output_tokens, cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens
         )
+        if model.provider == "local":
+            return totals  # this machine's own CPU: nothing to pay
         price = self._overrides.get(str(model))
         if price is not None:
             totals.cost_usd = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1_000_000

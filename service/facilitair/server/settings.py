@@ -6,6 +6,8 @@ ANTHROPIC_BASE_URL) so that a machine already set up for the SDKs needs nothing 
 
 from __future__ import annotations
 
+import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -37,12 +39,24 @@ def _check_model(text: str, field: str) -> str:
     return text
 
 
+def default_replica_id() -> str:
+    """host-pid: unique among the processes of a deployment, and says where to look."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def default_db_path() -> Path:
     """The SQLite file in the user's data directory."""
     return Path(platformdirs.user_data_dir("facilitair")) / "facilitair.sqlite3"
 
 
+def default_models_dir() -> Path:
+    """Where `facilitair models pull` puts local models: the user's data directory."""
+    return Path(platformdirs.user_data_dir("facilitair")) / "models"
+
+
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
+# With no provider key at all: the small model `facilitair models pull` fetches (the `local` extra runs it).
+DEFAULT_LOCAL_MODEL = "default"
 
 
 class AgentConfig(BaseModel):
@@ -180,6 +194,36 @@ class Settings(BaseSettings):
         description="postgresql://user@host:port/db: the shared PostgreSQL store for several replicas (unset: the "
         "SQLite file at --db); give a password through FACILITAIR_DATABASE_URL or PGPASSWORD, not on a command line",
     )
+    replica_id: str = Field(
+        default_factory=default_replica_id,
+        min_length=1,
+        max_length=128,
+        description="this server's name among the replicas on one store (shown by GetRun and in logs; default "
+        "host-pid)",
+    )
+    lease_seconds: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=300.0,
+        description="a replica holds each run it drives under a lease renewed this often; a replica that dies "
+        "loses its runs to another after about this long",
+    )
+    store_grace_seconds: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=600.0,
+        description="when the store cannot write for this long, runs are interrupted (their provider streams "
+        "closed) and resume once it can",
+    )
+    # Set by `serve --workers N` for its worker processes, which share one port on purpose (SO_REUSEPORT).
+    share_port: CliSuppress[bool] = Field(default=False, description="share the port with the other workers")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="run this many server processes on one port, each a replica on the shared store "
+        "(PostgreSQL only)",
+    )
     model: str = Field(
         default="openai:gpt-4.1-mini",
         description="default model for every agent, provider:model or a comma-separated fallback list",
@@ -256,6 +300,25 @@ class Settings(BaseSettings):
     max_runs: int = _in_file(default=64, ge=1, description="most runs in flight on this server")
     max_runs_per_principal: int = _in_file(default=8, ge=1, description="most runs in flight per caller")
     runs_per_minute: float = _in_file(default=30.0, gt=0, description="most new runs per caller per minute")
+
+    # `local:` models (the `local` extra). Threads: llama.cpp's threads spin while they wait for each other, and
+    # on a core shared with this server or anything else they slowed down 20-fold here, hence half the CPUs.
+    local_models_dir: Path = Field(
+        default_factory=default_models_dir,
+        description="where `facilitair models pull` puts local models, and where local:<file> names are looked up",
+    )
+    local_slots: int = _in_file(
+        default=2, ge=1, le=64, description="requests a local model serves at once; more wait (producing nothing)"
+    )
+    local_context: int = _in_file(
+        default=4096, ge=256, le=1_048_576, description="context window of each local slot, tokens (prompt + answer)"
+    )
+    local_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU threads of a local model (default: half the logical CPUs)"
+    )
+    local_max_tokens: int = _in_file(
+        default=384, ge=16, le=64_000, description="most tokens one stage may write on a local model"
+    )
 
     # The SDKs' own variables, so a machine set up for the SDKs needs nothing more (environment only).
     openai_api_key: CliSuppress[SecretStr | None] = Field(
@@ -340,9 +403,11 @@ class Settings(BaseSettings):
             )
 
     def default_models(self) -> list[ModelRef]:
-        """The server-wide default model (or fallback list); unset, it follows the one provider with a key."""
-        if "model" not in self.model_fields_set and self.openai_api_key is None and self.anthropic_api_key is not None:
-            return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
+        """The server-wide default model (or fallback list); unset, it follows the provider with a key, else local."""
+        if "model" not in self.model_fields_set and self.openai_api_key is None:
+            if self.anthropic_api_key is not None:
+                return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
+            return [ModelRef("local", DEFAULT_LOCAL_MODEL)]
         return parse_chain(self.model, field="FACILITAIR_MODEL")
 
 

@@ -1,95 +1,52 @@
 """The event log: numbered events, made durable by group commit, then fanned out to watchers.
 
-Hot path: a provider chunk becomes a RunEvent that `append` puts on a list (no I/O, no await). One
-writer task takes everything pending from every run and hands it to the store as one batch (one
-transaction), then advances each run's `committed_seq` and wakes its watchers. A watcher never sees
-an event that is not durable.
+Hot path: a provider chunk becomes a RunEvent that `append` puts on a list (no I/O, no await). One writer task
+takes everything pending from every run and hands it to the store as one batch (one transaction), then advances
+each run's `committed_seq` and wakes its watchers. A watcher never sees an event that is not durable.
 
-Watchers keep no queue of their own: each remembers the next seq it wants and reads from the run's
-in-memory tail of recent events, or from the store when it has fallen further behind, so a slow
-watcher costs a position, not memory.
+Watchers keep no queue of their own: each remembers the next seq it wants and reads from the run's channel
+(channel.py), from the store when it has fallen further behind. A run driven by another replica is followed
+through a channel fed from the store (remote.py).
+
+When the store cannot write, the writer keeps the batch and tries again with backoff, probing while idle; the
+store's health (health.py) says so to whoever listens (the server's health service, the run service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections import Counter as Tally
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 from google.protobuf.message import DecodeError
 
 from facilitair.server import metrics
-from facilitair.server.errors import DataCorrupt
-from facilitair.server.events.wire import TERMINAL_PAYLOADS
-from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent
+from facilitair.server.errors import DataCorrupt, FacilitairError
+from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.health import StoreHealth
+from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
+from facilitair.server.events.wire import FINISHED_STATES, TERMINAL_PAYLOADS
+from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
 
 READ_PAGE = 1000
-# Events of each live run kept in memory for watchers that are a little behind; further behind (a
-# reconnecting client, a slow reader) they read from the store, an indexed range scan. A token event
-# takes about 0.9 KB in memory, so this is about 29 KB per live run (128 events made the RSS per active
-# run miss its 256 KB goal; README, Benchmarks). A commit larger than this is kept whole until the next one.
-TAIL_SIZE = 32
-
-
-class RunChannel:
-    """The live side of one run: seq numbering, the committed tail, and the watchers' wake-up."""
-
-    __slots__ = ("_changed", "_tail", "_tail_size", "committed_seq", "epoch", "finished", "next_seq", "run_id")
-
-    def __init__(self, run_id: str, last_seq: int, tail_size: int, epoch: int) -> None:
-        self.run_id = run_id
-        self.epoch = epoch  # the lease epoch this process holds the run under: its writes are fenced by it
-        self.next_seq = last_seq + 1
-        self.committed_seq = last_seq
-        self.finished = False
-        # The newest committed events, seqs contiguous and ending at committed_seq.
-        self._tail: deque[RunEvent] = deque()
-        self._tail_size = tail_size
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def _commit(self, events: list[RunEvent], terminal: bool) -> None:
-        tail = self._tail
-        tail.extend(events)
-        # Keep `tail_size` events, or the whole of this commit if it is larger: the watchers woken next want
-        # all of it, and reading it back from the store would cost more than holding it until they have.
-        for _ in range(len(tail) - max(self._tail_size, len(events))):
-            tail.popleft()
-        self.committed_seq = events[-1].seq
-        self.finished = self.finished or terminal
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
-
-    def tail_from(self, seq: int) -> list[RunEvent] | None:
-        """Committed events from `seq` on, if the tail still holds `seq`."""
-        wanted = self.committed_seq - seq + 1
-        tail = self._tail
-        if wanted > len(tail):
-            return None
-        if wanted <= 0:
-            return []
-        # From the right end: a live watcher wants the few newest events of a tail that may be long.
-        events = list(itertools.islice(reversed(tail), wanted))
-        events.reverse()
-        return events
-
-    async def wait_changed(self) -> None:
-        """Return once more events are committed (or the run finished)."""
-        await asyncio.shield(self._changed)
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
 
 
 class EventLog:
     """Numbers, persists and fans out the events of all runs."""
 
-    def __init__(self, store: EventStore, *, tail_size: int = TAIL_SIZE) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._tail_size = tail_size
+        self.health = StoreHealth()
+        self.remote = RemoteFeeds(store, self._stored, _is_terminal)
+        #: Called with the runs whose writes the store refused: another replica holds them now.
+        self.on_refused: Callable[[set[str]], None] = lambda _runs: None
         self._channels: dict[str, RunChannel] = {}
         # Each pending event with its payload kind, read once here for the terminal check and the metrics.
         self._events: list[tuple[RunChannel, RunEvent, str]] = []
@@ -104,31 +61,49 @@ class EventLog:
         """Start the writer task."""
         self._writer = asyncio.create_task(self._write_loop(), name="eventlog-writer")
 
-    async def stop(self) -> None:
-        """Write what is pending, then stop the writer."""
-        await self.flush()
+    async def stop(self, *, wait: float) -> int:
+        """Write what is pending (for at most `wait` seconds), stop the writer; return the events not written.
+
+        Events not written were never seen by any watcher (fan-out follows the commit), and their runs resume
+        from what is stored, so stopping with some unwritten loses nothing a client saw.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.flush()
+        unwritten = len(self._events)
+        if unwritten:
+            log.warning("events_not_written", events=unwritten, cause=self.health.cause)
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        await self.remote.stop()
+        return unwritten
+
+    # -- channels -------------------------------------------------------------------------------------------
 
     def open_channel(self, run_id: str, last_seq: int, *, epoch: int) -> RunChannel:
-        """Register a live run whose log holds `last_seq` events already, held under lease `epoch`."""
-        channel = RunChannel(run_id, last_seq, self._tail_size, epoch)
+        """Register a run driven here, whose log holds `last_seq` events already, held under lease `epoch`."""
+        channel = RunChannel(run_id, last_seq, epoch)
         self._channels[run_id] = channel
+        self.remote.now_local(run_id)
         return channel
 
     def channel(self, run_id: str) -> RunChannel | None:
-        """The live channel of a run, or None when it is not running here."""
+        """The channel of a run driven here, or None."""
         return self._channels.get(run_id)
 
-    def close_channel(self, channel: RunChannel) -> None:
-        """Forget a run that stops without a terminal event (server shutdown); watchers are woken."""
+    def close_channel(self, channel: RunChannel, *, error: FacilitairError | None = None) -> None:
+        """The run stops being driven here without a terminal event: its watchers follow it elsewhere (or err)."""
         if self._channels.get(channel.run_id) is channel:
             del self._channels[channel.run_id]
-        channel.finished = True
-        changed, channel._changed = channel._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        channel.close(moved=error is None, error=error)
+
+    def committed_elsewhere(self, newest: Mapping[str, int]) -> None:
+        """Another replica committed events of these runs (empty: of any run); the store's listener calls this."""
+        self.remote.committed(newest)
+
+    # -- writing ------------------------------------------------------------------------------------------
 
     def append(self, channel: RunChannel, event: RunEvent) -> None:
         """Number an event (run_id and payload already set) and queue it; the per-token path."""
@@ -139,7 +114,7 @@ class EventLog:
         self._poke()
 
     def update_run(self, row: RunRow) -> None:
-        """Queue an upsert of a run row; it commits with the events queued before it."""
+        """Queue an update of a run row; it commits with the events queued before it."""
         self._runs[row.run_id] = row
         self._epochs[row.run_id] = row.epoch
         self._poke()
@@ -154,12 +129,15 @@ class EventLog:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
-        if not (self._events or self._runs or self._checkpoints):
+        if not self._pending():
             return
         done = asyncio.get_running_loop().create_future()
         self._flushed.append(done)
         self._poke()
         await done
+
+    def _pending(self) -> bool:
+        return bool(self._events or self._runs or self._checkpoints)
 
     def _poke(self) -> None:
         wake = self._wake
@@ -169,9 +147,13 @@ class EventLog:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not (self._events or self._runs or self._checkpoints):
+            if not self._pending():
                 self._wake = loop.create_future()
-                await self._wake
+                if self.health.healthy:
+                    await self._wake
+                else:
+                    await self._probe_until_healthy()
+                continue
             events, self._events = self._events, []
             runs, self._runs = self._runs, {}
             checkpoints, self._checkpoints = self._checkpoints, []
@@ -185,10 +167,11 @@ class EventLog:
             )
             refused = await self._write(batch)
             if refused:
-                # Another process holds these runs under a newer epoch: nothing of theirs was written, so
-                # watchers must not see it either.
+                # Another replica holds these runs under a newer epoch: nothing of theirs was written, so
+                # watchers must not see it either, and this replica must stop driving them.
                 log.warning("event_write_refused", runs=sorted(refused))
                 events = [item for item in events if item[0].run_id not in refused]
+                self.on_refused(refused)
             metrics.count_events(Tally(kind for _, _, kind in events))
             self._fan_out(events)
             for done in flushed:
@@ -196,14 +179,42 @@ class EventLog:
                     done.set_result(None)
 
     async def _write(self, batch: Batch) -> set[str]:
-        """Write a batch, retrying with backoff: events must not be dropped while the disk is unhappy."""
-        for attempt in itertools.count():
+        """Write a batch, trying again with backoff while the store cannot: events must not be dropped."""
+        delay = BACKOFF_FIRST
+        while True:
             try:
-                return await self.store.write_batch(batch)
-            except Exception:
-                log.exception("event_store_write_failed", attempt=attempt, events=len(batch.events))
-                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
-        raise AssertionError("unreachable: the attempts never run out")
+                refused = await self.store.write_batch(batch)
+            except StoreUnavailable as exc:
+                self.health.failed(str(exc))
+            except Exception as exc:
+                if self.health.healthy:
+                    log.exception("event_store_write_failed")
+                self.health.failed(f"unexpected error ({type(exc).__name__}); the server log has the details")
+            else:
+                self.health.succeeded()
+                return refused
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _probe_until_healthy(self) -> None:
+        """While the store cannot write and nothing is pending, try a small write now and then."""
+        delay = BACKOFF_FIRST
+        wake = self._wake
+        while not self.health.healthy and not self._pending():
+            try:
+                await self.store.probe()
+            except StoreUnavailable as exc:
+                self.health.failed(str(exc))
+            except Exception as exc:  # noqa: BLE001 - as in _write
+                self.health.failed(f"unexpected error ({type(exc).__name__})")
+            else:
+                self.health.succeeded()
+                return
+            if wake is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await asyncio.shield(wake)
+            delay = min(delay * 2, BACKOFF_MAX)
 
     def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]]) -> None:
         by_channel: dict[RunChannel, list[RunEvent]] = {}
@@ -216,43 +227,77 @@ class EventLog:
             if kind in TERMINAL_PAYLOADS:
                 ended.append(channel)
         for channel, evs in by_channel.items():
-            channel._commit(evs, channel in ended)
+            channel.commit(evs, channel in ended)
         for channel in ended:
             if self._channels.get(channel.run_id) is channel:
                 del self._channels[channel.run_id]
 
+    # -- watching -------------------------------------------------------------------------------------------
+
     async def watch(self, run_id: str, after_seq: int) -> AsyncIterator[list[RunEvent]]:
-        """Yield lists of committed events with seq > after_seq, in order, until the run ends."""
+        """Yield lists of committed events with seq > after_seq, in order, until the run ends.
+
+        The run is followed through its channel here when this replica drives it, else from the store (a run
+        that has ended is read to its end; one that goes on is followed through a remote feed); when it moves
+        between replicas the watcher moves with it, gap-free.
+        """
         next_seq = after_seq + 1
-        channel = self._channels.get(run_id)
         while True:
-            if channel is None or next_seq <= channel.committed_seq:
-                events = channel.tail_from(next_seq) if channel is not None else None
-                if events is None:
-                    events, corrupt = _decoded(
-                        run_id, next_seq, await self.store.read_events(run_id, next_seq - 1, READ_PAGE)
-                    )
-                    if corrupt is not None:
-                        if events:
-                            yield events
-                        raise corrupt
+            channel = self._channels.get(run_id)
+            feed: RemoteFeed | None = None
+            if channel is None:
+                events, error = await self._stored(run_id, next_seq)
                 if events:
                     next_seq = events[-1].seq + 1
                     yield events
+                    if _is_terminal(events[-1]):
+                        return
+                if error is not None:
+                    raise error
+                if events or run_id in self._channels:
                     continue
-                if channel is None:
-                    return  # not live and nothing more stored: the run has ended
-            if channel.finished and next_seq > channel.committed_seq:
-                return
-            await channel.wait_changed()
+                if await self._over(run_id):
+                    return
+                feed = await self.remote.attach(run_id)
+                channel = feed.channel
+            try:
+                while True:
+                    if next_seq <= channel.committed_seq:
+                        tail = channel.tail_from(next_seq)
+                        events, error = (tail, None) if tail is not None else await self._stored(run_id, next_seq)
+                        if events:
+                            next_seq = events[-1].seq + 1
+                            yield events
+                        if error is not None:
+                            raise error
+                        if events:
+                            continue
+                    if channel.finished:
+                        return
+                    if channel.error is not None:
+                        raise channel.error
+                    if channel.moved:
+                        break
+                    await channel.wait_changed()
+            finally:
+                if feed is not None:
+                    await self.remote.detach(feed)
+
+    async def _stored(self, run_id: str, first_seq: int) -> tuple[list[RunEvent], FacilitairError | None]:
+        """Stored events from `first_seq` on (a page), up to the first that cannot be read (named by the error)."""
+        events = []
+        for seq, blob in enumerate(await self.store.read_events(run_id, first_seq - 1, READ_PAGE), start=first_seq):
+            try:
+                events.append(RunEvent.FromString(blob))
+            except DecodeError:
+                return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
+        return events, None
+
+    async def _over(self, run_id: str) -> bool:
+        """True when the run has ended (or is gone): nothing more will be stored for it."""
+        row = await self.store.get_run(run_id)
+        return row is None or row.state in FINISHED_STATES
 
 
-def _decoded(run_id: str, first_seq: int, blobs: list[bytes]) -> tuple[list[RunEvent], DataCorrupt | None]:
-    """Stored events back as messages, up to the first that cannot be read (named by the error)."""
-    events = []
-    for seq, blob in enumerate(blobs, start=first_seq):
-        try:
-            events.append(RunEvent.FromString(blob))
-        except DecodeError:
-            return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
-    return events, None
+def _is_terminal(event: RunEvent) -> bool:
+    return event.WhichOneof("payload") in TERMINAL_PAYLOADS

@@ -11,7 +11,8 @@ import time
 
 from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, UsageTotals, Verdict
 from facilitair.server.events import wire
-from facilitair.server.events.eventlog import EventLog, RunChannel
+from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.watchdog import SilenceWatchdog
 from facilitair.server.store.base import Checkpoint, RunRow
 from facilitair.v1 import orchestrator_pb2 as pb

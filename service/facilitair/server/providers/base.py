@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from facilitair.server.errors import ProviderError, ProviderFailure
 
@@ -58,6 +58,15 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release the HTTP client."""
+        ...
+
+
+@runtime_checkable
+class ChecksModels(Protocol):
+    """A provider that can tell, before a run starts, that it cannot serve a model (e.g. a file is missing)."""
+
+    def check_model(self, model: str) -> None:
+        """Raise FailedPrecondition saying what to do when `model` cannot be served."""
         ...
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 import uuid
 
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
@@ -80,8 +81,11 @@ class RunQueries:
         return channel.committed_seq if channel is not None else await self._store.last_seq(run_id)
 
     async def summary(self, row: RunRow, *, with_result: bool) -> pb.RunSummary:
-        """The run's stored summary with its live progress."""
-        return wire.summary_of(row.summary, await self.last_seq(row.run_id), with_result=with_result)
+        """The run's stored summary with its live progress and the replica driving it."""
+        summary = wire.summary_of(row.summary, await self.last_seq(row.run_id), with_result=with_result)
+        if row.state in wire.UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time():
+            summary.replica_id = row.owner
+        return summary
 
     async def check_watch(self, run_id: str, after_seq: int, principal: str) -> RunRow:
         """The run to watch; refuse someone else's run, or a watch that starts past the run's last event."""

@@ -1,15 +1,16 @@
 """The supervisor: drives every run that lives in this process, from spawn to its one ending.
 
 A run's task belongs to the supervisor, not to the stream that started it, so it outlives every connection.
-A run ends in exactly one way, decided in `_ending`: completed, failed, cancelled (a CancelRun or a client
-that left with on_disconnect=CANCEL), or interrupted (the server is stopping: no terminal event; the run
-resumes at the next start). Who stops a run says why before cancelling its task (`LiveRun.stop`).
+Its time here ends in exactly one way, decided in `_ending`: completed, failed, cancelled (a CancelRun or a
+client that left with on_disconnect=CANCEL), interrupted (the server is stopping, or the store cannot write:
+no terminal event; the run's lease is released and it resumes here or on another replica), or lost (another
+replica took the run over: nothing more is written, the provider's stream is closed). Who stops a run says
+why before cancelling its task (`LiveRun.stop`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import time
 from collections.abc import Callable
@@ -45,7 +46,14 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    """The server is stopping: the run ends without a terminal event and resumes at the next start."""
+    """The run stops here without a terminal event and resumes later (here or elsewhere); `error` tells watchers."""
+
+    error: FacilitairError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Another replica holds the run now: write nothing more, stop at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +70,8 @@ class Failed:
     error: BaseException
 
 
-Ending = Cancel | Interrupt | Completed | Failed
+Ending = Cancel | Interrupt | Lost | Completed | Failed
+Stop = Cancel | Interrupt | Lost
 
 
 @dataclass(slots=True)
@@ -72,7 +81,7 @@ class LiveRun:
     recorder: RunRecorder
     principal: str
     task: asyncio.Task[None] | None = None
-    stop: Cancel | Interrupt | None = None  # set by whoever stops the run, before cancelling its task
+    stop: Stop | None = None  # set by whoever stops the run, before cancelling its task
 
 
 class Supervisor:
@@ -87,6 +96,7 @@ class Supervisor:
         config: PipelineConfig,
         status_number: StatusNumber,
         on_finished: Callable[[str], None],
+        on_interrupted: Callable[[str, int], None],
     ) -> None:
         self._settings = settings
         self._providers = providers
@@ -94,6 +104,7 @@ class Supervisor:
         self._config = config
         self._status_number = status_number
         self._on_finished = on_finished
+        self._on_interrupted = on_interrupted
         self._live: dict[str, LiveRun] = {}
 
     def __len__(self) -> int:
@@ -142,28 +153,44 @@ class Supervisor:
         """The run's deadline on the monotonic clock, counted from its creation across restarts."""
         return time.monotonic() + rec.created_at + self._settings.run_timeout - time.time()
 
-    async def cancel(self, run_id: str, reason: str) -> None:
-        """Cancel a live run and wait until it has ended; nothing when it does not run here."""
+    def held(self) -> dict[str, int]:
+        """The runs driven here, with the lease epoch each is held under."""
+        return {run_id: live.recorder.channel.epoch for run_id, live in self._live.items()}
+
+    async def cancel(self, run_id: str, reason: str, *, wait: float) -> bool:
+        """Cancel a live run and wait (at most `wait` seconds) until it has ended; False if it has not by then."""
         live = self._live.get(run_id)
         if live is None or live.task is None or live.task.done():
-            return
-        if live.stop is None:
-            live.stop = Cancel(reason)
-            live.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(live.task)
+            return True
+        self._stop(live, Cancel(reason))
+        done, _ = await asyncio.wait({live.task}, timeout=wait)
+        return bool(done)
 
-    async def interrupt_all(self) -> None:
-        """Stop every live run for a server shutdown; a run already being cancelled finishes its cancel."""
-        tasks = []
+    def lose(self, run_ids: set[str]) -> None:
+        """Another replica took these runs over: stop driving them at once, writing nothing."""
+        for run_id in run_ids:
+            live = self._live.get(run_id)
+            if live is not None:
+                log.warning("run_lost", run_id=run_id)
+                self._stop(live, Lost())
+
+    async def interrupt_all(self, error: FacilitairError | None = None, *, wait: float | None = None) -> None:
+        """Stop every live run without a terminal event, waiting at most `wait` seconds (None: until they end).
+
+        A run already being stopped ends as it was asked to. The runs' tasks are never cancelled twice here,
+        whatever the wait: a run that has not ended yet is waiting to store its state.
+        """
         for live in list(self._live.values()):
-            if live.task is None:
-                continue
-            if live.stop is None:
-                live.stop = Interrupt()
-                live.task.cancel()
-            tasks.append(live.task)
-        await asyncio.gather(*tasks, return_exceptions=True)
+            self._stop(live, Interrupt(error))
+        tasks = {live.task for live in self._live.values() if live.task is not None}
+        if tasks and wait != 0:
+            await asyncio.wait(tasks, timeout=wait)
+
+    def _stop(self, live: LiveRun, stop: Stop) -> None:
+        # Stop once: a second cancel would land in the run's own ending and cut off its terminal event.
+        if live.stop is None and live.task is not None and not live.task.done():
+            live.stop = stop
+            live.task.cancel()
 
     async def _drive(self, live: LiveRun, pipeline: Pipeline, deadline: float) -> None:
         """Run the pipeline and record the run's one ending."""
@@ -174,10 +201,17 @@ class Supervisor:
         try:
             ending = await self._ending(live, pipeline, deadline)
             await rec.watchdog.stop()
+            if isinstance(ending, Lost):
+                # Not ours to write any more: the new owner resumes the run from what is stored.
+                rec.event_log.close_channel(rec.channel)
+                return
+            if isinstance(ending, Interrupt):
+                # Watchers are told now; the row's state waits for the store like every other write.
+                rec.event_log.close_channel(rec.channel, error=ending.error)
             self._record(rec, ending)
             await rec.event_log.flush()
             if isinstance(ending, Interrupt):
-                rec.event_log.close_channel(rec.channel)
+                self._on_interrupted(rec.run_id, rec.channel.epoch)
             u = rec.usage
             log.info(
                 "run_finished",
@@ -224,7 +258,7 @@ class Supervisor:
             rec.cancelled(ending.reason)
         elif isinstance(ending, Interrupt):
             rec.interrupted()
-        else:
+        elif isinstance(ending, Failed):
             self.fail(rec, ending.error)
 
     def fail(self, rec: RunRecorder, error: BaseException) -> None:

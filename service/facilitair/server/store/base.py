@@ -17,11 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from facilitair.server.errors import Reason, Unavailable
+
 # RunState values that may still produce events: QUEUED, RUNNING, INTERRUPTED.
 UNFINISHED_STATES: tuple[int, ...] = (1, 2, 6)
 # The NOTIFY channels of the PostgreSQL store.
 COMMITS_CHANNEL = "facilitair_commits"
 CANCEL_CHANNEL = "facilitair_cancel"
+LEASES_CHANNEL = "facilitair_leases"
 # Retention deletes this many runs per transaction, so no transaction grows with the size of the store.
 DELETE_BATCH = 500
 
@@ -46,12 +49,14 @@ def id_prefix_bounds(prefix: str) -> tuple[str, str | None]:
     return prefix, head[:-1] + RUN_ID_DIGITS[RUN_ID_DIGITS.index(head[-1]) + 1]
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Unavailable):
     """The store cannot write (or cannot be reached) now; the message is the plain cause, safe to log and show.
 
     It says nothing of file paths or credentials. The condition may clear by itself (space freed, the database
-    back): the stores reconnect on the next call.
+    back): the stores reconnect on the next call. A caller that meets it gets UNAVAILABLE (STORE_UNAVAILABLE).
     """
+
+    reason = Reason.STORE_UNAVAILABLE
 
 
 class SchemaError(Exception):
@@ -161,6 +166,8 @@ class Claim:
 OnCommit = Callable[[Mapping[str, int]], None]
 # A cancel was requested for this run id (by any replica, this one included); the reason is on the run.
 OnCancel = Callable[[str], None]
+# A replica let its leases go (a graceful stop): their runs can be claimed now.
+OnReleased = Callable[[], None]
 
 
 class EventStore(Protocol):
@@ -191,8 +198,15 @@ class EventStore(Protocol):
         """
         ...
 
-    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
-        """Deliver other writers' commits and every cancel request until close(); no-op on a one-process store."""
+    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel, on_released: OnReleased) -> None:
+        """Deliver other writers' commits, every cancel request and released leases until close().
+
+        A no-op on a one-process store.
+        """
+        ...
+
+    async def probe(self) -> None:
+        """Make one small durable write; StoreUnavailable when the store cannot write (full, read-only, gone)."""
         ...
 
     async def request_cancel(self, run_id: str, reason: str) -> bool:
@@ -210,7 +224,7 @@ class EventStore(Protocol):
         ...
 
     async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
-        """Let these leases run out now (where still held), so another replica claims the runs at once."""
+        """Let these leases run out now (where still held) and tell the other replicas, who claim the runs at once."""
         ...
 
     async def count_active(self, principal: str) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
-from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, OnCancel, OnCommit
+from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, LEASES_CHANNEL, OnCancel, OnCommit, OnReleased
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +49,7 @@ class Listener:
         own_tag: str,
         on_commit: OnCommit,
         on_cancel: OnCancel,
+        on_released: OnReleased,
         *,
         ping_every: float = PING_EVERY,
         ping_timeout: float = PING_TIMEOUT,
@@ -57,6 +58,7 @@ class Listener:
         self._tag = own_tag
         self._on_commit = on_commit
         self._on_cancel = on_cancel
+        self._on_released = on_released
         self._ping_every = ping_every
         self._ping_timeout = ping_timeout
         self._conn: asyncpg.Connection | None = None
@@ -85,6 +87,7 @@ class Listener:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(COMMITS_CHANNEL, self._notified)
             await conn.add_listener(CANCEL_CHANNEL, self._notified)
+            await conn.add_listener(LEASES_CHANNEL, self._notified)
         except BaseException:
             conn.terminate()
             raise
@@ -103,6 +106,7 @@ class Listener:
             await self._reopen()
             log.info("store_listener_reconnected")
             self._deliver_commits({})  # notifications sent meanwhile are lost: everyone re-checks
+            self._on_released()  # and leases released meanwhile are claimed
 
     async def _watch(self) -> None:
         """Return once the connection is gone: closed under us, or silent to a ping."""
@@ -133,6 +137,12 @@ class Listener:
 
     def _notified(self, _conn: object, _pid: int, channel: str, data: object) -> None:
         payload = str(data)
+        if channel == LEASES_CHANNEL:
+            try:
+                self._on_released()
+            except Exception:
+                log.exception("store_released_callback_failed")
+            return
         if channel == CANCEL_CHANNEL:
             try:
                 self._on_cancel(payload)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, SchemaError
+from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, LEASES_CHANNEL, SchemaError
 
 V1 = """
 CREATE TABLE runs (
@@ -149,14 +149,18 @@ WITH held AS (
 UPDATE runs r SET lease_expires_at = {NOW} + $4::float8 FROM held WHERE r.run_id = held.run_id
 RETURNING r.run_id, r.cancel_reason
 """
-RELEASE = """
+RELEASE = f"""
 WITH held AS (
     SELECT r.run_id FROM runs r JOIN unnest($2::text[], $3::bigint[]) AS w(run_id, epoch)
         ON w.run_id = r.run_id AND w.epoch = r.epoch
     WHERE r.owner = $1 ORDER BY r.run_id FOR NO KEY UPDATE OF r
+), released AS (
+    UPDATE runs r SET lease_expires_at = 0 FROM held WHERE r.run_id = held.run_id RETURNING r.run_id
 )
-UPDATE runs r SET lease_expires_at = 0 FROM held WHERE r.run_id = held.run_id
+SELECT pg_notify('{LEASES_CHANNEL}', count(*)::text) FROM released HAVING count(*) > 0
 """
+# A durable write that changes nothing: whether the database takes writes now.
+PROBE = "UPDATE schema_version SET version = version"
 
 
 def claim_sql(ignore_leases: bool) -> str:

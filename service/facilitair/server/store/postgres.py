@@ -29,6 +29,7 @@ from facilitair.server.store.base import (
     InsertResult,
     OnCancel,
     OnCommit,
+    OnReleased,
     RenewResult,
     RunRow,
     StoreUnavailable,
@@ -262,7 +263,7 @@ class PostgresStore:
         rest = without_events(batch)
         return refused | (await self._write(conn, rest) if rest.run_ids() else set())
 
-    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
+    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel, on_released: OnReleased) -> None:
         """Open the LISTEN connection (StoreUnavailable if it cannot) and keep it open until close()."""
         if self._listener is not None:
             raise RuntimeError("already listening")
@@ -271,6 +272,7 @@ class PostgresStore:
             self.tag,
             on_commit,
             on_cancel,
+            on_released,
             ping_every=self._listen_check,
             ping_timeout=self._listen_check,
         )
@@ -313,8 +315,16 @@ class PostgresStore:
 
         return await self._on_pool(claim)
 
+    async def probe(self) -> None:
+        """One durable write through the writer connection, as the event log's batches go."""
+
+        async def touch(conn: Conn) -> None:
+            await conn.execute(pg_sql.PROBE)
+
+        await self._on_writer(touch)
+
     async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
-        """Expire the leases still held, now."""
+        """Expire the leases still held, now, and notify the other replicas."""
 
         async def release(conn: Conn) -> None:
             await conn.execute(pg_sql.RELEASE, owner, list(epochs), list(epochs.values()))

@@ -28,6 +28,7 @@ from facilitair.server.store.base import (
     InsertResult,
     OnCancel,
     OnCommit,
+    OnReleased,
     RenewResult,
     RunRow,
     StoreUnavailable,
@@ -190,7 +191,7 @@ class SqliteStore:
         """
         return await self._writer.run(lambda conn: write_once(conn, batch))
 
-    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel) -> None:
+    async def listen(self, on_commit: OnCommit, on_cancel: OnCancel, on_released: OnReleased) -> None:
         """Nothing to do: one process writes and watches, and it knows its own commits."""
 
     async def request_cancel(self, run_id: str, reason: str) -> bool:
@@ -249,6 +250,15 @@ class SqliteStore:
             return [Claim(r, _last_seq(conn, r.run_id)) for r in rows]
 
         return await self._writer.run(claim)
+
+    async def probe(self) -> None:
+        """One durable write (a transaction that rewrites the schema version): full or read-only fails it."""
+
+        def touch(conn: sqlite3.Connection) -> None:
+            with immediate(conn):
+                conn.execute("UPDATE schema_version SET version = version")
+
+        await self._writer.run(touch)
 
     async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
         """Expire the leases still held, now."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from facilitair.server.domain import chain_text
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.providers import ProviderRegistry
@@ -50,6 +53,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", 300_000),
         # Requests are small (a task and some context); large ones are refused before they are parsed.
         ("grpc.max_receive_message_length", 1024 * 1024),
+        # gRPC shares a port between processes by default (SO_REUSEPORT): a second server started by mistake
+        # on a port in use would silently take half the connections, and runs would seem to vanish. Only the
+        # worker processes of `serve --workers N` share their port, on purpose.
+        ("grpc.so_reuseport", 1 if settings.share_port else 0),
     ]
 
 
@@ -63,6 +70,25 @@ class RunningServer:
     health: health_aio.HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
+
+    def follow_store_health(self) -> None:
+        """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
+        pending: set[asyncio.Task[None]] = set()
+
+        def changed(healthy: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+            task = asyncio.get_running_loop().create_task(self._set_health(status))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        self.runs.events.health.subscribe(changed)
+        if not self.runs.events.health.healthy:
+            changed(False)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        if not self.runs.stopping:  # once stopping, NOT_SERVING stays
+            await self.health.set("", status)
+            await self.health.set(SERVICE_NAME, status)
 
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, refuse new runs, end streams after `grace`, then interrupt runs."""
@@ -90,7 +116,7 @@ async def create_server(
     keys = ApiKeys(settings.load_api_keys())
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
-    providers = providers if providers is not None else ProviderRegistry.from_settings(settings)
+    providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
     # Everything that can fail on a bad setting is bound before the gRPC server starts, and what was
     # started is stopped again when a later step fails: no half-started server.
     metrics_server = _metrics_server(settings.metrics_listen)
@@ -113,7 +139,9 @@ async def create_server(
         if metrics_server is not None:
             metrics_server.stop()
         raise
-    return RunningServer(server, port, runs, health, providers, metrics_server)
+    running = RunningServer(server, port, runs, health, providers, metrics_server)
+    running.follow_store_health()
+    return running
 
 
 async def _grpc_server(
@@ -142,11 +170,31 @@ async def _grpc_server(
     except RuntimeError:  # grpc raises this when it cannot bind
         port = 0
     if port == 0:
-        raise ConfigError(f"cannot listen on {settings.listen}")
+        raise ConfigError(f"cannot listen on {settings.listen}: {_why_not_bindable(settings.listen)}")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return server, health, port
+
+
+def _why_not_bindable(listen: str) -> str:
+    """Why an address cannot be listened on, in the operating system's words (gRPC does not say)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        return f"the address does not resolve ({exc})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return "address already in use (another server listens there; several servers on one port is "\
+                        "what --workers is for)"
+                return exc.strerror or str(exc)
+    return "gRPC refused the address"
 
 
 def _metrics_server(listen: str | None) -> MetricsServer | None:
@@ -216,7 +264,7 @@ async def until_signalled() -> None:
 
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, replica=settings.replica_id)
     running = await create_server(settings, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]
@@ -229,14 +277,24 @@ async def serve(settings: Settings, config: PipelineConfig | None = None) -> Non
     if running.metrics is not None:
         metrics_host = (settings.metrics_listen or "").rpartition(":")[0]
         log.info("metrics", address=f"{metrics_host}:{running.metrics.port}", port=running.metrics.port)
+    defaults = settings.default_models()
+    note = {}
+    if "model" not in settings.model_fields_set and defaults[0].provider == "local":
+        note["note"] = (
+            "no provider key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY): runs use local:default, a tiny model on this "
+            "machine; its answers are poor, but every part of the service works"
+        )
     log.info(
         "serving",
         address=f"{host}:{running.port}",
         port=running.port,
-        db=str(settings.db),
+        store=running.runs.store.kind,
+        db=str(settings.db) if running.runs.store.kind == "sqlite" else None,
+        healthy=running.runs.events.health.healthy,
         providers=running.providers.names(),
-        default_model=settings.model,
+        default_model=chain_text(defaults),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        **note,
     )
     try:
         await until_signalled()

@@ -20,6 +20,7 @@ from pydantic_settings import CliSettingsSource
 
 from facilitair.server.settings import ConfigError, PipelineConfig, Settings
 from facilitair.server.store.base import StoreUnavailable
+from facilitair.server.transport.workers import check_workers, run_workers
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE = 0, 1, 2
 
@@ -59,10 +60,14 @@ def _settings_source(parser: argparse.ArgumentParser) -> CliSettingsSource[Setti
     return CliSettingsSource(Settings, root_parser=parser)
 
 
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (argparse leaves the others out)."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+
+
 def _settings(source: CliSettingsSource[Settings], args: argparse.Namespace) -> tuple[Settings, PipelineConfig]:
     """Settings from the flags, the environment and the pipeline file (in that order of precedence)."""
-    given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
-    settings = Settings(_cli_settings_source=source(parsed_args=given))  # type: ignore[call-arg]
+    settings = Settings(_cli_settings_source=source(parsed_args=_given(args)))  # type: ignore[call-arg]
     config = PipelineConfig.load(settings.pipeline)
     return settings.with_file(config), config
 
@@ -70,6 +75,9 @@ def _settings(source: CliSettingsSource[Settings], args: argparse.Namespace) -> 
 def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int:
     try:
         settings, config = _settings(source, args)
+        check_workers(settings)
+        if settings.workers > 1:
+            return run_workers(settings, _given(args))
         from facilitair.server.transport.app import loop_factory, serve  # noqa: PLC0415 - only when serving
 
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:

@@ -36,6 +36,7 @@ CODE_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.REQUEST_ID_REUSED: grpc.StatusCode.ALREADY_EXISTS,
     Reason.RUN_NOT_RESUMABLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+    Reason.RUN_NOT_DRIVEN: grpc.StatusCode.UNAVAILABLE,
     Reason.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.STORED_DATA_CORRUPT: grpc.StatusCode.DATA_LOSS,
     Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
