@@ -117,8 +117,9 @@ async def first_answer(target: str, task: str, key: str) -> pb.RunEvent | grpc.a
 
 
 async def test_two_replicas_inserting_one_key_at_once_refuse_the_other_task(
-    make_server: ServerFactory, pg_url: str
+    pg_url: str, make_server: ServerFactory
 ) -> None:
+    # pg_url first: fixtures end in reverse order, so the servers stop before their database is dropped.
     """Both replicas looked the key up and found nothing; the store's insert finds the other's run."""
     async with FakeOpenAI(scripted()) as fake:
         one = await make_server(openai=fake, database_url=pg_url)

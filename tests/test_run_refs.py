@@ -91,16 +91,23 @@ async def test_last_is_the_callers_newest_run(make_server: ServerFactory) -> Non
     assert none_yet.value.message == "you have no runs yet, so there is no last one"
 
 
-@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The PostgreSQL database a server is to use, or None for its SQLite file.
+
+    Asked for before make_server, so that the database outlives the servers (fixtures end in reverse order).
+    """
+    return str(request.getfixturevalue("pg_url")) if request.param == "postgresql" else None
+
+
 async def test_a_prefix_of_several_runs_is_refused_naming_them(
-    make_server: ServerFactory, store_kind: str, request: pytest.FixtureRequest
+    store_url: str | None, make_server: ServerFactory
 ) -> None:
-    database = {"database_url": request.getfixturevalue("pg_url")} if store_kind == "postgresql" else {}
     async with FakeOpenAI(scripted()) as fake:
-        h = await make_server(openai=fake, **database)
+        h = await make_server(openai=fake, database_url=store_url)
         run_id = await finished(h.client)
         store = h.server.runs.store
-        assert store.kind == store_kind
+        assert store.kind == ("postgresql" if store_url else "sqlite")
         await store_finished_run(store, "local", twin(run_id, 1))
         errors = []
         for call in (h.client.get_run, h.client.cancel_run, lambda rid: collect(h.client.watch(rid))):

@@ -89,7 +89,8 @@ async def test_server_info_needs_a_key_like_every_call(make_server: ServerFactor
             assert list((await alice.server_info()).providers) == ["local", "openai"]
 
 
-async def test_server_info_reports_the_postgresql_store(make_server: ServerFactory, pg_url: str) -> None:
+async def test_server_info_reports_the_postgresql_store(pg_url: str, make_server: ServerFactory) -> None:
+    # pg_url first: fixtures end in reverse order, so the server stops before its database is dropped.
     async with FakeOpenAI(scripted()) as fake:
         h = await make_server(openai=fake, database_url=pg_url)
         info = await h.client.server_info()
