@@ -3,11 +3,15 @@
 One server serves the whole test. Before the fuzzing a "victim" principal leaves runs in every state
 (completed, failed, cancelled, and one still live); a "fuzzer" principal then throws hypothesis-generated
 requests at Collaborate, WatchRun, GetRun, ListRuns and CancelRun (arbitrary unicode, extreme numbers,
-unknown enum values, odd maps and contexts, bad credentials), raw bytes and messages over the size limit.
+unknown enum values, odd maps and contexts, bad credentials), at the health service (Check, Watch, List)
+and at reflection (streams of every kind of reflection request), then raw bytes and messages over the
+size limit at every method of all three services.
 
 Every call must end with a status a caller can act on (never UNKNOWN or INTERNAL), with a message that
-carries no internal text, and must not touch another principal's runs. Afterwards the server is healthy,
-the victim's runs are exactly as they were, the live one finishes, and another client completes a run.
+carries no internal text, and must not touch another principal's runs; nothing in the whole session may
+be logged at error level (health and reflection are open to anyone, so that would be a log anyone can
+flood). Afterwards the server is healthy, the victim's runs are exactly as they were, the live one
+finishes, and another client completes a run.
 
 Hypothesis drives synchronous examples, so it runs in a worker thread and hands each call to the test's
 event loop (where the server, its fake provider and the channels live) with run_coroutine_threadsafe.
@@ -28,19 +32,24 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 from google.protobuf import json_format
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from facilitair.client import Client, RunEvent
+from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.conftest import AGENTS, TERMINAL, RunStream, ServerFactory, agent_of, collect, default_replies, kind
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.logcheck import no_error_logs
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -56,8 +65,21 @@ FAILING_MODEL = "openai:fuzz-fails-4d1"
 HELD_MODEL = "openai:fuzz-held-9c2"
 
 SERVICE = "/facilitair.v1.OrchestratorService/"
-STREAMING = {"Collaborate", "WatchRun"}
 METHODS = ["Collaborate", "WatchRun", "GetRun", "ListRuns", "CancelRun"]
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"  # streams for as long as the caller listens
+
+
+def shapes(*services: ServiceDescriptor) -> dict[str, tuple[bool, bool]]:
+    """Every method of the services: its path -> (client streaming, server streaming)."""
+    return {f"/{s.full_name}/{m.name}": (m.client_streaming, m.server_streaming) for s in services for m in s.methods}
+
+
+# Raw bytes go to every method the server serves: ours, health's and reflection's.
+RAW_METHODS = shapes(
+    pb.DESCRIPTOR.services_by_name["OrchestratorService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
 MAX_MESSAGE = 1024 * 1024
 
 ALLOWED = frozenset(
@@ -123,8 +145,12 @@ class Outcome:
         return None
 
 
-async def outcome(start: Callable[[], Awaitable[Any] | AsyncIterable[Any]]) -> Outcome:
-    """Start a call (on the running loop), run it to its end (reading a stream through), say how it ended."""
+async def outcome(start: Callable[[], Awaitable[Any] | AsyncIterable[Any]], *, at_most: int = 0) -> Outcome:
+    """Start a call (on the running loop), run it to its end (reading a stream through), say how it ended.
+
+    With `at_most`, a stream that has sent that many messages is cancelled and counts as OK (health's
+    Watch never ends by itself).
+    """
     responses: list[Any] = []
     try:
         async with asyncio.timeout(CALL_TIMEOUT):
@@ -132,6 +158,9 @@ async def outcome(start: Callable[[], Awaitable[Any] | AsyncIterable[Any]]) -> O
             if isinstance(call, AsyncIterable):
                 async for response in call:
                     responses.append(response)
+                    if len(responses) == at_most:
+                        call.cancel()  # type: ignore[attr-defined]
+                        break
             else:
                 responses.append(await call)
     except grpc.aio.AioRpcError as err:
@@ -345,6 +374,65 @@ def page_tokens(valid: list[str]) -> st.SearchStrategy[str]:
     )
 
 
+health_services = st.one_of(st.sampled_from(["", SERVICE_NAME, "grpc.health.v1.Health", SERVICE_NAME + " "]), odd_text)
+symbols = st.one_of(
+    st.sampled_from(
+        [
+            SERVICE_NAME,
+            f"{SERVICE_NAME}.Collaborate",
+            "facilitair.v1.CollaborateRequest",
+            "grpc.health.v1.Health",
+            "google.protobuf.Struct",
+            "google.protobuf.FieldOptions",
+            "",
+            ".",
+            "facilitair.",
+        ]
+    ),
+    odd_text,
+)
+proto_files = st.one_of(
+    st.sampled_from(
+        [
+            "facilitair/v1/orchestrator.proto",
+            "grpc/health/v1/health.proto",
+            "google/protobuf/struct.proto",
+            "google/protobuf/descriptor.proto",
+            "../../etc/passwd",
+            "",
+        ]
+    ),
+    odd_text,
+)
+REFLECTION_ASKS = (
+    "file_by_filename",
+    "file_containing_symbol",
+    "file_containing_extension",
+    "all_extension_numbers_of_type",
+    "list_services",
+    "nothing",
+)
+
+
+@st.composite
+def reflection_requests(draw: st.DrawFn) -> reflection_pb2.ServerReflectionRequest:
+    """One reflection request of any kind, with odd names, numbers and hosts, or with no question at all."""
+    request = reflection_pb2.ServerReflectionRequest(host=draw(odd_text))
+    ask = draw(st.sampled_from(REFLECTION_ASKS))
+    if ask == "file_by_filename":
+        request.file_by_filename = draw(proto_files)
+    elif ask == "file_containing_symbol":
+        request.file_containing_symbol = draw(symbols)
+    elif ask == "file_containing_extension":
+        request.file_containing_extension.containing_type = draw(symbols)
+        request.file_containing_extension.extension_number = draw(int32)
+    elif ask == "all_extension_numbers_of_type":
+        request.all_extension_numbers_of_type = draw(symbols)
+    elif ask == "list_services":
+        request.list_services = draw(odd_text)
+    return request
+
+
 def weighted(*choices: tuple[int, st.SearchStrategy[T]]) -> st.SearchStrategy[T]:
     """One of the strategies, each about as often as its weight says (st.one_of favours none reliably)."""
     table = [strategy for weight, strategy in choices for _ in range(weight)]
@@ -421,7 +509,14 @@ async def in_thread(prop: Callable[[], None]) -> None:
 # ----- the test ------------------------------------------------------------------------------------------------
 
 
-async def test_no_request_crashes_leaks_or_disturbs_the_server(make_server: ServerFactory) -> None:
+async def test_no_request_crashes_leaks_or_disturbs_the_server(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with no_error_logs(caplog, capfd):
+        await fuzz_server(make_server)
+
+
+async def fuzz_server(make_server: ServerFactory) -> None:
     provider = Provider()
     async with FakeOpenAI(provider) as fake:
         h = await make_server(
@@ -474,7 +569,10 @@ async def fuzz_session(
     # ----- the fuzzing -----
     bridge = Bridge(asyncio.get_running_loop())
     stub = pb_grpc.OrchestratorServiceStub(channel)
-    seen: dict[str, Counter[str]] = {name: Counter() for name in [*METHODS, "raw", "oversized"]}
+    health = health_pb2_grpc.HealthStub(channel)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    open_rpcs = ["Health.Check", "Health.Watch", "Health.List", "ServerReflectionInfo"]
+    seen: dict[str, Counter[str]] = {name: Counter() for name in [*METHODS, *open_rpcs, "raw", "oversized"]}
     run_ids = weighted(
         (1, st.sampled_from(victim_ids)),
         (2, st.sampled_from(own)),
@@ -580,10 +678,60 @@ async def fuzz_session(
                 pb.RUN_STATE_CANCELLED,
             )
 
+    serving = {"": health_pb2.HealthCheckResponse.SERVING, SERVICE_NAME: health_pb2.HealthCheckResponse.SERVING}
+
+    def open_to_all(name: str, result: Outcome, request: Message) -> None:
+        seen[name][result.code.name] += 1
+        check(result, request, name)
+        assert result.code != grpc.StatusCode.UNAUTHENTICATED, f"{name} needs no credentials"
+
+    @FUZZ_SETTINGS
+    @given(service=health_services, md=credentials())
+    @example(service=SERVICE_NAME, md=())
+    @example(service="facilitair.v1.Nope", md=bearer(FUZZER_KEY))
+    def fuzz_health(service: str, md: Metadata) -> None:
+        request = health_pb2.HealthCheckRequest(service=service)
+        checked = bridge(outcome(lambda: health.Check(request, metadata=md)))
+        open_to_all("Health.Check", checked, request)
+        watched = bridge(outcome(lambda: health.Watch(request, metadata=md), at_most=1))
+        open_to_all("Health.Watch", watched, request)
+        listed = bridge(outcome(lambda: health.List(health_pb2.HealthListRequest(), metadata=md)))
+        open_to_all("Health.List", listed, request)
+        if service in serving:
+            assert checked.code == grpc.StatusCode.OK
+            assert checked.responses[0].status == serving[service]
+        else:
+            assert checked.code == grpc.StatusCode.NOT_FOUND, (service, checked.code.name)
+        assert watched.code == grpc.StatusCode.OK
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        assert [r.status for r in watched.responses] == [serving.get(service, unknown)]
+        assert {name: s.status for name, s in listed.responses[0].statuses.items()} == serving
+
+    @FUZZ_SETTINGS
+    @given(requests=st.lists(reflection_requests(), max_size=4), md=credentials())
+    @example(requests=[reflection_pb2.ServerReflectionRequest(list_services="")], md=())
+    @example(requests=[reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)], md=())
+    def fuzz_reflection(requests: list[reflection_pb2.ServerReflectionRequest], md: Metadata) -> None:
+        result = bridge(outcome(lambda: reflection.ServerReflectionInfo(iter(requests), metadata=md)))
+        sent = b"".join(r.SerializeToString() for r in requests)  # every string sent, which an answer may quote
+        seen["ServerReflectionInfo"][result.code.name] += 1
+        check(result, sent, "ServerReflectionInfo")
+        assert result.code == grpc.StatusCode.OK, (result.code.name, result.message)
+        # One answer per question, in order; a question the server cannot answer gets an error_response.
+        assert [r.original_request for r in result.responses] == requests
+        for request, response in zip(requests, result.responses, strict=True):
+            if request.WhichOneof("message_request") == "list_services":
+                listed = {s.name for s in response.list_services_response.service}
+                assert listed == {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+            elif response.HasField("error_response"):
+                assert_clean(response.error_response.error_message, sent, "ServerReflectionInfo error_response")
+
     valid_bytes = st.one_of(
         collaborate_requests().map(lambda m: m.SerializeToString()),
         st.builds(lambda r, s: pb.WatchRunRequest(run_id=r, after_seq=s).SerializeToString(), run_ids, uint64),
         st.builds(lambda s, t: pb.ListRunsRequest(page_size=s, page_token=t).SerializeToString(), uint32, text),
+        health_services.map(lambda s: health_pb2.HealthCheckRequest(service=s).SerializeToString()),
+        reflection_requests().map(lambda r: r.SerializeToString()),
     )
 
     @st.composite
@@ -595,7 +743,9 @@ async def fuzz_session(
         return bytes(data[: draw(st.integers(0, len(data)))]) if draw(st.booleans()) else bytes(data)
 
     @FUZZ_SETTINGS
-    @given(method=st.sampled_from(METHODS), data=st.one_of(st.binary(max_size=300), mutated()))
+    @given(method=st.sampled_from(sorted(RAW_METHODS)), data=st.one_of(st.binary(max_size=300), mutated()))
+    @example(method=HEALTH_WATCH, data=b"\x0f\x01")
+    @example(method="/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", data=b"\x08" + b"\xff" * 11)
     def fuzz_raw(method: str, data: bytes) -> None:
         result = bridge(raw_call(channel, method, data))
         seen["raw"][result.code.name] += 1
@@ -605,7 +755,7 @@ async def fuzz_session(
 
     @settings(FUZZ_SETTINGS, max_examples=20)
     @given(
-        method=st.sampled_from(METHODS),
+        method=st.sampled_from(sorted(RAW_METHODS)),
         size=st.integers(MAX_MESSAGE - 64, MAX_MESSAGE + 64) | st.integers(MAX_MESSAGE, 4 * MAX_MESSAGE),
         fill=st.integers(0, 255),
     )
@@ -617,12 +767,13 @@ async def fuzz_session(
         if size > MAX_MESSAGE:
             assert result.code == grpc.StatusCode.RESOURCE_EXHAUSTED, f"{size} bytes: {result.code.name}"
 
-    for prop in (fuzz_collaborate, fuzz_watch, fuzz_get, fuzz_list, fuzz_cancel, fuzz_raw, fuzz_oversized):
+    fuzzers = (fuzz_collaborate, fuzz_watch, fuzz_get, fuzz_list, fuzz_cancel, fuzz_health, fuzz_reflection)
+    for prop in (*fuzzers, fuzz_raw, fuzz_oversized):
         await in_thread(prop)
 
     # An unknown method is UNIMPLEMENTED, with or without a key, and is not mistaken for one of ours.
     for md in ((), bearer(FUZZER_KEY)):
-        nope = await raw_call(channel, "Nope", b"", md)
+        nope = await raw_call(channel, f"{SERVICE}Nope", b"", md)
         assert nope.code == grpc.StatusCode.UNIMPLEMENTED
 
     # The fuzzing reached past the front door: each RPC both served and refused requests (the explicit
@@ -637,6 +788,11 @@ async def fuzz_session(
         ("GetRun", "NOT_FOUND"),
         ("ListRuns", "INVALID_ARGUMENT"),
         ("CancelRun", "NOT_FOUND"),
+        ("Health.Check", "OK"),
+        ("Health.Check", "NOT_FOUND"),
+        ("Health.Watch", "OK"),
+        ("Health.List", "OK"),
+        ("ServerReflectionInfo", "OK"),
         ("raw", "INVALID_ARGUMENT"),
         ("oversized", "RESOURCE_EXHAUSTED"),
     ]:
@@ -662,15 +818,14 @@ async def fuzz_session(
     assert [e.seq for e in after] == list(range(1, len(after) + 1))
 
 
-async def raw_call(channel: grpc.aio.Channel, method: str, data: bytes, md: Metadata | None = None) -> Outcome:
-    """Send bytes as the request of one of the service's methods, with the fuzzer's key."""
-    path = SERVICE + method
+async def raw_call(channel: grpc.aio.Channel, path: str, data: bytes, md: Metadata | None = None) -> Outcome:
+    """Send bytes as the request of a method (one message, or a stream of one), with the fuzzer's key by default."""
     metadata = bearer(FUZZER_KEY) if md is None else md
-    if method in STREAMING:
-        call: Any = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
-    else:
-        call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
-    return await outcome(lambda: call(data, metadata=metadata))
+    client_streaming, server_streaming = RAW_METHODS.get(path, (False, False))
+    shape = f"{'stream' if client_streaming else 'unary'}_{'stream' if server_streaming else 'unary'}"
+    call: Any = getattr(channel, shape)(path, request_serializer=None, response_deserializer=None)
+    request = iter([data]) if client_streaming else data
+    return await outcome(lambda: call(request, metadata=metadata), at_most=1 if path == HEALTH_WATCH else 0)
 
 
 def test_the_markers_catch_internal_text() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import urllib.request
+import uuid
 
 import pytest
+import structlog
 import uvloop  # the server extra installs it on Linux, where the tests run
 from pydantic import ValidationError
 
@@ -81,6 +84,34 @@ async def test_logs_are_json_with_context_and_one_summary_per_run(
     assert created["run_id"] == run_id
     assert summary["stage"] == 5  # the run's own context carries the stage it last ran
     assert all("timestamp" in line and "level" in line for line in lines)
+
+
+def fail_holding(task: str) -> None:
+    """Raise while a local variable holds `task` (as a stage's frame holds the user's task)."""
+    generated_code = f"def solve():\n    return {task!r}\n"
+    raise RuntimeError(f"the stage failed after {len(generated_code)} characters")
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_tracebacks_in_the_log_leave_local_variables_out(capfd: pytest.CaptureFixture[str], fmt: str) -> None:
+    configure_logging("info", fmt)
+    marker = f"user-task-{uuid.uuid4().hex}"  # made at run time: the marker is in no source line a traceback shows
+    try:
+        fail_holding(marker)
+    except RuntimeError:
+        structlog.get_logger("probe").exception("probe_structlog_failure")
+        logging.getLogger("grpc._cython.cygrpc").exception("probe_stdlib_failure")  # the stdlib's records too
+    logging.getLogger().handlers[0].flush()
+    err = capfd.readouterr().err
+    for probe in ("probe_structlog_failure", "probe_stdlib_failure"):
+        assert probe in err
+    # Both tracebacks are there, down to the frame that raised and the exception's message...
+    assert err.count("fail_holding") >= 2, err
+    assert err.count("RuntimeError") >= 2, err
+    assert err.count("the stage failed after") >= 2, err
+    # ...but not the values of the frames' local variables.
+    assert marker not in err
+    assert marker[:20] not in err  # nor the start of it, as a shortened repr would show
 
 
 def test_the_event_loop_setting_picks_uvloop_or_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,8 @@ are hang guards only; ordering comes from held replies that the test releases.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
 import json
 import os
 import sqlite3
@@ -23,12 +25,16 @@ import grpc
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
+from facilitair.server.runs.queries import MAX_PAGE_TOKEN_CHARS
 from facilitair.server.settings import ConfigError
 from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -451,6 +457,38 @@ class Pki:
             options=options,
         )
 
+    def nameless_cert(self, sans: Sequence[x509.GeneralName]) -> tuple[bytes, bytes]:
+        """A client certificate with an EMPTY subject (as SPIFFE issues them) and `sans` as its SAN: (PEM, key PEM).
+
+        trustme always writes a subject, so the certificate is built with `cryptography` and signed by this CA.
+        """
+        ca_cert = x509.load_pem_x509_certificate(self.root)
+        ca_key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
+            .not_valid_after(datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if sans:  # with an empty subject, the SAN extension must be critical (RFC 5280 4.2.1.6)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def nameless_client(self, target: str, sans: Sequence[x509.GeneralName]) -> Client:
+        """A client presenting a certificate from `nameless_cert`."""
+        chain, key = self.nameless_cert(sans)
+        return Client(target, root_certificates=self.root, certificate_chain=chain, private_key=key)
+
     @staticmethod
     def subject(client_cert: trustme.LeafCert) -> str:
         """The subject of a certificate as gRPC reports it (RFC 4514)."""
@@ -525,6 +563,80 @@ async def test_mtls_requires_a_client_certificate_and_its_subject_owns_the_run(
             assert (await bob.list_runs())[0] == []
     assert owners(h.settings.db) == {run_id: Pki.subject(alice_cert)}
     assert Pki.subject(alice_cert) != Pki.subject(bob_cert)
+
+
+async def mtls_server(make_server: ServerFactory, pki: Pki, fake: FakeOpenAI) -> Harness:
+    """A server that requires client certificates from `pki`'s CA, and no API key."""
+    return await make_server(
+        openai=fake, model=MINI, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca_cert
+    )
+
+
+ALICE_SPIFFE = "spiffe://example.org/ns/payments/sa/alice"
+BOB_SPIFFE = "spiffe://example.org/ns/payments/sa/bob"
+
+
+async def test_spiffe_certificates_with_empty_subjects_are_two_principals(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    pki = Pki.make(tmp_path)
+    async with FakeOpenAI(scripted()) as fake:
+        h = await mtls_server(make_server, pki, fake)
+        target = f"localhost:{h.server.port}"
+        alice_client = pki.nameless_client(target, [x509.UniformResourceIdentifier(ALICE_SPIFFE)])
+        bob_client = pki.nameless_client(target, [x509.UniformResourceIdentifier(BOB_SPIFFE)])
+        async with alice_client as alice, bob_client as bob:
+            alice_events = await collect(alice.collaborate(TASK))
+            assert completed(alice_events)
+            alice_run = alice_events[0].run_id
+            # bob sees nothing of alice's: not her run, not in his list, and his cancel cannot reach it.
+            for call in (bob.get_run, bob.cancel_run):
+                with pytest.raises(FacilitairError) as err:
+                    await call(alice_run)
+                assert err.value.code == StatusCode.NOT_FOUND
+            assert (await bob.list_runs())[0] == []
+            bob_events = await collect(bob.collaborate(TASK))
+            assert completed(bob_events)
+            assert [r.run_id for r in (await alice.list_runs())[0]] == [alice_run]
+            assert [r.run_id for r in (await bob.list_runs())[0]] == [bob_events[0].run_id]
+    assert owners(h.settings.db) == {alice_run: ALICE_SPIFFE, bob_events[0].run_id: BOB_SPIFFE}
+
+
+@pytest.mark.parametrize(
+    "sans",
+    [
+        [],
+        [x509.UniformResourceIdentifier(ALICE_SPIFFE), x509.UniformResourceIdentifier(BOB_SPIFFE)],
+        [x509.DNSName("payments.example.org")],
+    ],
+    ids=["no-san", "two-uris", "dns-name-only"],
+)
+async def test_a_client_certificate_that_names_nobody_is_refused(
+    make_server: ServerFactory, tmp_path: Path, sans: list[x509.GeneralName]
+) -> None:
+    pki = Pki.make(tmp_path)
+    async with FakeOpenAI(scripted()) as fake:
+        h = await mtls_server(make_server, pki, fake)
+        target = f"localhost:{h.server.port}"
+        async with pki.nameless_client(target, sans) as nobody:
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "Collaborate": lambda: collect(nobody.collaborate(TASK)),
+                "ListRuns": nobody.list_runs,
+                "GetRun": lambda: nobody.get_run(str(uuid.uuid4())),
+            }
+            for name, call in calls.items():
+                with pytest.raises(FacilitairError) as err:
+                    await call()
+                assert err.value.code == StatusCode.UNAUTHENTICATED, name
+                assert "the client certificate names no identity" in err.value.message, name
+        # The TLS connection itself is accepted: health, which needs no credentials, answers over it.
+        chain, key = pki.nameless_cert(sans)
+        credentials = grpc.ssl_channel_credentials(pki.root, key, chain)
+        async with grpc.aio.secure_channel(target, credentials) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert fake.requests == []
+    assert owners(h.settings.db) == {}
 
 
 # ----- limits -----------------------------------------------------------------------------------------------
@@ -674,6 +786,44 @@ async def test_a_request_over_one_mebibyte_is_refused_by_grpc(make_server: Serve
         assert err.code == StatusCode.RESOURCE_EXHAUSTED
         assert (await h.client.list_runs())[0] == []
     assert fake.requests == []
+
+
+def bad_request_fields(err: grpc.aio.AioRpcError) -> list[str]:
+    """The fields a raw error's BadRequest detail names; fails the test if there is none."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in the trailers"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return [v.field for v in bad.field_violations]
+    raise AssertionError(f"no BadRequest among {[d.type_url for d in status.details]}")
+
+
+def bracket_token(depth: int) -> str:
+    """A page token shaped like ours (url-safe base64 of JSON) holding lists nested `depth` deep."""
+    return base64.urlsafe_b64encode(b"[" * depth + b"]" * depth).decode()
+
+
+# A token exactly as long as the server reads (3 bytes of JSON make 4 characters); one more level is refused unread.
+AT_THE_BOUND = MAX_PAGE_TOKEN_CHARS * 3 // 8
+
+
+@pytest.mark.parametrize(
+    "page_token",
+    [bracket_token(100_000), bracket_token(AT_THE_BOUND), bracket_token(AT_THE_BOUND + 1)],
+    ids=["nested-100k-deep", "at-the-length-bound", "just-past-the-bound"],
+)
+async def test_a_deeply_nested_page_token_is_an_invalid_argument(make_server: ServerFactory, page_token: str) -> None:
+    h = await make_server()
+    async with grpc.aio.insecure_channel(h.target) as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        err = await failure(stub.ListRuns(pb.ListRunsRequest(page_token=page_token)))
+        # The server is still there and answers the same call with no token.
+        assert list((await stub.ListRuns(pb.ListRunsRequest())).runs) == []
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+    assert err.details() == "page_token: not a token returned by ListRuns"
+    assert bad_request_fields(err) == ["page_token"]
 
 
 # ----- slow watchers ----------------------------------------------------------------------------------------

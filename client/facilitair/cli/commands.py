@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
 from facilitair.cli.info import print_info
 from facilitair.cli.output import write_files
-from facilitair.cli.render import agent_name, json_of, money, plural
+from facilitair.cli.render import agent_name, json_of, money, plural, tokens
 from facilitair.client import ArtifactKind, Client, RunState
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -39,8 +39,7 @@ def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
     if run.current_stage:
         print(f"stage    {run.current_stage} ({agent_name(run.current_agent)})")
     print(
-        f"events   {run.last_seq}\nusage    {run.usage.input_tokens} in / {run.usage.output_tokens} out tokens, "
-        f"{money(run.usage)}"
+        f"events   {run.last_seq}\nusage    {tokens(run.usage)}, {money(run.usage)}"
     )
     if run.HasField("failure"):
         print(f"failure  {run.failure.message}")

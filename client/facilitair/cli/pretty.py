@@ -18,7 +18,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from facilitair.cli.render import RunView, cost_text, describe, reset_line, same_terminal, seconds
+from facilitair.cli.render import RunView, describe, reset_line, same_terminal, seconds
 from facilitair.cli.screen import Screen
 from facilitair.client import EventKind, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -64,7 +64,7 @@ class PrettyRenderer:
         frame = _SPINNER[int(now * 12) % len(_SPINNER)]
         view = self.view
         where = f" · [{view.position(view.current)}] {view.stages[view.current].agent}" if view.current else ""
-        tail = f"{where} · {clock(view.elapsed())} · {cost_text(view.cost, view.cost_unknown)}"
+        tail = f"{where} · {clock(view.elapsed())} · {view.cost_so_far()}"
         style = "yellow" if self._lost or self._retry_until else "cyan"
         return Text.assemble((f"{frame} {head}", style), (tail, "dim"))
 
@@ -91,7 +91,7 @@ class PrettyRenderer:
             s = event.stage_started
             title = (
                 f"[{view.position(s.stage)}] {view.stages[s.stage].label} · {s.model} · "
-                f"{clock(view.elapsed())} · {cost_text(view.cost, view.cost_unknown)}"
+                f"{clock(view.elapsed())} · {view.cost_so_far()}"
             )
             self.screen.end_text()
             self.screen.block(Rule(Text(title, style="bold cyan")))

@@ -20,6 +20,8 @@ from google.protobuf import json_format
 from facilitair.client import Agent, EventKind, StatusCode, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
+# Said of a stage whose model stopped at max_tokens (StageCompleted.truncated).
+TRUNCATED = "output truncated (the model reached max_tokens)"
 # Agents whose stages belong to a refinement round; the others run once, whatever the round number says.
 _ROUND_AGENTS = ("Refiner", "Reviewer")
 
@@ -37,16 +39,22 @@ def plural(count: int, word: str) -> str:
 
 
 def money(usage: pb.Usage) -> str:
-    """Cost as text; a lower bound is marked, an unknown cost says so."""
-    return cost_text(usage.cost_usd, usage.cost_unknown)
+    """Cost as text; a lower bound is marked, an unknown cost says so, an estimate starts with "~"."""
+    return cost_text(usage.cost_usd, usage.cost_unknown, usage.estimated)
 
 
-def cost_text(cost: float, unknown: bool = False) -> str:
-    """A USD amount; small amounts keep their digits; `unknown` marks a lower bound."""
+def tokens(usage: pb.Usage) -> str:
+    """ "360 in / 73 out tokens"; "~360 in / ~73 out tokens" when some counts are estimates (Usage.estimated)."""
+    about = "~" if usage.estimated else ""
+    return f"{about}{usage.input_tokens} in / {about}{usage.output_tokens} out tokens"
+
+
+def cost_text(cost: float, unknown: bool = False, estimated: bool = False) -> str:
+    """A USD amount; small amounts keep their digits; `unknown` marks a lower bound, `estimated` an estimate."""
     if unknown and cost == 0:
         return "unknown"
     text = f"${cost:.4f}" if cost >= 0.01 or cost == 0 else f"${cost:.6f}"
-    return text + ("+" if unknown else "")
+    return ("~" if estimated else "") + text + ("+" if unknown else "")
 
 
 def seconds(d: float) -> str:
@@ -76,6 +84,7 @@ class StageRow:
     round: int
     usage: pb.Usage | None = None
     duration: float = 0.0
+    truncated: bool = False
 
     @property
     def label(self) -> str:
@@ -95,12 +104,14 @@ class RunView:
     current: int = 0  # the stage running now
     cost: float = 0.0
     cost_unknown: bool = False
+    cost_estimated: bool = False  # a completed stage's usage holds estimates (an attempt cut off and retried)
     started: float | None = None  # server time of run_started, seconds
     last_time: float = 0.0  # server time of the latest event
     last_seen: float = 0.0  # time.monotonic() when it arrived
     last_token_time: float = 0.0  # server time of the latest token
     shown: dict[int, int] = field(default_factory=dict)  # characters shown of each stage's current attempt
     discarded: bool = False  # the latest attempt_reset voided text that was shown
+    files: dict[str, str] = field(default_factory=dict)  # the kind of each file announced, by path
 
     @property
     def total(self) -> int:
@@ -143,12 +154,21 @@ class RunView:
             row.usage = c.usage
             row.model = c.model
             row.duration = c.duration.ToNanoseconds() / 1e9
+            row.truncated = c.truncated
             self.cost += c.usage.cost_usd
             self.cost_unknown = self.cost_unknown or c.usage.cost_unknown
+            self.cost_estimated = self.cost_estimated or c.usage.estimated
             self.current = 0
+        elif kind is EventKind.ARTIFACT_PRODUCED:
+            produced = event.artifact_produced.artifact
+            self.files[produced.path] = kind_name(produced.kind)
         elif kind in (EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self.final = event
             self.current = 0
+
+    def cost_so_far(self) -> str:
+        """The cost of the stages completed so far, as text."""
+        return cost_text(self.cost, self.cost_unknown, self.cost_estimated)
 
     def position(self, stage: int) -> str:
         """ "3/5": the stage's place among those the run will have."""
@@ -160,8 +180,9 @@ class RunView:
         for number, s in sorted(self.stages.items()):
             if s.usage is None:
                 continue
-            tokens = f"{s.usage.input_tokens} in / {s.usage.output_tokens} out"
-            rows.append((str(number), s.label, s.model, tokens, seconds(s.duration), money(s.usage)))
+            label = s.label + (", output truncated" if s.truncated else "")
+            counts = tokens(s.usage).removesuffix(" tokens")
+            rows.append((str(number), label, s.model, counts, seconds(s.duration), money(s.usage)))
         return rows
 
 
@@ -292,7 +313,7 @@ def completed_line(done: pb.RunCompleted) -> str:
     return (
         f"Run completed in {seconds(done.duration.ToNanoseconds() / 1e9)}, review {verdict}: "
         f"{plural(len(done.result.artifacts), 'file')}, {plural(done.result.refinements, 'refinement')}, "
-        f"{done.usage.input_tokens} in / {done.usage.output_tokens} out tokens, {money(done.usage)}"
+        f"{tokens(done.usage)}, {money(done.usage)}"
     )
 
 
@@ -310,10 +331,11 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
         lines = [f"   ... waiting for the model ({event.thinking.waited_seconds:.0f}s)"]
     elif kind is EventKind.STAGE_COMPLETED:
         c = event.stage_completed
+        cut = f"; {TRUNCATED}" if c.truncated else ""
         lines = [
-            f"-- [{c.stage}] done in {seconds(c.duration.ToNanoseconds() / 1e9)}: "
-            f"{c.usage.input_tokens} in / {c.usage.output_tokens} out tokens, {money(c.usage)}"
-            f" (run so far: {seconds(view.elapsed())}, {cost_text(view.cost, view.cost_unknown)})"
+            f"-- [{c.stage}] done in {seconds(c.duration.ToNanoseconds() / 1e9)}{cut}: "
+            f"{tokens(c.usage)}, {money(c.usage)}"
+            f" (run so far: {seconds(view.elapsed())}, {view.cost_so_far()})"
         ]
     elif kind is EventKind.REVIEW_VERDICT:
         v = event.review_verdict
@@ -324,9 +346,7 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
             f"  - [{i.severity}] {i.file + ': ' if i.file else ''}{i.description}" for i in v.issues
         ]
     elif kind is EventKind.ARTIFACT_PRODUCED:
-        a = event.artifact_produced.artifact
-        kind_name = pb.ArtifactKind.Name(a.kind).removeprefix("ARTIFACT_KIND_").lower()
-        lines = [f"+ {a.path} ({kind_name}, {plural(len(a.content.splitlines()), 'line')})"]
+        lines = [artifact_line(event.artifact_produced.artifact, view)]
     elif kind is EventKind.ATTEMPT_RESET:
         lines = [reset_line(event.attempt_reset, view.discarded)]
     elif kind is EventKind.MODEL_FALLBACK:
@@ -338,10 +358,32 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
         f = event.run_failed
         hint = " (retrying may help)" if f.retryable else ""
         code = StatusCode(f.code).name if f.code in StatusCode._value2member_map_ else str(f.code)
-        lines = [f"Run failed: {code}: {f.message}{hint} ({money(f.usage)} spent)"]
+        lines = [f"Run failed: {code}: {f.message}{hint} ({spent(f.usage)})"]
     elif kind is EventKind.RUN_CANCELLED:
-        lines = [f"Run cancelled: {event.run_cancelled.reason} ({money(event.run_cancelled.usage)} spent)"]
+        lines = [f"Run cancelled: {event.run_cancelled.reason} ({spent(event.run_cancelled.usage)})"]
     return lines
+
+
+def kind_name(kind: int) -> str:
+    """ "code" for ARTIFACT_KIND_CODE."""
+    return pb.ArtifactKind.Name(pb.ArtifactKind.ValueType(kind)).removeprefix("ARTIFACT_KIND_").lower()
+
+
+def artifact_line(a: pb.Artifact, view: RunView) -> str:
+    """ "+ src/rev.py (code, 4 lines, version 2)"; a file kept beside another kind's says where it was written."""
+    about = f"{kind_name(a.kind)}, {plural(len(a.content.splitlines()), 'line')}"
+    if a.version > 1:
+        about += f", version {a.version}"
+    if a.requested_path:
+        holder = view.files.get(a.requested_path)
+        whose = f"the {holder}'s path" if holder else "another file's path"
+        about += f"; written as {a.requested_path}, {whose}"
+    return f"+ {a.path} ({about})"
+
+
+def spent(usage: pb.Usage) -> str:
+    """What a run that ended early spent: "~" marks the estimates of a stage cut off before it reported usage."""
+    return f"{tokens(usage)}, {money(usage)} spent"
 
 
 def reset_line(reset: pb.AttemptReset, discarded: bool) -> str:

@@ -855,6 +855,7 @@ class Usage(_message.Message):
     COST_UNKNOWN_FIELD_NUMBER: _builtins.int
     CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Input (prompt) tokens as the provider reported them: the whole prompt,
     including the parts read from or written to the provider's prompt cache
@@ -876,6 +877,15 @@ class Usage(_message.Message):
     """Of input_tokens, those written to the provider's prompt cache (priced at
     the model's cache-write rate, usually above the input rate).
     """
+    estimated: _builtins.bool
+    """True when some of these counts are estimates: a stage was cut off (the
+    run cancelled or failed, the server stopped, or an attempt broke and
+    was retried) before the provider reported its usage. Its tokens are
+    counted all the same, as the provider reported them so far (Anthropic
+    gives the input when the stream starts) or else estimated (about four
+    characters a token, of the prompt sent and the text received), and so
+    is their cost.
+    """
     def __init__(
         self,
         *,
@@ -885,10 +895,11 @@ class Usage(_message.Message):
         cost_unknown: _builtins.bool = ...,
         cache_read_input_tokens: _builtins.int = ...,
         cache_write_input_tokens: _builtins.int = ...,
+        estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_input_tokens", b"cache_read_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cost_unknown", b"cost_unknown", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_input_tokens", b"cache_read_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cost_unknown", b"cost_unknown", "cost_usd", b"cost_usd", "estimated", b"estimated", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1024,6 +1035,7 @@ class StageCompleted(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     stage: _builtins.int
     """The stage."""
     agent: Global___Agent.ValueType
@@ -1032,6 +1044,13 @@ class StageCompleted(_message.Message):
     """The model that produced the output, "provider:model"."""
     finish_reason: _builtins.str
     """Why the model stopped ("stop", "end_turn", "length", ...)."""
+    truncated: _builtins.bool
+    """True when the model stopped because it reached the stage's max_tokens
+    (finish_reason "length" from OpenAI, "max_tokens" from Anthropic): the
+    output is cut short, and the files or verdict read from it may be
+    incomplete. Small models often end this way; raising the agent's
+    max_tokens (or context_window) in the pipeline file gives them room.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens and cost of this stage."""
@@ -1049,10 +1068,11 @@ class StageCompleted(_message.Message):
         usage: Global___Usage | None = ...,
         duration: _duration_pb2.Duration | None = ...,
         finish_reason: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "duration", b"duration", "finish_reason", b"finish_reason", "model", b"model", "stage", b"stage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "duration", b"duration", "finish_reason", b"finish_reason", "model", b"model", "stage", b"stage", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1144,6 +1164,8 @@ class Artifact(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTED_PATH_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Relative path, forward slashes, no ".."."""
     kind: Global___ArtifactKind.ValueType
@@ -1152,6 +1174,20 @@ class Artifact(_message.Message):
     """The file's content."""
     stage: _builtins.int
     """The stage that produced it."""
+    version: _builtins.int
+    """Which version of the file at `path` this is: 1 when a stage first writes
+    the path, then 2, 3, ... each time a later stage rewrites it on purpose
+    (the Refiner rewriting the code). Only a file of the same kind is
+    rewritten: tests never replace code, nor code a design (see
+    requested_path). 0 from servers older than this field.
+    """
+    requested_path: _builtins.str
+    """Set when the stage named a path that already held a file of another
+    kind (a Tester writing the Coder's "src/example.py"): the path it
+    asked for. The file is then kept under `path`, a free name beside it
+    ("src/example_test.py"), and the other file is left as it was. Empty
+    when the file is at the path the stage named.
+    """
     def __init__(
         self,
         *,
@@ -1159,10 +1195,12 @@ class Artifact(_message.Message):
         kind: Global___ArtifactKind.ValueType = ...,
         content: _builtins.str = ...,
         stage: _builtins.int = ...,
+        version: _builtins.int = ...,
+        requested_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "path", b"path", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "path", b"path", "requested_path", b"requested_path", "stage", b"stage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1229,8 +1267,11 @@ class RunResult(_message.Message):
     """Number of refinement rounds that ran."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
-        """The final files: design, code, tests, docs. Where several stages wrote
-        the same path, the last one wins.
+        """The final files: design, code, tests, docs, one per path, each at its
+        latest version (the last stage that rewrote it, see Artifact.version).
+        Files of different kinds never share a path: a test named like a code
+        file is kept under a name of its own (see Artifact.requested_path), so
+        no file a stage announced is lost.
         """
 
     def __init__(

@@ -92,6 +92,7 @@ class UsageTotals:
     cost_unknown: bool = False
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    estimated: bool = False  # some counts are estimates: a stage was cut off before its provider reported them
 
     def add(self, other: UsageTotals) -> None:
         """Add another usage to this one."""
@@ -101,6 +102,7 @@ class UsageTotals:
         self.cost_unknown = self.cost_unknown or other.cost_unknown
         self.cache_read_tokens += other.cache_read_tokens
         self.cache_write_tokens += other.cache_write_tokens
+        self.estimated = self.estimated or other.estimated
 
 
 class ArtifactKind(enum.IntEnum):
@@ -114,12 +116,14 @@ class ArtifactKind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    """A file a stage produced."""
+    """A file a stage produced: version 1, 2, ... of its path; `requested_path` when it had to move aside."""
 
     path: str
     kind: ArtifactKind
     content: str
     stage: int
+    version: int = 1
+    requested_path: str = ""  # the path the stage named, when a file of another kind held it
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,10 @@
 
 The stdlib's records (grpc's, the SDKs', httpx's) go through the same processors, so every line
 of the server's output has one format; `run_id`, `rpc` and `stage` come from contextvars.
+
+Tracebacks never show the values of local variables, in either format: a stage's frames hold the
+user's task, the generated code and the provider's answers (structlog's console default, rich's
+traceback, prints them all).
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | 
     ]
     renderer: structlog.types.Processor
     if console:
-        renderer = structlog.dev.ConsoleRenderer()
+        # rich (a base dependency) draws the traceback; its default, show_locals=True, is what must not be.
+        renderer = structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()

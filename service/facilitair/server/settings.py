@@ -66,6 +66,10 @@ class AgentConfig(BaseModel):
 
     model: str | None = None
     max_tokens: int = Field(default=4096, ge=16, le=64_000)
+    # The model's context window in tokens (prompt plus output), when the provider cannot tell: a local
+    # model served with a small window. The server then shortens what the prompt carries of earlier
+    # stages and lowers max_tokens so that each request fits (pipeline/context.py). Unset: no fitting.
+    context_window: int | None = Field(default=None, ge=512, le=10_000_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     # Replaces the agent's role text; the output contract the parsers need is always appended.
     system_prompt: str | None = Field(default=None, min_length=1, max_length=20_000)

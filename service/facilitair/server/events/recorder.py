@@ -42,6 +42,7 @@ class RunRecorder:
             stored.cost_unknown,
             stored.cache_read_input_tokens,
             stored.cache_write_input_tokens,
+            stored.estimated,
         )
         self._row = row
         self.watchdog = SilenceWatchdog(
@@ -123,6 +124,7 @@ class RunRecorder:
         model: ModelRef,
         stage_usage: UsageTotals,
         finish_reason: str,
+        truncated: bool,
         seconds: float,
         checkpoint: str,
     ) -> None:
@@ -136,11 +138,20 @@ class RunRecorder:
             model=str(model),
             usage=wire.usage(stage_usage),
             finish_reason=finish_reason,
+            truncated=truncated,
         )
         done.duration.FromNanoseconds(int(seconds * 1e9))
         self._emit(pb.RunEvent(stage_completed=done))
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
         self._save()
+
+    def cut_off(self, spent: UsageTotals) -> None:
+        """What a stage consumed before it was cut off (cancelled, failed, stopped): it counts in the run's usage.
+
+        The terminal event (or, when the server stops, the interrupted state) that follows stores it.
+        """
+        self.usage.add(spent)
+        self.summary.usage.CopyFrom(wire.usage(self.usage))
 
     def completed(self, outcome: RunOutcome, duration_s: float) -> None:
         """Terminal: the run finished with a result."""

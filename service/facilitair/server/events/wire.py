@@ -29,6 +29,7 @@ def usage(totals: UsageTotals) -> pb.Usage:
         cost_unknown=totals.cost_unknown,
         cache_read_input_tokens=totals.cache_read_tokens,
         cache_write_input_tokens=totals.cache_write_tokens,
+        estimated=totals.estimated,
     )
 
 
@@ -51,7 +52,12 @@ def plan(value: Plan) -> pb.Plan:
 def artifact(value: Artifact) -> pb.Artifact:
     """A produced file as its message."""
     return pb.Artifact(
-        path=value.path, kind=pb.ArtifactKind.ValueType(int(value.kind)), content=value.content, stage=value.stage
+        path=value.path,
+        kind=pb.ArtifactKind.ValueType(int(value.kind)),
+        content=value.content,
+        stage=value.stage,
+        version=value.version,
+        requested_path=value.requested_path,
     )
 
 

@@ -20,10 +20,11 @@ import structlog
 
 from facilitair.server import metrics
 from facilitair.server.domain import ModelRef
-from facilitair.server.errors import ProviderError, RunDeadlineExceeded
+from facilitair.server.errors import FacilitairError, ProviderError, ProviderFailure, RunDeadlineExceeded
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.budget import Budget
-from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd
+from facilitair.server.pipeline.context import TEMPLATE_TOKENS, ContextTooSmall, estimate_tokens
+from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd, UsageReport
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,45 @@ def _log_fields(stage: int, model: ModelRef, host: str, exc: ProviderError) -> d
     }
 
 
+def _name_agent(exc: ProviderError, agent: str) -> None:
+    """Fill in the agent a provider's context-window hint is about (the provider cannot know it; we do)."""
+    exc.public_message = (
+        exc.public_message.replace("[agents.<agent>]", f"[agents.{agent}]")
+        + f"; with [agents.{agent}] context_window set to the window the model is served with, the server fits "
+        "each request into it"
+    )
+    exc.args = (exc.public_message,)
+
+
+@dataclass(frozen=True, slots=True)
+class CutOff:
+    """What an attempt that did not finish consumed: as its provider reported it, else estimated."""
+
+    model: ModelRef
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def of(cls, model: ModelRef, request: CompletionRequest, report: UsageReport | None, text: str) -> CutOff:
+        """The attempt's usage: the provider's report where there is one, an estimate of what was sent and received
+        where not."""
+        input_tokens = report.input_tokens if report is not None else None
+        output_tokens = report.output_tokens if report is not None else None
+        return cls(
+            model,
+            input_tokens
+            if input_tokens is not None
+            else TEMPLATE_TOKENS + estimate_tokens(request.system) + estimate_tokens(request.prompt),
+            output_tokens if output_tokens is not None else estimate_tokens(text),
+            cache_read_tokens=report.cache_read_tokens if report is not None else 0,
+            cache_write_tokens=report.cache_write_tokens if report is not None else 0,
+            estimated=input_tokens is None or output_tokens is None,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StageResult:
     """A stage's output: its text, the provider's end marker, and the model that produced it."""
@@ -90,6 +130,9 @@ class StageRunner:
         self.policy = policy
         self.budget = budget
         self.deadline = deadline  # time.monotonic() value past which the run has no time left
+        # The attempts of the current stage that were cut off after the provider began to answer: paid for,
+        # though their text is void. The pipeline counts them when the stage ends, however it ends.
+        self.cut_offs: list[CutOff] = []
 
     def time_left(self) -> float:
         """Seconds until the run's deadline; RunDeadlineExceeded when there are none."""
@@ -104,10 +147,17 @@ class StageRunner:
         chain: list[ModelRef],
         make_request: Callable[[ModelRef, float], CompletionRequest],
         attempt: int,
+        *,
+        agent: str,
     ) -> StageResult:
-        """Try the models of `chain` in order until one streams the stage to its end."""
-        last_error: ProviderError | None = None
+        """Try the models of `chain` in order until one streams the stage to its end.
+
+        `make_request` builds the request for a model, or raises ContextTooSmall when the stage cannot fit
+        that model's context window: the next model of the chain is then tried, as after a failure.
+        """
+        last_error: FacilitairError | None = None
         failure: dict[str, object] = {}  # the last failure's fields for the log
+        self.cut_offs = []
         for index, model in enumerate(chain):
             if last_error is not None:
                 attempt += 1
@@ -119,14 +169,22 @@ class StageRunner:
             waited = 0.0
             while True:
                 tries += 1
-                request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
+                try:
+                    request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
+                except ContextTooSmall as exc:
+                    failure = {"stage": stage, "provider": model.provider, "model": model.model, "error": "context"}
+                    log.warning("stage_does_not_fit_context_window", **failure)
+                    last_error = exc
+                    break
                 limit = self.budget.char_limit(self.rec.usage, model, len(request.system) + len(request.prompt))
                 if limit <= 0:
                     raise self.budget.crossed(stage, self.rec.usage)
                 try:
-                    text, end = await self._stream(provider, request, stage, limit)
+                    text, end = await self._stream(provider, model, request, stage, limit)
                     return StageResult(text, end, model)
                 except ProviderError as exc:
+                    if exc.kind is ProviderFailure.CONTEXT_EXCEEDED:
+                        _name_agent(exc, agent)
                     metrics.PROVIDER_ERRORS.labels(model.provider, exc.kind.name.lower()).inc()
                     failure = _log_fields(stage, model, provider.host, exc)
                     log.warning("provider_attempt_failed", attempt=attempt, retryable=exc.retryable, **failure)
@@ -149,11 +207,16 @@ class StageRunner:
         raise last_error
 
     async def _stream(
-        self, provider: Provider, request: CompletionRequest, stage: int, limit: float
+        self, provider: Provider, model: ModelRef, request: CompletionRequest, stage: int, limit: float
     ) -> tuple[str, StreamEnd]:
-        """Relay one attempt's tokens as they arrive; stop it if it would cross a budget."""
+        """Relay one attempt's tokens as they arrive; stop it if it would cross a budget.
+
+        An attempt that ends any other way than with its StreamEnd (a failure, a budget, a cancel) after the
+        provider began to answer is kept in `cut_offs`: its tokens were paid for.
+        """
         parts: list[str] = []
         end: StreamEnd | None = None
+        report: UsageReport | None = None
         token = self.rec.token
         chars = 0
         self.rec.waiting(stage)
@@ -169,8 +232,16 @@ class StageRunner:
                         chars += len(item)
                         if chars > limit:
                             raise self.budget.crossed(stage, self.rec.usage)
-                    else:
-                        end = item  # type: ignore[assignment]
+                    elif isinstance(item, StreamEnd):
+                        end = item
+                    elif isinstance(item, UsageReport):
+                        report = item
+        except BaseException:
+            # Nothing answered and nothing reported (a refused request, a connection that never opened): no
+            # evidence the provider took the prompt, so nothing is counted.
+            if parts or report is not None:
+                self.cut_offs.append(CutOff.of(model, request, report, "".join(parts)))
+            raise
         finally:
             self.rec.answered()
         assert end is not None, "providers end every successful stream with StreamEnd"

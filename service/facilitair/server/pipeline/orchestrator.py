@@ -9,47 +9,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, Artifact, ArtifactKind, ModelRef, RunOutcome, Verdict
+from facilitair.server.domain import AgentRole, ArtifactKind, ModelRef, RunOutcome, UsageTotals, Verdict
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.attempts import StageRunner
+from facilitair.server.pipeline.context import StageRequests
+from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pricing import PriceTable
-from facilitair.server.providers import CompletionRequest
+from facilitair.server.providers import KnowsContextWindows
 from facilitair.server.settings import PipelineConfig
 
 # Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
 # when the stage is replayed from its checkpoint (its events are in the log already).
 _Derive = Callable[[str, int, bool], None]
-
-
-@dataclass(slots=True)
-class _Files:
-    """The current files by path, last writer wins."""
-
-    by_path: dict[str, Artifact] = field(default_factory=dict)
-
-    def add(self, files: list[ParsedFile], kind: ArtifactKind, stage: int) -> list[Artifact]:
-        added = []
-        for f in files:
-            artifact = Artifact(path=f.path, kind=kind, content=f.content, stage=stage)
-            self.by_path[f.path] = artifact
-            added.append(artifact)
-        return added
-
-    def render(self, kind: ArtifactKind) -> str:
-        blocks = []
-        for a in self.by_path.values():
-            if a.kind == kind:
-                body = a.content if a.content.endswith("\n") else a.content + "\n"
-                blocks.append(f"File: {a.path}\n````\n{body}````")
-        return "\n\n".join(blocks)
 
 
 class Pipeline:
@@ -73,7 +51,7 @@ class Pipeline:
         self.checkpoints = checkpoints or {}
         self.interrupted_stage = interrupted_stage
         self.runner = runner
-        self.files = _Files()
+        self.files = FileSet()
         self.verdict = Verdict(approved=False, summary="")
         self._stage_count = 0
 
@@ -104,7 +82,7 @@ class Pipeline:
         await self._stage(
             AgentRole.DOCUMENTER, rounds, self._inputs(design, tests=True), self._files_of(ArtifactKind.DOC)
         )
-        return RunOutcome(list(self.files.by_path.values()), self.verdict.approved, rounds)
+        return RunOutcome(self.files.final(), self.verdict.approved, rounds)
 
     def _files_of(self, kind: ArtifactKind) -> _Derive:
         """Record the files in a stage's output; events announce each one."""
@@ -132,6 +110,26 @@ class Pipeline:
 
         return derive
 
+    def _provider_window(self, model: ModelRef) -> int | None:
+        """The model's context window as its provider knows it (None: it does not say)."""
+        provider = self.runner.providers.get(model.provider)
+        return provider.context_window(model.model) if isinstance(provider, KnowsContextWindows) else None
+
+    def _cut_off_usage(self) -> UsageTotals:
+        """The priced usage of the current stage's attempts that were cut off."""
+        total = UsageTotals()
+        for spent in self.runner.cut_offs:
+            usage = self.prices.usage(
+                spent.model,
+                spent.input_tokens,
+                spent.output_tokens,
+                cache_read_tokens=spent.cache_read_tokens,
+                cache_write_tokens=spent.cache_write_tokens,
+            )
+            usage.estimated = spent.estimated
+            total.add(usage)
+        return total
+
     async def _stage(self, role: AgentRole, rounds: int, inputs: prompts.StageInputs, derive: _Derive) -> str:
         """Run one stage, or replay it from its checkpoint, and return its output text.
 
@@ -147,19 +145,7 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
         chain = self.spec.models[role]
-        agent_cfg = self.config.agent(role)
-        prompt = prompts.user_prompt(role, inputs)
-
-        def request(model: ModelRef, timeout: float) -> CompletionRequest:
-            return CompletionRequest(
-                model=model.model,
-                system=prompts.system_prompt(role, agent_cfg.system_prompt),
-                prompt=prompt,
-                max_tokens=agent_cfg.max_tokens,
-                temperature=agent_cfg.temperature,
-                timeout=timeout,
-            )
-
+        request = StageRequests(role, inputs, self.config.agent(role), self._provider_window)
         started = time.monotonic()
         if stage == self.interrupted_stage:
             # The server stopped during this stage: its partial tokens stay in the log, voided here.
@@ -168,7 +154,12 @@ class Pipeline:
         else:
             attempt = 1
             self.rec.stage_started(stage, role, chain[0], rounds)
-        result = await self.runner.run(stage, chain, request, attempt)
+        try:
+            result = await self.runner.run(stage, chain, request, attempt, agent=role.label)
+        except BaseException:
+            # Cancelled, failed or stopped mid-stage: what its attempts consumed still counts in the run's usage.
+            self.rec.cut_off(self._cut_off_usage())
+            raise
         derive(result.text, stage, True)
         end = result.end
         usage = self.prices.usage(
@@ -180,6 +171,7 @@ class Pipeline:
         )
         if not end.usage_reported:
             usage.cost_unknown = True
+        usage.add(self._cut_off_usage())  # attempts that broke and were retried were paid for too
         elapsed = time.monotonic() - started
         provider = result.model.provider
         metrics.STAGE_SECONDS.labels(role.label).observe(elapsed)
@@ -193,6 +185,7 @@ class Pipeline:
             model=result.model,
             stage_usage=usage,
             finish_reason=end.finish_reason,
+            truncated=end.truncated,
             seconds=elapsed,
             checkpoint=checkpoint,
         )

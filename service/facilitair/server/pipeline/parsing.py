@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from facilitair.server.domain import Issue, Verdict
+from facilitair.server.pipeline.prompts import VERDICT_FORMAT
 
 _FILE_BLOCK = re.compile(
     r"""
@@ -85,18 +86,53 @@ def parse_files(text: str, *, fallback_stem: str) -> list[ParsedFile]:
 MALFORMED_ISSUE = Issue(
     "major", "", "The review could not be read as the required JSON verdict; review the code again."
 )
+ECHOED_ISSUE = Issue(
+    "major",
+    "",
+    "The review repeated the example of its output format instead of reviewing the code; review the code again.",
+)
+
+
+def _placeholder_key(text: str) -> str:
+    """How a value is compared with the example's: case, surrounding space and a final full stop do not count."""
+    return " ".join(text.split()).lower().rstrip(".")
+
+
+def _strings(value: object) -> set[str]:
+    """Every string in decoded JSON, as `_placeholder_key` compares them."""
+    if isinstance(value, str):
+        return {_placeholder_key(value)}
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return set().union(*(_strings(item) for item in items))
+
+
+def _example_values(format_text: str) -> frozenset[str]:
+    """Every string value of the example verdict in the reviewer's prompt ("one paragraph", "path or empty", ...)."""
+    found: set[str] = set()
+    for block in _ANY_BLOCK.finditer(format_text):
+        found |= _strings(json.loads(block.group("body")))
+    return frozenset(found - {""})
+
+
+# Read from the prompt itself, so that a changed example is still recognised: small models copy it verbatim
+# (provider-wire-formats.md, "Echoed examples"), and its `"approved": false` would otherwise pass as a review.
+PLACEHOLDERS = _example_values(VERDICT_FORMAT)
 
 
 def parse_verdict(text: str) -> Verdict:
-    """The verdict in the reviewer's output; malformed output is a well-defined non-approval."""
+    """The verdict in the reviewer's output; malformed output (the prompt's own example included) is a non-approval."""
     for candidate in _json_candidates(text):
         try:
             data = json.loads(candidate)
         except ValueError:
             continue
         verdict = _verdict_from(data)
-        if verdict is not None:
-            return verdict
+        if verdict is None:
+            continue
+        if _strings(data) & PLACEHOLDERS:
+            summary = "The reviewer repeated the format's example instead of a verdict."
+            return Verdict(False, summary, [ECHOED_ISSUE], well_formed=False)
+        return verdict
     return Verdict(False, "The reviewer's output was not a valid verdict.", [MALFORMED_ISSUE], well_formed=False)
 
 

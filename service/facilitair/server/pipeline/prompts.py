@@ -7,6 +7,7 @@ Output contracts the parsers rely on (see parsing.py):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,11 @@ def system_prompt(role: AgentRole, role_text: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StageInputs:
-    """What earlier stages produced, as text, for the prompt of the next one."""
+    """What earlier stages produced, as text, for the prompt of the next one.
+
+    `shortened` names the parts ("design", "code", "review", "tests") cut to fit the model's context
+    window (pipeline/context.py): their headings say so, and an empty one is said to be left out.
+    """
 
     task: str
     context: dict[str, Any]
@@ -91,6 +96,27 @@ class StageInputs:
     code: str = ""
     review: str = ""
     tests: str = ""
+    shortened: frozenset[str] = frozenset()
+
+    def with_part(self, key: str, text: str) -> StageInputs:
+        """A copy whose part `key` ("design", "code", "review", "tests") is `text`, marked as shortened."""
+        if key not in ("design", "code", "review", "tests"):
+            raise ValueError(f"{key!r} is not a part carried from an earlier stage")
+        changes: dict[str, Any] = {key: text, "shortened": self.shortened | {key}}
+        return dataclasses.replace(self, **changes)
+
+
+# Which earlier parts each agent reads, with their headings, in prompt order.
+READS: dict[AgentRole, tuple[tuple[str, str], ...]] = {
+    AgentRole.ARCHITECT: (),
+    AgentRole.CODER: (("design", "Design (from the Architect)"),),
+    AgentRole.REVIEWER: (("design", "Design (from the Architect)"), ("code", "Code")),
+    AgentRole.REFINER: (("design", "Design (from the Architect)"), ("code", "Code"), ("review", "Review to address")),
+    AgentRole.TESTER: (("design", "Design (from the Architect)"), ("code", "Code")),
+    AgentRole.DOCUMENTER: (("design", "Design (from the Architect)"), ("code", "Code"), ("tests", "Tests")),
+}
+SHORTENED = "shortened to fit the model's context window: only its beginning is here"
+LEFT_OUT = "left out: it does not fit the model's context window"
 
 
 def user_prompt(role: AgentRole, inputs: StageInputs) -> str:
@@ -98,12 +124,13 @@ def user_prompt(role: AgentRole, inputs: StageInputs) -> str:
     parts = [f"# Task\n{inputs.task}"]
     if inputs.context:
         parts.append("# Context\n```json\n" + json.dumps(inputs.context, indent=2, sort_keys=True) + "\n```")
-    if role is not AgentRole.ARCHITECT and inputs.design:
-        parts.append(f"# Design (from the Architect)\n{inputs.design}")
-    if role in (AgentRole.REVIEWER, AgentRole.REFINER, AgentRole.TESTER, AgentRole.DOCUMENTER) and inputs.code:
-        parts.append(f"# Code\n{inputs.code}")
-    if role is AgentRole.REFINER and inputs.review:
-        parts.append(f"# Review to address\n{inputs.review}")
-    if role is AgentRole.DOCUMENTER and inputs.tests:
-        parts.append(f"# Tests\n{inputs.tests}")
+    for key, heading in READS[role]:
+        text = getattr(inputs, key)
+        if key not in inputs.shortened:
+            if text:
+                parts.append(f"# {heading}\n{text}")
+        elif text:
+            parts.append(f"# {heading} ({SHORTENED})\n{text}")
+        else:
+            parts.append(f"# {heading} ({LEFT_OUT})")
     return "\n\n".join(parts)

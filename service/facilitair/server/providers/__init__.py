@@ -8,10 +8,17 @@ from collections.abc import Mapping
 
 from facilitair.server.domain import ModelRef, parse_chain
 from facilitair.server.errors import FailedPrecondition, Reason
-from facilitair.server.providers.base import ChecksModels, CompletionRequest, Provider, StreamEnd
+from facilitair.server.providers.base import (
+    ChecksModels,
+    CompletionRequest,
+    KnowsContextWindows,
+    Provider,
+    StreamEnd,
+    UsageReport,
+)
 from facilitair.server.settings import PipelineConfig, Settings
 
-__all__ = ["CompletionRequest", "Provider", "ProviderRegistry", "StreamEnd"]
+__all__ = ["CompletionRequest", "KnowsContextWindows", "Provider", "ProviderRegistry", "StreamEnd", "UsageReport"]
 
 _SETUP_HINT = {
     "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for an OpenAI-compatible endpoint) on the server",

@@ -14,6 +14,7 @@ from facilitair.server.errors import ProviderError, ProviderFailure
 from facilitair.server.providers.base import (
     CompletionRequest,
     StreamEnd,
+    UsageReport,
     broken,
     error_words,
     failure_for_status,
@@ -35,6 +36,7 @@ class _Events:
     cache_read: int = 0
     cache_write: int = 0
     output: int = 0
+    output_reported: bool = False  # message_start's output count is a placeholder; message_delta's is real
     stop_reason: str = ""
     finished: bool = False
 
@@ -59,6 +61,7 @@ class _Events:
                 raise WrongShapeError
             reason = delta.get("stop_reason")
             self.stop_reason = reason if type(reason) is str else self.stop_reason
+            self.output_reported = True
         elif kind == "message_stop":
             self.finished = True
         elif type(kind) is not str:
@@ -78,6 +81,15 @@ class _Events:
             elif value is not None or key == "output_tokens" or (start and key == "input_tokens"):
                 return False  # a required count missing, or a count that is not one
         return True
+
+    def report(self) -> UsageReport:
+        """The usage reported so far, for a stream that may yet be cut off."""
+        return UsageReport(
+            self.input + self.cache_read + self.cache_write,
+            self.output if self.output_reported else None,
+            cache_read_tokens=self.cache_read,
+            cache_write_tokens=self.cache_write,
+        )
 
     def end(self) -> StreamEnd:
         """The StreamEnd: the prompt is input_tokens plus the cached part reported beside it."""
@@ -115,8 +127,8 @@ class AnthropicProvider:
         """Close the SDK's HTTP client."""
         await self._client.close()
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        """Yield text deltas as they arrive, then usage and stop reason.
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | UsageReport | StreamEnd, None]:
+        """Yield text deltas as they arrive, the usage reported on the way, then usage and stop reason.
 
         The SDK opens the stream (auth, headers, status errors); the events are read here, as the
         OpenAI provider reads its chunks, so that an event of the wrong shape is a broken stream
@@ -146,6 +158,8 @@ class AnthropicProvider:
                             break
                         elif event["type"] == "error":
                             raise self._stream_error(event, request.model)
+                        elif event["type"] in ("message_start", "message_delta"):
+                            yield said.report()
                     if said.finished:
                         break
         except (ValueError, WrongShapeError):  # data that is not JSON, or not the event it says it is

@@ -24,6 +24,10 @@ class CompletionRequest:
     timeout: float | None = None
 
 
+# The finish reasons that mean the output reached max_tokens and was cut off.
+TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+
+
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
     """The last item of a stream: usage as the provider reported it, and why it stopped.
@@ -41,6 +45,26 @@ class StreamEnd:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
 
+    @property
+    def truncated(self) -> bool:
+        """Whether the model stopped at max_tokens (OpenAI says "length", Anthropic "max_tokens")."""
+        return self.finish_reason in TRUNCATED_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """Usage a provider reported before its stream's end, so that a stream cut off later is counted right.
+
+    Anthropic reports the prompt in `message_start` (output not yet: None) and the output in
+    `message_delta`; OpenAI reports both in the usage chunk just before `[DONE]`. Counts mean what
+    StreamEnd's mean. The StreamEnd of a stream that finishes supersedes every report.
+    """
+
+    input_tokens: int
+    output_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
 
 class Provider(Protocol):
     """A vendor's streaming completions API."""
@@ -48,8 +72,10 @@ class Provider(Protocol):
     name: str
     host: str  # the API's host[:port] for logs: no scheme, no path, no credentials
 
-    def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[str | UsageReport | StreamEnd, None]:
         """Yield text deltas exactly as the vendor streams them, then one StreamEnd.
+
+        A UsageReport may come between them whenever the vendor reports usage before the end.
 
         Raises ProviderError for every failure, including a stream that ends without its terminal
         event. Closing the iterator (aclose) closes the HTTP response, so no more tokens are paid for.
@@ -58,6 +84,19 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release the HTTP client."""
+        ...
+
+
+@runtime_checkable
+class KnowsContextWindows(Protocol):
+    """A provider that knows its models' context windows (a local server does; the vendors' APIs do not say).
+
+    The pipeline fits each stage's request into the window (pipeline/context.py); a pipeline file's
+    `context_window` for the agent wins over it.
+    """
+
+    def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens (prompt plus output), or None when it cannot tell."""
         ...
 
 

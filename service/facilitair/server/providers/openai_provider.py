@@ -13,6 +13,7 @@ from facilitair.server.errors import ProviderError, ProviderFailure
 from facilitair.server.providers.base import (
     CompletionRequest,
     StreamEnd,
+    UsageReport,
     broken,
     error_words,
     failure_for_status,
@@ -48,8 +49,8 @@ class OpenAIProvider:
         """Close the SDK's HTTP client."""
         await self._client.close()
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        """Yield content deltas as they arrive, then usage and finish reason.
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | UsageReport | StreamEnd, None]:
+        """Yield content deltas as they arrive, then the usage chunk's report, then usage and finish reason.
 
         The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
         split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
@@ -88,6 +89,8 @@ class OpenAIProvider:
                             raise broken(self.name, request.model)
                         if chunk.get("usage"):
                             usage = self._usage(chunk["usage"], request.model)
+                            # Before [DONE]: a stream cut off after this is still counted as reported.
+                            yield UsageReport(usage[0], usage[1], cache_read_tokens=usage[2])
                         choices = chunk.get("choices")
                         if not choices:
                             continue

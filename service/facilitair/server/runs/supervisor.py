@@ -220,6 +220,7 @@ class Supervisor:
                 input_tokens=u.input_tokens,
                 output_tokens=u.output_tokens,
                 cost_usd=round(u.cost_usd, 6),
+                usage_estimated=u.estimated,
                 last_seq=rec.last_seq,
             )
         finally:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
+import os
 import signal
 import socket
 import sys
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from facilitair.server.domain import chain_text
@@ -26,12 +27,16 @@ from facilitair.server.settings import ConfigError, PipelineConfig, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
+from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+# A worker of `serve --workers` looks this often whether the process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
@@ -67,7 +72,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     runs: RunService
-    health: health_aio.HealthServicer
+    health: HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
 
@@ -149,14 +154,14 @@ async def _grpc_server(
     servicer: OrchestratorServicer,
     keys: ApiKeys,
     credentials: grpc.ServerCredentials | None,
-) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+) -> tuple[grpc.aio.Server, HealthServicer, int]:
     """Bind and start the gRPC server with our service, health and reflection."""
     server = grpc.aio.server(
         options=server_options(settings),
         interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
     )
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
-    health = health_aio.HealthServicer()
+    health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:
         reflection.enable_server_reflection(
@@ -254,12 +259,20 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def until_signalled() -> None:
-    """Return at the first SIGINT or SIGTERM."""
+    """Return at the first SIGINT or SIGTERM, or, for a worker of `serve --workers`, once its parent is gone."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    parent = os.environ.get("FACILITAIR_PARENT_PID")
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PARENT_CHECK_SECONDS):
+                await stop.wait()
+            return
+        if parent is not None and os.getppid() != int(parent):
+            log.warning("parent_gone", parent=parent)
+            return
 
 
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:

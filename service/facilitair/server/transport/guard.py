@@ -1,19 +1,28 @@
 """The one interceptor every call passes: who is calling, and a request that really parses.
 
-- Authentication: with API keys configured, a call must send `authorization: Bearer <key>`; keys are
-  compared in constant time against every configured key, and no part of one is ever logged. With
-  client-certificate TLS (mTLS) the certificate's subject is the principal. Health and reflection
-  need no key.
-- Decoding: requests reach our handlers as bytes and are parsed here, so corrupt bytes become
-  INVALID_ARGUMENT with a clear message instead of UNKNOWN with grpc's internal text.
+Deny by default: every method of every service, whatever its shape, is served through here.
+
+- Authentication: with API keys configured, a call must send `authorization: Bearer <key>` (keys are
+  compared in constant time, and no part of one is ever logged). With client-certificate TLS (mTLS)
+  the certificate names the principal (`certificate_identity`); one that names nobody is refused.
+  Only health and reflection need no credentials; every other method does, including any added later.
+- Decoding: every request message, of every service (health and reflection too) and every shape, is
+  parsed here, so corrupt bytes become INVALID_ARGUMENT with a clear message instead of UNKNOWN with
+  the decoder's text and an error in the log that anyone could flood.
+- Every handler is served as a request stream, so that a unary method's one message is read here
+  too: a call that ends without one gets INVALID_ARGUMENT instead of no status at all.
+- Whatever a handler lets escape goes through the one status table (transport/status.py).
 - The principal and the RPC's name are bound in contextvars for the servicer and the logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
@@ -24,15 +33,19 @@ from facilitair.server.errors import FacilitairError, Reason, Unauthenticated
 from facilitair.server.transport.status import abort
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="local")
+
+# The services anyone may call: a load balancer's health check, grpcurl's and buf curl's reflection.
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+NO_KEY = "missing or invalid API key: send the header 'authorization: Bearer <key>'"
+NO_IDENTITY = "the client certificate names no identity: it needs a subject, or exactly one URI SAN (a SPIFFE ID)"
+NO_MESSAGE = "the call ended without a request message"
 
 
 def current_principal() -> str:
     """Who is calling (set by the interceptor for the call being handled); every run belongs to one principal."""
     return PRINCIPAL.get()
-
-
-EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class ApiKeys:
@@ -60,18 +73,22 @@ class ApiKeys:
         return found
 
 
-def _subject(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The client certificate's subject (or common name) when the connection is mutual TLS."""
-    auth = context.auth_context()
-    for key in ("x509_subject", "x509_common_name"):
-        values = auth.get(key)
-        if values:
-            return bytes(next(iter(values))).decode(errors="replace")
-    return None
+def certificate_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """Whom a verified client certificate names: its subject, else its one URI SAN (a SPIFFE ID), else nobody.
+
+    SPIFFE certificates usually have an empty subject: read by subject alone, they were all one principal
+    ("local"). gRPC reports the subject in RFC 4514 form ("CN=a,O=b"), which no URI ("scheme:...") can equal.
+    A certificate with several URIs, or only a DNS name or an e-mail address, names no one principal.
+    """
+    subject = b"".join(auth_context.get("x509_subject", ()))
+    if subject:
+        return subject.decode(errors="replace")
+    uris = list(auth_context.get("peer_uri", ()))
+    return uris[0].decode(errors="replace") if len(uris) == 1 and uris[0] else None
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Authenticate, parse, bind the principal."""
+    """Authenticate, parse, bind the principal: for every method there is."""
 
     def __init__(self, keys: ApiKeys, *, mtls: bool) -> None:
         self._keys = keys
@@ -82,58 +99,103 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
     ) -> Handler:
-        """Wrap our handlers; pass health and reflection through."""
+        """Wrap every handler there is."""
         handler = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(EXEMPT_PREFIXES) or handler.request_streaming:
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
             return handler
-        principal = None
-        if self._keys:
-            principal = self._keys.principal(details.invocation_metadata)
-            if principal is None:
-                return _deny(handler, "missing or invalid API key: send the header 'authorization: Bearer <key>'")
-        return _guarded(handler, method.rpartition("/")[2], principal, self._mtls)
+        method: str = details.method
+        gate = _Gate(method.rpartition("/")[2], handler.request_deserializer, handler.request_streaming)
+        if method.startswith(EXEMPT_PREFIXES):
+            gate.exempt = True
+        elif self._keys:
+            gate.principal = self._keys.principal(details.invocation_metadata)
+            gate.refusal = NO_KEY if gate.principal is None else None
+        else:
+            gate.by_certificate = self._mtls
+        return _served(handler, gate)
 
 
-def _deny(handler: Handler, message: str) -> Handler:
-    """A handler of the same shape that refuses the call without reading the request."""
+@dataclass
+class _Gate:
+    """What one call must pass before its handler runs: credentials first, then its request's bytes."""
 
-    async def refuse(_request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await abort(context, Unauthenticated(message))
+    rpc: str
+    parse: Callable[[bytes], Any] | None
+    request_streaming: bool
+    exempt: bool = False
+    principal: str | None = None  # from the API key
+    refusal: str | None = None  # why the call is refused before anything is read
+    by_certificate: bool = False  # the principal is whom the client certificate names
 
-    if handler.response_streaming:
-        return handler._replace(request_deserializer=None, unary_stream=refuse)  # type: ignore[attr-defined,no-any-return]
-    return handler._replace(request_deserializer=None, unary_unary=refuse)  # type: ignore[attr-defined,no-any-return]
+    async def admit(self, raw_requests: AsyncIterable[bytes], context: Context) -> Any:
+        """Authenticate, bind the principal, and give the request: its one message, or its stream of messages."""
+        structlog.contextvars.bind_contextvars(rpc=self.rpc)
+        if not self.exempt:
+            await self._authenticate(context)
+        if self.request_streaming:
+            return (await self._parsed(raw, context) async for raw in raw_requests)
+        raw = await anext(aiter(raw_requests), None)
+        if raw is None:
+            await abort(context, FacilitairError(NO_MESSAGE, reason=Reason.INVALID_ARGUMENT))
+        return await self._parsed(raw, context)
 
+    async def _authenticate(self, context: Context) -> None:
+        if self.refusal is not None:
+            await abort(context, Unauthenticated(self.refusal))
+        who = self.principal
+        if self.by_certificate:
+            who = certificate_identity(context.auth_context())
+            if who is None:
+                await abort(context, Unauthenticated(NO_IDENTITY))
+        PRINCIPAL.set(who or PRINCIPAL.get())
+        structlog.contextvars.bind_contextvars(principal=PRINCIPAL.get())
 
-def _guarded(handler: Handler, rpc: str, principal: str | None, mtls: bool) -> Handler:
-    parse: Callable[[bytes], Any] = handler.request_deserializer  # type: ignore[assignment]
-
-    async def enter(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        who = principal or (_subject(context) if mtls else None) or PRINCIPAL.get()
-        PRINCIPAL.set(who)
-        structlog.contextvars.bind_contextvars(rpc=rpc, principal=who)
+    async def _parsed(self, raw: bytes, context: Context) -> Any:
+        if self.parse is None:  # a handler that takes the bytes as they came
+            return raw
         try:
-            return parse(raw)
+            return self.parse(raw)
         except (DecodeError, ValueError, RuntimeError):
-            message = f"the request is not a valid {rpc}Request message"
-            invalid = FacilitairError(message, reason=Reason.INVALID_ARGUMENT)
+            message_class = getattr(self.parse, "__self__", None)  # FromString is bound to its message class
+            name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", f"{self.rpc} request")
+            invalid = FacilitairError(f"the request is not a valid {name} message", reason=Reason.INVALID_ARGUMENT)
             await abort(context, invalid)
 
+
+@contextlib.asynccontextmanager
+async def _mapped(context: Context) -> AsyncIterator[None]:
+    """Send whatever escapes a handler through the status table; grpc's own exceptions (aborts) pass on."""
+    try:
+        yield
+    except grpc.aio.BaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (every escape becomes a status from the one table)
+        await abort(context, exc)
+
+
+def _served(handler: Handler, gate: _Gate) -> Handler:
+    """`handler` behind the gate, as a request stream with the same kind of response."""
+    takes = "stream" if handler.request_streaming else "unary"
+    gives = "stream" if handler.response_streaming else "unary"
+    inner: Any = getattr(handler, f"{takes}_{gives}")  # e.g. handler.unary_stream
+
     if handler.response_streaming:
-        inner_stream: Any = handler.unary_stream
 
-        async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            request = await enter(raw, context)
-            async for response in inner_stream(request, context):
-                yield response
+        async def stream_stream(raw_requests: AsyncIterable[bytes], context: Context) -> AsyncIterator[Any]:
+            request = await gate.admit(raw_requests, context)
+            async with _mapped(context):
+                responses = inner(request, context)
+                if inspect.isasyncgen(responses):
+                    async for response in responses:
+                        yield response
+                else:  # a handler that writes with context.write (health's Watch) and returns nothing
+                    await responses
 
-        return handler._replace(request_deserializer=None, unary_stream=unary_stream)  # type: ignore[attr-defined,no-any-return]
+        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=handler.response_serializer)
 
-    inner_unary: Any = handler.unary_unary
+    async def stream_unary(raw_requests: AsyncIterable[bytes], context: Context) -> Any:
+        request = await gate.admit(raw_requests, context)
+        async with _mapped(context):
+            return await inner(request, context)
 
-    async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        request = await enter(raw, context)
-        return await inner_unary(request, context)
-
-    return handler._replace(request_deserializer=None, unary_unary=unary_unary)  # type: ignore[attr-defined,no-any-return]
+    return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=handler.response_serializer)

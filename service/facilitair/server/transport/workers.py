@@ -96,6 +96,8 @@ def _worker_environment(given: Mapping[str, Any], listen: str) -> dict[str, str]
         if value is not None:
             env[f"FACILITAIR_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     env.update(FACILITAIR_LISTEN=listen, FACILITAIR_WORKERS="1", FACILITAIR_SHARE_PORT="true")
+    # A worker whose parent is gone (killed) stops by itself rather than serve on unsupervised.
+    env["FACILITAIR_PARENT_PID"] = str(os.getpid())
     # Each worker is its own replica: host-pid, unless the operator named them (then name-1, name-2, ...).
     env.pop("FACILITAIR_REPLICA_ID", None)
     return env
