@@ -67,7 +67,7 @@ async def _event_log(path: Path, runs: int, per_run: int, size: int) -> dict[str
     store = _CountingStore(path)
     await store.open()
     log = EventLog(store)
-    log.start()
+    await log.start()
     run_ids = [await _new_run(store) for _ in range(runs)]
 
     async def produce(run_id: str) -> None:

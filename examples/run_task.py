@@ -26,7 +26,7 @@ async def main(target: str, task: str) -> int:
             print(f"\nrun {err.run_id} failed: {err.code.name}: {err.message}", file=sys.stderr)
             return 1
         except RunCancelled as err:
-            print(f"\nrun {err.run_id} cancelled: {err.reason}", file=sys.stderr)
+            print(f"\nrun {err.run_id} cancelled: {err.cancel_reason}", file=sys.stderr)
             return 1
         except FacilitairError as err:  # the call itself failed: no server, refused, bad arguments
             print(err.message, file=sys.stderr)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import stat
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,3 +145,19 @@ class Heard:
             while not done():
                 self.changed.clear()
                 await self.changed.wait()
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """The file read-only for this process, even as root (who ignores modes: then it is made immutable)."""
+    mode = path.stat().st_mode
+    path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    immutable = os.geteuid() == 0
+    if immutable:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)

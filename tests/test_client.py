@@ -207,7 +207,8 @@ async def test_a_cancelled_run_raises_run_cancelled_and_wait_follows_a_started_r
     assert RunState(summary.state) is RunState.CANCELLED
     assert err.value.code == StatusCode.CANCELLED
     assert err.value.run_id == run_ids[0]
-    assert err.value.reason == again.value.reason
+    assert err.value.cancel_reason == again.value.cancel_reason == "cancelled by a client request"
+    assert err.value.reason == "RUN_CANCELLED"
     assert err.value.usage.input_tokens >= default_replies()["architect"].input_tokens
 
 

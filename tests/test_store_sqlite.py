@@ -7,10 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import stat
-import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import pytest
 
 from facilitair.server.store.base import Batch, Checkpoint, SchemaError, StoredEvent, StoreUnavailable
 from facilitair.server.store.sqlite import SqliteStore
-from tests.storekit import COMPLETED, INTERRUPTED, batch_of, events, new_run
+from tests.storekit import COMPLETED, INTERRUPTED, batch_of, events, new_run, read_only
 
 # The schema as it was before versions were recorded (store/sqlite.py at main, before the lease columns).
 OLD_SCHEMA = """
@@ -160,22 +157,6 @@ async def test_a_full_database_is_unavailable_until_space_is_freed(tmp_path: Pat
 
 def _big(run_id: str, seq: int, size: int) -> StoredEvent:
     return StoredEvent(run_id, seq, os.urandom(size))
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    """The file read-only for this process, even as root (who ignores modes: then it is made immutable)."""
-    mode = path.stat().st_mode
-    path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    immutable = os.geteuid() == 0
-    if immutable:
-        subprocess.run(["chattr", "+i", str(path)], check=True)
-    try:
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        path.chmod(mode)
 
 
 async def test_a_read_only_database_is_unavailable_until_it_is_writable(tmp_path: Path) -> None:

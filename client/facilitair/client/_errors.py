@@ -1,13 +1,17 @@
 """The client's error types, so that callers never catch grpc exceptions.
 
 FacilitairError          any failed call; `code` is a StatusCode, `message` is the server's text,
+ |                       `reason` a stable machine-readable reason to branch on (the server's
+ |                       google.rpc.ErrorInfo, domain "facilitair.v1": "BUDGET_EXCEEDED", "RATE_LIMITED",
+ |                       "STORE_UNAVAILABLE", ...; "" when the server sent none),
  |                       `field_violations` lists (field, description) for INVALID_ARGUMENT (also for
  |                       arguments the library refuses before sending), `retry_after` is the server's
  |                       RetryInfo delay in seconds (or None).
  +-- ServerUnreachable   the first connection failed: nothing answers at `target` (code UNAVAILABLE).
- +-- RunFailed           the run ended with run_failed: `code` and `message` from the event, `retryable`,
- |                       `stage`, `usage` so far, `run_id`.
- +-- RunCancelled        the run ended with run_cancelled: `reason`, `usage` so far, `run_id` (code CANCELLED).
+ +-- RunFailed           the run ended with run_failed: `code`, `reason` and `message` from the event,
+ |                       `retryable`, `stage`, `usage` so far, `run_id`.
+ +-- RunCancelled        the run ended with run_cancelled: `cancel_reason` (by whom), `usage` so far,
+                         `run_id` (code CANCELLED, reason "RUN_CANCELLED").
 """
 
 from __future__ import annotations
@@ -52,20 +56,24 @@ class FacilitairError(Exception):
         message: str,
         field_violations: list[tuple[str, str]] | None = None,
         retry_after: float | None = None,
+        reason: str = "",
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        #: The server's stable reason for the error (ErrorInfo.reason), e.g. "RATE_LIMITED"; "" when none.
+        self.reason = reason
         self.field_violations = field_violations or []
         #: When the server says when to retry (RESOURCE_EXHAUSTED from a run limit): seconds to wait.
         self.retry_after = retry_after
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> FacilitairError:
-        """Convert a grpc error, decoding BadRequest and RetryInfo details when there are some."""
+        """Convert a grpc error, decoding ErrorInfo, BadRequest and RetryInfo details when there are some."""
         code = StatusCode(err.code().value[0]) if err.code() is not None else StatusCode.UNKNOWN
         violations: list[tuple[str, str]] = []
         retry_after: float | None = None
+        reason = ""
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
         if status is not None:
             for detail in status.details:
@@ -77,7 +85,11 @@ class FacilitairError(Exception):
                     retry = error_details_pb2.RetryInfo()
                     detail.Unpack(retry)
                     retry_after = retry.retry_delay.ToNanoseconds() / 1e9
-        return cls(code, err.details() or code.name, violations, retry_after)
+                elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+        return cls(code, err.details() or code.name, violations, retry_after, reason)
 
 
 class ServerUnreachable(FacilitairError):
@@ -86,7 +98,7 @@ class ServerUnreachable(FacilitairError):
     def __init__(self, target: str, *, tls: bool) -> None:
         running = "running with TLS" if tls else "running"
         message = f"cannot reach facilitair at {target} - is `facilitair serve` {running}?"
-        super().__init__(StatusCode.UNAVAILABLE, message)
+        super().__init__(StatusCode.UNAVAILABLE, message, reason="SERVER_UNREACHABLE")
         self.target = target
 
 
@@ -95,7 +107,7 @@ class RunFailed(FacilitairError):
 
     def __init__(self, run_id: str, failure: pb.RunFailed) -> None:
         code = StatusCode(failure.code) if failure.code in StatusCode._value2member_map_ else StatusCode.UNKNOWN
-        super().__init__(code, failure.message)
+        super().__init__(code, failure.message, reason=failure.reason)
         self.run_id = run_id
         self.retryable = failure.retryable
         self.stage = failure.stage
@@ -103,10 +115,10 @@ class RunFailed(FacilitairError):
 
 
 class RunCancelled(FacilitairError):
-    """A run ended with run_cancelled; `reason` says by whom, `usage` what was spent."""
+    """A run ended with run_cancelled; `cancel_reason` says by whom, `usage` what was spent."""
 
     def __init__(self, run_id: str, cancelled: pb.RunCancelled) -> None:
-        super().__init__(StatusCode.CANCELLED, f"run cancelled: {cancelled.reason}")
+        super().__init__(StatusCode.CANCELLED, f"run cancelled: {cancelled.reason}", reason="RUN_CANCELLED")
         self.run_id = run_id
-        self.reason = cancelled.reason
+        self.cancel_reason = cancelled.reason
         self.usage = cancelled.usage

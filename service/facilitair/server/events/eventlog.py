@@ -57,8 +57,12 @@ class EventLog:
         self._flushed: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start the writer task."""
+    async def start(self) -> None:
+        """Find out whether the store takes writes (health), then start the writer task."""
+        try:
+            await self.store.probe()
+        except StoreUnavailable as exc:
+            self.health.failed(str(exc))  # the writer probes on until the store takes writes again
         self._writer = asyncio.create_task(self._write_loop(), name="eventlog-writer")
 
     async def stop(self, *, wait: float) -> int:

@@ -55,7 +55,7 @@ class OpenAIProvider:
         The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
         split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
         stream builds a model per chunk, the largest single cost in the server's profile, and its
-        line iterator is four async generators deep per chunk (bench/README). The SDK's models also
+        line iterator is four async generators deep per chunk (README, Benchmarks). The SDK's models also
         checked nothing: a chunk of the wrong shape (`[]`, `null`, `"choices": ["x"]`) is a broken
         stream here, as is a body that ends without `[DONE]`.
         """

@@ -2,7 +2,7 @@
 
 Both SDKs default to httpx2 over anyio (pure-Python HTTP parsing and a cancel scope per read). With 200
 streams at 25 tokens/s that receive path was 48 % of the event loop's time and the server fell behind
-(bench/README). Each SDK ships an aiohttp transport (`DefaultAioHttpClient`, C parser); the SDKs'
+(README, Benchmarks). Each SDK ships an aiohttp transport (`DefaultAioHttpClient`, C parser); the SDKs'
 behaviour above the transport (auth, headers, status errors, timeouts) is unchanged.
 
 Real OpenAI- and Anthropic-compatible servers answer a stream with `Connection: keep-alive` and then

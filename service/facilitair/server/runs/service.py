@@ -103,7 +103,7 @@ class RunService:
     async def start(self) -> None:
         """Open the store, start the writer, listen to the other replicas, take over the runs nobody drives."""
         await self._store.open()
-        self.events.start()
+        await self.events.start()
         await self._store.listen(self.events.committed_elsewhere, self._cancel_noticed, self._leases.claim_soon)
         await self._leases.start()
         self._retention.start()

@@ -118,6 +118,7 @@ class RunStarter:
                 owner=self._settings.replica_id,
                 lease_seconds=self._settings.lease_seconds,
                 max_active_per_principal=self._settings.max_runs_per_principal,
+                max_started_per_minute=self._settings.runs_per_minute,
             )
         except BaseException:
             self._admission.release(run_id)
@@ -127,6 +128,13 @@ class RunStarter:
             if inserted.outcome is InsertOutcome.EXISTING and inserted.row is not None:
                 check_same_request(inserted.row, spec)
                 return inserted.row.run_id  # started at the same moment elsewhere: attach to that run
+            if inserted.outcome is InsertOutcome.RATE_LIMITED:
+                raise ResourceLimited(
+                    f"you started more than {self._settings.runs_per_minute:g} runs a minute (across all servers); "
+                    f"retry in {inserted.retry_after:.1f} s",
+                    inserted.retry_after,
+                    reason=Reason.RATE_LIMITED,
+                )
             raise ResourceLimited(
                 f"you have {inserted.active} runs in flight, the most allowed (FACILITAIR_MAX_RUNS_PER_PRINCIPAL); "
                 "wait for one to finish or cancel one",

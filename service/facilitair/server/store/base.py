@@ -1,6 +1,6 @@
 """The storage interface for runs, their event logs and their leases.
 
-The event log (eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
+The event log (events/eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
 it durable in one transaction. Nothing above this interface knows which store is used: SQLite (one process)
 or PostgreSQL (any number of replicas on one database).
 
@@ -131,6 +131,7 @@ class InsertOutcome(enum.Enum):
     CREATED = "created"  # the run is stored, held by the caller with epoch 1
     EXISTING = "existing"  # the principal already started a run with this client_request_id: that one
     LIMITED = "limited"  # the principal has max_active_per_principal unfinished runs already; nothing stored
+    RATE_LIMITED = "rate_limited"  # the principal started max_started_per_minute runs in the last minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,22 @@ class InsertResult:
     row: RunRow | None
     # The principal's unfinished runs before this insert (0 when an existing run was returned).
     active: int
+    # RATE_LIMITED: seconds until a run of the last minute ages out of the window.
+    retry_after: float = 0.0
+
+
+# The window of the per-principal rate of new runs, across every replica.
+RATE_WINDOW = 60.0
+
+
+def rate_limited(
+    limit: float | None, recent: int, oldest_recent: float | None, row: RunRow, active: int
+) -> InsertResult | None:
+    """RATE_LIMITED when `recent` runs in the window leave no room for one more, else None (both stores use this)."""
+    if limit is None or recent + 1 <= limit:
+        return None
+    wait = (oldest_recent or row.created_at) + RATE_WINDOW - row.created_at
+    return InsertResult(InsertOutcome.RATE_LIMITED, None, active, retry_after=max(wait, 0.1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +202,17 @@ class EventStore(Protocol):
         ...
 
     async def insert_run(
-        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+        self,
+        row: RunRow,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_active_per_principal: int,
+        max_started_per_minute: float | None = None,
     ) -> InsertResult:
-        """Atomically: the principal's run with this client_request_id, or LIMITED, or the new run held by `owner`."""
+        """Atomically: the principal's run with this client_request_id, or LIMITED, or RATE_LIMITED (more than
+        `max_started_per_minute` runs created in the RATE_WINDOW before row.created_at), or the new run held by
+        `owner`."""
         ...
 
     async def write_batch(self, batch: Batch) -> set[str]:

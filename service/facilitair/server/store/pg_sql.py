@@ -109,7 +109,9 @@ EPOCHS = "SELECT run_id, epoch FROM runs WHERE run_id = ANY($1::text[])"
 
 FIND_AND_COUNT = f"""
 SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED}) AS active,
-       (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing
+       (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing,
+       (SELECT count(*) FROM runs WHERE principal = $1 AND created_at > $3) AS recent,
+       (SELECT min(created_at) FROM runs WHERE principal = $1 AND created_at > $3) AS oldest_recent
 """
 INSERT_RUN = f"""
 INSERT INTO runs ({RUN_COLUMNS})

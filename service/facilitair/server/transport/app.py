@@ -135,7 +135,7 @@ async def create_server(
                 settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
             )
             servicer = OrchestratorServicer(runs, settings, config, info)
-            server, health, port = await _grpc_server(settings, servicer, keys, credentials)
+            server, health, port = await _grpc_server(settings, runs, servicer, keys, credentials)
         except BaseException:
             await runs.stop()
             raise
@@ -151,6 +151,7 @@ async def create_server(
 
 async def _grpc_server(
     settings: Settings,
+    runs: RunService,
     servicer: OrchestratorServicer,
     keys: ApiKeys,
     credentials: grpc.ServerCredentials | None,
@@ -177,8 +178,11 @@ async def _grpc_server(
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}: {_why_not_bindable(settings.listen)}")
     await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    # SERVING only while the store takes writes (RunningServer.follow_store_health keeps this true).
+    serving = runs.events.health.healthy
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health.set("", status)
+    await health.set(SERVICE_NAME, status)
     return server, health, port
 
 

@@ -1,0 +1,214 @@
+"""A store that cannot write (a full disk, a read-only file): said plainly, bounded, and recovered from by itself.
+
+The disk is a real SQLite file whose server connection may hold at most a fixed number of pages (as a small
+disk would); the test fills the rest with a table of its own from another connection, and frees it again. The
+read-only file is made immutable (the test runs as root, who ignores file modes). Health is watched with the
+standard health service's Watch stream, which reports every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from facilitair.client import Client, FacilitairError, StatusCode
+from facilitair.server.settings import Settings
+from facilitair.server.store.sqlite import SqliteStore
+from facilitair.server.transport.app import create_server
+from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
+from tests.conftest import RunStream, collect, default_replies, held, kind, scripted
+from tests.fakes.providers import FakeOpenAI
+from tests.storekit import read_only
+
+TASK = "Write a function that reverses a string"
+HANG_GUARD = 30.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CAP_PAGES = 512  # the server's "disk": 2 MiB of 4 KiB pages
+
+
+def settings_for(db: Path, fake: FakeOpenAI, **extra: Any) -> Settings:
+    """A server on the fake with a short grace for outages and frequent heartbeats (so writes keep coming)."""
+    return Settings.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "db": db,
+            "OPENAI_API_KEY": fake.api_key,
+            "OPENAI_BASE_URL": fake.base_url,
+            "heartbeat_interval": 0.1,
+            "thinking_interval": 0.1,
+            "store_grace_seconds": 0.3,
+            **extra,
+        }
+    )
+
+
+class HealthWatch:
+    """The server's overall health, as the Watch stream reports each change."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+
+    async def until(self, status: int) -> None:
+        """Read changes until the server reports `status`."""
+        async with asyncio.timeout(HANG_GUARD):
+            async for response in self._call:
+                if response.status == status:
+                    return
+        raise AssertionError("the health stream ended")
+
+    def cancel(self) -> None:
+        """Stop watching."""
+        self._call.cancel()
+
+
+async def drain(call: grpc.aio.UnaryStreamCall[pb.CollaborateRequest, pb.CollaborateResponse]) -> None:
+    """Read a stream to its end (hang guard)."""
+    async with asyncio.timeout(HANG_GUARD):
+        async for _ in call:
+            pass
+
+
+def fill(db: Path) -> None:
+    """Take every page the server may still use, from a connection of the test's own (no cap on it)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ballast (data BLOB)")
+        while conn.execute("PRAGMA page_count").fetchone()[0] < CAP_PAGES:
+            conn.execute("INSERT INTO ballast VALUES (zeroblob(16384))")
+            conn.commit()
+
+
+def free(db: Path) -> None:
+    """Give the pages back (they go to SQLite's free list, which the server's writes reuse)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM ballast")
+
+
+async def test_a_full_disk_is_reported_bounded_and_recovered_from(tmp_path: Path) -> None:
+    db = tmp_path / "small-disk.sqlite3"
+    coder, release = held(default_replies()["coder"], after=2)
+    script = scripted(coder=[coder, default_replies()["coder"]])
+    async with FakeOpenAI(script) as fake:
+        server = await create_server(settings_for(db, fake), store=SqliteStore(db, max_pages=CAP_PAGES))
+        try:
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                health = HealthWatch(channel)
+                await health.until(SERVING)
+                call = stub.Collaborate(pb.CollaborateRequest(task=TASK))
+                first = None
+                async with asyncio.timeout(HANG_GUARD):
+                    async for response in call:
+                        first = first or response.event
+                        if kind(response.event) == "token_delta" and response.event.token_delta.stage == 2:
+                            break
+                assert first is not None
+                with structlog.testing.capture_logs() as logs:
+                    fill(db)
+                    # The store cannot write: NOT_SERVING, and the watcher is told (not left in silence).
+                    await health.until(NOT_SERVING)
+                    with pytest.raises(grpc.aio.AioRpcError) as told:
+                        await drain(call)
+                    assert told.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "database or disk is full" in (told.value.details() or "")
+                    async with asyncio.timeout(HANG_GUARD):
+                        await fake.wait_disconnect(1)  # the interrupted stage's provider stream was closed
+                    # New runs are refused with the cause, at once.
+                    with pytest.raises(FacilitairError) as refused:
+                        await collect(client.collaborate("another task", resume=False))
+                    assert refused.value.code == StatusCode.UNAVAILABLE
+                    assert refused.value.reason == "STORE_UNAVAILABLE"
+                    assert "database or disk is full" in refused.value.message
+                    # CancelRun is bounded: it answers while the store still cannot write.
+                    with pytest.raises(FacilitairError) as cancel:
+                        await client.cancel_run(first.run_id)
+                    assert cancel.value.code == StatusCode.UNAVAILABLE
+                    free(db)
+                    await health.until(SERVING)
+                    health.cancel()
+                    release.set()
+                unavailable = [e for e in logs if e["event"] == "event_store_unavailable"]
+                assert [e["cause"] for e in unavailable] == ["the SQLite store cannot write: database or disk is full"]
+                assert not any("rollback" in str(e) for e in logs)
+                assert [e["event"] for e in logs].count("event_store_recovered") == 1
+                # The run goes on by itself, from its last completed stage, and its log is whole.
+                events = await collect(client.watch(first.run_id), within=HANG_GUARD)
+        finally:
+            await server.stop(0)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert kind(events[-1]) in ("run_completed", "run_cancelled")
+    assert [kind(e) for e in events].count(kind(events[-1])) == 1
+
+
+async def test_stopping_while_the_disk_is_full_is_bounded(tmp_path: Path) -> None:
+    db = tmp_path / "small-disk.sqlite3"
+    coder, release = held(default_replies()["coder"], after=2)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        server = await create_server(settings_for(db, fake), store=SqliteStore(db, max_pages=CAP_PAGES))
+        stopped = False
+        try:
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                health = HealthWatch(channel)
+                stream = RunStream(client.collaborate(TASK))
+                await stream.until(lambda e: kind(e) == "token_delta" and e.token_delta.stage == 2)
+                fill(db)
+                await health.until(NOT_SERVING)
+                async with asyncio.timeout(HANG_GUARD):  # a hang guard: the stop itself is bounded
+                    await server.stop(0)
+                stopped = True
+                await stream.aclose()
+        finally:
+            release.set()
+            if not stopped:
+                await server.stop(0)
+    free(db)
+    # Nothing stored was lost: a new server resumes the run from what the store holds.
+    async with FakeOpenAI(scripted()) as fake:
+        again = await create_server(settings_for(db, fake), store=SqliteStore(db))
+        try:
+            async with Client(f"127.0.0.1:{again.port}") as client:
+                runs, _ = await client.list_runs()
+                events = await collect(client.watch(runs[0].run_id), within=HANG_GUARD)
+        finally:
+            await again.stop(0)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert kind(events[-1]) == "run_completed"
+
+
+async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writable(tmp_path: Path) -> None:
+    db = tmp_path / "read-only.sqlite3"
+    async with FakeOpenAI(scripted()) as fake:
+        first = await create_server(settings_for(db, fake))
+        await first.stop(0)
+        with read_only(db):
+            server = await create_server(settings_for(db, fake))
+            try:
+                target = f"127.0.0.1:{server.port}"
+                async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                    health = HealthWatch(channel)
+                    await health.until(NOT_SERVING)
+                    with pytest.raises(FacilitairError) as refused:
+                        # resume=False: the library would otherwise retry UNAVAILABLE until the store is back.
+                        await collect(client.collaborate(TASK, resume=False))
+                    assert refused.value.code == StatusCode.UNAVAILABLE
+                    assert "read-only" in refused.value.message
+            except BaseException:
+                await server.stop(0)
+                raise
+        try:
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                await HealthWatch(channel).until(SERVING)  # recovered by itself, no restart
+                events = await collect(client.collaborate(TASK), within=HANG_GUARD)
+        finally:
+            await server.stop(0)
+    assert kind(events[-1]) == "run_completed"
