@@ -29,6 +29,26 @@ LEASES_CHANNEL = "facilitair_leases"
 DELETE_BATCH = 500
 
 
+# The characters of a run id (a UUID as str(uuid.uuid4()) writes it), in the order every collation puts them.
+RUN_ID_DIGITS = "0123456789abcdef"
+
+
+def id_prefix_bounds(prefix: str) -> tuple[str, str | None]:
+    """The range [low, high) of the index that holds every run id starting with `prefix` (None: no upper end).
+
+    `prefix` is lower-case hex and hyphens. High is the prefix with its last digit that is not "f" raised to
+    the next digit ("abc9" -> "abca", "abcf" -> "abd"), so the range is right in every collation a database
+    may sort text by: bytewise, and the linguistic ones too, which sort digits before letters and may ignore
+    hyphens altogether (so "abc:" or "abc-." would not do). The stores still check the prefix on each row.
+    """
+    if not prefix or prefix.strip(RUN_ID_DIGITS + "-"):
+        raise ValueError(f"not a prefix of a run id: {prefix[:40]!r}")
+    head = prefix.rstrip("f-")
+    if not head:
+        return prefix, None
+    return prefix, head[:-1] + RUN_ID_DIGITS[RUN_ID_DIGITS.index(head[-1]) + 1]
+
+
 class StoreUnavailable(Unavailable):
     """The store cannot write (or cannot be reached) now; the message is the plain cause, safe to log and show.
 
@@ -250,6 +270,13 @@ class EventStore(Protocol):
 
     async def find_run(self, principal: str, client_request_id: str) -> RunRow | None:
         """The run a principal started with this idempotency key, or None."""
+        ...
+
+    async def find_runs_by_prefix(self, principal: str, prefix: str, limit: int) -> list[RunRow]:
+        """The principal's runs whose id starts with `prefix` (see id_prefix_bounds), in id order, at most `limit`.
+
+        A range scan of the run id index, so its cost is that of the ids in the range, not of the store.
+        """
         ...
 
     async def list_runs(

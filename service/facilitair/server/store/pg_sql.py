@@ -120,6 +120,20 @@ ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}
 """
 
+# A principal's runs by id prefix ($2): a range scan of runs_pkey from the prefix to the bound id_prefix_bounds
+# gives ($3), in id order; starts_with keeps only the ids that really start with it, whatever the collation.
+RUNS_BY_PREFIX = f"""
+SELECT {RUN_COLUMNS} FROM runs
+WHERE run_id >= $2 AND run_id < $3 AND starts_with(run_id, $2) AND principal = $1
+ORDER BY run_id LIMIT $4
+"""
+# The same for a prefix with no upper bound (all "f"s).
+RUNS_FROM_PREFIX = f"""
+SELECT {RUN_COLUMNS} FROM runs
+WHERE run_id >= $2 AND starts_with(run_id, $2) AND principal = $1
+ORDER BY run_id LIMIT $3
+"""
+
 REQUEST_CANCEL = f"""
 WITH c AS (
     UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2) WHERE run_id = $1 AND {UNFINISHED} RETURNING run_id

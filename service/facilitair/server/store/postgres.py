@@ -34,6 +34,7 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    id_prefix_bounds,
     rate_limited,
 )
 from facilitair.server.store.pg_errors import mask_url, scrub, unavailable
@@ -385,6 +386,13 @@ class PostgresStore:
     async def find_run(self, principal: str, client_request_id: str) -> RunRow | None:
         """A run by idempotency key."""
         return await self._one("principal = $1 AND client_request_id = $2", principal, client_request_id)
+
+    async def find_runs_by_prefix(self, principal: str, prefix: str, limit: int) -> list[RunRow]:
+        """A range scan of the primary key's index, in whatever collation the database sorts text by."""
+        low, high = id_prefix_bounds(prefix)
+        if high is None:
+            return await self._many(pg_sql.RUNS_FROM_PREFIX, principal, low, limit)
+        return await self._many(pg_sql.RUNS_BY_PREFIX, principal, low, high, limit)
 
     async def count_active(self, principal: str) -> int:
         """The principal's unfinished runs."""

@@ -33,6 +33,7 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    id_prefix_bounds,
     rate_limited,
 )
 from facilitair.server.store.sqlite_batch import chunks, immediate, marks, write_once
@@ -350,6 +351,18 @@ class SqliteStore:
         return await self._one(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE principal=? AND client_request_id=?", (principal, client_request_id)
         )
+
+    async def find_runs_by_prefix(self, principal: str, prefix: str, limit: int) -> list[RunRow]:
+        """A range scan of the primary key's index; `+principal` keeps the planner off runs_by_principal."""
+        low, high = id_prefix_bounds(prefix)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ?"
+        args: list[object] = [low]
+        if high is not None:
+            sql += " AND run_id < ?"
+            args.append(high)
+        sql += " AND substr(run_id, 1, ?) = ? AND +principal = ? ORDER BY run_id LIMIT ?"
+        args += [len(prefix), prefix, principal, limit]
+        return await self._many(sql, tuple(args))
 
     async def count_active(self, principal: str) -> int:
         """The principal's unfinished runs."""
