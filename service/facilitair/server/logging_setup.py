@@ -47,8 +47,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | 
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
+    # The configured list is changed in place, not replaced: loggers cached on first use keep a reference to
+    # it, so a second configuration (or structlog.testing.capture_logs, which also edits it in place) reaches
+    # them too.
+    processors = structlog.get_config()["processors"]
+    processors[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
