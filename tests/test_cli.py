@@ -175,8 +175,10 @@ async def test_budgets_reach_the_server(make_server: ServerFactory) -> None:
         tokens = await cli(h.target, "run", TASK, "--max-tokens", "10")
     assert cost[0] == 1
     assert "over the budget $0.0000" in cost[2]
+    assert "raise max_cost_usd (--max-cost for facilitair run) or choose cheaper models" in cost[2]
     assert tokens[0] == 1
     assert "tokens are over the budget of 10 by" in tokens[2]
+    assert tokens[2].endswith("; raise max_tokens (--max-tokens for facilitair run)\n")
     assert fake.requests == []
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,9 @@ from typing import Any
 import pytest
 
 from tests.fakes.providers import FakeOpenAI, Reply
-from tests.harness.cli import cli
+from tests.harness.cli import BUF, cli
 from tests.harness.servers import Harness, ServerFactory
 
-BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
 CODE = "def reverse(s: str) -> str:\n    return s[::-1]\n"
 TEST = "from reverse import reverse\n\n\ndef test_reverse() -> None:\n    assert reverse('ab') == 'ba'\n"
 DESIGN = ["One ", "function ", "reverse(s)."]

@@ -29,6 +29,7 @@ from facilitair.client import (
     RunState,
     ServerUnreachable,
     StatusCode,
+    StoreKind,
     event_kind,
     is_terminal,
     parse_target,
@@ -221,6 +222,7 @@ def test_the_enums_match_the_proto() -> None:
         (Agent, pb.Agent, "AGENT_"),
         (ArtifactKind, pb.ArtifactKind, "ARTIFACT_KIND_"),
         (OnDisconnect, pb.OnDisconnect, "ON_DISCONNECT_"),
+        (StoreKind, pb.StoreKind, "STORE_KIND_"),
     ):
         assert {m.name: m.value for m in ours} == {name.removeprefix(prefix): value for name, value in theirs.items()}
     payloads = {f.name for f in pb.RunEvent.DESCRIPTOR.oneofs_by_name["payload"].fields}

@@ -432,7 +432,7 @@ async def test_stop_does_not_hang_on_stalled_or_held_streams() -> None:
             [event async for event in anthropic_stream_]
 
 
-# ----- What real servers do (provider-wire-formats.md, "What real servers do") -----
+# ----- What real servers do beyond the wire formats (seen against a real inference server) -----
 
 
 async def raw_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:

@@ -241,6 +241,7 @@ async def test_no_stage_starts_once_the_cost_budget_is_spent(make_server: Server
     assert failed.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "cost budget of $0.0500 is spent" in failed.message
     assert "stage 2 was not started" in failed.message
+    assert "Raise max_cost_usd (--max-cost for facilitair run) or FACILITAIR_BUDGET_USD" in failed.message
     assert failed.usage.input_tokens == 10_000_000
     assert failed.usage.cost_usd == pytest.approx(4.0 + 1.6e-6)
 
@@ -263,6 +264,7 @@ async def test_a_stage_that_crosses_the_token_budget_is_stopped(make_server: Ser
     assert failed.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "stage 1 was stopped" in failed.message
     assert "token budget of 20000" in failed.message
+    assert "(--max-cost / --max-tokens for facilitair run)" in failed.message
     streamed = len(stage_text(events, 1))
     assert 70_000 < streamed < 81_000  # about (20000 - the prompt's tokens) * 4 characters, then it stopped
     assert script.agents() == ["architect"]

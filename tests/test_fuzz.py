@@ -581,7 +581,12 @@ async def fuzz_session(
         (1, st.uuids().map(str)),
         (1, odd_text),
         (1, st.sampled_from(["", live_id.upper(), live_id[:-1], live_id + " ", "0" * 64, "0" * 65])),
+        (1, st.sampled_from([own[0][:8], own[1].upper()[:13], "last", live_id[:8], live_id[:4]])),
     )
+    # What the fuzzer's own references resolve to (a unique prefix, any spelling; "last" is its newest run,
+    # which fuzz_collaborate keeps changing); the victim's prefixes must be as unknown to it as its ids.
+    resolves = {own[0][:8]: own[0], own[1].upper()[:13]: own[1]} | {r: r for r in own}
+    victims = {*victim_ids, live_id.upper(), live_id[:8], live_id[:4]}
 
     def authed(md: Metadata) -> bool:
         return md == bearer(FUZZER_KEY)
@@ -620,7 +625,7 @@ async def fuzz_session(
         request = pb.WatchRunRequest(run_id=run_id, after_seq=after_seq, coalesce_tokens=coalesce)
         result = bridge(outcome(lambda: stub.WatchRun(request, metadata=md)))
         common("WatchRun", result, request, md)
-        if authed(md) and run_id in victim_ids:
+        if authed(md) and run_id in victims:
             assert result.code == grpc.StatusCode.NOT_FOUND
         if result.code == grpc.StatusCode.OK:
             check_events([r.event for r in result.responses], after_seq, request, "WatchRun")
@@ -633,10 +638,11 @@ async def fuzz_session(
         request = pb.GetRunRequest(run_id=run_id)
         result = bridge(outcome(lambda: stub.GetRun(request, metadata=md)))
         common("GetRun", result, request, md)
-        if authed(md) and run_id in victim_ids:
+        if authed(md) and run_id in victims:
             assert result.code == grpc.StatusCode.NOT_FOUND
         if result.code == grpc.StatusCode.OK:
-            assert result.responses[0].run.run_id == run_id
+            got = result.responses[0].run.run_id
+            assert got == resolves[run_id] if run_id != "last" else got not in victim_ids
 
     @FUZZ_SETTINGS
     @given(
@@ -665,7 +671,7 @@ async def fuzz_session(
         request = pb.CancelRunRequest(run_id=run_id)
         result = bridge(outcome(lambda: stub.CancelRun(request, metadata=md)))
         common("CancelRun", result, request, md)
-        if authed(md) and run_id in victim_ids:
+        if authed(md) and run_id in victims:
             assert result.code == grpc.StatusCode.NOT_FOUND
         if result.code == grpc.StatusCode.OK:
             assert result.responses[0].run.state in (

@@ -9,12 +9,8 @@ would for a disk that does not answer, until the test lets go. Those stay on SQL
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -26,7 +22,7 @@ from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, collect, kind
 from tests.harness.scripts import agent_of, default_replies, held, scripted
 from tests.harness.servers import ServerFactory
-from tests.harness.stores import Target, execute
+from tests.harness.stores import Target, commits_held, execute
 
 TASK = "Write a function that reverses a string"
 HANG_GUARD = 30.0
@@ -34,20 +30,6 @@ HANG_GUARD = 30.0
 pytestmark = pytest.mark.both_stores
 # The tests that hold SQLite's write lock: what they need is a writer that waits, and that lock is SQLite's own.
 holds_sqlite_lock = pytest.mark.sqlite_only
-
-
-@contextlib.contextmanager
-def commits_held(db: Path) -> Iterator[None]:
-    """Hold the database's write lock: the server's commits wait until the block ends."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def stub_of(target: str) -> tuple[grpc.aio.Channel, pb_grpc.OrchestratorServiceAsyncStub]:

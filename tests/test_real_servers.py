@@ -1,6 +1,6 @@
 """What real provider servers do that the wire formats do not say, and the shipped example config, end to end.
 
-Each behaviour comes from provider-wire-formats.md, "What real servers do", and is played by the fakes: streamed
+Each behaviour was seen against a real inference server (issue 11) and is played by the fakes: streamed
 connections closed although answered keep-alive, a server that restarts in seconds, a small context window,
 prompt caching counted beside `input_tokens`, and anthropic 2.x without a `temperature` argument.
 """

@@ -1,7 +1,7 @@
 """What small models really do, end to end: echo the prompt's example, fill their context window, stop on length.
 
 A real server and client, the official SDKs against the fake vendors (tests/fakes), which can enforce a context
-window as a small local model's server does (provider-wire-formats.md, "What real servers do").
+window as a small local model's server does (as a real local server was seen to do).
 """
 
 from __future__ import annotations

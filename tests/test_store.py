@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 
-from facilitair.server.store.base import Batch, Checkpoint, InsertOutcome, StoredEvent
+from facilitair.server.store.base import Batch, Checkpoint, InsertOutcome, RunRow, StoredEvent
 from tests.harness.stores import (
     COMPLETED,
     RUNNING,
@@ -180,6 +181,37 @@ async def test_the_active_run_limit_holds_under_concurrency(stores: Stores, repl
     )
     assert again.outcome is InsertOutcome.CREATED
     assert again.active == 4
+
+
+@pytest.mark.parametrize("replica_count", [1, 2])
+async def test_the_rate_of_new_runs_holds_across_replicas(stores: Stores, replica_count: int) -> None:
+    replicas = [await stores.new() for _ in range(replica_count)] * (3 - replica_count)  # one store twice, or two
+    now = time.time()
+
+    def at(i: int, when: float) -> RunRow:
+        return replace(run_row("alice", f"rate-{i}"), created_at=when, updated_at=when)
+
+    # 12 runs asked for at once, at most 4 a minute: 4 are made, 8 refused with the time to wait.
+    results = await asyncio.gather(
+        *(
+            replicas[i % 2].insert_run(
+                at(i, now), owner="R", lease_seconds=60, max_active_per_principal=100, max_started_per_minute=4
+            )
+            for i in range(12)
+        )
+    )
+    outcomes = Counter(r.outcome for r in results)
+    assert outcomes == Counter({InsertOutcome.CREATED: 4, InsertOutcome.RATE_LIMITED: 8})
+    assert all(r.retry_after == pytest.approx(60.0) for r in results if r.outcome is InsertOutcome.RATE_LIMITED)
+    # A minute later the window has room again; another principal was never limited.
+    later = await replicas[1].insert_run(
+        at(99, now + 61), owner="R", lease_seconds=60, max_active_per_principal=100, max_started_per_minute=4
+    )
+    assert later.outcome is InsertOutcome.CREATED
+    bob = await replicas[0].insert_run(
+        run_row("bob", "rate-0"), owner="R", lease_seconds=60, max_active_per_principal=100, max_started_per_minute=4
+    )
+    assert bob.outcome is InsertOutcome.CREATED
 
 
 async def test_two_replicas_never_claim_the_same_run(stores: Stores) -> None:

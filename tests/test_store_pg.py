@@ -273,7 +273,7 @@ async def test_inserts_from_two_processes_make_one_run_per_request_within_the_li
     script.write_text(
         "import asyncio, sys\n"
         "from facilitair.server.store.postgres import PostgresStore\n"
-        "from tests.storekit import run_row\n"
+        "from tests.harness.stores import run_row\n"
         "async def main() -> None:\n"
         "    store = PostgresStore(sys.argv[1]); await store.open()\n"
         "    results = await asyncio.gather(*(store.insert_run(run_row('alice', f'req-{i % 8}'), owner=sys.argv[2],\n"

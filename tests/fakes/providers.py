@@ -8,7 +8,7 @@ reset, a stall, a clean end without the terminal event, or a chunk of the wrong 
 closes each streamed connection that its headers call keep-alive, as real servers do; it can stop listening for
 a while (`stop_listening` / `listen_again`) and refuse requests past a context window.
 
-The bytes on the wire follow the team's reference, ``provider-wire-formats.md`` (checked against openai 3.54 and
+The bytes on the wire follow each vendor's documented streaming format (checked against openai 3.54 and
 anthropic 2.12), "What real servers do" included. This module gathers the package's public names:
 `tests.fakes.faults` (Reply, Fault), `tests.fakes.server` (the shared server), `tests.fakes.openai` and
 `tests.fakes.anthropic` (the vendors).

@@ -1,7 +1,7 @@
 """The HTTP server, request log and fault machinery shared by the two vendor fakes.
 
 Besides the scripted faults (`tests.fakes.faults`), a fake does by default what real servers do and the wire
-formats do not say (provider-wire-formats.md, "What real servers do"): it answers a streamed request with
+formats do not say (seen against a real inference server): it answers a streamed request with
 `Connection: keep-alive` and `Keep-Alive: timeout=5, max=100`, then closes the connection right after the
 stream's last chunk. It can also stop listening for a while (a provider restarting) and refuse a request that
 does not fit its context window, as a small local model does.
@@ -26,7 +26,7 @@ from tests.fakes.faults import Fault, Reply, Responder
 # Handlers still running when stop() is called are cut off by stop() itself; this only bounds the wait for
 # whatever aiohttp is still finishing, so that a fake never holds a test up for aiohttp's default of 60 s.
 _SHUTDOWN_TIMEOUT = 1.0
-# What a local inference server answered with each stream it then closed (provider-wire-formats.md).
+# What a local inference server answered with each stream it then closed (seen against a real one).
 _KEEP_ALIVE_HEADERS = {"Connection": "keep-alive", "Keep-Alive": "timeout=5, max=100"}
 # The fakes' tokenizer: a token is four characters, as the server's own estimates assume.
 CHARS_PER_TOKEN = 4

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 HANG_GUARD = 60.0
+# `buf` for `buf curl`, the generic tool the tests call the server with (the buf-bin package, a dev dependency).
+BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
 
 
 def cli_environment(**extra: str) -> dict[str, str]:

@@ -212,3 +212,17 @@ def read_only(path: Path) -> Iterator[None]:
         if immutable:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(mode)
+
+
+@contextlib.contextmanager
+def commits_held(db: Path) -> Iterator[None]:
+    """Hold the SQLite file's write lock: the server's commits wait until the block ends (a stuck disk)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+    finally:
+        conn.close()

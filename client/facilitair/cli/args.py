@@ -1,4 +1,4 @@
-"""The client commands' flags: run, watch, files, status, cancel, runs, completion.
+"""The client commands' flags: run, watch, files, status, cancel, runs, info, completion.
 
 Numbers are checked here, so a bad one is a usage error (exit 2) with a sentence, never a traceback.
 """
@@ -146,6 +146,10 @@ def add_client_commands(sub: Any) -> None:
     runs.add_argument("--limit", type=positive, default=20, help="how many runs (default 20)")
     runs.add_argument("--page-token", default="", help="start after the runs a previous listing showed")
     runs.add_argument("--json", action="store_true", help="print JSON")
+
+    info = sub.add_parser("info", help="what the server offers: version, providers, models, limits, store")
+    _client_args(info)
+    info.add_argument("--json", action="store_true", help="print the server's answer as JSON")
 
     completion = sub.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=("bash", "zsh"))

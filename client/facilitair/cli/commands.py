@@ -1,4 +1,4 @@
-"""The one-call commands: `status`, `cancel`, `runs` and `files`."""
+"""The one-call commands: `status`, `cancel`, `runs`, `files` and `info`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from google.protobuf import json_format
 
 from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
+from facilitair.cli.info import print_info
 from facilitair.cli.output import write_files
 from facilitair.cli.render import agent_name, json_of, money, plural, tokens
 from facilitair.client import ArtifactKind, Client, RunState
@@ -104,9 +105,11 @@ async def _files(client: Client, args: argparse.Namespace) -> None:
 
 
 async def unary_command(args: argparse.Namespace) -> int:
-    """status, cancel, runs, files."""
+    """status, cancel, runs, files, info."""
     async with make_client(args) as client:
-        if args.command == "status":
+        if args.command == "info":
+            print_info(await client.server_info(), client.target, args.json)
+        elif args.command == "status":
             _print_summary(await client.get_run(args.run_id), args.json)
         elif args.command == "cancel":
             _print_summary(await client.cancel_run(args.run_id), args.json)

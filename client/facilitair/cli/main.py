@@ -1,4 +1,4 @@
-"""The `facilitair` command: run, watch, files, status, runs, cancel, completion; `serve` and `config`
+"""The `facilitair` command: run, watch, files, status, runs, cancel, info, completion; `serve` and `config`
 come from the server package when it is installed (server_commands.py).
 
 Exit codes: 0 completed, 1 run failed or cancelled (or the server refused the request, or

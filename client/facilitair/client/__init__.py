@@ -22,11 +22,13 @@ from facilitair.client._types import (
     EventKind,
     OnDisconnect,
     RunState,
+    StoreKind,
     event_kind,
     is_terminal,
     result_of,
 )
-from facilitair.v1.orchestrator_pb2 import Artifact, RunEvent, RunSummary, Usage
+from facilitair.v1.orchestrator_pb2 import Artifact, RunEvent, RunSummary, ServerLimits, Usage
+from facilitair.v1.orchestrator_pb2 import GetServerInfoResponse as ServerInfo
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -46,8 +48,11 @@ __all__ = [
     "RunFailed",
     "RunState",
     "RunSummary",
+    "ServerInfo",
+    "ServerLimits",
     "ServerUnreachable",
     "StatusCode",
+    "StoreKind",
     "SyncClient",
     "Target",
     "Usage",

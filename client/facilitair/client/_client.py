@@ -292,6 +292,11 @@ class Client:
         response: pb.CancelRunResponse = await self._unary(self._stub.CancelRun, pb.CancelRunRequest(run_id=run_id))
         return response.run
 
+    async def server_info(self) -> pb.GetServerInfoResponse:
+        """What the server offers: version, providers, default and per-agent models, limits, store, replica."""
+        response: pb.GetServerInfoResponse = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest())
+        return response
+
     async def _unary(self, method: Any, request: Any) -> Any:
         await self._reach()
         try:

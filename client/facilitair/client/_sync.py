@@ -233,6 +233,10 @@ class SyncClient:
         """Cancel a run (idempotent)."""
         return self._call(self._client.cancel_run(run_id))
 
+    def server_info(self) -> pb.GetServerInfoResponse:
+        """What the server offers (see Client.server_info)."""
+        return self._call(self._client.server_info())
+
     def close(self) -> None:
         """Close open event iterators and the channel, then stop the background loop."""
         if self.closed:

@@ -92,6 +92,14 @@ class OnDisconnect(enum.IntEnum):
     CANCEL = 2
 
 
+class StoreKind(enum.IntEnum):
+    """Where a server keeps its runs (facilitair.v1.StoreKind without the prefix), in ServerInfo.store."""
+
+    UNSPECIFIED = 0
+    SQLITE = 1
+    POSTGRESQL = 2
+
+
 @dataclass(frozen=True)
 class CompletedRun:
     """A run that ended with a result: its files, the review's approval and what it cost."""

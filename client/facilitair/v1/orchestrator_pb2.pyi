@@ -164,6 +164,30 @@ ARTIFACT_KIND_DESIGN: ArtifactKind.ValueType  # 4
 """The architect's design."""
 Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
 
+class _StoreKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StoreKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StoreKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STORE_KIND_UNSPECIFIED: _StoreKind.ValueType  # 0
+    """Not set (a server older than this field)."""
+    STORE_KIND_SQLITE: _StoreKind.ValueType  # 1
+    """One SQLite file: one server process."""
+    STORE_KIND_POSTGRESQL: _StoreKind.ValueType  # 2
+    """A PostgreSQL database shared by any number of replicas."""
+
+class StoreKind(_StoreKind, metaclass=_StoreKindEnumTypeWrapper):
+    """StoreKind names where a server keeps its runs and events."""
+
+STORE_KIND_UNSPECIFIED: StoreKind.ValueType  # 0
+"""Not set (a server older than this field)."""
+STORE_KIND_SQLITE: StoreKind.ValueType  # 1
+"""One SQLite file: one server process."""
+STORE_KIND_POSTGRESQL: StoreKind.ValueType  # 2
+"""A PostgreSQL database shared by any number of replicas."""
+Global___StoreKind: _TypeAlias = StoreKind  # noqa: Y015
+
 @_typing.final
 class CollaborateRequest(_message.Message):
     """CollaborateRequest describes a task for the agent team."""
@@ -312,7 +336,11 @@ class WatchRunRequest(_message.Message):
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to watch."""
+    """The run to watch: its id, a prefix of its id that no other run of
+    yours starts with (at least 4 characters, like git), or "last" for your
+    newest run. A prefix several of your runs start with is INVALID_ARGUMENT
+    naming some of them. The events carry the full id.
+    """
     after_seq: _builtins.int
     """Only events with seq greater than this are sent; 0 sends them all."""
     coalesce_tokens: _builtins.bool
@@ -366,7 +394,11 @@ class GetRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to describe."""
+    """The run to describe: its id, a prefix of its id that no other run of
+    yours starts with (at least 4 characters, like git), or "last" for your
+    newest run. A prefix several of your runs start with is INVALID_ARGUMENT
+    naming some of them.
+    """
     def __init__(
         self,
         *,
@@ -470,7 +502,11 @@ class CancelRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to cancel."""
+    """The run to cancel: its id, a prefix of its id that no other run of
+    yours starts with (at least 4 characters, like git), or "last" for your
+    newest run. A prefix several of your runs start with is INVALID_ARGUMENT
+    naming some of them.
+    """
     def __init__(
         self,
         *,
@@ -1439,3 +1475,186 @@ class ModelFallback(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelFallback: _TypeAlias = ModelFallback  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """GetServerInfoRequest asks a server to describe itself. It has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    """GetServerInfoResponse describes the server that answered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AgentModelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
+    AGENT_MODELS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The server's version (the facilitair package's), e.g. "0.1.0"."""
+    default_model: _builtins.str
+    """The server-wide default model, "provider:model" or a comma-separated
+    fallback list: what an agent gets when neither the request nor the
+    pipeline file names a model for it.
+    """
+    store: Global___StoreKind.ValueType
+    """Where the server keeps runs and events."""
+    replica_id: _builtins.str
+    """The replica that answered (host name and process id); several replicas
+    on one PostgreSQL store each have their own.
+    """
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The providers the server can use, sorted, e.g. "anthropic", "local",
+        "openai": a vendor whose key is set, and "local" when the server has
+        the local model engine. A model of any other provider is refused
+        (FAILED_PRECONDITION).
+        """
+
+    @_builtins.property
+    def agent_models(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The model every agent gets for a request that names no model, keyed by
+        agent name in lower case as in CollaborateRequest.agent_models
+        ("architect", "coder", ...): the pipeline file's model for that agent,
+        else default_model.
+        """
+
+    @_builtins.property
+    def limits(self) -> Global___ServerLimits:
+        """The limits and budgets the server applies to runs."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+        default_model: _builtins.str = ...,
+        agent_models: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        limits: Global___ServerLimits | None = ...,
+        store: Global___StoreKind.ValueType = ...,
+        replica_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_models", b"agent_models", "default_model", b"default_model", "limits", b"limits", "providers", b"providers", "replica_id", b"replica_id", "store", b"store", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class ServerLimits(_message.Message):
+    """ServerLimits are the bounds a server puts on runs and requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_PER_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    RUNS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_DEFAULT_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_LIMIT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_DEFAULT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
+    RUN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_REFINEMENTS_DEFAULT_FIELD_NUMBER: _builtins.int
+    MAX_REFINEMENTS_LIMIT_FIELD_NUMBER: _builtins.int
+    max_runs: _builtins.int
+    """Most runs in flight on this server at once, of all callers."""
+    max_runs_per_principal: _builtins.int
+    """Most runs in flight at once per caller."""
+    runs_per_minute: _builtins.float
+    """Most new runs per caller per minute."""
+    max_cost_usd_default: _builtins.float
+    """The cost budget in USD of a run whose request sets no max_cost_usd;
+    unset: no cost budget.
+    """
+    max_cost_usd_limit: _builtins.float
+    """The largest max_cost_usd a request may set; unset: no bound."""
+    max_tokens_default: _builtins.int
+    """The token budget of a run whose request sets no max_tokens; unset: no
+    token budget.
+    """
+    max_tokens_limit: _builtins.int
+    """The largest max_tokens a request may set; unset: no bound."""
+    max_refinements_default: _builtins.int
+    """Refinement rounds of a run whose request sets no max_refinements."""
+    max_refinements_limit: _builtins.int
+    """The largest max_refinements a request may set."""
+    @_builtins.property
+    def run_timeout(self) -> _duration_pb2.Duration:
+        """Longest a run may take from its creation; then it fails with
+        DEADLINE_EXCEEDED.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_runs: _builtins.int = ...,
+        max_runs_per_principal: _builtins.int = ...,
+        runs_per_minute: _builtins.float = ...,
+        max_cost_usd_default: _builtins.float | None = ...,
+        max_cost_usd_limit: _builtins.float | None = ...,
+        max_tokens_default: _builtins.int | None = ...,
+        max_tokens_limit: _builtins.int | None = ...,
+        run_timeout: _duration_pb2.Duration | None = ...,
+        max_refinements_default: _builtins.int = ...,
+        max_refinements_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd_default", b"_max_cost_usd_default", "_max_cost_usd_limit", b"_max_cost_usd_limit", "_max_tokens_default", b"_max_tokens_default", "_max_tokens_limit", b"_max_tokens_limit", "max_cost_usd_default", b"max_cost_usd_default", "max_cost_usd_limit", b"max_cost_usd_limit", "max_tokens_default", b"max_tokens_default", "max_tokens_limit", b"max_tokens_limit", "run_timeout", b"run_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd_default", b"_max_cost_usd_default", "_max_cost_usd_limit", b"_max_cost_usd_limit", "_max_tokens_default", b"_max_tokens_default", "_max_tokens_limit", b"_max_tokens_limit", "max_cost_usd_default", b"max_cost_usd_default", "max_cost_usd_limit", b"max_cost_usd_limit", "max_refinements_default", b"max_refinements_default", "max_refinements_limit", b"max_refinements_limit", "max_runs", b"max_runs", "max_runs_per_principal", b"max_runs_per_principal", "max_tokens_default", b"max_tokens_default", "max_tokens_limit", b"max_tokens_limit", "run_timeout", b"run_timeout", "runs_per_minute", b"runs_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cost_usd_default: _TypeAlias = _typing.Literal["max_cost_usd_default"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_usd_default: _TypeAlias = _typing.Literal["_max_cost_usd_default", b"_max_cost_usd_default"]  # noqa: Y015
+    _WhichOneofReturnType__max_cost_usd_limit: _TypeAlias = _typing.Literal["max_cost_usd_limit"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_usd_limit: _TypeAlias = _typing.Literal["_max_cost_usd_limit", b"_max_cost_usd_limit"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens_default: _TypeAlias = _typing.Literal["max_tokens_default"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens_default: _TypeAlias = _typing.Literal["_max_tokens_default", b"_max_tokens_default"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens_limit: _TypeAlias = _typing.Literal["max_tokens_limit"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens_limit: _TypeAlias = _typing.Literal["_max_tokens_limit", b"_max_tokens_limit"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd_default) -> _WhichOneofReturnType__max_cost_usd_default | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd_limit) -> _WhichOneofReturnType__max_cost_usd_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens_default) -> _WhichOneofReturnType__max_tokens_default | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens_limit) -> _WhichOneofReturnType__max_tokens_limit | None: ...
+
+Global___ServerLimits: _TypeAlias = ServerLimits  # noqa: Y015

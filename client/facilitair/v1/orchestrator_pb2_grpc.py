@@ -66,6 +66,11 @@ class OrchestratorServiceStub:
                 request_serializer=facilitair_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/facilitair.v1.OrchestratorService/GetServerInfo',
+                request_serializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -120,6 +125,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """GetServerInfo says what this server offers: its version, the providers
+        it has credentials for, the models a run gets when the request names
+        none, its limits and budgets, and its store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +161,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.CancelRunRequest.FromString,
                     response_serializer=facilitair_dot_v1_dot_orchestrator__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -291,6 +310,33 @@ class OrchestratorService:
             '/facilitair.v1.OrchestratorService/CancelRun',
             facilitair_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
             facilitair_dot_v1_dot_orchestrator__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facilitair.v1.OrchestratorService/GetServerInfo',
+            facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoRequest.SerializeToString,
+            facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,11 @@ class OrchestratorServiceStub:
     ends with run_cancelled. Cancelling a finished run changes nothing and
     returns its final state.
     """
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetServerInfoRequest, _orchestrator_pb2.GetServerInfoResponse]
+    """GetServerInfo says what this server offers: its version, the providers
+    it has credentials for, the models a run gets when the request names
+    none, its limits and budgets, and its store.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -94,6 +99,11 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """CancelRun stops a run: the provider call in flight is closed and the run
     ends with run_cancelled. Cancelling a finished run changes nothing and
     returns its final state.
+    """
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetServerInfoRequest, _orchestrator_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """GetServerInfo says what this server offers: its version, the providers
+    it has credentials for, the models a run gets when the request names
+    none, its limits and budgets, and its store.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +165,17 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         """CancelRun stops a run: the provider call in flight is closed and the run
         ends with run_cancelled. Cancelling a finished run changes nothing and
         returns its final state.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _orchestrator_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.GetServerInfoResponse, _abc.Awaitable[_orchestrator_pb2.GetServerInfoResponse]]:
+        """GetServerInfo says what this server offers: its version, the providers
+        it has credentials for, the models a run gets when the request names
+        none, its limits and budgets, and its store.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ No transport here: the gRPC status of each reason is decided in one table, trans
 
 FacilitairError                 base; `public_message` is safe to show a caller, `reason` is stable
 ├── InvalidArgument             a request field is wrong (lists every field violation)
+│   └── AmbiguousRunId          a run id prefix that more than one of the caller's runs start with
 ├── NotFound                    no such run (for this caller)
 ├── OutOfRange                  after_seq past the end of a run
 ├── FailedPrecondition          the server or the request cannot work as set up (e.g. no provider key)
@@ -27,6 +28,7 @@ class Reason(enum.StrEnum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    RUN_ID_AMBIGUOUS = "RUN_ID_AMBIGUOUS"
     SEQ_OUT_OF_RANGE = "SEQ_OUT_OF_RANGE"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     PROVIDER_NOT_CONFIGURED = "PROVIDER_NOT_CONFIGURED"
@@ -87,6 +89,12 @@ class InvalidArgument(FacilitairError):
         err.public_message = "; ".join(f"{f}: {d}" for f, d in violations)
         err.args = (err.public_message,)
         return err
+
+
+class AmbiguousRunId(InvalidArgument):
+    """A prefix of a run id that several of the caller's runs start with; the message names some of them."""
+
+    reason = Reason.RUN_ID_AMBIGUOUS
 
 
 class NotFound(FacilitairError):

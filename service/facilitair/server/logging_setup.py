@@ -19,10 +19,6 @@ import structlog
 
 # Libraries whose INFO lines would log every HTTP request (with URLs and headers) at our level.
 _QUIET = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "openai", "anthropic", "grpc", "asyncio")
-# One list, changed in place by every configure_logging: a module's logger, cached on its first use, keeps the
-# list it was made with, so a new list would leave it on the old setup (its old stream, and out of reach of
-# structlog.testing.capture_logs, which changes the configured list in place).
-_PROCESSORS: list[structlog.types.Processor] = []
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | None = None) -> None:
@@ -51,9 +47,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | 
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
-    _PROCESSORS[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
+    # The configured list is changed in place, not replaced: loggers cached on first use keep a reference to
+    # it, so a second configuration (or structlog.testing.capture_logs, which also edits it in place) reaches
+    # them too.
+    processors = structlog.get_config()["processors"]
+    processors[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        processors=_PROCESSORS,
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

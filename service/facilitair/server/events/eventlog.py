@@ -29,6 +29,7 @@ from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
 from facilitair.server.events.wire import FINISHED_STATES, TERMINAL_PAYLOADS
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
+from facilitair.server.tasks import cancel_and_wait
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
@@ -77,10 +78,7 @@ class EventLog:
         unwritten = len(self._events)
         if unwritten:
             log.warning("events_not_written", events=unwritten, cause=self.health.cause)
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await cancel_and_wait(self._writer)
         await self.remote.stop()
         return unwritten
 
@@ -246,6 +244,7 @@ class EventLog:
         between replicas the watcher moves with it, gap-free.
         """
         next_seq = after_seq + 1
+        over = False  # the run had ended when last looked at: what the store holds now is all there is
         while True:
             channel = self._channels.get(run_id)
             feed: RemoteFeed | None = None
@@ -260,8 +259,13 @@ class EventLog:
                     raise error
                 if events or run_id in self._channels:
                     continue
-                if await self._over(run_id):
+                if over:
                     return
+                # The run's end (its row's state) commits with its terminal event: once the row says it
+                # ended, one more read gets every event up to the terminal one.
+                over = await self._over(run_id)
+                if over:
+                    continue
                 feed = await self.remote.attach(run_id)
                 channel = feed.channel
             try:

@@ -18,6 +18,7 @@ import structlog
 from facilitair.server.errors import FacilitairError, NotFound, Reason, Unavailable
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.store.base import EventStore, StoreUnavailable
+from facilitair.server.tasks import cancel_and_wait
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
@@ -50,9 +51,7 @@ class RemoteFeed:
 
     async def stop(self) -> None:
         """Stop reading."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     async def _follow(self) -> None:
         channel = self.channel

@@ -12,6 +12,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from facilitair.server.tasks import cancel_and_wait
+
 
 class SilenceWatchdog:
     """Calls `thinking(stage, waited)` or `heartbeat()` when a run has been quiet for too long."""
@@ -60,10 +62,7 @@ class SilenceWatchdog:
     async def stop(self) -> None:
         """Stop watching (always, in a finally); safe to call twice."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _watch(self) -> None:
         # A timer, not synchronisation: sleep until the next moment silence would begin, then look.

@@ -29,12 +29,14 @@ class Budget:
         if self.tokens is not None and used.input_tokens + used.output_tokens >= self.tokens:
             raise BudgetExceeded(
                 f"the run's token budget of {self.tokens} is spent ({used.input_tokens + used.output_tokens} used); "
-                f"stage {stage} was not started. Raise max_tokens (or FACILITAIR_BUDGET_TOKENS)"
+                f"stage {stage} was not started. Raise max_tokens (--max-tokens for facilitair run) "
+                "or FACILITAIR_BUDGET_TOKENS"
             )
         if self.usd is not None and used.cost_usd >= self.usd:
             raise BudgetExceeded(
                 f"the run's cost budget of ${self.usd:.4f} is spent (${used.cost_usd:.4f} used); "
-                f"stage {stage} was not started. Raise max_cost_usd (or FACILITAIR_BUDGET_USD)"
+                f"stage {stage} was not started. Raise max_cost_usd (--max-cost for facilitair run) "
+                "or FACILITAIR_BUDGET_USD"
             )
 
     def char_limit(self, used: UsageTotals, model: ModelRef, prompt_chars: int) -> float:
@@ -60,5 +62,6 @@ class Budget:
             which.append(f"token budget of {self.tokens} ({used.input_tokens + used.output_tokens} used before it)")
         return BudgetExceeded(
             f"stage {stage} was stopped: it would take the run past its {' and '.join(which)}. "
-            "Raise max_cost_usd / max_tokens (or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS)"
+            "Raise max_cost_usd / max_tokens (--max-cost / --max-tokens for facilitair run) "
+            "or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS"
         )

@@ -1,7 +1,7 @@
 """Fit a stage's request into its model's context window: earlier stages' text first, then max_tokens.
 
 A small local model serves a window of a few thousand tokens, and a stage asked for `max_tokens: 4096`
-fills it by itself (provider-wire-formats.md, "Small context windows"). When the window is known (the
+fills it by itself (seen with a local model served with a 4,096-token window). When the window is known (the
 agent's `context_window` in the pipeline file, else what the provider knows of the model), the prompt
 (system + user message, estimated) plus max_tokens must fit in it:
 

@@ -115,7 +115,7 @@ def _example_values(format_text: str) -> frozenset[str]:
 
 
 # Read from the prompt itself, so that a changed example is still recognised: small models copy it verbatim
-# (provider-wire-formats.md, "Echoed examples"), and its `"approved": false` would otherwise pass as a review.
+# (small models were seen to echo it), and its `"approved": false` would otherwise pass as a review.
 PLACEHOLDERS = _example_values(VERDICT_FORMAT)
 
 

@@ -22,10 +22,7 @@ from facilitair.server.providers.base import (
     is_count,
     retry_after_of,
 )
-from facilitair.server.providers.transport import error_class, resend_if_stale, transport_failure
-
-# A line longer than this is not an SSE event from a messages stream.
-MAX_LINE = 1 << 20
+from facilitair.server.providers.transport import error_class, resend_if_stale, split_lines, transport_failure
 
 
 @dataclass(slots=True)
@@ -144,9 +141,10 @@ class AnthropicProvider:
                 )
                 pending = b""
                 async for received in response.http_response.aiter_bytes():
-                    *lines, pending = (pending + received).split(b"\n")
-                    if len(pending) > MAX_LINE:
+                    split = split_lines(pending, received)
+                    if split is None:
                         raise broken(self.name, request.model)
+                    lines, pending = split
                     for line in lines:
                         if not line.startswith(b"data:"):
                             continue  # `event:` lines (the data's `type` says the same), blank separators

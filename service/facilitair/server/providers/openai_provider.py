@@ -20,10 +20,7 @@ from facilitair.server.providers.base import (
     host_of,
     retry_after_of,
 )
-from facilitair.server.providers.transport import error_class, resend_if_stale, transport_failure
-
-# A line longer than this is not an SSE event from a chat completions stream.
-MAX_LINE = 1 << 20
+from facilitair.server.providers.transport import error_class, resend_if_stale, split_lines, transport_failure
 
 
 class OpenAIProvider:
@@ -55,7 +52,7 @@ class OpenAIProvider:
         The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
         split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
         stream builds a model per chunk, the largest single cost in the server's profile, and its
-        line iterator is four async generators deep per chunk (bench/README). The SDK's models also
+        line iterator is four async generators deep per chunk (README, Benchmarks). The SDK's models also
         checked nothing: a chunk of the wrong shape (`[]`, `null`, `"choices": ["x"]`) is a broken
         stream here, as is a body that ends without `[DONE]`.
         """
@@ -71,10 +68,10 @@ class OpenAIProvider:
                 )
                 pending = b""
                 async for received in response.http_response.aiter_bytes():
-                    # Events end with a blank line and fields with \n (\r\n: the \r goes with strip()).
-                    *lines, pending = (pending + received).split(b"\n")
-                    if len(pending) > MAX_LINE:
+                    split = split_lines(pending, received)
+                    if split is None:
                         raise broken(self.name, request.model)
+                    lines, pending = split
                     for line in lines:
                         if not line.startswith(b"data:"):
                             continue  # blank separators, comments, keep-alives

@@ -81,12 +81,12 @@ def check_budget(plan: Plan, planned_tokens: int, budget_usd: float | None, budg
     if budget_usd is not None and cost is not None and cost > budget_usd:
         raise FailedPrecondition(
             f"the plan's estimated cost ${cost:.4f} is over the budget ${budget_usd:.4f} "
-            f"by ${cost - budget_usd:.4f}; raise max_cost_usd or choose cheaper models",
+            f"by ${cost - budget_usd:.4f}; raise max_cost_usd (--max-cost for facilitair run) or choose cheaper models",
             reason=Reason.PLAN_OVER_BUDGET,
         )
     if budget_tokens is not None and planned_tokens > budget_tokens:
         raise FailedPrecondition(
             f"the plan's estimated {planned_tokens} tokens are over the budget of {budget_tokens} "
-            f"by {planned_tokens - budget_tokens}; raise max_tokens",
+            f"by {planned_tokens - budget_tokens}; raise max_tokens (--max-tokens for facilitair run)",
             reason=Reason.PLAN_OVER_BUDGET,
         )

@@ -11,7 +11,6 @@ replica or another) and resumes from its last completed stage; on a graceful sto
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -20,6 +19,7 @@ from facilitair.server.events.health import StoreHealth
 from facilitair.server.runs.leases import LeaseKeeper
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.store.base import EventStore, StoreUnavailable
+from facilitair.server.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -66,11 +66,8 @@ class Handover:
 
     async def stop(self) -> None:
         """Stop the outage timer and the background releases (a final release_now is the caller's)."""
-        for task in (self._outage, self._releasing):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._outage)
+        await cancel_and_wait(self._releasing)
 
     async def _release_in_background(self) -> None:
         try:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from facilitair.server.store.base import Claim, EventStore, StoreUnavailable
+from facilitair.server.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -57,10 +58,7 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop renewing and claiming (the leases run out by themselves, or are released by the caller)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def claim_soon(self) -> None:
         """Leases were released (a replica stopping) or the store is back: claim now, not at the next tick."""

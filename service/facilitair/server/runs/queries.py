@@ -1,7 +1,9 @@
-"""Questions about runs: ownership, summaries with live progress, pages of runs, where a watch may start.
+"""Questions about runs: which run a caller names, summaries with live progress, pages of runs, where a watch
+may start.
 
-A run that belongs to someone else is answered exactly like one that does not exist (NOT_FOUND), so run
-ids cannot be probed.
+A caller names a run by its id, by a unique prefix of it (like git), or as "last" (their newest run). Only
+the caller's own runs are looked at: a run that belongs to someone else is answered exactly like one that
+does not exist (NOT_FOUND), so run ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import time
 import uuid
 
-from facilitair.server.errors import InvalidArgument, NotFound, OutOfRange
+from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.store.base import EventStore, RunRow
@@ -22,6 +24,15 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 # A token we issue is about 80 characters; anything much longer is not one of ours.
 MAX_PAGE_TOKEN_CHARS = 512
+# What names the caller's newest run.
+LAST = "last"
+# A shorter prefix would match too many runs to be of use (16**4 = 65,536 ranges of ids).
+MIN_PREFIX = 4
+# How many runs an ambiguous prefix's error names.
+AMBIGUOUS_SHOWN = 3
+# Where str(uuid.uuid4()) puts its hyphens.
+_HYPHENS = frozenset((8, 13, 18, 23))
+_HEX = frozenset("0123456789abcdef")
 
 
 class RunQueries:
@@ -32,11 +43,37 @@ class RunQueries:
         self._events = events
 
     async def owned(self, run_id: str, principal: str) -> RunRow:
-        """The run, or NotFound, the same whether it does not exist or belongs to someone else."""
-        row = await self._store.get_run(run_id) if looks_like_run_id(run_id) else None
-        if row is None or row.principal != principal:
-            raise NotFound(f"run {run_id[:64]!r} not found")
-        return row
+        """The caller's run that `run_id` names: its id, a unique prefix of it, or "last".
+
+        NotFound the same whether no run matches or only someone else's does; AmbiguousRunId (naming a few of
+        them) when several of the caller's runs start with the prefix.
+        """
+        if run_id == LAST:
+            newest = await self._store.list_runs(principal, None, None, 1)
+            if not newest:
+                raise NotFound("you have no runs yet, so there is no last one")
+            return newest[0]
+        if looks_like_run_id(run_id):
+            row = await self._store.get_run(str(uuid.UUID(run_id)))  # any spelling of a UUID: the stored one
+            if row is None or row.principal != principal:
+                raise NotFound(f"run {run_id[:64]!r} not found")
+            return row
+        prefix = run_id.lower()
+        if len(prefix) < MIN_PREFIX or not set(prefix) <= _HEX | {"-"}:
+            raise NotFound(
+                f"run {run_id[:64]!r} not found: name a run by its id, by the first {MIN_PREFIX} or more characters "
+                f"of it (0-9, a-f and -), or as {LAST!r}"
+            )
+        rows = await self._store.find_runs_by_prefix(principal, prefix, AMBIGUOUS_SHOWN + 1) if _fits(prefix) else []
+        if not rows:
+            raise NotFound(f"no run of yours has an id starting with {prefix!r}")
+        if len(rows) > 1:
+            named = ", ".join(r.run_id for r in rows[:AMBIGUOUS_SHOWN])
+            more = " and more" if len(rows) > AMBIGUOUS_SHOWN else ""
+            raise AmbiguousRunId(
+                "run_id", f"{prefix!r} is the start of several of your runs ({named}{more}); give more of the id"
+            )
+        return rows[0]
 
     async def last_seq(self, run_id: str) -> int:
         """The newest committed seq of a run: from its live channel when it runs here, else from the store."""
@@ -50,13 +87,14 @@ class RunQueries:
             summary.replica_id = row.owner
         return summary
 
-    async def check_watch(self, run_id: str, after_seq: int, principal: str) -> None:
-        """Refuse a watch of someone else's run, or one that starts past the run's last event."""
+    async def check_watch(self, run_id: str, after_seq: int, principal: str) -> RunRow:
+        """The run to watch; refuse someone else's run, or a watch that starts past the run's last event."""
         row = await self.owned(run_id, principal)
-        last = await self.last_seq(run_id)
+        last = await self.last_seq(row.run_id)
         if after_seq > last:
             where = "finished " if row.state in wire.FINISHED_STATES else ""
             raise OutOfRange(f"after_seq {after_seq} is past the last event ({last}) of this {where}run")
+        return row
 
     async def list_runs(
         self, principal: str, state: int, page_size: int, page_token: str
@@ -79,6 +117,11 @@ def looks_like_run_id(run_id: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _fits(prefix: str) -> bool:
+    """True when a run id can start with `prefix`: hex digits, and hyphens only where a UUID has them."""
+    return len(prefix) < 36 and all((c == "-") == (i in _HYPHENS) for i, c in enumerate(prefix))
 
 
 def encode_page_token(row: RunRow) -> str:

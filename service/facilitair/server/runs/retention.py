@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
 
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore
+from facilitair.server.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -29,10 +29,7 @@ class Retention:
     async def stop(self) -> None:
         """Stop the loop."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def run_once(self) -> int:
         """Delete what has expired now; return how many runs."""

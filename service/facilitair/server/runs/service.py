@@ -161,8 +161,8 @@ class RunService:
 
     async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[pb.RunEvent]]:
         """Check the request, then return the run's events after `after_seq` until its end."""
-        await self._queries.check_watch(run_id, after_seq, principal)
-        return self.events.watch(run_id, after_seq)
+        row = await self._queries.check_watch(run_id, after_seq, principal)
+        return self.events.watch(row.run_id, after_seq)
 
     async def get_run(self, run_id: str, principal: str) -> pb.RunSummary:
         """The run's summary with its live progress and (once finished) its result."""
@@ -182,6 +182,7 @@ class RunService:
     ) -> pb.RunSummary:
         """Cancel a run wherever it is driven and wait (bounded) for its end; a finished run is returned as it is."""
         row = await self._queries.owned(run_id, principal)
+        run_id = row.run_id  # the full id, whatever the caller named the run by (a prefix, "last")
         if self._supervisor.is_live(run_id):
             ended = await self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT)
         elif row.state in FINISHED_STATES:

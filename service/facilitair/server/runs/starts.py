@@ -26,6 +26,7 @@ from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.spec import RunSpec, StageOutput, UnreadableRecord
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admission, check_budget
+from facilitair.server.runs.idempotency import check_same_request
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow
@@ -67,7 +68,8 @@ class RunStarter:
         if spec.client_request_id:
             existing = await self._existing(key)
             if existing is not None:
-                return existing
+                check_same_request(existing, spec)
+                return existing.run_id
         for model in spec.all_models():
             self._providers.check(model)  # FailedPrecondition now, not mid-run
         plan = self._estimator.plan(spec)
@@ -90,16 +92,17 @@ class RunStarter:
         if self._creating.get(key) is creation:
             del self._creating[key]
 
-    async def _existing(self, key: tuple[str, str]) -> str | None:
+    async def _existing(self, key: tuple[str, str]) -> RunRow | None:
         """The run an idempotency key already started (waiting for one being created), or None."""
         pending = self._creating.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        row = await self._store.find_run(*key)
-        if row is not None:
-            return row.run_id
-        pending = self._creating.get(key)  # created while the store was read
-        return await asyncio.shield(pending) if pending is not None else None
+        if pending is None:
+            row = await self._store.find_run(*key)
+            if row is not None:
+                return row
+            pending = self._creating.get(key)  # created while the store was read
+            if pending is None:
+                return None
+        return await self._store.get_run(await asyncio.shield(pending))
 
     async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str) -> str:
         """Store a new run (held by this replica), start driving it and wait for its first commit."""
@@ -115,6 +118,7 @@ class RunStarter:
                 owner=self._settings.replica_id,
                 lease_seconds=self._settings.lease_seconds,
                 max_active_per_principal=self._settings.max_runs_per_principal,
+                max_started_per_minute=self._settings.runs_per_minute,
             )
         except BaseException:
             self._admission.release(run_id)
@@ -122,7 +126,15 @@ class RunStarter:
         if inserted.outcome is not InsertOutcome.CREATED or inserted.row is None:
             self._admission.release(run_id)
             if inserted.outcome is InsertOutcome.EXISTING and inserted.row is not None:
+                check_same_request(inserted.row, spec)
                 return inserted.row.run_id  # started at the same moment elsewhere: attach to that run
+            if inserted.outcome is InsertOutcome.RATE_LIMITED:
+                raise ResourceLimited(
+                    f"you started more than {self._settings.runs_per_minute:g} runs a minute (across all servers); "
+                    f"retry in {inserted.retry_after:.1f} s",
+                    inserted.retry_after,
+                    reason=Reason.RATE_LIMITED,
+                )
             raise ResourceLimited(
                 f"you have {inserted.active} runs in flight, the most allowed (FACILITAIR_MAX_RUNS_PER_PRINCIPAL); "
                 "wait for one to finish or cancel one",

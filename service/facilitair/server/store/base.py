@@ -1,6 +1,6 @@
 """The storage interface for runs, their event logs and their leases.
 
-The event log (eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
+The event log (events/eventlog.py) batches writes from all runs and hands each batch to `write_batch`, which makes
 it durable in one transaction. Nothing above this interface knows which store is used: SQLite (one process)
 or PostgreSQL (any number of replicas on one database).
 
@@ -27,6 +27,26 @@ CANCEL_CHANNEL = "facilitair_cancel"
 LEASES_CHANNEL = "facilitair_leases"
 # Retention deletes this many runs per transaction, so no transaction grows with the size of the store.
 DELETE_BATCH = 500
+
+
+# The characters of a run id (a UUID as str(uuid.uuid4()) writes it), in the order every collation puts them.
+RUN_ID_DIGITS = "0123456789abcdef"
+
+
+def id_prefix_bounds(prefix: str) -> tuple[str, str | None]:
+    """The range [low, high) of the index that holds every run id starting with `prefix` (None: no upper end).
+
+    `prefix` is lower-case hex and hyphens. High is the prefix with its last digit that is not "f" raised to
+    the next digit ("abc9" -> "abca", "abcf" -> "abd"), so the range is right in every collation a database
+    may sort text by: bytewise, and the linguistic ones too, which sort digits before letters and may ignore
+    hyphens altogether (so "abc:" or "abc-." would not do). The stores still check the prefix on each row.
+    """
+    if not prefix or prefix.strip(RUN_ID_DIGITS + "-"):
+        raise ValueError(f"not a prefix of a run id: {prefix[:40]!r}")
+    head = prefix.rstrip("f-")
+    if not head:
+        return prefix, None
+    return prefix, head[:-1] + RUN_ID_DIGITS[RUN_ID_DIGITS.index(head[-1]) + 1]
 
 
 class StoreUnavailable(Unavailable):
@@ -111,6 +131,7 @@ class InsertOutcome(enum.Enum):
     CREATED = "created"  # the run is stored, held by the caller with epoch 1
     EXISTING = "existing"  # the principal already started a run with this client_request_id: that one
     LIMITED = "limited"  # the principal has max_active_per_principal unfinished runs already; nothing stored
+    RATE_LIMITED = "rate_limited"  # the principal started max_started_per_minute runs in the last minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +142,22 @@ class InsertResult:
     row: RunRow | None
     # The principal's unfinished runs before this insert (0 when an existing run was returned).
     active: int
+    # RATE_LIMITED: seconds until a run of the last minute ages out of the window.
+    retry_after: float = 0.0
+
+
+# The window of the per-principal rate of new runs, across every replica.
+RATE_WINDOW = 60.0
+
+
+def rate_limited(
+    limit: float | None, recent: int, oldest_recent: float | None, row: RunRow, active: int
+) -> InsertResult | None:
+    """RATE_LIMITED when `recent` runs in the window leave no room for one more, else None (both stores use this)."""
+    if limit is None or recent + 1 <= limit:
+        return None
+    wait = (oldest_recent or row.created_at) + RATE_WINDOW - row.created_at
+    return InsertResult(InsertOutcome.RATE_LIMITED, None, active, retry_after=max(wait, 0.1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +202,17 @@ class EventStore(Protocol):
         ...
 
     async def insert_run(
-        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+        self,
+        row: RunRow,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_active_per_principal: int,
+        max_started_per_minute: float | None = None,
     ) -> InsertResult:
-        """Atomically: the principal's run with this client_request_id, or LIMITED, or the new run held by `owner`."""
+        """Atomically: the principal's run with this client_request_id, or LIMITED, or RATE_LIMITED (more than
+        `max_started_per_minute` runs created in the RATE_WINDOW before row.created_at), or the new run held by
+        `owner`."""
         ...
 
     async def write_batch(self, batch: Batch) -> set[str]:
@@ -225,6 +270,13 @@ class EventStore(Protocol):
 
     async def find_run(self, principal: str, client_request_id: str) -> RunRow | None:
         """The run a principal started with this idempotency key, or None."""
+        ...
+
+    async def find_runs_by_prefix(self, principal: str, prefix: str, limit: int) -> list[RunRow]:
+        """The principal's runs whose id starts with `prefix` (see id_prefix_bounds), in id order, at most `limit`.
+
+        A range scan of the run id index, so its cost is that of the ids in the range, not of the store.
+        """
         ...
 
     async def list_runs(

@@ -109,13 +109,29 @@ EPOCHS = "SELECT run_id, epoch FROM runs WHERE run_id = ANY($1::text[])"
 
 FIND_AND_COUNT = f"""
 SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED}) AS active,
-       (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing
+       (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing,
+       (SELECT count(*) FROM runs WHERE principal = $1 AND created_at > $3) AS recent,
+       (SELECT min(created_at) FROM runs WHERE principal = $1 AND created_at > $3) AS oldest_recent
 """
 INSERT_RUN = f"""
 INSERT INTO runs ({RUN_COLUMNS})
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL)
 ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}
+"""
+
+# A principal's runs by id prefix ($2): a range scan of runs_pkey from the prefix to the bound id_prefix_bounds
+# gives ($3), in id order; starts_with keeps only the ids that really start with it, whatever the collation.
+RUNS_BY_PREFIX = f"""
+SELECT {RUN_COLUMNS} FROM runs
+WHERE run_id >= $2 AND run_id < $3 AND starts_with(run_id, $2) AND principal = $1
+ORDER BY run_id LIMIT $4
+"""
+# The same for a prefix with no upper bound (all "f"s).
+RUNS_FROM_PREFIX = f"""
+SELECT {RUN_COLUMNS} FROM runs
+WHERE run_id >= $2 AND starts_with(run_id, $2) AND principal = $1
+ORDER BY run_id LIMIT $3
 """
 
 REQUEST_CANCEL = f"""

@@ -22,6 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 from facilitair.server.store import pg_sql
 from facilitair.server.store.base import (
     DELETE_BATCH,
+    RATE_WINDOW,
     Batch,
     Checkpoint,
     Claim,
@@ -33,6 +34,8 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    id_prefix_bounds,
+    rate_limited,
 )
 from facilitair.server.store.pg_errors import mask_url, scrub, unavailable
 from facilitair.server.store.pg_listen import PING_EVERY, Listener
@@ -180,7 +183,13 @@ class PostgresStore:
     # -- writes ---------------------------------------------------------------------------------------------
 
     async def insert_run(
-        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+        self,
+        row: RunRow,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_active_per_principal: int,
+        max_started_per_minute: float | None = None,
     ) -> InsertResult:
         """Under an advisory lock on the principal: the existing run, LIMITED, or the new run (epoch 1)."""
 
@@ -188,7 +197,9 @@ class PostgresStore:
             async with conn.transaction():
                 # Serialises the inserts of one principal across every replica; later statements see their commits.
                 await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", pg_sql.LOCK_CLASS, row.principal)
-                found = await conn.fetchrow(pg_sql.FIND_AND_COUNT, row.principal, row.client_request_id)
+                found = await conn.fetchrow(
+                    pg_sql.FIND_AND_COUNT, row.principal, row.client_request_id, row.created_at - RATE_WINDOW
+                )
                 assert found is not None
                 if found["existing"] is not None:
                     existing = await conn.fetchrow(
@@ -199,6 +210,9 @@ class PostgresStore:
                 active = int(found["active"])
                 if active >= max_active_per_principal:
                     return InsertResult(InsertOutcome.LIMITED, None, active)
+                limited = rate_limited(max_started_per_minute, found["recent"], found["oldest_recent"], row, active)
+                if limited is not None:
+                    return limited
                 created = await conn.fetchrow(
                     pg_sql.INSERT_RUN,
                     row.run_id, row.principal, row.client_request_id, row.state, row.created_at, row.updated_at,
@@ -372,6 +386,13 @@ class PostgresStore:
     async def find_run(self, principal: str, client_request_id: str) -> RunRow | None:
         """A run by idempotency key."""
         return await self._one("principal = $1 AND client_request_id = $2", principal, client_request_id)
+
+    async def find_runs_by_prefix(self, principal: str, prefix: str, limit: int) -> list[RunRow]:
+        """A range scan of the primary key's index, in whatever collation the database sorts text by."""
+        low, high = id_prefix_bounds(prefix)
+        if high is None:
+            return await self._many(pg_sql.RUNS_FROM_PREFIX, principal, low, limit)
+        return await self._many(pg_sql.RUNS_BY_PREFIX, principal, low, high, limit)
 
     async def count_active(self, principal: str) -> int:
         """The principal's unfinished runs."""

@@ -21,6 +21,7 @@ from typing import TypeVar
 from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
     DELETE_BATCH,
+    RATE_WINDOW,
     Batch,
     Checkpoint,
     Claim,
@@ -32,6 +33,8 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    id_prefix_bounds,
+    rate_limited,
 )
 from facilitair.server.store.sqlite_batch import chunks, immediate, marks, write_once
 
@@ -150,7 +153,13 @@ class SqliteStore:
     # -- writes ---------------------------------------------------------------------------------------------
 
     async def insert_run(
-        self, row: RunRow, *, owner: str, lease_seconds: float, max_active_per_principal: int
+        self,
+        row: RunRow,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_active_per_principal: int,
+        max_started_per_minute: float | None = None,
     ) -> InsertResult:
         """The existing run for the request id, LIMITED, or the new run held by `owner` (epoch 1)."""
 
@@ -170,6 +179,13 @@ class SqliteStore:
                 )
                 if active >= max_active_per_principal:
                     return InsertResult(InsertOutcome.LIMITED, None, active)
+                recent, oldest = conn.execute(
+                    "SELECT count(*), min(created_at) FROM runs WHERE principal=? AND created_at > ?",
+                    (row.principal, row.created_at - RATE_WINDOW),
+                ).fetchone()
+                limited = rate_limited(max_started_per_minute, int(recent), oldest, row, active)
+                if limited is not None:
+                    return limited
                 stored = dataclasses.replace(
                     row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
                 )
@@ -183,7 +199,7 @@ class SqliteStore:
 
         Not executemany: it steps once per row and releases and re-takes the GIL around each step, and while
         the event loop thread is busy every re-take waits up to the switch interval, so a commit of n rows took
-        up to n switch intervals (bench/README: one 2,000-event commit took 1.1 s).
+        up to n switch intervals (README, Benchmarks: one 2,000-event commit took 1.1 s).
 
         The same batch again (a retry after an unclear failure) changes nothing and returns the same runs; a
         batch that conflicts with other stored events raises IntegrityError.
@@ -335,6 +351,18 @@ class SqliteStore:
         return await self._one(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE principal=? AND client_request_id=?", (principal, client_request_id)
         )
+
+    async def find_runs_by_prefix(self, principal: str, prefix: str, limit: int) -> list[RunRow]:
+        """A range scan of the primary key's index; `+principal` keeps the planner off runs_by_principal."""
+        low, high = id_prefix_bounds(prefix)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id >= ?"
+        args: list[object] = [low]
+        if high is not None:
+            sql += " AND run_id < ?"
+            args.append(high)
+        sql += " AND substr(run_id, 1, ?) = ? AND +principal = ? ORDER BY run_id LIMIT ?"
+        args += [len(prefix), prefix, principal, limit]
+        return await self._many(sql, tuple(args))
 
     async def count_active(self, principal: str) -> int:
         """The principal's unfinished runs."""

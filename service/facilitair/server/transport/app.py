@@ -28,6 +28,7 @@ from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
+from facilitair.server.transport.info import server_info
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -130,7 +131,11 @@ async def create_server(
     try:
         await runs.start()
         try:
-            server, health, port = await _grpc_server(settings, runs, config, keys, credentials)
+            info = server_info(
+                settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
+            )
+            servicer = OrchestratorServicer(runs, settings, config, info)
+            server, health, port = await _grpc_server(settings, runs, servicer, keys, credentials)
         except BaseException:
             await runs.stop()
             raise
@@ -147,7 +152,7 @@ async def create_server(
 async def _grpc_server(
     settings: Settings,
     runs: RunService,
-    config: PipelineConfig,
+    servicer: OrchestratorServicer,
     keys: ApiKeys,
     credentials: grpc.ServerCredentials | None,
 ) -> tuple[grpc.aio.Server, HealthServicer, int]:
@@ -156,9 +161,7 @@ async def _grpc_server(
         options=server_options(settings),
         interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
     )
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
-        OrchestratorServicer(runs, settings, config), server
-    )
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection:

@@ -67,16 +67,8 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
     if problems:
         raise InvalidArgument.many(problems)
 
-    default = settings.default_models()
-    models: dict[AgentRole, list[ModelRef]] = {}
-    for role in AgentRole:
-        configured = config.agent(role).model
-        models[role] = (
-            overrides.get(role)
-            or request_model
-            or (parse_chain(configured, field=f"agents.{role.label}.model") if configured else None)
-            or default
-        )
+    defaults = default_models(settings, config)
+    models = {role: overrides.get(role) or request_model or defaults[role] for role in AgentRole}
     max_refinements = request.max_refinements if request.HasField("max_refinements") else settings.max_refinements
     return RunSpec(
         task=task,
@@ -88,6 +80,16 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
     )
+
+
+def default_models(settings: Settings, config: PipelineConfig) -> dict[AgentRole, list[ModelRef]]:
+    """Each agent's model for a request that names none: the pipeline file's for the agent, else the server's."""
+    default = settings.default_models()
+    models: dict[AgentRole, list[ModelRef]] = {}
+    for role in AgentRole:
+        configured = config.agent(role).model
+        models[role] = parse_chain(configured, field=f"agents.{role.label}.model") if configured else default
+    return models
 
 
 def _context(request: pb.CollaborateRequest, problems: list[tuple[str, str]]) -> dict[str, Any]:

@@ -34,10 +34,13 @@ EventBatches = AsyncIterator[list[pb.RunEvent]]
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     """Thin adapter from gRPC to the RunService."""
 
-    def __init__(self, runs: RunService, settings: Settings, config: PipelineConfig) -> None:
+    def __init__(
+        self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
+    ) -> None:
         self._runs = runs
         self._settings = settings
         self._config = config
+        self._info = info  # built once at start: nothing in it changes while the server runs
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the two shapes of RPC ------------------------------------------------------------------
@@ -165,3 +168,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             return pb.CancelRunResponse(run=run)
 
         return await self._unary(context, call)
+
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: Context) -> pb.GetServerInfoResponse:
+        """What this server offers: version, providers, models, limits, store, replica."""
+        structlog.contextvars.bind_contextvars(rpc="GetServerInfo")
+        return self._info
