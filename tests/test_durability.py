@@ -6,7 +6,9 @@ Synchronisation is by events only: a scripted reply holds mid-stream (`hold_afte
 and a test waits for what it needs to have seen; timeouts are hang guards, never synchronisation.
 
 The silence watchdog is set to its longest intervals so that no `thinking` or `heartbeat` event can slip into
-a run's log: the event sequence of a run is then fully determined by the script below.
+a run's log: the event sequence of a run is then fully determined by the `Team` script (tests/harness/team.py).
+Each test runs on a SQLite file and on a PostgreSQL database; on PostgreSQL a server started again after a
+SIGKILL takes its run over once the dead process's lease has run out (FACILITAIR_LEASE_SECONDS, 10 s).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ START: list[tuple[str, float | None, int | None, UsageTotals, str | None]] = [
         1000,
         used(600, 400),
         "the run's token budget of 1000 is spent (1000 used); stage 3 was not started. "
-        "Raise max_tokens (or FACILITAIR_BUDGET_TOKENS)",
+        "Raise max_tokens (--max-tokens for facilitair run) or FACILITAIR_BUDGET_TOKENS",
     ),
     ("cost-left", 0.05, None, used(cost_usd=0.0499), None),
     (
@@ -40,7 +40,7 @@ START: list[tuple[str, float | None, int | None, UsageTotals, str | None]] = [
         None,
         used(cost_usd=0.05),
         "the run's cost budget of $0.0500 is spent ($0.0500 used); stage 3 was not started. "
-        "Raise max_cost_usd (or FACILITAIR_BUDGET_USD)",
+        "Raise max_cost_usd (--max-cost for facilitair run) or FACILITAIR_BUDGET_USD",
     ),
     (
         "both-spent-tokens-first",
@@ -48,7 +48,7 @@ START: list[tuple[str, float | None, int | None, UsageTotals, str | None]] = [
         10,
         used(5, 6, 1.0),
         "the run's token budget of 10 is spent (11 used); stage 3 was not started. "
-        "Raise max_tokens (or FACILITAIR_BUDGET_TOKENS)",
+        "Raise max_tokens (--max-tokens for facilitair run) or FACILITAIR_BUDGET_TOKENS",
     ),
 ]
 
@@ -94,14 +94,16 @@ CROSSED: list[tuple[str, float | None, int | None, str]] = [
         0.5,
         None,
         "stage 4 was stopped: it would take the run past its cost budget of $0.5000 ($0.1234 used before the "
-        "stage). Raise max_cost_usd / max_tokens (or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS)",
+        "stage). Raise max_cost_usd / max_tokens (--max-cost / --max-tokens for facilitair run) "
+        "or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS",
     ),
     (
         "tokens",
         None,
         100,
         "stage 4 was stopped: it would take the run past its token budget of 100 (30 used before it). "
-        "Raise max_cost_usd / max_tokens (or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS)",
+        "Raise max_cost_usd / max_tokens (--max-cost / --max-tokens for facilitair run) "
+        "or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS",
     ),
     (
         "both",
@@ -109,7 +111,8 @@ CROSSED: list[tuple[str, float | None, int | None, str]] = [
         100,
         "stage 4 was stopped: it would take the run past its cost budget of $0.5000 ($0.1234 used before the "
         "stage) and token budget of 100 (30 used before it). "
-        "Raise max_cost_usd / max_tokens (or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS)",
+        "Raise max_cost_usd / max_tokens (--max-cost / --max-tokens for facilitair run) "
+        "or FACILITAIR_BUDGET_USD / FACILITAIR_BUDGET_TOKENS",
     ),
 ]
 
