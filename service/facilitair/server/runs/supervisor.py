@@ -174,6 +174,13 @@ class Supervisor:
                 log.warning("run_lost", run_id=run_id)
                 self._stop(live, Lost())
 
+    async def lose_and_wait(self, run_id: str) -> None:
+        """Stop driving a run as lost (writing nothing) and wait until its task has ended."""
+        live = self._live.get(run_id)
+        if live is not None and live.task is not None:
+            self._stop(live, Lost())
+            await asyncio.wait({live.task})
+
     async def interrupt_all(self, error: FacilitairError | None = None, *, wait: float | None = None) -> None:
         """Stop every live run without a terminal event, waiting at most `wait` seconds (None: until they end).
 
