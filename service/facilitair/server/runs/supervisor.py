@@ -27,9 +27,10 @@ from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
 from facilitair.server.pipeline.orchestrator import Pipeline
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.settings import Settings
 
 log = structlog.get_logger(__name__)
 
