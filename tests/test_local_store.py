@@ -20,9 +20,10 @@ from packaging.requirements import Requirement
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.errors import FailedPrecondition, InvalidArgument
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers.local import models
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.settings import Settings
 from tests.harness.cli import cli
 from tests.harness.local_model import OFFLINE, cached_wheel, models_dir
 from tests.harness.servers import ServerFactory

@@ -9,7 +9,8 @@ import pytest
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.server.domain import AgentRole
 from facilitair.server.pipeline import prompts
-from facilitair.server.settings import ConfigError, PipelineConfig, Settings
+from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.settings import ConfigError, Settings
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import kind
 from tests.harness.scripts import scripted, system_of

@@ -7,8 +7,8 @@ import pytest
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.pipeline.plan import PLANNED_ROLES, READS, PlanEstimator
 from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline_file import AgentConfig, PipelineConfig
 from facilitair.server.pricing import Price, PriceTable
-from facilitair.server.settings import AgentConfig, PipelineConfig
 
 PRICED = ModelRef("openai", "priced")  # $1 per million input tokens, $4 per million output tokens
 PRICES = PriceTable({"openai:priced": Price(1.0, 4.0)})

@@ -11,7 +11,8 @@ from pydantic import SecretStr
 
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.errors import InvalidArgument
-from facilitair.server.settings import AgentConfig, PipelineConfig, Settings
+from facilitair.server.pipeline_file import AgentConfig, PipelineConfig
+from facilitair.server.settings import Settings
 from facilitair.server.transport.requests import run_id_of, run_spec, run_state_of
 from facilitair.v1 import orchestrator_pb2 as pb
 

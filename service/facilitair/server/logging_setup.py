@@ -21,6 +21,9 @@ import structlog
 _QUIET = ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "openai", "anthropic", "grpc", "asyncio")
 
 
+_PROCESSORS: list[structlog.types.Processor] = []
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | None = None) -> None:
     """Set up structlog and the stdlib root logger; call once at start. `replica` names this server in every line."""
     console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
@@ -47,13 +50,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, replica: str | 
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
-    # The configured list is changed in place, not replaced: loggers cached on first use keep a reference to
-    # it, so a second configuration (or structlog.testing.capture_logs, which also edits it in place) reaches
-    # them too.
-    processors = structlog.get_config()["processors"]
-    processors[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
+    # Our one list is changed in place, not replaced: loggers cached on first use keep a reference to it, so
+    # a second configuration (or structlog.testing.capture_logs, which also edits it in place) reaches them.
+    _PROCESSORS[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        processors=processors,
+        processors=_PROCESSORS,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

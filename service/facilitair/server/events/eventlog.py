@@ -168,6 +168,9 @@ class EventLog:
                 epochs,
             )
             refused = await self._write(batch)
+            # Only a refusal of the epoch a run is driven under now means another replica has it; an older
+            # epoch's refusal is of writes from before this replica claimed the run back (RunStarter.resume).
+            refused = {r for r in refused if (c := self._channels.get(r)) is None or c.epoch == epochs.get(r)}
             if refused:
                 # Another replica holds these runs under a newer epoch: nothing of theirs was written, so
                 # watchers must not see it either, and this replica must stop driving them.

@@ -31,8 +31,8 @@ from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.errors import FailedPrecondition
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.plan import TYPICAL_OUTPUT
+from facilitair.server.pipeline_file import AgentConfig
 from facilitair.server.providers import CompletionRequest
-from facilitair.server.settings import AgentConfig
 
 log = structlog.get_logger(__name__)
 

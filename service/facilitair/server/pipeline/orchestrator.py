@@ -21,9 +21,9 @@ from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import KnowsContextWindows
-from facilitair.server.settings import PipelineConfig
 
 # Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
 # when the stage is replayed from its checkpoint (its events are in the log already).

@@ -12,8 +12,8 @@ import json
 from facilitair.server.domain import AgentRole, Plan, PlannedStage
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
-from facilitair.server.settings import PipelineConfig
 
 PLANNED_ROLES = (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.REVIEWER, AgentRole.TESTER, AgentRole.DOCUMENTER)
 CHARS_PER_TOKEN = 4

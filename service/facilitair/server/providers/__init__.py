@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from facilitair.server.domain import ModelRef, parse_chain
 from facilitair.server.errors import FailedPrecondition, Reason
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers.base import (
     ChecksModels,
     CompletionRequest,
@@ -16,7 +17,7 @@ from facilitair.server.providers.base import (
     StreamEnd,
     UsageReport,
 )
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.settings import Settings
 
 __all__ = ["CompletionRequest", "KnowsContextWindows", "Provider", "ProviderRegistry", "StreamEnd", "UsageReport"]
 

@@ -20,6 +20,7 @@ from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.wire import FINISHED_STATES
 from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import Admission
@@ -29,7 +30,7 @@ from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.v1 import orchestrator_pb2 as pb
 

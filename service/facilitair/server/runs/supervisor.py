@@ -27,9 +27,10 @@ from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
 from facilitair.server.pipeline.orchestrator import Pipeline
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -173,6 +174,13 @@ class Supervisor:
             if live is not None:
                 log.warning("run_lost", run_id=run_id)
                 self._stop(live, Lost())
+
+    async def lose_and_wait(self, run_id: str) -> None:
+        """Stop driving a run as lost (writing nothing) and wait until its task has ended."""
+        live = self._live.get(run_id)
+        if live is not None and live.task is not None:
+            self._stop(live, Lost())
+            await asyncio.wait({live.task})
 
     async def interrupt_all(self, error: FacilitairError | None = None, *, wait: float | None = None) -> None:
         """Stop every live run without a terminal event, waiting at most `wait` seconds (None: until they end).

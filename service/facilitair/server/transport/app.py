@@ -21,9 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from facilitair.server.domain import chain_text
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.service import RunService
-from facilitair.server.settings import ConfigError, PipelineConfig, Settings
+from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor

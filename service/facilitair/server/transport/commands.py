@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
-from facilitair.server.settings import ConfigError, PipelineConfig, Settings
+from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store.base import StoreUnavailable
 from facilitair.server.transport.workers import check_workers, run_workers
 

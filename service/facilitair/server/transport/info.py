@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib import metadata
 
 from facilitair.server.domain import chain_text
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.settings import Settings
 from facilitair.server.transport.requests import MAX_REFINEMENTS, default_models
 from facilitair.v1 import orchestrator_pb2 as pb
 

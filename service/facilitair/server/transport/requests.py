@@ -10,7 +10,8 @@ from google.protobuf import json_format
 from facilitair.server.domain import AgentRole, ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
 from facilitair.server.pipeline.spec import RunSpec
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.settings import Settings
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000

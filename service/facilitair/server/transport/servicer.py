@@ -15,8 +15,9 @@ import structlog
 
 from facilitair.server import metrics
 from facilitair.server.events.relay import coalesce_tokens
+from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
-from facilitair.server.settings import PipelineConfig, Settings
+from facilitair.server.settings import Settings
 from facilitair.server.transport import requests
 from facilitair.server.transport.guard import current_principal
 from facilitair.server.transport.status import abort
