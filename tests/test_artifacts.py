@@ -6,9 +6,11 @@ A real server and client with the fake OpenAI behind the official SDK; the CLI r
 from __future__ import annotations
 
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import ServerFactory, kind, of_kind, scripted
 from tests.fakes.providers import FakeOpenAI, Reply
-from tests.test_cli import cli
+from tests.harness.cli import cli
+from tests.harness.events import kind, of_kind
+from tests.harness.scripts import scripted
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
 CODE = "def rev(s: str) -> str:\n    return s[::-1]\n"

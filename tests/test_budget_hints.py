@@ -14,8 +14,10 @@ import pytest
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.server.domain import AgentRole
 from facilitair.server.pipeline.plan import PLANNED_ROLES, READS, SPEED, TYPICAL_OUTPUT
-from tests.conftest import ServerFactory, kind, scripted
 from tests.fakes.providers import FakeOpenAI, Reply
+from tests.harness.events import kind
+from tests.harness.scripts import scripted
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
 CODER_MAX_TOKENS = 200

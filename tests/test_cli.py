@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -14,30 +13,13 @@ from pathlib import Path
 import pytest
 
 from facilitair.client import RunState
-from tests.conftest import ServerFactory, default_replies, held, scripted
 from tests.fakes.providers import FakeOpenAI, Reply
+from tests.harness.cli import cli, jsonl
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
 HANG_GUARD = 60.0
-
-
-async def cli(target: str, *args: str, stdin: bytes | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
-    """Run `facilitair ARGS` with FACILITAIR_TARGET=target; (exit code, stdout, stderr)."""
-    env = {**os.environ, "FACILITAIR_TARGET": target}
-    env.pop("GRPC_VERBOSITY", None)  # the CLI's own default must keep gRPC's logs away
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "facilitair.cli.main", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env, cwd=cwd,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(stdin or b""), HANG_GUARD)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def jsonl(out: str) -> list[dict[str, object]]:
-    """The events of `--format jsonl` output."""
-    return [json.loads(line)["event"] for line in out.splitlines()]
 
 
 @pytest.fixture
@@ -219,9 +201,9 @@ async def test_task_from_stdin_and_file_and_code_files_as_context(make_server: S
         too_big.write_text("x" * 70_000)
         big = await cli(h.target, "run", "x", "--file", str(too_big))
     assert piped[0] == 0
-    assert jsonl(piped[1])[0]["runStarted"]["task"] == "Reverse a string\nfrom stdin"  # type: ignore[index]
+    assert jsonl(piped[1])[0]["runStarted"]["task"] == "Reverse a string\nfrom stdin"
     assert filed[0] == 0
-    assert jsonl(filed[1])[0]["runStarted"]["task"] == "Reverse a string\nfrom a file"  # type: ignore[index]
+    assert jsonl(filed[1])[0]["runStarted"]["task"] == "Reverse a string\nfrom a file"
     prompt = json.dumps(fake.requests[-1]["messages"])
     assert "def old() -> None:" in prompt
     assert "src/old.py" in prompt

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from facilitair.server.settings import Settings
-from facilitair.server.transport.app import RunningServer, create_server
 from tests.fakes.providers import FakeOpenAI, Reply
+from tests.harness.cli import BUF, cli
+from tests.harness.servers import Harness, ServerFactory
 
-BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
 CODE = "def reverse(s: str) -> str:\n    return s[::-1]\n"
 TEST = "from reverse import reverse\n\n\ndef test_reverse() -> None:\n    assert reverse('ab') == 'ba'\n"
 DESIGN = ["One ", "function ", "reverse(s)."]
@@ -48,43 +45,20 @@ def reply_for(body: dict[str, Any]) -> Reply:
 class Live:
     """A running server with its fake provider."""
 
-    server: RunningServer
+    server: Harness
     fake: FakeOpenAI
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
+        """Where the server listens."""
+        return self.server.target
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
+async def live(make_server: ServerFactory) -> AsyncIterator[Live]:
     """A server on 127.0.0.1:0 backed by a fake OpenAI."""
     async with FakeOpenAI(reply_for) as fake:
-        settings = Settings.model_validate(
-            {
-                "listen": "127.0.0.1:0",
-                "db": tmp_path / "facilitair.sqlite3",
-                "OPENAI_API_KEY": fake.api_key,
-                "OPENAI_BASE_URL": fake.base_url,
-            }
-        )
-        server = await create_server(settings)
-        try:
-            yield Live(server, fake)
-        finally:
-            await server.stop(0)
-
-
-async def run_cli(live: Live | None, *args: str, target: str | None = None) -> tuple[int, str, str]:
-    """Run the installed CLI in a subprocess; return (exit code, stdout, stderr)."""
-    env = {**os.environ, "FACILITAIR_TARGET": target or (live.target if live else "127.0.0.1:1")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "facilitair.cli.main", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+        yield Live(await make_server(openai=fake), fake)
 
 
 def json_documents(text: str) -> list[dict[str, Any]]:
@@ -101,7 +75,7 @@ def json_documents(text: str) -> list[dict[str, Any]]:
 
 
 async def test_cli_jsonl_streams_every_event_once_in_order(live: Live) -> None:
-    code, out, _ = await run_cli(live, "run", "Write a function that reverses a string", "--format", "jsonl")
+    code, out, _ = await cli(live.target, "run", "Write a function that reverses a string", "--format", "jsonl")
     assert code == 0
     events = [json.loads(line)["event"] for line in out.splitlines()]
     assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
@@ -116,7 +90,9 @@ async def test_cli_jsonl_streams_every_event_once_in_order(live: Live) -> None:
 
 async def test_cli_plain_output_and_output_dir(live: Live, tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
-    code, out, err = await run_cli(live, "run", "reverse a string", "--format", "plain", "--output-dir", str(out_dir))
+    code, out, err = await cli(
+        live.target, "run", "reverse a string", "--format", "plain", "--output-dir", str(out_dir)
+    )
     assert code == 0, err
     assert "\x1b[" not in out  # no escape codes in plain
     lines = out.splitlines()
@@ -151,7 +127,7 @@ async def test_cli_plain_output_and_output_dir(live: Live, tmp_path: Path) -> No
 
 
 async def test_cli_pretty_format_completes_with_summary_table(live: Live) -> None:
-    code, out, _ = await run_cli(live, "run", "reverse a string", "--format", "pretty")
+    code, out, _ = await cli(live.target, "run", "reverse a string", "--format", "pretty")
     assert code == 0
     assert "Architect" in out
     assert "Documenter" in out
@@ -160,41 +136,41 @@ async def test_cli_pretty_format_completes_with_summary_table(live: Live) -> Non
 
 
 async def test_cli_exit_codes(live: Live) -> None:
-    code, _, err = await run_cli(live, "run", "   ")
+    code, _, err = await cli(live.target, "run", "   ")
     assert code == 2
     assert "task" in err
-    code, _, err = await run_cli(live, "run", "x", "--context", "[1, 2]")
+    code, _, err = await cli(live.target, "run", "x", "--context", "[1, 2]")
     assert code == 2
     assert "--context must be a JSON object" in err
-    code, _, err = await run_cli(live, "run", "x", "--model", "anthropic:claude-sonnet-4-6")
+    code, _, err = await cli(live.target, "run", "x", "--model", "anthropic:claude-sonnet-4-6")
     assert code == 1
     assert "ANTHROPIC_API_KEY" in err
-    code, _, err = await run_cli(live, "watch", "00000000-0000-0000-0000-000000000000")
+    code, _, err = await cli(live.target, "watch", "00000000-0000-0000-0000-000000000000")
     assert code == 1
     assert "NOT_FOUND" in err
-    code, _, err = await run_cli(None, "runs")
+    code, _, err = await cli("127.0.0.1:1", "runs")
     assert code == 3
     assert err == "cannot reach facilitair at 127.0.0.1:1 - is `facilitair serve` running?\n"
 
 
 async def test_cli_detach_then_watch_status_runs(live: Live, tmp_path: Path) -> None:
-    code, out, _ = await run_cli(live, "run", "reverse a string", "--detach")
+    code, out, _ = await cli(live.target, "run", "reverse a string", "--detach")
     assert code == 0
     run_id = out.strip()
-    code, out, _ = await run_cli(live, "watch", run_id, "--format", "jsonl")
+    code, out, _ = await cli(live.target, "watch", run_id, "--format", "jsonl")
     assert code == 0
     events = [json.loads(line)["event"] for line in out.splitlines()]
     assert events[0]["seq"] == "1"
     assert "runCompleted" in events[-1]
-    code, out, _ = await run_cli(live, "watch", run_id, "--after", "3", "--format", "jsonl")
+    code, out, _ = await cli(live.target, "watch", run_id, "--after", "3", "--format", "jsonl")
     assert code == 0
     assert [int(json.loads(line)["event"]["seq"]) for line in out.splitlines()] == list(range(4, len(events) + 1))
-    code, out, _ = await run_cli(live, "status", run_id, "--json")
+    code, out, _ = await cli(live.target, "status", run_id, "--json")
     assert code == 0
     status = json.loads(out)
     assert status["state"] == "RUN_STATE_COMPLETED"
     assert status["lastSeq"] == str(len(events))
-    code, out, _ = await run_cli(live, "runs")
+    code, out, _ = await cli(live.target, "runs")
     assert code == 0
     assert run_id in out
     assert "completed" in out
@@ -247,13 +223,7 @@ async def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> N
     env = {**os.environ, "OPENAI_API_KEY": secret, "FACILITAIR_API_KEYS": f"alice:{caller}"}
 
     async def config_show(*extra: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "facilitair.cli.main", "config", "show", *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await cli(None, "config", "show", *extra, env=env)
 
     code, out, _ = await config_show("--pipeline", "examples/pipeline.toml")
     assert code == 0
@@ -270,30 +240,17 @@ async def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> N
     assert "agents.coder.colour" in err
 
 
-async def test_cli_sends_the_api_key_and_exits_4_without_it(tmp_path: Path) -> None:
+async def test_cli_sends_the_api_key_and_exits_4_without_it(make_server: ServerFactory) -> None:
     key = "alice-key-0123456789abcdef"
     async with FakeOpenAI(reply_for) as fake:
-        settings = Settings.model_validate(
-            {
-                "listen": "127.0.0.1:0",
-                "db": tmp_path / "facilitair.sqlite3",
-                "api_keys": f"alice:{key}",
-                "OPENAI_API_KEY": fake.api_key,
-                "OPENAI_BASE_URL": fake.base_url,
-            }
-        )
-        server = await create_server(settings)
-        try:
-            live = Live(server, fake)
-            code, _, err = await run_cli(live, "run", "reverse a string", "--format", "jsonl")
-            assert code == 4
-            assert "UNAUTHENTICATED" in err
-            assert fake.requests == []
-            code, out, _ = await run_cli(live, "run", "reverse a string", "--format", "jsonl", "--api-key", key)
-            assert code == 0
-            assert "runCompleted" in out.splitlines()[-1]
-            code, out, _ = await run_cli(live, "runs", "--api-key", key)
-            assert code == 0
-            assert "completed" in out
-        finally:
-            await server.stop(0)
+        live = Live(await make_server(openai=fake, api_keys=f"alice:{key}"), fake)
+        code, _, err = await cli(live.target, "run", "reverse a string", "--format", "jsonl")
+        assert code == 4
+        assert "UNAUTHENTICATED" in err
+        assert fake.requests == []
+        code, out, _ = await cli(live.target, "run", "reverse a string", "--format", "jsonl", "--api-key", key)
+        assert code == 0
+        assert "runCompleted" in out.splitlines()[-1]
+        code, out, _ = await cli(live.target, "runs", "--api-key", key)
+        assert code == 0
+        assert "completed" in out

@@ -1,6 +1,6 @@
 """The pretty view as a person sees it in a terminal: waits, retries and interruptions say so in place.
 
-The CLI runs in a pseudo-terminal (tests/terminal.py) against a real server whose provider is the fake
+The CLI runs in a pseudo-terminal (tests/harness/terminal.py) against a real server whose provider is the fake
 OpenAI, and the assertions read the emulated screen: what is on which row, what stayed, what went away.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import socket
 
-from tests.conftest import ServerFactory, default_replies, held, scripted
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
-from tests.terminal import terminal
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import ServerFactory
+from tests.harness.terminal import terminal
 
 TASK = "Write a function that reverses a string"
 # A coder whose second chunk ends mid-line, so that something arrives while a row is unfinished.

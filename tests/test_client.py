@@ -35,8 +35,9 @@ from facilitair.client import (
     parse_target,
 )
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import ServerFactory, default_replies, held, scripted
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
 

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from facilitair.client import RunEvent
 from facilitair.server.events.relay import coalesce_tokens
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import RunStream, ServerFactory, collect, held, kind, scripted, stage_text
 from tests.fakes.providers import FakeOpenAI, Reply
+from tests.harness.events import RunStream, collect, kind, stage_text
+from tests.harness.scripts import held, scripted
+from tests.harness.servers import ServerFactory
 
 RUN_ID = "00000000-0000-0000-0000-000000000001"
 CODER_CHUNKS = [f"tok{i} " for i in range(400)]

@@ -15,22 +15,10 @@ import pytest
 
 from facilitair.client import FacilitairError, RunEvent, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import (
-    TERMINAL,
-    Harness,
-    Script,
-    ServerFactory,
-    agent_of,
-    default_replies,
-    held,
-    kind,
-    of_kind,
-    prompt_of,
-    scripted,
-    stage_text,
-    text_of,
-)
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
+from tests.harness.events import TERMINAL, kind, of_kind, stage_text
+from tests.harness.scripts import Script, agent_of, default_replies, held, prompt_of, scripted, text_of
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"
@@ -48,6 +36,9 @@ AGENT_ENUM = {
 PLANNED = ["architect", "coder", "reviewer", "tester", "documenter"]
 # Events the silence watchdog adds whenever a pause is long enough; left out where exact order is checked.
 WATCHDOG = frozenset({"thinking", "heartbeat"})
+
+# The tests that read a run back from the store (its summary, or that none was made): on both stores.
+STORED = pytest.mark.both_stores
 
 ISSUE = "rev(None) raises TypeError; validate the input and raise ValueError."
 
@@ -173,6 +164,7 @@ async def serve(make_server: ServerFactory, fake: FakeOpenAI | FakeAnthropic, **
 # ----- a whole run ------------------------------------------------------------------------------------------------
 
 
+@STORED
 @pytest.mark.parametrize(("vendor", "model"), [("openai", MINI), ("anthropic", SONNET)])
 async def test_a_whole_run_streams_every_stage_exactly(make_server: ServerFactory, vendor: str, model: str) -> None:
     script = scripted()
@@ -388,6 +380,7 @@ async def test_a_malformed_verdict_is_a_non_approval_and_the_run_goes_on(make_se
 # ----- errors before and during a run -----------------------------------------------------------------------------
 
 
+@STORED
 @pytest.mark.parametrize(
     "options", [{"model": SONNET}, {"agent_models": {"tester": SONNET}}], ids=["model", "agent_models"]
 )
@@ -483,6 +476,7 @@ async def test_a_per_agent_model_sends_that_agent_to_its_provider(make_server: S
     assert stage_text(events, 2) == text_of(default_replies()["coder"])
 
 
+@STORED
 @pytest.mark.parametrize(("vendor", "model"), [("openai", MINI), ("anthropic", SONNET)])
 async def test_a_rejected_api_key_fails_the_run_without_revealing_the_key(
     make_server: ServerFactory, vendor: str, model: str

@@ -6,7 +6,9 @@ Synchronisation is by events only: a scripted reply holds mid-stream (`hold_afte
 and a test waits for what it needs to have seen; timeouts are hang guards, never synchronisation.
 
 The silence watchdog is set to its longest intervals so that no `thinking` or `heartbeat` event can slip into
-a run's log: the event sequence of a run is then fully determined by the script below.
+a run's log: the event sequence of a run is then fully determined by the `Team` script (tests/harness/team.py).
+Each test runs on a SQLite file and on a PostgreSQL database; on PostgreSQL a server started again after a
+SIGKILL takes its run over once the dead process's lease has run out (FACILITAIR_LEASE_SECONDS, 10 s).
 """
 
 from __future__ import annotations
@@ -14,361 +16,56 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
-import os
-import socket
-import sys
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-import structlog
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
 from facilitair.client import Client, FacilitairError, StatusCode
-from facilitair.server.settings import Settings
-from facilitair.server.transport.app import RunningServer, create_server
+from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.fakes.providers import FakeOpenAI, Reply
+from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import (
+    TERMINAL,
+    EventCall,
+    assert_complete_log,
+    covered,
+    kind,
+    read_rest,
+    read_until,
+    wire,
+)
+from tests.harness.logs import on_log
+from tests.harness.processes import clean_environment, free_port, server_processes
+from tests.harness.servers import Env, quiet_environment, quiet_settings, serving
+from tests.harness.stores import Target
+from tests.harness.team import (
+    CHUNKS,
+    EVENTS_PER_RUN,
+    HELD_TOKENS,
+    MID_ARCHITECT,
+    MID_CODER,
+    STAGE_OF,
+    TASK,
+    Team,
+    collaborate_request,
+    expected_texts,
+    requests_per_agent,
+    stage_texts,
+    tokens_of,
+)
+from tests.harness.team import at_hold as held
 
-# ----- the script: what each agent answers ------------------------------------------------------------------
+# Every test here runs on a SQLite file and on a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
 
-TASK = "Write a function that reverses a string"
-MODEL = "openai:gpt-4.1-mini"
-
-CHUNKS: dict[str, list[str]] = {
-    "Architect": ["# Design\n", "One module ", "`rev.py` ", "with ", "`rev(s)` ", "— ünïcode ✓.\n"],
-    "Coder": [
-        "File: rev.py\n",
-        "```python\n",
-        "def rev(s: str) -> str:\n",
-        "    ",
-        "return ",
-        "s[::-1]\n",
-        "```\n",
-    ],
-    "Reviewer": ['```json\n{"approved": true, ', '"summary": "fine", ', '"issues": []}\n```'],
-    "Tester": [
-        "File: test_rev.py\n",
-        "```python\n",
-        "from rev import rev\n",
-        "\n",
-        "def test_rev() -> None:\n",
-        "    assert rev('ab') == 'ba'\n",
-        "```\n",
-    ],
-    "Documenter": ["# rev\n", "Reverses ", "a ", "string.\n"],
-}
-# With an approving review the stages are, in order:
-STAGE_OF = {"Architect": 1, "Coder": 2, "Reviewer": 3, "Tester": 4, "Documenter": 5}
-AGENT_NAMES = ("Architect", "Coder", "Reviewer", "Refiner", "Tester", "Documenter")
-# run_started; per stage stage_started + tokens + (artifact | verdict) + stage_completed; run_completed.
-EVENTS_PER_RUN = 1 + sum(len(c) + 3 for c in CHUNKS.values()) + 1
-# Seqs whose event and the next are both token_deltas of one stage: cut points inside a stage's tokens.
-MID_ARCHITECT = 5  # seq 1 run_started, 2 stage_started, 3..8 Architect tokens
-MID_CODER = 14  # 9 artifact, 10 stage_completed, 11 stage_started, 12..18 Coder tokens
-HELD_TOKENS = 2  # a held reply sends this many chunks, then waits for its release
 HANG_GUARD = 30.0
-TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
-
-
-def agent_of(body: dict[str, Any]) -> str:
-    """The agent a provider request is for, from its system prompt."""
-    system = body["messages"][0]["content"]
-    for name in AGENT_NAMES:
-        if system.startswith(f"You are the {name}"):
-            return name
-    raise AssertionError(f"not an agent's system prompt: {system[:60]!r}")
-
-
-class Team:
-    """The responder: each agent answers with its chunks; `hold_next` makes one agent's next reply hold."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self._holds: dict[str, int] = {}
-
-    def hold_next(self, agent: str, after: int = HELD_TOKENS) -> asyncio.Event:
-        """Hold the next reply of `agent` after `after` chunks; set the returned event to let it go on."""
-        self._holds[agent] = after
-        self.release = asyncio.Event()
-        return self.release
-
-    def __call__(self, body: dict[str, Any]) -> Reply:
-        agent = agent_of(body)
-        after = self._holds.pop(agent, None)
-        if after is None:
-            return Reply(chunks=list(CHUNKS[agent]))
-        return Reply(chunks=list(CHUNKS[agent]), hold_after=after, release=self.release)
-
-
-def requests_per_agent(fake: FakeOpenAI) -> Counter[str]:
-    """How many provider requests each agent made."""
-    return Counter(agent_of(body) for body in fake.requests)
-
-
-# ----- reading events ----------------------------------------------------------------------------------------
-
-EventCall = grpc.aio.UnaryStreamCall[Any, Any]
-
-
-def kind(event: pb.RunEvent) -> str:
-    """The payload's name."""
-    return event.WhichOneof("payload") or ""
-
-
-def tokens_of(events: Sequence[pb.RunEvent], stage: int) -> list[str]:
-    """The token_delta texts of one stage, in order."""
-    return [e.token_delta.text for e in events if kind(e) == "token_delta" and e.token_delta.stage == stage]
-
-
-def stage_texts(events: Sequence[pb.RunEvent]) -> dict[int, str]:
-    """Each stage's streamed text."""
-    texts: dict[int, str] = {}
-    for e in events:
-        if kind(e) == "token_delta":
-            texts[e.token_delta.stage] = texts.get(e.token_delta.stage, "") + e.token_delta.text
-    return texts
-
-
-def expected_texts() -> dict[int, str]:
-    """The text of every stage of an uninterrupted run, from the script."""
-    return {STAGE_OF[agent]: "".join(chunks) for agent, chunks in CHUNKS.items()}
-
-
-def held(events: Sequence[pb.RunEvent], agent: str = "Coder") -> bool:
-    """Whether `events` reach the point where `agent`'s held reply stops."""
-    return len(tokens_of(events, STAGE_OF[agent])) >= HELD_TOKENS
-
-
-def wire(events: Sequence[pb.RunEvent]) -> list[bytes]:
-    """The events as bytes, to compare payloads exactly."""
-    return [e.SerializeToString(deterministic=True) for e in events]
-
-
-def assert_complete_log(events: Sequence[pb.RunEvent], last: str = "run_completed") -> None:
-    """Seqs 1..N with no gap or duplicate, one run, one terminal event, at the end."""
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert len({e.run_id for e in events}) == 1
-    assert kind(events[0]) == "run_started"
-    assert kind(events[-1]) == last
-    terminal = [e for e in events if kind(e) in TERMINAL]
-    assert len(terminal) == 1
-
-
-async def read_until(call: EventCall, done: Callable[[list[pb.RunEvent]], bool]) -> list[pb.RunEvent]:
-    """Read events until `done(events)` holds; the stream must not end first."""
-    events: list[pb.RunEvent] = []
-    while not done(events):
-        response = await call.read()
-        if not isinstance(response, pb.CollaborateResponse | pb.WatchRunResponse):
-            pytest.fail(f"the stream ended after {len(events)} events: {[kind(e) for e in events]}")
-        events.append(response.event)
-    return events
-
-
-async def read_rest(call: EventCall) -> list[pb.RunEvent]:
-    """Read events until the stream ends, and check that it ended OK."""
-    events: list[pb.RunEvent] = []
-    while True:
-        response = await call.read()
-        if not isinstance(response, pb.CollaborateResponse | pb.WatchRunResponse):
-            break
-        events.append(response.event)
-    assert await call.code() == grpc.StatusCode.OK
-    return events
-
-
-def collaborate_request(**fields: Any) -> pb.CollaborateRequest:
-    """A Collaborate request for the scripted task."""
-    fields.setdefault("task", TASK)
-    return pb.CollaborateRequest(**fields)
-
-
-# ----- an in-process server ----------------------------------------------------------------------------------
-
-
-def quiet_settings(db: Path, base_url: str, listen: str = "127.0.0.1:0") -> Settings:
-    """Settings against the fake, every agent on it, with a silent watchdog."""
-    return Settings(
-        listen=listen,
-        db=db,
-        openai_api_key=SecretStr("test-key"),
-        openai_base_url=base_url,
-        thinking_interval=60,
-        heartbeat_interval=60,
-        model=MODEL,
-    )
-
-
-@dataclass
-class Env:
-    """A fake provider, a server on it, and two ways to call the server over one channel."""
-
-    team: Team
-    fake: FakeOpenAI
-    server: RunningServer
-    client: Client
-    stub: pb_grpc.OrchestratorServiceAsyncStub
-    runs: list[str] = field(default_factory=list)
-
-    async def watch_all(self, run_id: str, after_seq: int = 0) -> list[pb.RunEvent]:
-        """The run's events after `after_seq`, to its end."""
-        return await read_rest(self.stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_seq=after_seq)))
-
-    async def get_run(self, run_id: str) -> pb.RunSummary:
-        """GetRun."""
-        response = await self.stub.GetRun(pb.GetRunRequest(run_id=run_id))
-        return response.run
-
-    async def run_to_end(self, **fields: Any) -> list[pb.RunEvent]:
-        """Start a run with Collaborate and read it to its end."""
-        return await read_rest(self.stub.Collaborate(collaborate_request(**fields)))
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path) -> AsyncIterator[Env]:
-    """Start the fake and an in-process server on a fresh database; stop both afterwards."""
-    team = Team()
-    async with FakeOpenAI(team) as fake:
-        server = await create_server(quiet_settings(tmp_path / "runs.db", fake.base_url))
-        try:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-            async with Client(f"127.0.0.1:{server.port}", channel=channel) as client:
-                yield Env(team, fake, server, client, pb_grpc.OrchestratorServiceStub(channel))
-        finally:
-            await server.stop(0)
-
-
-@contextlib.contextmanager
-def on_log(event: str, **match: object) -> Iterator[asyncio.Event]:
-    """An event set when the server logs `event` with these fields (for what no RPC can observe)."""
-    seen = asyncio.Event()
-
-    def processor(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if event_dict.get("event") == event and all(event_dict.get(k) == v for k, v in match.items()):
-            seen.set()
-        return event_dict
-
-    # The configured list itself is changed (as structlog.testing.capture_logs does) so cached loggers see it.
-    processors = structlog.get_config()["processors"]
-    processors.insert(0, processor)
-    try:
-        yield seen
-    finally:
-        processors.remove(processor)
-
-
-# ----- a server process ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """`python -m facilitair.server` on one database, started, SIGKILLed and started again."""
-
-    def __init__(self, db: Path, base_url: str, listen: str = "127.0.0.1:0") -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("FACILITAIR_", "OPENAI_", "ANTHROPIC_"))}
-        self.env.update(
-            FACILITAIR_LISTEN=listen,
-            FACILITAIR_DB=str(db),
-            FACILITAIR_LOG_FORMAT="json",
-            FACILITAIR_LOG_LEVEL="info",
-            FACILITAIR_THINKING_INTERVAL="60",
-            FACILITAIR_HEARTBEAT_INTERVAL="60",
-            FACILITAIR_MODEL=MODEL,
-            OPENAI_API_KEY="test-key",
-            OPENAI_BASE_URL=base_url,
-        )
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
-        self.starts = 0
-
-    async def start(self) -> int:
-        """Start the server and return its port once it logs that it is serving."""
-        assert self.proc is None or self.proc.returncode is not None, "already running"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "facilitair.server",
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self.proc = proc
-        self.starts += 1
-        port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read_log(proc, port, self.starts))
-        return await asyncio.wait_for(port, HANG_GUARD)
-
-    async def _read_log(self, proc: asyncio.subprocess.Process, port: asyncio.Future[int], start: int) -> None:
-        """Keep the log (for failure messages) and find the "serving" line; drain stderr until EOF."""
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.log.append(f"[{start}] {line}")
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and record.get("event") == "serving" and not port.done():
-                    port.set_result(int(record["port"]))
-        if not port.done():
-            port.set_exception(AssertionError("the server exited before serving:\n" + "\n".join(self.log[-30:])))
-
-    async def kill(self) -> None:
-        """SIGKILL the server and wait for it to be gone."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-
-    def logs_with(self, event: str) -> list[dict[str, Any]]:
-        """The JSON log records of one event, across starts."""
-        records = []
-        for line in self.log:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line.partition(" ")[2])
-                if isinstance(record, dict) and record.get("event") == event:
-                    records.append(record)
-        return records
-
-
-@contextlib.asynccontextmanager
-async def server_process(db: Path, base_url: str, listen: str = "127.0.0.1:0") -> AsyncIterator[ServerProcess]:
-    """A ServerProcess that is always killed at the end."""
-    proc = ServerProcess(db, base_url, listen)
-    try:
-        yield proc
-    except BaseException as exc:
-        await proc.kill()
-        exc.add_note("server log:\n" + "\n".join(proc.log[-40:]))
-        raise
-    finally:
-        await proc.kill()
 
 
 # ----- 1. drop and resume -------------------------------------------------------------------------------------
-
-
-def covered(events: Sequence[pb.RunEvent]) -> list[int]:
-    """The seqs the events stand for: a coalesced token_delta stands for first_seq..seq."""
-    return [s for e in events for s in range((e.first_seq or e.seq), e.seq + 1)]
 
 
 async def drop_and_resume(env: Env, drops: list[int], coalesce: bool) -> None:
@@ -414,11 +111,11 @@ async def drop_and_resume(env: Env, drops: list[int], coalesce: bool) -> None:
         assert before.token_delta.stage == after.token_delta.stage
 
 
-def test_drop_after_k_events_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+def test_drop_after_k_events_and_resume_loses_and_repeats_nothing(store_target: Target) -> None:
     """Dropping a stream anywhere (even mid-token-stream) and re-attaching after the last seq gives the whole run."""
     with asyncio.Runner() as runner:
         stack = contextlib.AsyncExitStack()
-        env = runner.run(stack.enter_async_context(serving(tmp_path)))
+        env = runner.run(stack.enter_async_context(serving(store_target)))
         try:
 
             @settings(max_examples=10, deadline=None, database=None)
@@ -438,8 +135,8 @@ def test_drop_after_k_events_and_resume_loses_and_repeats_nothing(tmp_path: Path
 # ----- 2. two watchers ----------------------------------------------------------------------------------------
 
 
-async def test_two_watchers_of_a_live_run_see_identical_events(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_two_watchers_of_a_live_run_see_identical_events(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         release = env.team.hold_next("Coder")
         starter: EventCall = env.stub.Collaborate(collaborate_request())
         head = await read_until(starter, held)
@@ -477,13 +174,13 @@ async def test_two_watchers_of_a_live_run_see_identical_events(tmp_path: Path) -
 # ----- 3. the server process dies mid-stage ---------------------------------------------------------------------
 
 
-async def test_server_killed_mid_stage_resumes_from_checkpoint(tmp_path: Path) -> None:
+async def test_server_killed_mid_stage_resumes_from_checkpoint(store_target: Target) -> None:
     team = Team()
     release = team.hold_next("Coder")
     async with (
         asyncio.timeout(60),
         FakeOpenAI(team) as fake,
-        server_process(tmp_path / "runs.db", fake.base_url) as proc,
+        server_processes(clean_environment(**quiet_environment(store_target, fake.base_url))) as [proc],
     ):
         port = await proc.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -532,16 +229,16 @@ async def test_server_killed_mid_stage_resumes_from_checkpoint(tmp_path: Path) -
     assert summary.state == pb.RUN_STATE_COMPLETED
     assert summary.last_seq == events[-1].seq
     assert summary.result == done.result
-    assert [r["run_id"] for r in proc.logs_with("run_resumed")] == [run_id]
+    assert [r["run_id"] for r in proc.records("run_resumed")] == [run_id]
     # `facilitair serve` runs on uvloop's event loop when it is installed (it is, with the server extra).
-    assert {r["event_loop"] for r in proc.logs_with("serving")} == {"uvloop"}
+    assert {r["event_loop"] for r in proc.records("serving")} == {"uvloop"}
 
 
 # ----- 4. cancel mid-token ------------------------------------------------------------------------------------
 
 
-async def test_cancel_mid_token_closes_the_provider_call_and_ends_the_run(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_cancel_mid_token_closes_the_provider_call_and_ends_the_run(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         env.team.hold_next("Coder")
         starter: EventCall = env.stub.Collaborate(collaborate_request())
         head = await read_until(starter, held)
@@ -587,9 +284,9 @@ async def test_cancel_mid_token_closes_the_provider_call_and_ends_the_run(tmp_pa
         assert wire(await env.watch_all(finished[0].run_id)) == wire(finished)
 
 
-async def test_concurrent_cancels_all_see_the_run_cancelled(tmp_path: Path) -> None:
+async def test_concurrent_cancels_all_see_the_run_cancelled(store_target: Target) -> None:
     """Many CancelRuns at once: the run is cancelled once, and every caller is told it is cancelled."""
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         for _ in range(3):  # the interleavings vary from one try to the next
             env.team.hold_next("Coder")
             starter: EventCall = env.stub.Collaborate(collaborate_request())
@@ -606,8 +303,8 @@ async def test_concurrent_cancels_all_see_the_run_cancelled(tmp_path: Path) -> N
 # ----- 5. idempotent Collaborate ------------------------------------------------------------------------------
 
 
-async def test_same_client_request_id_attaches_to_one_run(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_same_client_request_id_attaches_to_one_run(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         release = env.team.hold_next("Coder")
         request = collaborate_request(client_request_id="retry-me-" + uuid.uuid4().hex)
         first: EventCall = env.stub.Collaborate(request)
@@ -633,8 +330,8 @@ async def test_same_client_request_id_attaches_to_one_run(tmp_path: Path) -> Non
 # ----- 6. WatchRun errors -------------------------------------------------------------------------------------
 
 
-async def test_watch_run_errors(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_watch_run_errors(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         events = await env.run_to_end()
         run_id, last = events[0].run_id, events[-1].seq
 
@@ -669,8 +366,8 @@ async def test_watch_run_errors(tmp_path: Path) -> None:
 # ----- 7. on_disconnect -----------------------------------------------------------------------------------------
 
 
-async def test_dropped_collaborate_with_cancel_on_disconnect_cancels_the_run(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_dropped_collaborate_with_cancel_on_disconnect_cancels_the_run(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         env.team.hold_next("Coder")
         seen: list[pb.RunEvent] = []
         async with contextlib.aclosing(env.client.collaborate(TASK, cancel_on_disconnect=True, resume=False)) as stream:
@@ -687,8 +384,8 @@ async def test_dropped_collaborate_with_cancel_on_disconnect_cancels_the_run(tmp
         assert (await env.client.get_run(seen[0].run_id)).state == pb.RUN_STATE_CANCELLED
 
 
-async def test_dropped_collaborate_by_default_continues_without_any_client(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_dropped_collaborate_by_default_continues_without_any_client(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         release = env.team.hold_next("Coder")
         seen: list[pb.RunEvent] = []
         with on_log("stream_closed", complete=False) as closed:
@@ -712,13 +409,13 @@ async def test_dropped_collaborate_by_default_continues_without_any_client(tmp_p
     "on_disconnect", [pb.ON_DISCONNECT_CONTINUE, pb.ON_DISCONNECT_CANCEL], ids=["continue", "cancel"]
 )
 async def test_graceful_stop_interrupts_the_run_whatever_on_disconnect_says(
-    tmp_path: Path, on_disconnect: pb.OnDisconnect.ValueType
+    store_target: Target, on_disconnect: pb.OnDisconnect.ValueType
 ) -> None:
     """A stream the server ends by stopping is not a client gone: the run is interrupted, then resumed."""
     team = Team()
     team.hold_next("Coder")
     async with asyncio.timeout(HANG_GUARD), FakeOpenAI(team) as fake:
-        settings = quiet_settings(tmp_path / "runs.db", fake.base_url)
+        settings = quiet_settings(store_target, fake.base_url)
         server = await create_server(settings)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -751,14 +448,14 @@ async def test_graceful_stop_interrupts_the_run_whatever_on_disconnect_says(
 # ----- 8. the client library across a server restart ---------------------------------------------------------
 
 
-async def test_client_resumes_across_a_server_restart_on_the_same_port(tmp_path: Path) -> None:
+async def test_client_resumes_across_a_server_restart_on_the_same_port(store_target: Target) -> None:
     team = Team()
     team.hold_next("Coder")
     listen = f"127.0.0.1:{free_port()}"
     async with (
         asyncio.timeout(60),
         FakeOpenAI(team) as fake,
-        server_process(tmp_path / "runs.db", fake.base_url, listen) as proc,
+        server_processes(clean_environment(**quiet_environment(store_target, fake.base_url, listen))) as [proc],
     ):
         await proc.start()
         reconnects: list[StatusCode] = []
@@ -788,8 +485,8 @@ async def test_client_resumes_across_a_server_restart_on_the_same_port(tmp_path:
 # ----- 9. ListRuns paging -------------------------------------------------------------------------------------
 
 
-async def test_list_runs_pages_newest_first_and_filters_by_state(tmp_path: Path) -> None:
-    async with asyncio.timeout(HANG_GUARD), serving(tmp_path) as env:
+async def test_list_runs_pages_newest_first_and_filters_by_state(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), serving(store_target) as env:
         created = [(await env.run_to_end(task=f"{TASK} #{i}"))[0].run_id for i in range(5)]
         newest_first = created[::-1]
 

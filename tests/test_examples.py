@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from facilitair.client import SyncClient
-from tests.conftest import ServerFactory, default_replies, held, scripted, text_of
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.harness.scripts import default_replies, held, scripted, text_of
+from tests.harness.servers import ServerFactory
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "backend_service.py"
 

@@ -12,31 +12,24 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 
 from facilitair.client import RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import (
-    Harness,
-    Script,
-    ServerFactory,
-    collect,
-    default_replies,
-    held,
-    kind,
-    of_kind,
-    scripted,
-    stage_text,
-    text_of,
-)
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
+from tests.harness.events import collect, kind, of_kind, stage_text
+from tests.harness.logs import captured_logs
+from tests.harness.scripts import Script, default_replies, held, scripted, text_of
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"
 SONNET = "anthropic:claude-sonnet-4-6"
 FAST_RETRIES = 0.01  # retry_backoff: keeps retried tests quick
 CODER_STAGE = 2
+# The tests whose runs end other than by completing (failed, refused, cut by a deadline) and are read back: on
+# both stores. The retry matrices stay on SQLite: what they vary is the provider's wire, not what is stored.
+STORED = pytest.mark.both_stores
 
 
 def fake_for(vendor: str, script: Script) -> FakeOpenAI | FakeAnthropic:
@@ -159,6 +152,7 @@ async def test_events_split_across_reads_arrive_whole(make_server: ServerFactory
     assert files["src/accents.py"] == "s = 'café → naïve 🙂'\n"
 
 
+@STORED
 @pytest.mark.parametrize(
     ("status", "code", "words"),
     [(503, grpc.StatusCode.UNAVAILABLE, "overloaded"), (429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limited")],
@@ -185,6 +179,7 @@ async def test_exhausted_retries_end_the_run_with_the_right_status(
     assert failed.usage.cost_usd == pytest.approx(architect_usage.cost_usd)
 
 
+@STORED
 async def test_fallback_moves_to_the_next_model_across_providers(make_server: ServerFactory) -> None:
     openai_script = scripted(coder=Reply(chunks=["x"], fault=Fault.http_status(500)))
     anthropic_script = scripted()
@@ -218,6 +213,7 @@ async def test_a_failure_retrying_cannot_fix_falls_back_at_once(make_server: Ser
     assert "does not know the model" in of_kind(events, "model_fallback")[0].reason
 
 
+@STORED
 async def test_plan_over_budget_is_refused_with_the_amount(make_server: ServerFactory) -> None:
     async with FakeOpenAI(scripted()) as fake:
         h = await make_server(openai=fake)
@@ -232,6 +228,7 @@ async def test_plan_over_budget_is_refused_with_the_amount(make_server: ServerFa
     assert fake.requests == []
 
 
+@STORED
 async def test_no_stage_starts_once_the_cost_budget_is_spent(make_server: ServerFactory) -> None:
     # The architect reports 10M input tokens: $4 at gpt-4.1-mini prices, far over a $0.05 budget.
     script = scripted(architect=Reply(chunks=["design"], input_tokens=10_000_000, output_tokens=1))
@@ -249,6 +246,7 @@ async def test_no_stage_starts_once_the_cost_budget_is_spent(make_server: Server
     assert failed.usage.cost_usd == pytest.approx(4.0 + 1.6e-6)
 
 
+@STORED
 async def test_a_stage_that_crosses_the_token_budget_is_stopped(make_server: ServerFactory) -> None:
     # 20k tokens allow the plan (about 18k) but not an architect that streams 100 x 1000 characters.
     # Held after 90 chunks, so the fake is still sending when the server must close the stream.
@@ -272,6 +270,7 @@ async def test_a_stage_that_crosses_the_token_budget_is_stopped(make_server: Ser
     assert script.agents() == ["architect"]
 
 
+@STORED
 async def test_the_server_deadline_ends_a_run_with_deadline_exceeded(make_server: ServerFactory) -> None:
     architect, release = held(default_replies()["architect"], after=0)
     script = scripted(architect=architect)
@@ -290,6 +289,7 @@ async def test_the_server_deadline_ends_a_run_with_deadline_exceeded(make_server
     assert run.state == pb.RUN_STATE_FAILED
 
 
+@STORED
 @pytest.mark.parametrize("on_disconnect", [pb.ON_DISCONNECT_CONTINUE, pb.ON_DISCONNECT_CANCEL])
 async def test_a_client_deadline_ends_only_the_stream(make_server: ServerFactory, on_disconnect: int) -> None:
     architect, release = held(default_replies()["architect"], after=1)
@@ -381,6 +381,7 @@ async def test_a_stall_before_the_first_token_is_a_retried_timeout(make_server: 
     assert coder_text_after_last_reset(events) == text_of(good)
 
 
+@STORED
 async def test_an_unreachable_provider_is_retried_then_fails_unavailable(make_server: ServerFactory) -> None:
     # The fake's port is closed (no other program's port, which might answer): every attempt is refused.
     async with FakeOpenAI(scripted()) as fake:
@@ -488,11 +489,11 @@ async def test_failed_attempts_retries_fallbacks_and_the_final_error_are_logged(
     anthropic_script = scripted(coder=Reply(chunks=["x"], fault=Fault.http_status(429, retry_after=0.01)))
     async with EchoingOpenAI(openai_script, api_key=LOGGED_KEY) as oa, FakeAnthropic(anthropic_script) as an:
         h = await make_server(openai=oa, anthropic=an, provider_attempts=2, retry_backoff=FAST_RETRIES)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             events = await h.run(TASK, agent_models={"coder": f"{MINI},{SONNET}"})
     assert kind(events[-1]) == "run_failed"
 
-    lines = provider_lines(logs)
+    lines = provider_lines(logs.entries)
     assert [line["event"] for line in lines] == [
         "provider_attempt_failed",
         "provider_retry",
@@ -529,7 +530,7 @@ async def test_failed_attempts_retries_fallbacks_and_the_final_error_are_logged(
     assert final["log_level"] == "warning"  # a provider failing is not a server bug
     assert (final["provider"], final["model"], final["http_status"]) == ("anthropic", "claude-sonnet-4-6", 429)
     # The vendors' bodies, with the key one of them echoed, are nowhere in the log.
-    logged = repr(logs)
+    logged = repr(logs.entries)
     assert LOGGED_KEY not in logged
     assert "Vendor trouble" not in logged
     assert "Rate limit reached" not in logged
@@ -540,10 +541,10 @@ async def test_a_connection_refused_is_logged_with_its_cause(make_server: Server
     async with FakeOpenAI(scripted()) as fake:
         await fake.stop_listening()
         h = await make_server(openai=fake, provider_attempts=1)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             events = await h.run(TASK)
     assert kind(events[-1]) == "run_failed"
-    failed, final = provider_lines(logs)
+    failed, final = provider_lines(logs.entries)
     assert (failed["event"], failed["error"], failed["http_status"]) == ("provider_attempt_failed", "connection", None)
     assert failed["cause"] == "ConnectionRefusedError"
     assert final["event"] == "provider_failed"

@@ -47,9 +47,11 @@ from facilitair.client import Client, RunEvent
 from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import AGENTS, TERMINAL, RunStream, ServerFactory, agent_of, collect, default_replies, kind
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
-from tests.logcheck import no_error_logs
+from tests.harness.events import TERMINAL, RunStream, collect, kind
+from tests.harness.logs import no_error_logs
+from tests.harness.scripts import AGENTS, agent_of, default_replies
+from tests.harness.servers import ServerFactory
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -91,6 +93,8 @@ ALLOWED = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.UNAUTHENTICATED,
+        # A client_request_id sent again with another task or context: the fuzzer reuses keys across requests.
+        grpc.StatusCode.ALREADY_EXISTS,
     }
 )
 # What a message must never hold: a traceback, a source location, the name of a Python exception class.

@@ -28,8 +28,9 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor, current_principal
-from tests.conftest import EVENT_TIMEOUT, ServerFactory
-from tests.logcheck import no_error_logs
+from tests.harness.events import EVENT_TIMEOUT
+from tests.harness.logs import no_error_logs
+from tests.harness.servers import ServerFactory
 
 KEY = "guard-key-5d1f0a9c3b7e2468"
 KEYS = f"alice:{KEY}"

@@ -1,19 +1,16 @@
 """A run's life under callers that leave, race or retry, and under a store that is slow, corrupt or old.
 
-The store is the real SQLite file. A test that needs the server's commits held back (a slow or stuck disk)
-takes SQLite's exclusive lock on the file from its own connection: the server's writer then waits, as it
-would for a disk that does not answer, until the test lets go.
+Each test runs on a SQLite file and on a PostgreSQL database; a broken row or table is made with the same SQL on
+both, from a connection of the test's own. A test that needs the server's commits held back (a slow or stuck
+disk) takes SQLite's exclusive lock on the file from its own connection: the server's writer then waits, as it
+would for a disk that does not answer, until the test lets go. Those stay on SQLite.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,25 +18,18 @@ import pytest
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import RunStream, ServerFactory, agent_of, collect, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import RunStream, collect, kind
+from tests.harness.scripts import agent_of, default_replies, held, scripted
+from tests.harness.servers import ServerFactory
+from tests.harness.stores import Target, commits_held, execute
 
 TASK = "Write a function that reverses a string"
 HANG_GUARD = 30.0
 
-
-@contextlib.contextmanager
-def commits_held(db: Path) -> Iterator[None]:
-    """Hold the database's write lock: the server's commits wait until the block ends."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            conn.execute("COMMIT")
-    finally:
-        conn.close()
+pytestmark = pytest.mark.both_stores
+# The tests that hold SQLite's write lock: what they need is a writer that waits, and that lock is SQLite's own.
+holds_sqlite_lock = pytest.mark.sqlite_only
 
 
 def stub_of(target: str) -> tuple[grpc.aio.Channel, pb_grpc.OrchestratorServiceAsyncStub]:
@@ -48,6 +38,7 @@ def stub_of(target: str) -> tuple[grpc.aio.Channel, pb_grpc.OrchestratorServiceA
     return channel, pb_grpc.OrchestratorServiceStub(channel)
 
 
+@holds_sqlite_lock
 async def test_a_run_whose_caller_left_while_it_was_being_stored_is_still_driven_to_its_end(
     make_server: ServerFactory,
 ) -> None:
@@ -71,6 +62,7 @@ async def test_a_run_whose_caller_left_while_it_was_being_stored_is_still_driven
         assert fake.requests, "the run was driven: its stages asked the provider"
 
 
+@holds_sqlite_lock
 async def test_concurrent_calls_with_one_request_id_attach_to_one_run(make_server: ServerFactory) -> None:
     """Item 2: two Collaborate calls with the same client_request_id at the same moment share one run."""
     async with FakeOpenAI(scripted()) as fake:
@@ -92,6 +84,7 @@ async def test_concurrent_calls_with_one_request_id_attach_to_one_run(make_serve
         assert [agent_of(b) for b in fake.requests].count("architect") == 1
 
 
+@holds_sqlite_lock
 async def test_concurrent_starts_cannot_exceed_the_per_principal_limit(make_server: ServerFactory) -> None:
     """Item 17: a run counts against the limits from the moment it is admitted, not once it is stored."""
     architect, release = held(default_replies()["architect"], after=1)
@@ -145,8 +138,7 @@ async def test_a_corrupt_stored_event_ends_the_watch_with_data_loss_and_no_inter
         h = await make_server(openai=fake)
         events = await collect(h.client.collaborate(TASK))
         run_id = events[0].run_id
-        with sqlite3.connect(h.settings.db) as conn:
-            conn.execute("UPDATE events SET data = x'0a' WHERE run_id = ? AND seq = 3", (run_id,))
+        await execute(h.store, ("UPDATE events SET data = ? WHERE run_id = ? AND seq = 3", (b"\x0a", run_id)))
         received: list[pb.RunEvent] = []
 
         async def watch() -> None:
@@ -169,27 +161,31 @@ async def test_a_store_failure_during_a_stream_is_internal_with_a_generic_messag
         events = await collect(h.client.collaborate(TASK))
         # The run's last seq is still there (the watch is accepted), but its events come back unreadable:
         # the failure happens while the stream is being sent, not while it is set up.
-        with sqlite3.connect(h.settings.db) as conn:
-            conn.execute("ALTER TABLE events RENAME TO events_kept")
-            conn.execute("CREATE VIEW events AS SELECT run_id, seq, NULL AS data FROM events_kept")
+        await execute(
+            h.store,
+            "ALTER TABLE events RENAME TO events_kept",
+            "CREATE VIEW events AS SELECT run_id, seq, NULL AS data FROM events_kept",
+        )
         with pytest.raises(FacilitairError) as err:
             await collect(h.client.watch(events[0].run_id))
         assert err.value.code == StatusCode.INTERNAL
         assert err.value.message == "internal error; the server log has the details"
 
 
-def _bad_row(db: Path, spec: str, summary: bytes | None = None) -> str:
+async def _bad_row(store: Target, spec: str, summary: bytes | None = None) -> str:
     """Store an unfinished run whose spec (or summary) a server must fail to read."""
     run_id = str(uuid.uuid4())
     now = time.time()
     if summary is None:
         summary = pb.RunSummary(run_id=run_id, state=pb.RUN_STATE_RUNNING, task="t").SerializeToString()
-    with sqlite3.connect(db) as conn:
-        conn.execute(
+    await execute(
+        store,
+        (
             "INSERT INTO runs (run_id, principal, client_request_id, state, created_at, updated_at, finished_at, "
             "summary, spec) VALUES (?, 'local', '', ?, ?, ?, NULL, ?, ?)",
             (run_id, pb.RUN_STATE_RUNNING, now, now, summary, spec),
-        )
+        ),
+    )
     return run_id
 
 
@@ -202,14 +198,13 @@ async def test_unreadable_stored_runs_fail_alone_and_the_server_starts(make_serv
             good = (await stream.until(lambda e: kind(e) == "token_delta")).run_id
         await h.stop()
         release.set()
-        db = h.settings.db
         spec = '{"version": 2, "task": "t", "context": {}, "max_refinements": 0, "on_disconnect": 1, "models": {}}'
         bad = {
-            "not JSON": _bad_row(db, "{not json"),
-            "from the future": _bad_row(db, '{"version": 99, "task": "t"}'),
-            "missing keys": _bad_row(db, '{"task": "t", "context": {}}'),
-            "no models": _bad_row(db, spec),
-            "a corrupt summary": _bad_row(db, spec, summary=b"\x0a\xff"),
+            "not JSON": await _bad_row(h.store, "{not json"),
+            "from the future": await _bad_row(h.store, '{"version": 99, "task": "t"}'),
+            "missing keys": await _bad_row(h.store, '{"task": "t", "context": {}}'),
+            "no models": await _bad_row(h.store, spec),
+            "a corrupt summary": await _bad_row(h.store, spec, summary=b"\x0a\xff"),
         }
         again = await make_server(openai=fake)
         for what, run_id in bad.items():

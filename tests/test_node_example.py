@@ -12,8 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.conftest import ServerFactory, default_replies, scripted
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.scripts import default_replies, scripted
+from tests.harness.servers import ServerFactory
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
 STAMP = EXAMPLE / "node_modules" / ".facilitair-lock-sha256"

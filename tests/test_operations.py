@@ -17,8 +17,10 @@ from pydantic import ValidationError
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.transport.app import loop_factory
-from tests.conftest import ServerFactory, kind, scripted
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import kind
+from tests.harness.scripts import scripted
+from tests.harness.servers import ServerFactory
 
 
 def scrape(port: int) -> dict[str, float]:

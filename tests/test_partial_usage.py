@@ -12,12 +12,14 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 
 from facilitair.server.pipeline.context import TEMPLATE_TOKENS, estimate_tokens
-from tests.conftest import Harness, ServerFactory, default_replies, held, kind, of_kind, scripted
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
-from tests.test_cli import cli
+from tests.harness.cli import cli
+from tests.harness.events import kind, of_kind
+from tests.harness.logs import captured_logs
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"
@@ -63,7 +65,7 @@ async def test_a_cancelled_run_counts_the_stage_it_cut_off(make_server: ServerFa
     fake = vendor_fake(vendor, coder=coder)
     async with fake:
         h = await serve(make_server, fake)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             async with h.stream(TASK) as run:
                 seen = 0
 
@@ -76,6 +78,8 @@ async def test_a_cancelled_run_counts_the_stage_it_cut_off(make_server: ServerFa
                 run_id = run.events[0].run_id
                 await h.client.cancel_run(run_id)
                 events = await run.to_end()
+            # Logged once the terminal event is committed, so possibly after the client has read it.
+            finished = await logs.until("run_finished", run_id=run_id)
         release.set()
         summary = await h.client.get_run(run_id)
         status = await cli(h.target, "status", run_id)
@@ -93,7 +97,7 @@ async def test_a_cancelled_run_counts_the_stage_it_cut_off(make_server: ServerFa
     assert (architect.usage.input_tokens, architect.usage.estimated) == (ARCHITECT.input_tokens, False)
     # The stored summary says the same.
     assert summary.usage == usage
-    [finished] = [line for line in logs if line["event"] == "run_finished"]
+    assert len(logs.of("run_finished")) == 1
     assert finished["usage_estimated"] is True
     assert (finished["input_tokens"], finished["output_tokens"]) == (expected_in, expected_out)
     # The CLI shows the estimate as such.

@@ -11,8 +11,10 @@ from facilitair.server.domain import AgentRole
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.settings import ConfigError, Settings
-from tests.conftest import ServerFactory, kind, scripted, system_of
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import kind
+from tests.harness.scripts import scripted, system_of
+from tests.harness.servers import ServerFactory
 
 TESTER_ROLE = "You are the Tester of a software team. Write pytest tests only, with hypothesis where it fits."
 

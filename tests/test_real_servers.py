@@ -15,19 +15,10 @@ import pytest
 
 from facilitair.server.pipeline.attempts import AttemptPolicy
 from facilitair.server.settings import Settings
-from tests.conftest import (
-    Harness,
-    Script,
-    ServerFactory,
-    default_replies,
-    held,
-    kind,
-    of_kind,
-    scripted,
-    stage_text,
-    text_of,
-)
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
+from tests.harness.events import kind, of_kind, stage_text
+from tests.harness.scripts import Script, default_replies, held, scripted, text_of
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tests.conftest import ServerFactory, scripted
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.scripts import scripted
+from tests.harness.servers import ServerFactory
 
 METHOD = "/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
 

@@ -19,9 +19,10 @@ import pytest
 
 from facilitair.client import Client, RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import RunStream, agent_of, collect, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import RunStream, collect, kind
 from tests.harness.processes import ServerProcess, clean_environment, server_processes
+from tests.harness.scripts import agent_of, default_replies, held, scripted
 
 TASK = "Write a function that reverses a string"
 HANG_GUARD = 60.0

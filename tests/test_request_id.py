@@ -21,10 +21,12 @@ from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
 from facilitair.server.store import pg_sql
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import ServerFactory, collect, kind, scripted
 from tests.fakes.providers import FakeOpenAI
-from tests.test_cli import cli
-from tests.test_lifecycle import commits_held
+from tests.harness.cli import cli
+from tests.harness.events import collect, kind
+from tests.harness.scripts import scripted
+from tests.harness.servers import ServerFactory
+from tests.harness.stores import commits_held
 
 TASK = "Write a function that reverses a string"
 OTHER = "Write a function that sorts a list"

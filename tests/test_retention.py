@@ -12,17 +12,22 @@ from pydantic import SecretStr
 
 from facilitair.client import FacilitairError, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import RunStream, ServerFactory, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
-from tests.pg import Databases
+from tests.harness.events import RunStream, kind
+from tests.harness.pg import Databases
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import ServerFactory
 
 Database = Callable[[str], dict[str, Any]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+pytestmark = pytest.mark.both_stores
+
+
+@pytest.fixture
+def database(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     """Settings that give a server a database of its own, by name: a SQLite file, or a PostgreSQL database."""
-    if request.param == "sqlite":
+    if store_kind == "sqlite":
         return lambda name: {"db": tmp_path / f"{name}.db"}
     databases: Databases = request.getfixturevalue("pg_databases")
     return lambda name: {"database_url": SecretStr(databases.new())}

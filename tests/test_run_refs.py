@@ -16,9 +16,11 @@ import pytest
 from facilitair.client import Client, FacilitairError, RunState, StatusCode
 from facilitair.server.store.base import EventStore, InsertOutcome, RunRow
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.conftest import RunStream, ServerFactory, collect, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
-from tests.test_cli import cli
+from tests.harness.cli import cli
+from tests.harness.events import RunStream, collect, kind
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
 ALICE_KEY = "alice-key-4c1d9e07b2a8f356"
@@ -91,23 +93,13 @@ async def test_last_is_the_callers_newest_run(make_server: ServerFactory) -> Non
     assert none_yet.value.message == "you have no runs yet, so there is no last one"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """The PostgreSQL database a server is to use, or None for its SQLite file.
-
-    Asked for before make_server, so that the database outlives the servers (fixtures end in reverse order).
-    """
-    return str(request.getfixturevalue("pg_url")) if request.param == "postgresql" else None
-
-
-async def test_a_prefix_of_several_runs_is_refused_naming_them(
-    store_url: str | None, make_server: ServerFactory
-) -> None:
+@pytest.mark.both_stores
+async def test_a_prefix_of_several_runs_is_refused_naming_them(store_kind: str, make_server: ServerFactory) -> None:
     async with FakeOpenAI(scripted()) as fake:
-        h = await make_server(openai=fake, database_url=store_url)
+        h = await make_server(openai=fake)
         run_id = await finished(h.client)
         store = h.server.runs.store
-        assert store.kind == ("postgresql" if store_url else "sqlite")
+        assert store.kind == store_kind
         await store_finished_run(store, "local", twin(run_id, 1))
         errors = []
         for call in (h.client.get_run, h.client.cancel_run, lambda rid: collect(h.client.watch(rid))):

@@ -29,8 +29,11 @@ from aiohttp import web
 
 from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
 from facilitair.server.logging_setup import _QUIET, configure_logging
-from tests.conftest import Harness, RunStream, ServerFactory, agent_of, collect, default_replies, kind, of_kind
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
+from tests.harness.events import RunStream, collect, kind, of_kind
+from tests.harness.logs import logging_restored
+from tests.harness.scripts import agent_of, default_replies
+from tests.harness.servers import Harness, ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"
@@ -125,23 +128,18 @@ def production_logging() -> Iterator[None]:
     Stricter than production: the libraries the server quiets to WARNING (grpc, httpx, the SDKs) log at
     DEBUG too, so that their request and response lines are searched as well.
     """
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
     saved_levels = {name: logging.getLogger(name).level for name in _QUIET}
-    saved_structlog = structlog.get_config()
-    configure_logging("debug", "json")
-    for name in _QUIET:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    # Cached loggers would keep this configuration (and its stream) after the test: no caching here.
-    structlog.configure(cache_logger_on_first_use=False)
-    try:
-        yield
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for name, level in saved_levels.items():
-            logging.getLogger(name).setLevel(level)
-        structlog.configure(**saved_structlog)
+    with logging_restored():
+        configure_logging("debug", "json")
+        for name in _QUIET:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        # Cached loggers would keep this configuration (and its stream) after the test: no caching here.
+        structlog.configure(cache_logger_on_first_use=False)
+        try:
+            yield
+        finally:
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
 async def everything_seen(h: Harness, clients: dict[str, Client], streams: list[list[RunEvent]]) -> list[str]:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from facilitair.client import Client, FacilitairError, StatusCode, StoreKind, SyncClient
-from tests.conftest import AGENTS, ServerFactory, of_kind, scripted
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI
-from tests.test_cli import cli
-from tests.test_cli_and_tools import BUF
+from tests.harness.cli import BUF, cli
+from tests.harness.events import of_kind
+from tests.harness.scripts import AGENTS, scripted
+from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"

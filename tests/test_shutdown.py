@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from pathlib import Path
 
 import grpc
 import pytest
@@ -13,27 +12,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
-from tests.test_durability import (
-    Team,
-    assert_complete_log,
-    collaborate_request,
-    held,
-    read_rest,
-    read_until,
-    requests_per_agent,
-    server_process,
-)
+from tests.harness.events import assert_complete_log, read_rest, read_until
+from tests.harness.processes import clean_environment, server_processes
+from tests.harness.servers import quiet_environment
+from tests.harness.stores import Target
+from tests.harness.team import Team, collaborate_request, requests_per_agent
+from tests.harness.team import at_hold as held
+
+# On a SQLite file and on a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
 
 GRACE = 1.5
 
 
-async def test_sigterm_goes_not_serving_refuses_new_runs_and_resumes_after_restart(tmp_path: Path) -> None:
+async def test_sigterm_goes_not_serving_refuses_new_runs_and_resumes_after_restart(store_target: Target) -> None:
     team = Team()
     team.hold_next("Coder")
     async with (
         asyncio.timeout(60),
         FakeOpenAI(team) as fake,
-        server_process(tmp_path / "runs.db", fake.base_url) as proc,
+        server_processes(clean_environment(**quiet_environment(store_target, fake.base_url))) as [proc],
     ):
         proc.env["FACILITAIR_GRACE_SECONDS"] = str(GRACE)
         port = await proc.start()
@@ -55,7 +53,7 @@ async def test_sigterm_goes_not_serving_refuses_new_runs_and_resumes_after_resta
                 await read_rest(call)  # the open stream ends when the grace period does
             assert loop.time() - started == pytest.approx(GRACE, abs=1.0)
         assert await proc.proc.wait() == 0
-        assert proc.logs_with("stopped"), "the server stopped by itself, cleanly"
+        assert proc.records("stopped"), "the server stopped by itself, cleanly"
         team.release.set()
         port = await proc.start()  # the same database
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -13,10 +13,12 @@ import grpc
 import pytest
 
 from facilitair.server.pipeline import prompts
-from tests.conftest import AGENTS, Harness, Script, ServerFactory, kind, of_kind, prompt_of, scripted, system_of
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Reply
-from tests.terminal import terminal
-from tests.test_cli import cli
+from tests.harness.cli import cli
+from tests.harness.events import kind, of_kind
+from tests.harness.scripts import AGENTS, Script, prompt_of, scripted, system_of
+from tests.harness.servers import Harness, ServerFactory
+from tests.harness.terminal import terminal
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"

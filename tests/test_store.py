@@ -1,4 +1,4 @@
-"""The store contract, on both stores: a SQLite file and a real PostgreSQL database (tests/pg.py).
+"""The store contract, on both stores: a SQLite file and a real PostgreSQL database (tests/harness/pg.py).
 
 Several store objects on one database stand for several replicas (each PostgresStore has its own connections).
 Leases that "ran out" are made with a negative lease time, so no test waits for a clock.
@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from facilitair.server.store.base import Batch, Checkpoint, InsertOutcome, RunRow, StoredEvent
-from tests.storekit import (
+from tests.harness.stores import (
     COMPLETED,
     RUNNING,
     Stores,
@@ -23,6 +23,8 @@ from tests.storekit import (
     new_run,
     run_row,
 )
+
+pytestmark = pytest.mark.both_stores
 
 
 async def test_events_read_back_in_order_without_gaps(stores: Stores) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facilitair.client import Client, FacilitairError, StatusCode
@@ -24,9 +23,11 @@ from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import RunStream, collect, default_replies, held, kind, scripted
 from tests.fakes.providers import FakeOpenAI
-from tests.storekit import read_only
+from tests.harness.events import RunStream, collect, kind
+from tests.harness.logs import captured_logs
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.stores import read_only
 
 TASK = "Write a function that reverses a string"
 HANG_GUARD = 30.0
@@ -112,7 +113,7 @@ async def test_a_full_disk_is_reported_bounded_and_recovered_from(tmp_path: Path
                         if kind(response.event) == "token_delta" and response.event.token_delta.stage == 2:
                             break
                 assert first is not None
-                with structlog.testing.capture_logs() as logs:
+                with captured_logs() as logs:
                     fill(db)
                     # The store cannot write: NOT_SERVING, and the watcher is told (not left in silence).
                     await health.until(NOT_SERVING)
@@ -136,10 +137,10 @@ async def test_a_full_disk_is_reported_bounded_and_recovered_from(tmp_path: Path
                     await health.until(SERVING)
                     health.cancel()
                     release.set()
-                unavailable = [e for e in logs if e["event"] == "event_store_unavailable"]
+                unavailable = logs.of("event_store_unavailable")
                 assert [e["cause"] for e in unavailable] == ["the SQLite store cannot write: database or disk is full"]
-                assert not any("rollback" in str(e) for e in logs)
-                assert [e["event"] for e in logs].count("event_store_recovered") == 1
+                assert not any("rollback" in str(e) for e in logs.entries)
+                assert len(logs.of("event_store_recovered")) == 1
                 # The run goes on by itself, from its last completed stage, and its log is whole.
                 events = await collect(client.watch(first.run_id), within=HANG_GUARD)
         finally:

@@ -1,6 +1,6 @@
 """What only the PostgreSQL store does: notifications across replicas, the listener's reconnection, migrations
 under concurrency, errors when the database cannot work, and no password in any message. A real server
-(tests/pg.py), never a mock.
+(tests/harness/pg.py), never a mock.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from facilitair.server.store.base import Batch, SchemaError, StoreUnavailable
 from facilitair.server.store.pg_errors import mask_url
 from facilitair.server.store.postgres import PostgresStore
 from facilitair.server.store.sqlite import SqliteStore
-from tests.pg import Databases, PgServer, free_port
-from tests.storekit import Heard, batch_of, new_run
+from tests.harness.pg import Databases, PgServer
+from tests.harness.processes import free_port
+from tests.harness.stores import Heard, batch_of, new_run
 
 LISTENER_PIDS = (
     "SELECT array_agg(pid) FROM pg_stat_activity "
@@ -272,7 +273,7 @@ async def test_inserts_from_two_processes_make_one_run_per_request_within_the_li
     script.write_text(
         "import asyncio, sys\n"
         "from facilitair.server.store.postgres import PostgresStore\n"
-        "from tests.storekit import run_row\n"
+        "from tests.harness.stores import run_row\n"
         "async def main() -> None:\n"
         "    store = PostgresStore(sys.argv[1]); await store.open()\n"
         "    results = await asyncio.gather(*(store.insert_run(run_row('alice', f'req-{i % 8}'), owner=sys.argv[2],\n"

@@ -7,11 +7,14 @@ the bound, and another principal's runs inside the range.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from facilitair.server.store.base import EventStore, InsertOutcome, id_prefix_bounds
-from tests.storekit import Stores, run_row
+from tests.harness.stores import Stores, run_row
+
+pytestmark = pytest.mark.both_stores
 
 ALICE = {
     "a1": "abc90000-0000-4000-8000-000000000001",

@@ -15,7 +15,7 @@ import pytest
 
 from facilitair.server.store.base import Batch, Checkpoint, SchemaError, StoredEvent, StoreUnavailable
 from facilitair.server.store.sqlite import SqliteStore
-from tests.storekit import COMPLETED, INTERRUPTED, batch_of, events, new_run, read_only
+from tests.harness.stores import COMPLETED, INTERRUPTED, batch_of, events, new_run, read_only
 
 # The schema as it was before versions were recorded (store/sqlite.py at main, before the lease columns).
 OLD_SCHEMA = """

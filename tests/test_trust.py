@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import json
-import os
-import sqlite3
-import sys
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +20,6 @@ import grpc
 import pytest
 import trustme
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -39,28 +31,24 @@ from facilitair.server.settings import ConfigError
 from facilitair.server.transport.app import SERVICE_NAME
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.conftest import (
-    EVENT_TIMEOUT,
-    RUN_TIMEOUT,
-    Harness,
-    RunStream,
-    ServerFactory,
-    collect,
-    default_replies,
-    held,
-    kind,
-    scripted,
-)
 from tests.fakes.providers import FakeOpenAI, Reply
+from tests.harness.cli import cli, cli_environment
+from tests.harness.events import EVENT_TIMEOUT, RUN_TIMEOUT, RunStream, collect, kind
+from tests.harness.pki import Pki
+from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.servers import Harness, ServerFactory
+from tests.harness.stores import owners
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"
 ALICE_KEY = "alice-key-4c1d9e07b2a8f356"
 BOB_KEY = "bob-key-81f0a3c6e95d2b47"
 KEYS = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
-DB_NAME = "facilitair.db"  # the file make_server puts in tmp_path
 
 Metadata = tuple[tuple[str, str], ...]
+
+# Every test that starts a server runs on a SQLite file and on a PostgreSQL database.
+pytestmark = pytest.mark.both_stores
 
 
 def bearer(key: str) -> Metadata:
@@ -123,12 +111,6 @@ async def keyed(make_server: ServerFactory, fake: FakeOpenAI, **settings: Any) -
     return await make_server(openai=fake, model=MINI, api_keys=KEYS, **settings)
 
 
-def owners(db: Path) -> dict[str, str]:
-    """run_id -> principal, read straight from the SQLite file."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return dict(conn.execute("SELECT run_id, principal FROM runs").fetchall())
-
-
 def retry_delay(err: grpc.aio.AioRpcError) -> float:
     """The RetryInfo delay of a raw error, in seconds; fails the test if there is none."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
@@ -166,7 +148,7 @@ async def test_bad_credentials_are_refused_on_every_rpc_and_create_nothing(
             assert list((await stub.ListRuns(pb.ListRunsRequest(), metadata=bearer(ALICE_KEY))).runs) == []
             assert list((await stub.ListRuns(pb.ListRunsRequest(), metadata=bearer(BOB_KEY))).runs) == []
     assert fake.requests == []
-    assert owners(h.settings.db) == {}
+    assert await owners(h.store) == {}
 
 
 async def test_bad_credentials_cannot_reach_an_existing_run(make_server: ServerFactory) -> None:
@@ -252,7 +234,7 @@ async def both_can_run(h: Harness) -> None:
         assert len((await bob.list_runs())[0]) == 1
     err = await refusal(h.client.collaborate(TASK))
     assert err.code == StatusCode.UNAUTHENTICATED
-    assert sorted(owners(h.settings.db).values()) == ["alice", "bob"]
+    assert sorted((await owners(h.store)).values()) == ["alice", "bob"]
 
 
 async def test_keys_from_the_environment(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,7 +354,7 @@ async def test_another_principal_cannot_see_touch_or_list_a_run(make_server: Ser
             assert not any(kind(e) == "run_cancelled" for e in events)
             await bob_is_refused(live=False)  # a finished run is no more visible
             assert [r.run_id for r in (await alice.list_runs())[0]] == [run_id]
-    assert owners(h.settings.db) == {run_id: "alice"}
+    assert await owners(h.store) == {run_id: "alice"}
 
 
 # ----- secure by default ------------------------------------------------------------------------------------
@@ -420,81 +402,6 @@ async def test_a_public_address_starts_with_insecure_keys_or_mtls(
 # ----- TLS and mutual TLS -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Pki:
-    """A throwaway CA, a server certificate for localhost/127.0.0.1, and the files the server reads."""
-
-    ca: trustme.CA
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-    @classmethod
-    def make(cls, folder: Path) -> Pki:
-        ca = trustme.CA()
-        server = ca.issue_cert("localhost", "127.0.0.1")
-        paths = (folder / "ca.pem", folder / "server.pem", folder / "server.key")
-        paths[0].write_bytes(ca.cert_pem.bytes())
-        paths[1].write_bytes(server.cert_chain_pems[0].bytes())
-        paths[2].write_bytes(server.private_key_pem.bytes())
-        return cls(ca, *paths)
-
-    @property
-    def root(self) -> bytes:
-        """The CA certificate, PEM."""
-        return self.ca.cert_pem.bytes()
-
-    def client(self, target: str, identity: str | None = None, options: list[tuple[str, Any]] | None = None) -> Client:
-        """A TLS client trusting this CA, presenting a certificate issued for `identity` when given."""
-        if identity is None:
-            return Client(target, root_certificates=self.root, options=options)
-        cert = self.ca.issue_cert(identity)
-        return Client(
-            target,
-            root_certificates=self.root,
-            private_key=cert.private_key_pem.bytes(),
-            certificate_chain=cert.cert_chain_pems[0].bytes(),
-            options=options,
-        )
-
-    def nameless_cert(self, sans: Sequence[x509.GeneralName]) -> tuple[bytes, bytes]:
-        """A client certificate with an EMPTY subject (as SPIFFE issues them) and `sans` as its SAN: (PEM, key PEM).
-
-        trustme always writes a subject, so the certificate is built with `cryptography` and signed by this CA.
-        """
-        ca_cert = x509.load_pem_x509_certificate(self.root)
-        ca_key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
-            .not_valid_after(datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        )
-        if sans:  # with an empty subject, the SAN extension must be critical (RFC 5280 4.2.1.6)
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    def nameless_client(self, target: str, sans: Sequence[x509.GeneralName]) -> Client:
-        """A client presenting a certificate from `nameless_cert`."""
-        chain, key = self.nameless_cert(sans)
-        return Client(target, root_certificates=self.root, certificate_chain=chain, private_key=key)
-
-    @staticmethod
-    def subject(client_cert: trustme.LeafCert) -> str:
-        """The subject of a certificate as gRPC reports it (RFC 4514)."""
-        return x509.load_pem_x509_certificate(client_cert.cert_chain_pems[0].bytes()).subject.rfc4514_string()
-
-
 async def test_tls_serves_clients_that_trust_its_ca_only(make_server: ServerFactory, tmp_path: Path) -> None:
     pki = Pki.make(tmp_path)
     async with FakeOpenAI(scripted()) as fake:
@@ -515,7 +422,7 @@ async def test_tls_serves_clients_that_trust_its_ca_only(make_server: ServerFact
                 with pytest.raises(FacilitairError) as err:
                     await client.list_runs()
             assert err.value.code == StatusCode.UNAVAILABLE
-    assert len(owners(h.settings.db)) == 2
+    assert len(await owners(h.store)) == 2
 
 
 async def test_mtls_requires_a_client_certificate_and_its_subject_owns_the_run(
@@ -561,7 +468,7 @@ async def test_mtls_requires_a_client_certificate_and_its_subject_owns_the_run(
                 await bob.get_run(run_id)
             assert err.value.code == StatusCode.NOT_FOUND
             assert (await bob.list_runs())[0] == []
-    assert owners(h.settings.db) == {run_id: Pki.subject(alice_cert)}
+    assert await owners(h.store) == {run_id: Pki.subject(alice_cert)}
     assert Pki.subject(alice_cert) != Pki.subject(bob_cert)
 
 
@@ -599,7 +506,7 @@ async def test_spiffe_certificates_with_empty_subjects_are_two_principals(
             assert completed(bob_events)
             assert [r.run_id for r in (await alice.list_runs())[0]] == [alice_run]
             assert [r.run_id for r in (await bob.list_runs())[0]] == [bob_events[0].run_id]
-    assert owners(h.settings.db) == {alice_run: ALICE_SPIFFE, bob_events[0].run_id: BOB_SPIFFE}
+    assert await owners(h.store) == {alice_run: ALICE_SPIFFE, bob_events[0].run_id: BOB_SPIFFE}
 
 
 @pytest.mark.parametrize(
@@ -636,7 +543,7 @@ async def test_a_client_certificate_that_names_nobody_is_refused(
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert fake.requests == []
-    assert owners(h.settings.db) == {}
+    assert await owners(h.store) == {}
 
 
 # ----- limits -----------------------------------------------------------------------------------------------
@@ -715,7 +622,7 @@ async def test_the_rate_of_new_runs_is_limited_per_principal(make_server: Server
             assert 0 < err.retry_after <= 30.0  # one run every 30 s refills the bucket
             assert len((await alice.list_runs())[0]) == 2
             assert completed(await collect(bob.collaborate(TASK)))  # bob has a bucket of his own
-    assert len(owners(h.settings.db)) == 3
+    assert len(await owners(h.store)) == 3
 
 
 # ----- request sizes ----------------------------------------------------------------------------------------
@@ -864,25 +771,6 @@ async def test_a_watcher_that_stops_reading_misses_nothing_and_holds_nothing_up(
 # ----- the CLI's flags ----------------------------------------------------------------------------------------
 
 
-async def cli(*args: str, api_key: str | None = None) -> tuple[int, str, str]:
-    """Run the CLI in a subprocess with a clean environment (FAC_API_KEY only when given)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACILITAIR_", "FAC_", "OPENAI_", "ANTHROPIC_"))}
-    if api_key is not None:
-        env["FAC_API_KEY"] = api_key
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "facilitair.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_the_cli_connects_with_a_key_a_ca_and_a_client_certificate(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
@@ -902,23 +790,36 @@ async def test_the_cli_connects_with_a_key_a_ca_and_a_client_certificate(
         target = ("--target", f"localhost:{h.server.port}")
         tls = ("--tls", "--ca", str(pki.ca_cert), "--cert", str(cert), "--key", str(key))
         # Key from FAC_API_KEY, certificate from --cert/--key: a whole run completes.
-        code, out, err = await cli("run", TASK, "--format", "jsonl", *target, *tls, api_key=ALICE_KEY)
+        code, out, err = await cli(
+            None, "run", TASK, "--format", "jsonl", *target, *tls, env=cli_environment(FAC_API_KEY=ALICE_KEY)
+        )
         assert code == 0, err
         assert "runCompleted" in out.splitlines()[-1]
         # --api-key works as well, and the key decides the principal (bob sees none of alice's runs).
-        code, out, err = await cli("runs", "--json", *target, *tls, "--api-key", BOB_KEY)
+        code, out, err = await cli(None, "runs", "--json", *target, *tls, "--api-key", BOB_KEY, env=cli_environment())
         assert code == 0, err
         assert json.loads(out)["runs"] == []
-        code, out, err = await cli("runs", "--json", *target, *tls, "--api-key", ALICE_KEY)
+        code, out, err = await cli(None, "runs", "--json", *target, *tls, "--api-key", ALICE_KEY, env=cli_environment())
         assert code == 0, err
         assert [r["state"] for r in json.loads(out)["runs"]] == ["RUN_STATE_COMPLETED"]
         # No key: exit 4; no client certificate: exit 3 (no connection); --cert without --key: exit 2.
-        code, _, err = await cli("runs", *target, *tls)
+        code, _, err = await cli(None, "runs", *target, *tls, env=cli_environment())
         assert (code, "UNAUTHENTICATED" in err) == (4, True)
-        code, _, err = await cli("runs", *target, "--ca", str(pki.ca_cert), api_key=ALICE_KEY)
+        code, _, err = await cli(
+            None, "runs", *target, "--ca", str(pki.ca_cert), env=cli_environment(FAC_API_KEY=ALICE_KEY)
+        )
         assert code == 3, err
-        code, _, err = await cli("runs", *target, "--ca", str(pki.ca_cert), "--cert", str(cert), api_key=ALICE_KEY)
+        code, _, err = await cli(
+            None,
+            "runs",
+            *target,
+            "--ca",
+            str(pki.ca_cert),
+            "--cert",
+            str(cert),
+            env=cli_environment(FAC_API_KEY=ALICE_KEY),
+        )
         assert code == 2, err
         assert "--key" in err
-    assert list(owners(h.settings.db).values()) == ["alice"]
+    assert list((await owners(h.store)).values()) == ["alice"]
     assert ALICE_KEY not in out + err

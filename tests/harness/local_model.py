@@ -13,7 +13,7 @@ from pathlib import Path
 
 from facilitair.server.providers.local import models
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache"
+CACHE = Path(__file__).resolve().parents[2] / ".cache"
 WHEELS = CACHE / "wheels"
 MODELS = CACHE / "models"
 OFFLINE = ("--no-index", "--find-links", str(WHEELS))

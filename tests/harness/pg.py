@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
+from tests.harness.processes import free_port
+
 ENV_URL = "FACILITAIR_TEST_DATABASE_URL"
 ENV_MODE = "FACILITAIR_TEST_PG"
 MODES = ("auto", "url", "local", "throwaway", "wheel")
@@ -113,14 +115,6 @@ def wheel_bindir() -> Path | None:
         return None
     folder = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     return folder if (folder / "initdb").is_file() else None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Throwaway:
@@ -214,14 +208,6 @@ def pg_server_for(mode: str) -> Iterator[PgServer]:
 USED: list[str] = []
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """The PostgreSQL server of this test session (see the module's docstring)."""
-    with pg_server_for(os.environ.get(ENV_MODE, "auto").strip() or "auto") as server:
-        USED.append(server.how)
-        yield server
-
-
 async def _admin(server: PgServer, statement: str) -> None:
     conn = await asyncpg.connect(server.admin_url, timeout=10)
     try:
@@ -249,19 +235,3 @@ class Databases:
         for name in self.names:
             _run(_admin(self.server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         self.names.clear()
-
-
-@pytest.fixture
-def pg_databases(pg_server: PgServer) -> Iterator[Databases]:
-    """A maker of fresh databases, all dropped after the test."""
-    databases = Databases(pg_server)
-    try:
-        yield databases
-    finally:
-        databases.drop_all()
-
-
-@pytest.fixture
-def pg_url(pg_databases: Databases) -> str:
-    """A URL to a new, empty database of its own, dropped after the test."""
-    return pg_databases.new()

@@ -1,35 +1,105 @@
-"""Helpers for the store tests: open stores of either kind on one database, make runs, wait for callbacks."""
+"""The store a test runs on (a SQLite file or a PostgreSQL database), and helpers to reach it behind the server.
+
+`Target` says where a test's runs live; the `store_target` fixture (tests/conftest.py) picks it from
+`store_kind`: "sqlite" by default, both kinds for a module or test marked `both_stores`. A server gets it as
+settings (`Target.settings`) or as its environment (`Target.environment`); `Stores` opens store objects on it
+(several = several replicas); `execute`/`fetch` reach the same tables from outside the server, as an operator
+or a broken disk would, with one SQL text for both engines.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import re
+import sqlite3
 import stat
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import pytest
+import asyncpg
+from pydantic import SecretStr
 
 from facilitair.server.store.base import Batch, EventStore, InsertOutcome, RunRow, StoredEvent
 from facilitair.server.store.postgres import PostgresStore
 from facilitair.server.store.sqlite import SqliteStore
 
-KINDS = ("sqlite", "postgresql")
+STORE_KINDS = ("sqlite", "postgresql")
 QUEUED, RUNNING, COMPLETED, INTERRUPTED = 1, 2, 3, 6
 HANG_GUARD = 15.0
+DB_NAME = "facilitair.db"  # the SQLite file of a test, in its tmp_path
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where the stores of a test live: a SQLite file or a PostgreSQL database."""
+    """Where the runs of a test live: always a SQLite path, and a PostgreSQL URL when the kind is postgresql."""
 
     kind: str
-    where: str  # the file's path or the database's URL
+    db: Path  # the SQLite file (a server on PostgreSQL is given it too, so it never falls back to its default)
+    url: str | None = None  # the PostgreSQL database
+
+    @property
+    def where(self) -> str:
+        """The SQLite file's path or the database's URL."""
+        return self.url if self.url is not None else str(self.db)
+
+    def settings(self) -> dict[str, Any]:
+        """The Settings fields that put a server on this store."""
+        if self.url is None:
+            return {"db": self.db}
+        return {"db": self.db, "database_url": SecretStr(self.url)}
+
+    def environment(self) -> dict[str, str]:
+        """The same as environment variables, for a server process."""
+        if self.url is None:
+            return {"FACILITAIR_DB": str(self.db)}
+        return {"FACILITAIR_DB": str(self.db), "FACILITAIR_DATABASE_URL": self.url}
+
+
+def _numbered(statement: str) -> str:
+    """SQLite's `?` placeholders as PostgreSQL's `$1, $2, ...`."""
+    count = iter(range(1, statement.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(count)}", statement)
+
+
+async def execute(target: Target, *statements: str | tuple[str, tuple[Any, ...]]) -> None:
+    """Run statements (SQL with `?` placeholders, alone or with their parameters) in one transaction."""
+    steps = [(s, ()) if isinstance(s, str) else s for s in statements]
+    if target.url is None:
+        with contextlib.closing(sqlite3.connect(target.db)) as lite, lite:
+            for sql, params in steps:
+                lite.execute(sql, params)
+        return
+    conn = await asyncpg.connect(target.url, timeout=HANG_GUARD)
+    try:
+        async with conn.transaction():
+            for sql, params in steps:
+                await conn.execute(_numbered(sql), *params)
+    finally:
+        await conn.close()
+
+
+async def fetch(target: Target, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of a query (SQL with `?` placeholders)."""
+    if target.url is None:
+        with contextlib.closing(sqlite3.connect(f"file:{target.db}?mode=ro", uri=True)) as lite:
+            return list(lite.execute(sql, params).fetchall())
+    conn = await asyncpg.connect(target.url, timeout=HANG_GUARD)
+    try:
+        return [tuple(row) for row in await conn.fetch(_numbered(sql), *params)]
+    finally:
+        await conn.close()
+
+
+async def owners(target: Target) -> dict[str, str]:
+    """run_id -> principal, read straight from the store."""
+    return dict(await fetch(target, "SELECT run_id, principal FROM runs"))
 
 
 class Stores:
@@ -46,9 +116,9 @@ class Stores:
 
     def make(self) -> EventStore:
         """A store on the database, not opened."""
-        if self.target.kind == "sqlite":
-            return SqliteStore(Path(self.target.where))
-        return PostgresStore(self.target.where)
+        if self.target.url is None:
+            return SqliteStore(self.target.db)
+        return PostgresStore(self.target.url)
 
     async def new(self) -> EventStore:
         """An opened store on the database (its own connections: another replica)."""
@@ -62,25 +132,6 @@ class Stores:
         for store in reversed(self.opened):
             await store.close()
         self.opened.clear()
-
-
-@pytest.fixture(params=KINDS)
-def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
-    """Each store test runs on a SQLite file and on a PostgreSQL database of its own."""
-    if request.param == "sqlite":
-        return Target("sqlite", str(tmp_path / "store.sqlite3"))
-    url: str = request.getfixturevalue("pg_url")
-    return Target("postgresql", url)
-
-
-@pytest.fixture
-async def stores(store_target: Target) -> AsyncIterator[Stores]:
-    """The stores of one test, closed afterwards."""
-    made = Stores(store_target)
-    try:
-        yield made
-    finally:
-        await made.close_all()
 
 
 def run_row(principal: str = "alice", client_request_id: str = "", *, run_id: str | None = None) -> RunRow:
@@ -161,3 +212,17 @@ def read_only(path: Path) -> Iterator[None]:
         if immutable:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(mode)
+
+
+@contextlib.contextmanager
+def commits_held(db: Path) -> Iterator[None]:
+    """Hold the SQLite file's write lock: the server's commits wait until the block ends (a stuck disk)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
