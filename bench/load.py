@@ -7,7 +7,7 @@ are read by the very same loop; the client library adds one comparison per messa
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +61,10 @@ class Followed:
         return (self.end_ns - self.call_ns) / 1e9
 
 
-async def follow(call: AsyncIterable[Any], *, stamped: bool, stop_after: int = 0) -> Followed:
-    """Read a stream to its end (or `stop_after` messages), timing every message."""
+async def follow(
+    call: AsyncIterable[Any], *, stamped: bool, stop_after: int = 0, on_first: Callable[[str], None] | None = None
+) -> Followed:
+    """Read a stream to its end (or `stop_after` messages), timing every message; `on_first` gets the run id."""
     out = Followed(call_ns=time.time_ns())
     stages = out.stages
     received, latency = out.received_ns, out.latency_ns
@@ -73,6 +75,8 @@ async def follow(call: AsyncIterable[Any], *, stamped: bool, stop_after: int = 0
         if out.first_event_ns == 0:
             out.first_event_ns = now
             out.run_id = event.run_id
+            if on_first is not None:
+                on_first(event.run_id)
         payload = event.WhichOneof("payload")
         if payload == "token_delta":
             n = event.seq - event.first_seq + 1 if event.first_seq else 1

@@ -32,6 +32,44 @@ def rss_kib(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def _parent_and_name(pid: int) -> tuple[int, str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        head, _, rest = f.read().rpartition(")")
+    return int(rest.split()[1]), head.partition("(")[2]
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command name) of every process that can be read now."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                parent, name = _parent_and_name(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            out.append((int(entry.name), parent, name))
+    return out
+
+
+def with_descendants(pid: int) -> list[int]:
+    """A process and every process below it (a server and its workers)."""
+    children: dict[int, list[int]] = {}
+    for child, parent, _ in _processes():
+        children.setdefault(parent, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children.get(current, [])
+    return out
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on this machine (server, backends, background writers): their CPU is the
+    store's cost. On the machines measured nothing else uses that PostgreSQL during a run."""
+    return [pid for pid, _, name in _processes() if name == "postgres"]
+
+
 @dataclass
 class Child:
     """A harness child process that prints `READY <port>` once it listens."""
@@ -57,6 +95,10 @@ class Child:
     def cpu_seconds(self) -> float:
         """The child's CPU time so far."""
         return cpu_seconds(self.pid)
+
+    def pids(self) -> list[int]:
+        """The processes that are this child (one)."""
+        return [self.pid]
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit in 10 s."""

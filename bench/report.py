@@ -146,6 +146,84 @@ def _sqlite(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+_CONFIG_NAMES = {
+    "sqlite": "SQLite, 1 process",
+    "postgres_workers_1": "PostgreSQL --workers 1",
+    "postgres_workers_2": "PostgreSQL --workers 2",
+}
+
+
+def _replicas(r: dict[str, Any]) -> list[Row]:
+    b = r["configs"]["baseline"]
+    shape = f"{r['runs']} runs @ {r['rate']:g} tok/s"
+    offered = r["runs"] * r["rate"]
+    rows: list[Row] = []
+    for key, label in _CONFIG_NAMES.items():
+        c = r["configs"][key]
+        goal_shape = key == "postgres_workers_2" and r["runs"] <= 200
+        whole = _ok(c["tokens_missing"], lambda v: v == 0) if goal_shape else None
+        fast = _ok(c["p99_ms"], lambda v: v <= 20) if goal_shape else None
+        rows += [
+            (
+                f"13. {shape}, {label}: delivered tok/s of {offered:,.0f} offered (tokens missing)",
+                f"{_f(c['delivered_tokens_per_s'])} ({_f(c['tokens_missing'], digits=0)})",
+                f"{_f(b['delivered_tokens_per_s'])} ({_f(b['tokens_missing'], digits=0)})",
+                "",
+                _goal(whole, "every token") if goal_shape else "",
+            ),
+            (
+                f"13. {shape}, {label}: p50 / p99 relay latency (ms)",
+                f"{_f(c['p50_ms'])} / {_f(c['p99_ms'])}",
+                f"{_f(b['p50_ms'])} / {_f(b['p99_ms'])}",
+                "",
+                _goal(fast, "p99 <= 20 ms") if goal_shape else "",
+            ),
+            (
+                f"13. {shape}, {label}: CPU per relayed token, server (+ PostgreSQL) (us)",
+                _f(c["cpu_us_per_token"]),
+                _f(b["cpu_us_per_token"]),
+                _f(c["cpu_ratio"], "x", 2),
+                _goal(_ok(c["cpu_ratio"], lambda v: v <= 2), "<= 2x") if key.startswith("postgres") else "",
+            ),
+            (
+                f"13. {shape}, {label}: RSS per active run (KiB)",
+                _f(c["rss_per_run_kib"]),
+                "",
+                "",
+                "",
+            ),
+        ]
+    need = r["configs"]["postgres_workers_2"]["cpu_us_per_token"] * 10_000 / 1e6
+    rows.append(
+        (f"13. cores 10,000 tok/s needs at this CPU per token ({shape}, --workers 2)", _f(need, digits=2), "", "", "")
+    )
+    return rows
+
+
+def _cross(r: dict[str, Any]) -> list[Row]:
+    return [
+        (
+            f"13. {r['runs']} runs @ {r['rate']:g} tok/s on replica A: watcher on B vs on A, p50 / p99 (ms)",
+            f"B: {_f(r['remote_p50_ms'])} / {_f(r['remote_p99_ms'])}",
+            f"A: {_f(r['owner_p50_ms'])} / {_f(r['owner_p99_ms'])}",
+            f"+{_f(r['remote_minus_owner_p50_ms'])} ms",
+            _goal(_ok(r["remote_minus_owner_p50_ms"], lambda v: v <= 10), "p50 within 10 ms"),
+        )
+    ]
+
+
+def _takeover(r: dict[str, Any]) -> list[Row]:
+    return [
+        (
+            f"13. takeover after SIGKILL of the owner, lease {r['lease_s']:g} s, {r['kills']} kills: p50 / worst (s)",
+            f"{_f(r['p50_s'], digits=2)} / {_f(r['worst_s'], digits=2)}",
+            "",
+            "",
+            "",
+        )
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     """A Markdown table of every result present."""
     res = results["results"]
@@ -157,6 +235,12 @@ def table(results: dict[str, Any]) -> str:
     rows += _lifecycle(res)
     if "sqlite" in res:
         rows += _sqlite(res["sqlite"])
+    for r in res.get("replicas", []):
+        rows += _replicas(r)
+    if "cross_watch" in res:
+        rows += _cross(res["cross_watch"])
+    if "takeover" in res:
+        rows += _takeover(res["takeover"])
     head = ("measurement (medians)", "server", "bare gRPC", "ratio", "goal")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

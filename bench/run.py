@@ -2,14 +2,18 @@
 
 Scenarios (issue 7): `throughput` (goal 1), `load` (goal 2, and RSS per active run for goal 3),
 `watchers` (goal 3, idle watchers), `first-event` and `replay` (goal 4), `sqlite` (goal 5).
+Issue 13 (bench/replicas.py, on PostgreSQL): `replicas` (the load on SQLite, PostgreSQL --workers 1 and 2,
+and bare), `cross-watch` (a watcher on another replica against one on the owner), `takeover` (SIGKILL of the
+owner, 20 times).
 `--quick` runs them all at a tiny size (what the test suite does: it proves the harness works, it measures
-nothing). `--big` adds the 1000-runs-at-10-tokens/s load.
+nothing). `--big` adds the 1000-runs-at-10-tokens/s load (to `load` and to `replicas`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import math
@@ -23,15 +27,19 @@ from typing import Any
 
 import grpc
 
+from bench.cluster import Postgres, postgres
 from bench.lab import open_lab
 from bench.lifecycle import first_event, idle_watchers, replay
 from bench.patches import PATCHES
+from bench.replicas import cross_watch, replica_load, takeover
 from bench.report import table
 from bench.storage import sqlite_write_path
 from bench.streaming import LoadShape, load, throughput
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("throughput", "load", "watchers", "first-event", "replay", "sqlite")
+SCENARIOS = ("throughput", "load", "watchers", "first-event", "replay", "sqlite", "replicas", "cross-watch", "takeover")
+# The scenarios that need PostgreSQL (bench/cluster.py finds one as the tests do).
+ON_POSTGRES = {"replicas", "cross-watch", "takeover"}
 
 
 def _shape(text: str, seconds: float, size: int) -> LoadShape:
@@ -53,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--watchers", type=int, help="idle watchers to attach (default 1000)")
     p.add_argument("--calls", type=int, help="calls timed for the first event (default 100)")
     p.add_argument("--replay-events", type=int, help="events of the replayed run (default 10000)")
+    p.add_argument("--cross", help="RUNS@RATE of the cross-replica watcher scenario (default 100@10)")
+    p.add_argument("--kills", type=int, help="owner kills of the takeover scenario (default 20)")
+    p.add_argument("--lease", type=float, help="FACILITAIR_LEASE_SECONDS of the takeover scenario (default 10)")
     p.add_argument("--profile", action="store_true", help="sample every server with py-spy (perturbs timings)")
     p.add_argument(
         "--try",
@@ -81,6 +92,9 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "replay_events": args.replay_events or (100 if q else 10_000),
         "sqlite_seconds": 0.2 if q else 2.0,
         "sqlite_events": 2_000 if q else 100_000,
+        "cross": args.cross or ("3@20" if q else "100@10"),
+        "kills": args.kills or (1 if q else 20),
+        "lease": args.lease or (1.0 if q else 10.0),
     }
 
 
@@ -118,7 +132,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     res = out["results"]
     started = time.monotonic()
     RESULTS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="facilitair-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="facilitair-bench-"))
+        pg: Postgres | None = stack.enter_context(postgres()) if only & ON_POSTGRES else None
         tries = tuple(t for t in args.tries.split(",") if t)
         async with open_lab(Path(tmp), RESULTS if args.profile else None, tries) as lab:
             size, reps = params["size"], params["repeats"]
@@ -135,6 +151,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["first_event"] = await first_event(lab, calls=params["calls"])
             if "replay" in only:
                 res["replay"] = await replay(lab, events=params["replay_events"], size=size, repeats=reps)
+            if pg is not None:
+                out["postgres"] = pg.server.how
+                shapes = [_shape(s, params["load_seconds"], size) for s in params["loads"]]
+                if "replicas" in only:
+                    res["replicas"] = [await replica_load(lab, pg, s, repeats=params["load_repeats"]) for s in shapes]
+                if "cross-watch" in only:
+                    cross = _shape(params["cross"], params["load_seconds"], size)
+                    res["cross_watch"] = await cross_watch(lab, pg, cross, repeats=params["load_repeats"])
+                if "takeover" in only:
+                    res["takeover"] = await takeover(lab, pg, kills=params["kills"], lease=params["lease"])
             if lab.profiles:
                 out["profiles"] = lab.profiles
         if "sqlite" in only:

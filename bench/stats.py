@@ -7,9 +7,13 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from bench.procs import cpu_seconds, rss_kib
+
+# What the sampler watches under one name: a process (a pid, or "self"), or a group of processes found anew at
+# every sample (a server with its workers, every PostgreSQL process), whose CPU and RSS are summed.
+Watched = int | str | Callable[[], Iterable[int]]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -32,20 +36,35 @@ def ratio(a: float, b: float) -> float:
 
 
 class Sampler:
-    """Samples processes' RSS every `interval` seconds; reports CPU use and peak RSS over the window."""
+    """Samples processes' RSS every `interval` seconds; reports CPU use and peak RSS over the window.
 
-    def __init__(self, pids: dict[str, int | str], interval: float = 0.25) -> None:
+    A group's CPU is what each of its processes used during the window: a process that joined the group during
+    the window (a new PostgreSQL backend) counts from its start; one that left it before the end is not counted.
+    """
+
+    def __init__(self, pids: dict[str, Watched], interval: float = 0.25) -> None:
         self._pids = pids
         self._interval = interval
         self._peak: dict[str, int] = dict.fromkeys(pids, 0)
-        self._cpu0: dict[str, float] = {}
+        self._cpu0: dict[str, dict[int | str, float]] = {}
         self._t0 = 0.0
         self._task: asyncio.Task[None] | None = None
         self.result: dict[str, dict[str, float]] = {}
 
+    @staticmethod
+    def _members(watched: Watched) -> list[int | str]:
+        return list(watched()) if callable(watched) else [watched]
+
+    def _cpu(self, watched: Watched) -> dict[int | str, float]:
+        out: dict[int | str, float] = {}
+        for pid in self._members(watched):
+            with contextlib.suppress(OSError):  # gone between the listing and the read
+                out[pid] = cpu_seconds(pid)
+        return out
+
     async def __aenter__(self) -> Sampler:
         self._t0 = time.monotonic()
-        self._cpu0 = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._cpu0 = {name: self._cpu(watched) for name, watched in self._pids.items()}
         self._task = asyncio.create_task(self._sample())
         return self
 
@@ -56,17 +75,19 @@ class Sampler:
             await self._task
         self._sample_once()
         elapsed = time.monotonic() - self._t0
-        self.result = {
-            name: {
-                "cpu_percent": 100 * (cpu_seconds(pid) - self._cpu0[name]) / elapsed,
-                "rss_peak_mib": self._peak[name] / 1024,
-            }
-            for name, pid in self._pids.items()
-        }
+        self.result = {}
+        for name, watched in self._pids.items():
+            before = self._cpu0[name]
+            used = sum(cpu - before.get(pid, 0.0) for pid, cpu in self._cpu(watched).items())
+            self.result[name] = {"cpu_percent": 100 * used / elapsed, "rss_peak_mib": self._peak[name] / 1024}
 
     def _sample_once(self) -> None:
-        for name, pid in self._pids.items():
-            self._peak[name] = max(self._peak[name], rss_kib(pid))
+        for name, watched in self._pids.items():
+            total = 0
+            for pid in self._members(watched):
+                with contextlib.suppress(OSError, RuntimeError):  # gone, or a zombie (no VmRSS)
+                    total += rss_kib(pid)
+            self._peak[name] = max(self._peak[name], total)
 
     async def _sample(self) -> None:
         while True:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bench.baseline import Spec
 from bench.fake import Directive
 from bench.lab import Lab
 from bench.load import Channels, Followed, collaborate_request, follow
-from bench.procs import Child
-from bench.stats import Sampler, median, percentile, ratio
+from bench.stats import Sampler, Watched, median, percentile, ratio
 from facilitair.v1 import orchestrator_pb2 as pb
 
 CODER_STAGE = 2
@@ -90,14 +91,32 @@ class LoadShape:
         return min(5.0, self.runs / 100)
 
 
+class Served(Protocol):
+    """What a load pass needs of the thing under test: where it listens, its processes, their memory."""
+
+    @property
+    def target(self) -> str: ...
+
+    def pids(self) -> list[int]: ...
+
+    def rss_kib(self) -> int: ...
+
+
+# Starts a fresh server under test for one pass (its label names a profile); the harness's own by default.
+Serve = Callable[[str], AbstractAsyncContextManager[Served]]
+
+
 @contextlib.asynccontextmanager
-async def _under_test(lab: Lab, label: str, *, bare: bool) -> AsyncIterator[Child]:
+async def _under_test(lab: Lab, label: str, *, bare: bool, serve: Serve | None) -> AsyncIterator[Served]:
     """The baseline (already running), or a fresh server."""
     if bare:
         yield lab.baseline
-    else:
-        async with lab.server(label) as server:
+    elif serve is not None:
+        async with serve(label) as server:
             yield server
+    else:
+        async with lab.server(label) as child:
+            yield child
 
 
 def _window(results: list[Followed], start_ns: int, end_ns: int) -> list[int]:
@@ -107,10 +126,14 @@ def _window(results: list[Followed], start_ns: int, end_ns: int) -> list[int]:
     return out
 
 
-async def _load_once(lab: Lab, shape: LoadShape, *, bare: bool) -> dict[str, Any]:
-    """One load pass against the server (fresh) or the baseline; latency over the steady window."""
+async def load_once(
+    lab: Lab, shape: LoadShape, *, bare: bool, serve: Serve | None = None, store: dict[str, Watched] | None = None
+) -> dict[str, Any]:
+    """One load pass against a fresh server (`serve`'s, or the harness's own) or the baseline; latency over the
+    steady window. `store` names processes whose CPU is also the server's (PostgreSQL's)."""
     per_run = max(1, round(shape.rate * shape.seconds / STAGES))
-    async with _under_test(lab, f"load-{shape.runs}x{shape.rate:g}", bare=bare) as target:
+    label = f"load-{shape.runs}x{shape.rate:g}"
+    async with _under_test(lab, label, bare=bare, serve=serve) as target:
         channels = Channels(target.target, shape.runs)
         await channels.ready()
         rss_before = target.rss_kib()
@@ -128,7 +151,8 @@ async def _load_once(lab: Lab, shape: LoadShape, *, bare: bool) -> dict[str, Any
         # The steady window: every run started (and a little more), until the first run ends.
         await asyncio.sleep(shape.ramp + min(1.0, shape.seconds / 4))
         start_ns = time.time_ns()
-        async with Sampler({"server": target.pid, "fake": lab.fake.pid, "client": "self"}) as sampler:
+        watched: dict[str, Watched] = {"server": target.pids, "fake": lab.fake.pid, "client": "self", **(store or {})}
+        async with Sampler(watched) as sampler:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         end_ns = time.time_ns()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -137,6 +161,8 @@ async def _load_once(lab: Lab, shape: LoadShape, *, bare: bool) -> dict[str, Any
     lat = _window(ok, start_ns, end_ns)
     window = (end_ns - start_ns) / 1e9
     ttfe = [f.time_to_first_event * 1e3 for f in ok]
+    # The server's CPU per relayed token: its processes and its store's, over the tokens delivered in the window.
+    busy = sum(sampler.result[name]["cpu_percent"] for name in ("server", *(store or {}))) / 100 * window
     return {
         "window_s": window,
         "samples": len(lat),
@@ -145,24 +171,35 @@ async def _load_once(lab: Lab, shape: LoadShape, *, bare: bool) -> dict[str, Any
         "max_ms": max(lat, default=0) / 1e6,
         "delivered_tokens_per_s": len(lat) / window if window else 0.0,
         "offered_tokens_per_s": shape.runs * shape.rate,
+        # Every token every run was to stream, against what arrived: 0 when nothing was lost or cut short.
+        "tokens_missing": per_run * STAGES * shape.runs - sum(f.tokens for f in ok),
         "failed_runs": len(results) - len(ok) + sum(1 for f in ok if not bare and f.terminal != "run_completed"),
         "first_event_p50_ms": percentile(ttfe, 50),
         "first_event_p99_ms": percentile(ttfe, 99),
         "rss_before_mib": rss_before / 1024,
         "rss_per_run_kib": (sampler.result["server"]["rss_peak_mib"] * 1024 - rss_before) / shape.runs,
+        "cpu_us_per_token": 1e6 * busy / len(lat) if lat else math.nan,
         "processes": sampler.result,
     }
 
 
 async def load(lab: Lab, shape: LoadShape, *, repeats: int) -> dict[str, Any]:
     """The server and the bare baseline under the same load, `repeats` times each; medians."""
-    server = [await _load_once(lab, shape, bare=False) for _ in range(repeats)]
-    base = [await _load_once(lab, shape, bare=True) for _ in range(repeats)]
+    server = [await load_once(lab, shape, bare=False) for _ in range(repeats)]
+    base = [await load_once(lab, shape, bare=True) for _ in range(repeats)]
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return median([r[key] for r in rows])
 
-    keys = ("p50_ms", "p99_ms", "max_ms", "delivered_tokens_per_s", "first_event_p50_ms", "first_event_p99_ms")
+    keys = (
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "delivered_tokens_per_s",
+        "first_event_p50_ms",
+        "first_event_p99_ms",
+        "cpu_us_per_token",
+    )
     return {
         "runs": shape.runs,
         "rate": shape.rate,
