@@ -100,12 +100,18 @@ async def follow(
     return out
 
 
-class Channels:
-    """A few channels to one target, handed out in turn."""
+# gRPC shares one connection between channels with the same target and options (the global subchannel pool):
+# each channel asks for its own, so that the load arrives over several connections as many clients' would, and
+# the kernel spreads them over `--workers` processes.
+OWN_CONNECTION = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
 
-    def __init__(self, target: str, streams: int) -> None:
-        count = max(1, -(-streams // STREAMS_PER_CHANNEL))
-        self._channels = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(count)]
+
+class Channels:
+    """A few channels to one target, each its own connection, handed out in turn."""
+
+    def __init__(self, target: str, streams: int, per_channel: int = STREAMS_PER_CHANNEL) -> None:
+        count = max(1, -(-streams // per_channel))
+        self._channels = [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)]
         self._stubs = [pb_grpc.OrchestratorServiceStub(c) for c in self._channels]
         self._next = self._cycle()
 

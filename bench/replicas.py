@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,10 +28,13 @@ from bench.fake import Directive
 from bench.lab import Lab
 from bench.load import Channels, Followed, collaborate_request, follow
 from bench.procs import postgres_pids
-from bench.stats import median, percentile, ratio
+from bench.stats import Watched, median, percentile, ratio
 from bench.streaming import CODER_STAGE, STAGES, LoadShape, load_once
 from facilitair.v1 import orchestrator_pb2 as pb
 
+# Runs per client connection in the replica load: 200 runs arrive over 8 connections, which the kernel spreads
+# over the workers (2 connections would all land on one worker half the time).
+RUNS_PER_CONNECTION = 25
 # The configurations compared, in the order each repeat runs them.
 CONFIGS = ("baseline", "sqlite", "postgres_workers_1", "postgres_workers_2")
 SUMMARY_KEYS = (
@@ -78,14 +82,15 @@ async def replica_load(lab: Lab, pg: Postgres, shape: LoadShape, *, repeats: int
     """The load on every configuration, `repeats` times each, interleaved; medians."""
     servers = _Servers(lab, pg)
     passes: dict[str, list[dict[str, Any]]] = {c: [] for c in CONFIGS}
+    per = RUNS_PER_CONNECTION
     for _ in range(repeats):
-        passes["baseline"].append(await load_once(lab, shape, bare=True))
-        passes["sqlite"].append(await load_once(lab, shape, bare=False, serve=servers.sqlite))
+        passes["baseline"].append(await load_once(lab, shape, bare=True, per_channel=per))
+        passes["sqlite"].append(await load_once(lab, shape, bare=False, serve=servers.sqlite, per_channel=per))
         for workers in (1, 2):
+            serve = servers.postgres(workers)
+            pg_pids: dict[str, Watched] = {"postgres": postgres_pids}
             passes[f"postgres_workers_{workers}"].append(
-                await load_once(
-                    lab, shape, bare=False, serve=servers.postgres(workers), store={"postgres": postgres_pids}
-                )
+                await load_once(lab, shape, bare=False, serve=serve, store=pg_pids, per_channel=per)
             )
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -180,7 +185,7 @@ async def _next(call: Any) -> pb.RunEvent:
     return event
 
 
-async def _one_kill(lab: Lab, store: dict[str, str], b: Served, lease: float, n: int) -> float:
+async def _one_kill(lab: Lab, store: dict[str, str], b: Served, lease: float, *, n: int, rng: random.Random) -> float:
     """Start a run on a new replica A, watch it on B, SIGKILL A once the Coder streams; seconds to takeover."""
     env = environment(lab.openai_url, f"a{n}", store, FACILITAIR_LEASE_SECONDS=f"{lease:g}")
     a = await start(env, lab.workdir)
@@ -194,6 +199,9 @@ async def _one_kill(lab: Lab, store: dict[str, str], b: Served, lease: float, n:
             event = await _next(watch)
             if event.WhichOneof("payload") == "token_delta" and event.token_delta.stage == CODER_STAGE:
                 break
+        # At a random point of A's renewal period and of B's claim period: a kill at a fixed phase (each round
+        # starts when B's previous claim ends) would measure one point of the range, not its spread.
+        await asyncio.sleep(rng.uniform(0, lease / 3))
         a.kill()
         killed = time.monotonic()
         while (await _next(watch)).WhichOneof("payload") != "attempt_reset":
@@ -213,12 +221,13 @@ async def _one_kill(lab: Lab, store: dict[str, str], b: Served, lease: float, n:
 async def takeover(lab: Lab, pg: Postgres, *, kills: int, lease: float) -> dict[str, Any]:
     """Seconds from SIGKILL of a run's owner to the takeover seen by a watcher on another replica."""
     times: list[float] = []
+    rng = random.Random(13)  # the same kill moments in every bench run
     async with pg.database() as store:
         env = environment(lab.openai_url, "b", store, FACILITAIR_LEASE_SECONDS=f"{lease:g}")
         async with serving(env, lab.workdir) as b:
             for n in range(kills):
                 async with asyncio.timeout(3 * lease + 60):
-                    times.append(await _one_kill(lab, store, b, lease, n))
+                    times.append(await _one_kill(lab, store, b, lease, n=n, rng=rng))
     return {
         "kills": kills,
         "lease_s": lease,

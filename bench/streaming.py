@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from bench.baseline import Spec
 from bench.fake import Directive
 from bench.lab import Lab
-from bench.load import Channels, Followed, collaborate_request, follow
+from bench.load import STREAMS_PER_CHANNEL, Channels, Followed, collaborate_request, follow
 from bench.stats import Sampler, Watched, median, percentile, ratio
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -127,14 +127,21 @@ def _window(results: list[Followed], start_ns: int, end_ns: int) -> list[int]:
 
 
 async def load_once(
-    lab: Lab, shape: LoadShape, *, bare: bool, serve: Serve | None = None, store: dict[str, Watched] | None = None
+    lab: Lab,
+    shape: LoadShape,
+    *,
+    bare: bool,
+    serve: Serve | None = None,
+    store: dict[str, Watched] | None = None,
+    per_channel: int = STREAMS_PER_CHANNEL,
 ) -> dict[str, Any]:
     """One load pass against a fresh server (`serve`'s, or the harness's own) or the baseline; latency over the
-    steady window. `store` names processes whose CPU is also the server's (PostgreSQL's)."""
+    steady window. `store` names processes whose CPU is also the server's (PostgreSQL's); `per_channel` is how
+    many runs share one client connection."""
     per_run = max(1, round(shape.rate * shape.seconds / STAGES))
     label = f"load-{shape.runs}x{shape.rate:g}"
     async with _under_test(lab, label, bare=bare, serve=serve) as target:
-        channels = Channels(target.target, shape.runs)
+        channels = Channels(target.target, shape.runs, per_channel)
         await channels.ready()
         rss_before = target.rss_kib()
 
@@ -152,6 +159,9 @@ async def load_once(
         await asyncio.sleep(shape.ramp + min(1.0, shape.seconds / 4))
         start_ns = time.time_ns()
         watched: dict[str, Watched] = {"server": target.pids, "fake": lab.fake.pid, "client": "self", **(store or {})}
+        processes = target.pids()
+        if len(processes) > 1:  # each process of the server too, to show how the work spread over them
+            watched |= {f"server process {pid}": pid for pid in processes}
         async with Sampler(watched) as sampler:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         end_ns = time.time_ns()
