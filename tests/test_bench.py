@@ -5,8 +5,10 @@ Benchmarks are not tests: nothing here asserts a timing, only that every result 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,24 +17,30 @@ import pytest
 
 from bench import patches
 from bench.fake import MIN_SIZE, Directive, stamped
+from bench.procs import with_descendants
 from bench.profile import summarise
 from bench.report import table
-from bench.stats import median, percentile, ratio
+from bench.stats import Sampler, median, percentile, ratio
+from tests.harness.pg import ENV_URL, PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_run_produces_every_result(tmp_path: Path) -> None:
+def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) -> None:
     out = tmp_path / "results.json"
+    # The replica scenarios use the session's PostgreSQL, as the tests do.
+    env = {**os.environ, ENV_URL: pg_server.admin_url}
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text(encoding="utf-8"))
     assert {"date", "command", "machine", "params", "results", "elapsed_s"} <= set(data)
     res = data["results"]
-    assert set(res) == {"throughput", "load", "watchers", "first_event", "replay", "sqlite"}
+    assert set(res) == {
+        "throughput", "load", "watchers", "first_event", "replay", "sqlite", "replicas", "cross_watch", "takeover"
+    }  # fmt: skip
     assert set(res["throughput"]["tokens_per_s"]) == {"server", "server_coalesced", "baseline"}
     assert {"ratio_server", "ratio_coalesced", "tokens_per_coalesced_message"} <= set(res["throughput"])
     [load] = res["load"]
@@ -44,7 +52,52 @@ def test_quick_run_produces_every_result(tmp_path: Path) -> None:
     assert set(res["replay"]["ms"]) == {"server", "server_coalesced", "baseline"}
     assert len(res["sqlite"]["fixed_batches"]) == 4
     assert "events_per_commit" in res["sqlite"]["event_log"]
+    [replicas] = res["replicas"]
+    assert set(replicas["configs"]) == {"baseline", "sqlite", "postgres_workers_1", "postgres_workers_2"}
+    for name, config in replicas["configs"].items():
+        assert config["tokens_missing"] == 0, name
+        assert config["failed_runs"] == 0, name
+        assert config["cpu_us_per_token"] > 0, name
+    assert "postgres_cpu_percent" in replicas["configs"]["postgres_workers_2"]
+    cross = res["cross_watch"]
+    assert cross["remote_short"] == 0
+    assert cross["incomplete_runs"] == 0
+    assert cross["samples"] > 0
+    assert len(res["takeover"]["samples_s"]) == 1
     assert "| measurement (medians) |" in proc.stdout
+    assert "PostgreSQL --workers 2: p50 / p99 relay latency" in proc.stdout
+    assert "takeover after SIGKILL of the owner" in proc.stdout
+
+
+def test_sampler_counts_a_group_and_its_new_members() -> None:
+    # The child burns 0.3 s of CPU, says so, and stays until its stdin closes (a member gone before the end of
+    # the window is not counted).
+    burn = (
+        "import sys, time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+        "print('done', flush=True)\nsys.stdin.read()"
+    )
+
+    async def measure() -> tuple[dict[str, dict[str, float]], list[int], int]:
+        async with Sampler({"group": lambda: with_descendants(os.getpid()), "self": "self"}) as sampler:
+            # It joins the group during the window: all its CPU is counted.
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", burn, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            )
+            assert child.stdout is not None
+            assert child.stdin is not None
+            assert await child.stdout.readline() == b"done\n"
+            family = with_descendants(os.getpid())
+        child.stdin.close()
+        await child.wait()
+        return sampler.result, family, child.pid
+
+    result, family, child_pid = asyncio.run(measure())
+    assert family[0] == os.getpid()
+    assert child_pid in family
+    # The group is this process plus the child: at least the child's 0.3 s more than this process alone.
+    group, alone = result["group"], result["self"]
+    assert group["cpu_percent"] > alone["cpu_percent"]
+    assert group["rss_peak_mib"] > alone["rss_peak_mib"]
 
 
 def test_directive_survives_the_prompt() -> None:
