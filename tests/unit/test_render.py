@@ -331,7 +331,7 @@ def test_plain_output_of_a_whole_run() -> None:
         for cell, width in zip(
             ("1", "Architect", MINI, "100 in / 20 out", "2.0s", "$0.000180"), (3, 22, 32, 24, 8, 10), strict=True
         )
-    )
+    ).rstrip()
     assert out.getvalue().splitlines() == [
         "Run r-1",
         "Plan: Architect (up to 0 refinement rounds), ~5.0s, ~$0.0010",
@@ -345,6 +345,34 @@ def test_plain_output_of_a_whole_run() -> None:
     ]
     assert "\x1b" not in out.getvalue()
     assert err.getvalue() == ""
+
+
+def test_plain_summary_columns_line_up_when_a_label_is_long() -> None:
+    # A truncated stage's label ("Architect, output truncated") is longer than the usual column: every column
+    # still starts at the same place in every row (it did not: the rest of that row was pushed right).
+    run = a_run()
+    run[4].stage_completed.truncated = True
+    run.insert(
+        5,
+        event(
+            6,
+            1003.5,
+            stage_completed=pb.StageCompleted(
+                stage=2, agent=pb.AGENT_CODER, model=MINI, usage=usage(5, 6, 0.0001), duration=Duration(seconds=1)
+            ),
+        ),
+    )
+    out = io.StringIO()
+    renderer = PlainRenderer(out, io.StringIO())
+    for e in run:
+        renderer.event(e)
+    renderer.close()
+    rows = out.getvalue().splitlines()[-2:]
+    assert rows[0].startswith("1    Architect, output truncated  ")
+    assert rows[1].startswith("2    Coder  ")
+    for first, second in ((MINI, MINI), ("100 in", "5 in"), ("2.0s", "1.0s"), ("$0.000180", "$0.000100")):
+        assert rows[0].index(first) == rows[1].index(second)
+    assert rows == [row.rstrip() for row in rows]  # no trailing blanks
 
 
 def test_plain_notes_go_to_stderr_once_per_break() -> None:

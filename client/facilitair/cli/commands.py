@@ -38,9 +38,7 @@ def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
     print(f"run      {run.run_id}\nstate    {state_name(run.state)}\ntask     {one_line(run.task, 200)}")
     if run.current_stage:
         print(f"stage    {run.current_stage} ({agent_name(run.current_agent)})")
-    print(
-        f"events   {run.last_seq}\nusage    {tokens(run.usage)}, {money(run.usage)}"
-    )
+    print(f"events   {run.last_seq}\nusage    {tokens(run.usage)}, {money(run.usage)}")
     if run.HasField("failure"):
         print(f"failure  {run.failure.message}")
     if run.result.artifacts:

@@ -22,6 +22,8 @@ from facilitair.v1 import orchestrator_pb2 as pb
 
 # Said of a stage whose model stopped at max_tokens (StageCompleted.truncated).
 TRUNCATED = "output truncated (the model reached max_tokens)"
+# The plain summary's columns (stage, agent, model, tokens, time, cost): their least widths.
+SUMMARY_WIDTHS = (3, 22, 32, 24, 8, 10)
 # Agents whose stages belong to a refinement round; the others run once, whatever the round number says.
 _ROUND_AGENTS = ("Refiner", "Reviewer")
 
@@ -288,9 +290,11 @@ class PlainRenderer(_Notes):
     def _summary(self) -> None:
         rows = self.view.summary_rows()
         if rows:
+            # Each column as wide as its widest cell (a truncated stage's label is long), at least the usual width.
+            widths = [max(least, *(len(row[i]) for row in rows)) for i, least in enumerate(SUMMARY_WIDTHS)]
             self._line("")
             for row in rows:
-                self._line("  ".join(f"{cell:<{w}}" for cell, w in zip(row, (3, 22, 32, 24, 8, 10), strict=True)))
+                self._line("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
 
     def close(self) -> None:
         """End on a fresh line."""
