@@ -19,6 +19,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.cli import cli
 from tests.harness.events import RunStream, collect, kind
+from tests.harness.logs import captured_logs
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 
@@ -188,3 +189,19 @@ async def test_the_cli_passes_prefixes_and_last_through(make_server: ServerFacto
     assert ambiguous[2].startswith(f"facilitair: INVALID_ARGUMENT: run_id: {run_id[:8]!r} is the start of several")
     assert run_id in ambiguous[2]
     assert twin(run_id, 1) in ambiguous[2]
+
+
+async def test_logs_name_the_run_by_its_full_id_whatever_the_caller_called_it(make_server: ServerFactory) -> None:
+    # An operator searches the log by run id: a WatchRun (GetRun, CancelRun) that named the run "last" or by a
+    # prefix logs the full id (it logged what the caller typed).
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        run_id = await finished(h.client)
+        with captured_logs() as logs:
+            await collect(h.client.watch("last"))
+            by_last = await logs.until("stream_closed", rpc="WatchRun")
+        with captured_logs() as logs:
+            await collect(h.client.watch(run_id[:6]))
+            by_prefix = await logs.until("stream_closed", rpc="WatchRun")
+    assert by_last["run_id"] == run_id
+    assert by_prefix["run_id"] == run_id

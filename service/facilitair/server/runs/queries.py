@@ -14,6 +14,8 @@ import json
 import time
 import uuid
 
+import structlog
+
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -46,8 +48,14 @@ class RunQueries:
         """The caller's run that `run_id` names: its id, a unique prefix of it, or "last".
 
         NotFound the same whether no run matches or only someone else's does; AmbiguousRunId (naming a few of
-        them) when several of the caller's runs start with the prefix.
+        them) when several of the caller's runs start with the prefix. From here on the request's log lines name
+        the run by its full id, not by what the caller typed: that is what an operator searches for.
         """
+        row = await self._find(run_id, principal)
+        structlog.contextvars.bind_contextvars(run_id=row.run_id)
+        return row
+
+    async def _find(self, run_id: str, principal: str) -> RunRow:
         if run_id == LAST:
             newest = await self._store.list_runs(principal, None, None, 1)
             if not newest:
