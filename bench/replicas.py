@@ -29,7 +29,7 @@ from bench.lab import Lab
 from bench.load import Channels, Followed, collaborate_request, follow
 from bench.procs import postgres_pids
 from bench.stats import Watched, median, percentile, ratio
-from bench.streaming import CODER_STAGE, STAGES, LoadShape, load_once
+from bench.streaming import CODER_STAGE, STAGES, LoadShape, in_window, load_once
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # Runs per client connection in the replica load: 200 runs arrive over 8 connections, which the kernel spreads
@@ -104,23 +104,12 @@ async def replica_load(lab: Lab, pg: Postgres, shape: LoadShape, *, repeats: int
     bare_cpu = configs["baseline"]["cpu_us_per_token"]
     for c in CONFIGS[1:]:
         configs[c]["cpu_ratio"] = ratio(configs[c]["cpu_us_per_token"], bare_cpu)
-    return {
-        "runs": shape.runs,
-        "rate": shape.rate,
-        "seconds": shape.seconds,
-        "size": shape.size,
+    return shape.fields() | {
         "repeats": repeats,
         "postgres": pg.server.how,
         "configs": configs,
         "passes": passes,
     }
-
-
-def _steady(followed: list[Followed], start_ns: int, end_ns: int) -> list[int]:
-    out: list[int] = []
-    for f in followed:
-        out += [lat for t, lat in zip(f.received_ns, f.latency_ns, strict=True) if start_ns <= t <= end_ns]
-    return out
 
 
 async def _cross_once(lab: Lab, pg: Postgres, shape: LoadShape) -> dict[str, Any]:
@@ -152,7 +141,7 @@ async def _cross_once(lab: Lab, pg: Postgres, shape: LoadShape) -> dict[str, Any
         watched = await asyncio.gather(*remote)
         await on_a.close()
         await on_b.close()
-    owner, other = _steady(owned, start_ns, end_ns), _steady(watched, start_ns, end_ns)
+    owner, other = in_window(owned, start_ns, end_ns), in_window(watched, start_ns, end_ns)
     last_seq = {o.run_id: o.last_seq for o in owned}
     gaps = sum(1 for w in watched if w.last_seq != last_seq.get(w.run_id))
     return {

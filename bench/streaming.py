@@ -85,6 +85,10 @@ class LoadShape:
     seconds: float
     size: int
 
+    def fields(self) -> dict[str, float]:
+        """The shape, for a result."""
+        return {"runs": self.runs, "rate": self.rate, "seconds": self.seconds, "size": self.size}
+
     @property
     def ramp(self) -> float:
         """Starts are spread over this many seconds, as real clients do not all call in the same millisecond."""
@@ -119,7 +123,8 @@ async def _under_test(lab: Lab, label: str, *, bare: bool, serve: Serve | None) 
             yield child
 
 
-def _window(results: list[Followed], start_ns: int, end_ns: int) -> list[int]:
+def in_window(results: list[Followed], start_ns: int, end_ns: int) -> list[int]:
+    """The relay latencies (ns) of the stamped tokens received between start_ns and end_ns."""
     out: list[int] = []
     for f in results:
         out += [lat for t, lat in zip(f.received_ns, f.latency_ns, strict=True) if start_ns <= t <= end_ns]
@@ -168,7 +173,7 @@ async def load_once(
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await channels.close()
     ok = [r for r in results if isinstance(r, Followed)]
-    lat = _window(ok, start_ns, end_ns)
+    lat = in_window(ok, start_ns, end_ns)
     window = (end_ns - start_ns) / 1e9
     ttfe = [f.time_to_first_event * 1e3 for f in ok]
     # The server's CPU per relayed token: its processes and its store's, over the tokens delivered in the window.
@@ -210,11 +215,7 @@ async def load(lab: Lab, shape: LoadShape, *, repeats: int) -> dict[str, Any]:
         "first_event_p99_ms",
         "cpu_us_per_token",
     )
-    return {
-        "runs": shape.runs,
-        "rate": shape.rate,
-        "seconds": shape.seconds,
-        "size": shape.size,
+    return shape.fields() | {
         "repeats": repeats,
         "server": {k: med(server, k) for k in (*keys, "rss_per_run_kib", "failed_runs")}
         | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in server])},
