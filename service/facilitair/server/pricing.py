@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import genai_prices
 
@@ -28,11 +29,34 @@ class Price:
     output_per_mtok: float
 
 
+class TokenCounts(Protocol):
+    """What a provider reported (or was estimated) for one attempt: a stream's end, a cut-off attempt."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_write_tokens(self) -> int: ...
+
+
 class PriceTable:
     """Prices by "provider:model": overrides first, then genai-prices."""
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self._overrides = dict(overrides or {})
+
+    def usage_of(self, model: ModelRef, counts: TokenCounts) -> UsageTotals:
+        """`usage` of an attempt's counts, its cache reads and writes included."""
+        return self.usage(
+            model,
+            counts.input_tokens,
+            counts.output_tokens,
+            cache_read_tokens=counts.cache_read_tokens,
+            cache_write_tokens=counts.cache_write_tokens,
+        )
 
     def usage(
         self,

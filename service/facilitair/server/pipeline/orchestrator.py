@@ -119,13 +119,7 @@ class Pipeline:
         """The priced usage of the current stage's attempts that were cut off."""
         total = UsageTotals()
         for spent in self.runner.cut_offs:
-            usage = self.prices.usage(
-                spent.model,
-                spent.input_tokens,
-                spent.output_tokens,
-                cache_read_tokens=spent.cache_read_tokens,
-                cache_write_tokens=spent.cache_write_tokens,
-            )
+            usage = self.prices.usage_of(spent.model, spent)
             usage.estimated = spent.estimated
             total.add(usage)
         return total
@@ -162,13 +156,7 @@ class Pipeline:
             raise
         derive(result.text, stage, True)
         end = result.end
-        usage = self.prices.usage(
-            result.model,
-            end.input_tokens,
-            end.output_tokens,
-            cache_read_tokens=end.cache_read_tokens,
-            cache_write_tokens=end.cache_write_tokens,
-        )
+        usage = self.prices.usage_of(result.model, end)
         if not end.usage_reported:
             usage.cost_unknown = True
         usage.add(self._cut_off_usage())  # attempts that broke and were retried were paid for too
