@@ -24,6 +24,8 @@ from anthropic.types import (
 )
 from openai.types.chat import ChatCompletionChunk
 
+from facilitair.server.errors import ProviderFailure
+from facilitair.server.providers.transport import transport_failure
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
 
 T = TypeVar("T")
@@ -268,31 +270,49 @@ async def test_anthropic_error_event_raises_api_status_error_after_the_text() ->
     assert texts(got) == ["a", "b"]
 
 
+# anthropic before 2.17 let a transport error reading the streamed body through unwrapped; 2.17 wraps it in
+# APIConnectionError / APITimeoutError (the package allows both). Either way the transport error is in the
+# chain, and that is what the server classifies by (providers/transport.py); the server's own provider
+# reads the body bytes itself, below the SDK's wrapping (test_faults covers what it does with them).
+SDK_WRAPS_BODY_ERRORS = tuple(int(part) for part in anthropic.__version__.split(".")[:2]) >= (2, 17)
+
+
+def assert_transport_error(caught: BaseException, error: type[Exception], wrapper: type[Exception]) -> None:
+    """The SDK's error is `error` itself, or (anthropic 2.17+) `wrapper` caused by it."""
+    if SDK_WRAPS_BODY_ERRORS:
+        assert type(caught) is wrapper
+        assert type(caught.__cause__) is error
+    else:
+        assert type(caught) is error
+
+
 @pytest.mark.parametrize(
     ("rst", "error"), [(True, httpx2.ReadError), (False, httpx2.RemoteProtocolError)], ids=["rst", "fin"]
 )
-async def test_anthropic_reset_raises_a_raw_httpx2_error(rst: bool, error: type[Exception]) -> None:
+async def test_anthropic_reset_raises_the_transport_error_or_a_connection_error_caused_by_it(
+    rst: bool, error: type[Exception]
+) -> None:
     got: list[RawMessageStreamEvent] = []
     reply = Reply(["a", "b", "c"], fault=Fault.reset(2, rst=rst))
     async with FakeAnthropic([reply]) as fake, anthropic_client(fake) as client:
-        with pytest.raises(error) as caught:
+        with pytest.raises((error, anthropic.APIConnectionError)) as caught:
             await collect(await anthropic_stream(client), got)
 
-        # Not wrapped in anthropic.APIConnectionError: the SDK lets the transport error through.
-        assert type(caught.value) is error
+        assert_transport_error(caught.value, error, anthropic.APIConnectionError)
+        assert transport_failure(caught.value) is ProviderFailure.CONNECTION
         assert texts(got) == ["a", "b"]
         assert fake.disconnects == 0
 
 
-async def test_anthropic_stall_raises_a_raw_httpx2_read_timeout_and_the_fake_sees_the_client_leave() -> None:
+async def test_anthropic_stall_raises_a_read_timeout_or_a_timeout_error_caused_by_it_and_the_fake_sees_the_client_leave() -> None:
     got: list[RawMessageStreamEvent] = []
     reply = Reply(["a", "b"], fault=Fault.stall(1))
     async with FakeAnthropic([reply]) as fake, anthropic_client(fake, timeout=READ_TIMEOUT) as client:
-        with pytest.raises(httpx2.ReadTimeout) as caught:
+        with pytest.raises((httpx2.ReadTimeout, anthropic.APITimeoutError)) as caught:
             await collect(await anthropic_stream(client), got)
 
-        # Not wrapped in anthropic.APITimeoutError: the SDK lets the transport error through.
-        assert type(caught.value) is httpx2.ReadTimeout
+        assert_transport_error(caught.value, httpx2.ReadTimeout, anthropic.APITimeoutError)
+        assert transport_failure(caught.value) is ProviderFailure.TIMEOUT
         assert texts(got) == ["a"]
         await asyncio.wait_for(fake.wait_disconnect(), 5)
 
@@ -428,8 +448,9 @@ async def test_stop_does_not_hang_on_stalled_or_held_streams() -> None:
         assert (stalled.disconnects, held.disconnects) == (0, 0)
         with pytest.raises(openai.APIConnectionError):
             [chunk async for chunk in openai_stream_]
-        with pytest.raises(httpx2.TransportError):
+        with pytest.raises((httpx2.TransportError, anthropic.APIConnectionError)) as caught:
             [event async for event in anthropic_stream_]
+        assert transport_failure(caught.value) is ProviderFailure.CONNECTION
 
 
 # ----- What real servers do beyond the wire formats (seen against a real inference server) -----
