@@ -84,16 +84,16 @@ async def test_sync_client_runs_watches_and_lists(make_server: ServerFactory) ->
     assert last == "run_completed"
 
 
-# ----- the README's library example ------------------------------------------------------------------------------
+# ----- the library example the docs show ---------------------------------------------------------------------------
 
 RUN_TASK = EXAMPLE.parent / "run_task.py"
-README = EXAMPLE.parent.parent / "README.md"
+CLIENTS_PAGE = EXAMPLE.parent.parent / "docs" / "clients.md"
 
 
-def test_the_readme_shows_the_library_example_that_runs() -> None:
+def test_the_docs_show_the_library_example_that_runs() -> None:
     source = RUN_TASK.read_text()
     code = source[source.index('"""\n\n', 3) + 5 :]  # the file after its docstring
-    assert f"```python\n{code}```" in README.read_text()
+    assert f"```python\n{code}```" in CLIENTS_PAGE.read_text()
 
 
 async def run_task(target: str) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""The Node.js example (examples/node) against a real server: what the README's "From other languages" says.
+"""The Node.js example (examples/node) against a real server: what docs/clients.md's "From other languages" says.
 
 It installs the example's locked dependencies with `npm ci` (again only when package-lock.json changed) and
 runs `node client.js` as a real subprocess. Node and npm are required: their absence fails the test.
