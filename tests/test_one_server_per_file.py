@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from facilitair.server.settings import ConfigError
 from facilitair.server.store.sqlite_lock import SqliteFileLock, StoreInUse, lock_path
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -136,3 +137,11 @@ def test_the_lock_is_one_holders_until_released(tmp_path: Path) -> None:
     second.acquire("127.0.0.1:50052")
     second.release()
     assert not db.exists(), "the lock is a file of its own: the database is the store's to create"
+
+
+def test_a_lock_file_that_cannot_be_made_is_a_configuration_error(tmp_path: Path) -> None:
+    """Not a traceback: `serve` prints ConfigError as one line (exit 2)."""
+    (tmp_path / "plain").write_text("a file, not a folder")
+    lock = SqliteFileLock(tmp_path / "plain" / "runs.sqlite3")
+    with pytest.raises(ConfigError, match=r"^cannot create the lock file .*/plain/runs\.sqlite3\.lock: "):
+        lock.acquire("127.0.0.1:50051")

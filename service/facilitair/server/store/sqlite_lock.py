@@ -23,6 +23,8 @@ import socket
 import sys
 from pathlib import Path
 
+from facilitair.server.settings import ConfigError
+
 # What is read of a lock file's note: ours are about 100 bytes.
 _NOTE_MAX = 4096
 
@@ -50,9 +52,12 @@ class SqliteFileLock:
             return
         import fcntl  # noqa: PLC0415 - POSIX only
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # No O_TRUNC: the note belongs to the holder, and a refused opener must leave it as it is.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # No O_TRUNC: the note belongs to the holder, and a refused opener must leave it as it is.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,10 +71,11 @@ class SqliteFileLock:
         except BaseException:
             os.close(fd)
             raise
-        note = {"pid": os.getpid(), "host": socket.gethostname(), "address": address}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(note).encode() + b"\n", 0)
         self._fd = fd
+        note = {"pid": os.getpid(), "host": socket.gethostname(), "address": address}
+        with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, only unnamed
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(note).encode() + b"\n", 0)
 
     def release(self) -> None:
         """Give the lock up (the file stays: removing it would race with a server taking it right then)."""
