@@ -169,5 +169,8 @@ async def test_admission_says_how_to_get_the_local_model(make_server: ServerFact
     assert "configuration names" in refused.value.message
     assert await h.client.list_runs() == ([], "")
 
-    configured = await make_server(local_models_dir=tmp_path / "empty", model=f"local:{outside}")
+    # A second server while the first still runs: a file of its own (one server per SQLite file).
+    configured = await make_server(
+        local_models_dir=tmp_path / "empty", model=f"local:{outside}", db=tmp_path / "configured.db"
+    )
     configured.server.providers.check(ModelRef("local", str(outside)))  # the operator's own path is allowed

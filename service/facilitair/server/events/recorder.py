@@ -185,6 +185,14 @@ class RunRecorder:
         """The server is stopping mid-run: no terminal event; the run resumes at the next start."""
         self._set_state(pb.RUN_STATE_INTERRUPTED)
 
+    def resumed(self) -> None:
+        """Driven again after it was interrupted (a stop, a store outage, a replica gone): the run is running.
+
+        No event: the stage that was cut off says so itself when it starts over (attempt_reset).
+        """
+        if self.summary.state != pb.RUN_STATE_RUNNING:
+            self._set_state(pb.RUN_STATE_RUNNING)
+
     def _thinking(self, stage: int, waited: float) -> None:
         self._emit(pb.RunEvent(thinking=pb.Thinking(stage=stage, waited_seconds=waited)))
 

@@ -191,6 +191,10 @@ class RunStarter:
         interrupted = current if current and current not in checkpoints else 0
         if last_seq == 0:
             rec.run_started(spec.task, self._estimator.plan(spec))
+        else:
+            # The stored state still says how the run last stopped (interrupted, when a server stopped
+            # gracefully); from now on it is running, for GetRun and for ListRuns' state filter alike.
+            rec.resumed()
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
         self._admission.resumed(row.run_id, row.principal)
         self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)

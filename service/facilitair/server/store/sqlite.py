@@ -136,6 +136,11 @@ class SqliteStore:
         self._writer = _Connection(path, "writer", max_pages)
         self._reader = _Connection(path, "reader", None)
 
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
     async def open(self) -> None:
         """Create the file and its folder, and create or migrate the schema."""
 

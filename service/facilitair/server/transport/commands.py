@@ -21,6 +21,7 @@ from pydantic_settings import CliSettingsSource
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store.base import StoreUnavailable
+from facilitair.server.store.sqlite_lock import StoreInUse
 from facilitair.server.transport.workers import check_workers, run_workers
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE = 0, 1, 2
@@ -87,6 +88,9 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
         return _config_error(exc)
     except StoreUnavailable as exc:  # its message is the plain cause, password masked
         print(f"facilitair: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except StoreInUse as exc:  # another server holds the SQLite file: its message names the file and that server
+        print(f"facilitair: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
