@@ -1,0 +1,112 @@
+"""PostgreSQL restarted and stopped under real replica processes: every replica finds its way back by itself.
+
+The database is a throwaway cluster of this module's own (tests/harness/pg.py), never the machine's server, since
+the tests restart it and stop it. Two replicas (`python -m facilitair.server`, as in test_replicas) share a fresh
+database on it; what they do is read from their JSON logs and asked over gRPC. Waits are on log lines and
+events, with timeouts as hang guards only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from facilitair.client import Client
+from facilitair.v1 import orchestrator_pb2 as pb
+from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import RunStream, kind
+from tests.harness.pg import PgServer, Throwaway, system_bindir, wheel_bindir
+from tests.harness.processes import server_processes
+from tests.harness.scripts import default_replies, held, scripted
+from tests.test_replicas import TASK, coder_streaming, replica
+
+HANG_GUARD = 60.0
+LISTENERS = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name = 'facilitair-listener'"
+)
+
+
+@pytest.fixture(scope="module")
+def throwaway() -> Iterator[tuple[Throwaway, PgServer]]:
+    """A PostgreSQL cluster of this module's own (the tests stop and restart it), and its admin URL."""
+    bindir = system_bindir() or wheel_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL binaries to start a throwaway cluster with")
+    cluster = Throwaway(bindir)
+    try:
+        yield cluster, cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(throwaway: tuple[Throwaway, PgServer]) -> Throwaway:
+    """The throwaway cluster, to restart."""
+    return throwaway[0]
+
+
+async def _admin(url: str, sql: str) -> object:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db_url(throwaway: tuple[Throwaway, PgServer]) -> str:
+    """A fresh database on the throwaway cluster (the cluster goes at the end of the module)."""
+    server = throwaway[1]
+    name = f"facilitair_test_{uuid.uuid4().hex[:16]}"
+    await _admin(server.admin_url, f'CREATE DATABASE "{name}"')
+    return server.url_for(name)
+
+
+async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by_notification(
+    cluster: Throwaway, db_url: str
+) -> None:
+    coder, _release = held(default_replies()["coder"], after=2)
+    # A lease longer than the restart: the run stays with its owner, which must hear B's cancel.
+    settings = {"FACILITAIR_LEASE_SECONDS": "10"}
+    async with FakeOpenAI(scripted(coder=coder)) as fake, server_processes(
+        replica(db_url, fake, "a") | settings, replica(db_url, fake, "b") | settings
+    ) as (a, b):
+        await asyncio.gather(a.start(), b.start())
+        async with Client(a.target) as on_a, Client(b.target) as on_b:
+            started = RunStream(on_a.collaborate(TASK))
+            live = await started.until(coder_streaming)
+            await asyncio.to_thread(cluster.pg_ctl, "restart", "-m", "fast")
+            for proc in (a, b):
+                await proc.until_logged("store_listener_restored", within=HANG_GUARD)
+            assert await _admin(db_url, LISTENERS) == 2, "both replicas LISTEN again"
+            summary = await on_b.cancel_run(live.run_id)
+            assert summary.state == pb.RUN_STATE_CANCELLED
+            events = await started.to_end(within=HANG_GUARD)
+        codes = [await a.terminate(), await b.terminate()]
+    assert kind(events[-1]) == "run_cancelled"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    # The owner heard of the cancel by notification, not at its next lease renewal.
+    assert a.records("cancel_noticed")[0]["via"] == "notification"
+    for proc in (a, b):
+        assert len(proc.records("store_listener_lost")) == 1
+        assert len(proc.records("store_listener_restored")) == 1
+    assert codes == [0, 0]
+    assert [len(p.records("stopped")) for p in (a, b)] == [1, 1]
+
+
+async def test_sigterm_while_the_database_is_down_stops_gracefully(cluster: Throwaway, db_url: str) -> None:
+    async with FakeOpenAI(scripted()) as fake, server_processes(replica(db_url, fake, "a")) as (a,):
+        await a.start()
+        await asyncio.to_thread(cluster.pg_ctl, "stop", "-m", "fast")
+        try:
+            await a.until_logged("store_listener_lost", within=HANG_GUARD)
+            code = await a.terminate()
+        finally:
+            await asyncio.to_thread(cluster.pg_ctl, "start")
+    assert code == 0, "\n".join(a.log[-20:])
+    assert len(a.records("stopped")) == 1
