@@ -14,11 +14,16 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from facilitair.client import Client
+from facilitair.server.settings import Settings
+from facilitair.server.store.postgres import PostgresStore
+from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI
-from tests.harness.events import RunStream, kind
+from tests.harness.events import RunStream, collect, kind
+from tests.harness.logs import captured_logs
 from tests.harness.pg import PgServer, Throwaway, system_bindir, wheel_bindir
 from tests.harness.processes import server_processes
 from tests.harness.scripts import default_replies, held, scripted
@@ -99,14 +104,65 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
     assert [len(p.records("stopped")) for p in (a, b)] == [1, 1]
 
 
-async def test_sigterm_while_the_database_is_down_stops_gracefully(cluster: Throwaway, db_url: str) -> None:
-    async with FakeOpenAI(scripted()) as fake, server_processes(replica(db_url, fake, "a")) as (a,):
-        await a.start()
+async def test_sigterm_while_the_database_is_down_stops_gracefully_and_the_run_goes_on_elsewhere(
+    cluster: Throwaway, db_url: str
+) -> None:
+    coder, _release = held(default_replies()["coder"], after=2)
+    async with FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake, server_processes(
+        replica(db_url, fake, "a"), replica(db_url, fake, "b")
+    ) as (a, b):
+        await asyncio.gather(a.start(), b.start())
+        async with Client(a.target) as on_a:
+            started = RunStream(on_a.collaborate(TASK))
+            live = await started.until(coder_streaming)
         await asyncio.to_thread(cluster.pg_ctl, "stop", "-m", "fast")
         try:
             await a.until_logged("store_listener_lost", within=HANG_GUARD)
-            code = await a.terminate()
+            code = await a.terminate()  # the run cannot be stored, its lease cannot be released
         finally:
             await asyncio.to_thread(cluster.pg_ctl, "start")
+        await b.until_logged("store_listener_restored", within=HANG_GUARD)
+        async with Client(b.target) as on_b:
+            events = await collect(on_b.watch(live.run_id), within=HANG_GUARD)  # b claims it once the lease is out
     assert code == 0, "\n".join(a.log[-20:])
     assert len(a.records("stopped")) == 1
+    assert [r["run_id"] for r in b.records("run_claimed")] == [live.run_id]
+    assert kind(events[-1]) == "run_completed"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert len(b.records("store_listener_lost")) == len(b.records("store_listener_restored")) == 1
+
+
+async def test_a_run_taken_over_is_logged_lost_once(db_url: str) -> None:
+    """The writer's refusal and the lease renewal may both report a takeover before the run's task has ended
+    (here in one loop turn, so that the test is deterministic): the run is logged lost once."""
+    coder, _release = held(default_replies()["coder"], after=2)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        server = await create_server(
+            Settings(
+                listen="127.0.0.1:0",
+                database_url=SecretStr(db_url),
+                replica_id="a",
+                thinking_interval=60,
+                heartbeat_interval=60,
+                OPENAI_API_KEY=fake.api_key,
+                OPENAI_BASE_URL=fake.base_url,
+            )
+        )
+        other = PostgresStore(db_url)  # replica b's store
+        try:
+            await other.open()
+            async with Client(f"127.0.0.1:{server.port}") as client:
+                started = RunStream(client.collaborate(TASK))
+                live = await started.until(coder_streaming)
+                with captured_logs() as logs:
+                    (claim,) = await other.claim_expired("b", 10, 1, ignore_leases=True)
+                    assert claim.row.run_id == live.run_id
+                    for _ in range(2):  # the writer's refusal and the renewal's "lost"
+                        server.runs.events.on_refused({live.run_id})
+                    async with asyncio.timeout(HANG_GUARD):
+                        await fake.wait_disconnect(1)  # a closed the provider's stream: the run stopped here
+                    await started.aclose()
+        finally:
+            await other.close()
+            await server.stop(0)
+    assert [e["run_id"] for e in logs.of("run_lost")] == [live.run_id]
