@@ -144,8 +144,8 @@ async def test_a_run_taken_over_is_logged_lost_once(db_url: str) -> None:
                 replica_id="a",
                 thinking_interval=60,
                 heartbeat_interval=60,
-                OPENAI_API_KEY=fake.api_key,
-                OPENAI_BASE_URL=fake.base_url,
+                openai_api_key=SecretStr(fake.api_key),
+                openai_base_url=fake.base_url,
             )
         )
         other = PostgresStore(db_url)  # replica b's store
