@@ -25,7 +25,7 @@ from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, collect, kind
 from tests.harness.logs import captured_logs
 from tests.harness.pg import PgServer, Throwaway, system_bindir, wheel_bindir
-from tests.harness.processes import server_processes
+from tests.harness.processes import ServerProcess, server_processes
 from tests.harness.scripts import default_replies, held, scripted
 from tests.test_replicas import TASK, coder_streaming, replica
 
@@ -72,6 +72,12 @@ async def db_url(throwaway: tuple[Throwaway, PgServer]) -> str:
     return server.url_for(name)
 
 
+def _logged_after(proc: ServerProcess, event: str) -> list[str]:
+    """The events the server logged after the first `event`."""
+    names = [str(record.get("event")) for record in proc.records()]
+    return names[names.index(event) + 1 :]
+
+
 async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by_notification(
     cluster: Throwaway, db_url: str
 ) -> None:
@@ -97,6 +103,9 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     # The owner heard of the cancel by notification, not at its next lease renewal.
     assert a.records("cancel_noticed")[0]["via"] == "notification"
+    assert a.records("run_lost") == b.records("run_claimed") == [], "the run stayed with its owner"
+    # The restart broke every pooled connection: the renewal the listener's return asks for found new ones.
+    assert "lease_renewal_failed" not in _logged_after(a, "store_listener_restored")
     for proc in (a, b):
         assert len(proc.records("store_listener_lost")) == 1
         assert len(proc.records("store_listener_restored")) == 1
@@ -130,6 +139,8 @@ async def test_sigterm_while_the_database_is_down_stops_gracefully_and_the_run_g
     assert kind(events[-1]) == "run_completed"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert len(b.records("store_listener_lost")) == len(b.records("store_listener_restored")) == 1
+    # Its claims failed for seconds, every lease_seconds/3: said once, and once that they work again.
+    assert len(b.records("lease_renewal_failed")) == len(b.records("lease_renewal_recovered")) == 1
 
 
 async def test_a_run_taken_over_is_logged_lost_once(db_url: str) -> None:

@@ -87,11 +87,12 @@ class Listener:
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Only a cancel ends it (_keep retries every error), so a stop cannot fail with a stale outage's error.
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         await self._close()
 
     async def _open(self) -> None:
