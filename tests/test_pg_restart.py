@@ -27,7 +27,7 @@ from tests.harness.logs import captured_logs
 from tests.harness.pg import PgServer, Throwaway, system_bindir, wheel_bindir
 from tests.harness.processes import ServerProcess, server_processes
 from tests.harness.scripts import default_replies, held, scripted
-from tests.test_replicas import TASK, coder_streaming, replica
+from tests.test_replicas import TASK, coder_streaming, replica, wire
 
 HANG_GUARD = 60.0
 LISTENERS = (
@@ -91,6 +91,8 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
         async with Client(a.target) as on_a, Client(b.target) as on_b:
             started = RunStream(on_a.collaborate(TASK))
             live = await started.until(coder_streaming)
+            watcher = RunStream(on_b.watch(live.run_id))  # follows the run through the restart (resuming if told to)
+            await watcher.until(lambda e: e.seq == live.seq)
             await asyncio.to_thread(cluster.pg_ctl, "restart", "-m", "fast")
             for proc in (a, b):
                 await proc.until_logged("store_listener_restored", within=HANG_GUARD)
@@ -98,9 +100,11 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
             summary = await on_b.cancel_run(live.run_id)
             assert summary.state == pb.RUN_STATE_CANCELLED
             events = await started.to_end(within=HANG_GUARD)
+            watched = await watcher.to_end(within=HANG_GUARD)
         codes = [await a.terminate(), await b.terminate()]
     assert kind(events[-1]) == "run_cancelled"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert wire(watched) == wire(events)
     # The owner heard of the cancel by notification, not at its next lease renewal.
     assert a.records("cancel_noticed")[0]["via"] == "notification"
     assert a.records("run_lost") == b.records("run_claimed") == [], "the run stayed with its owner"
