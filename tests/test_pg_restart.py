@@ -3,7 +3,8 @@
 The database is a throwaway cluster of this module's own (tests/harness/pg.py), never the machine's server, since
 the tests restart it and stop it. Two replicas (`python -m facilitair.server`, as in test_replicas) share a fresh
 database on it; what they do is read from their JSON logs and asked over gRPC. Waits are on log lines and
-events, with timeouts as hang guards only.
+events, with timeouts as hang guards only. Last, what a replica that lost a run to a takeover logs (an
+in-process server, so that the two reports of the loss can be made to arrive together).
 """
 
 from __future__ import annotations
