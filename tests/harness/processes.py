@@ -129,13 +129,13 @@ class ServerProcess:
                 await self._logged.wait()
         return found[count - 1]
 
-    def records(self, event: str | None = None) -> list[dict[str, Any]]:
-        """The JSON log records of one event (None: of every event), across starts."""
+    def records(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log records of one event, across starts."""
         found = []
         for line in self.log:
             with contextlib.suppress(ValueError):
                 record = json.loads(line.partition(" ")[2])
-                if isinstance(record, dict) and event in (None, record.get("event")):
+                if isinstance(record, dict) and record.get("event") == event:
                     found.append(record)
         return found
 
