@@ -120,9 +120,13 @@ class RunService:
         await self._leases.stop()
         await self._supervisor.interrupt_all(wait=STOP_WAIT)
         await self._handover.stop()
-        with contextlib.suppress(StoreUnavailable, TimeoutError):
+        try:
             async with asyncio.timeout(STOP_WAIT):
                 await self._handover.release_now()
+        except (StoreUnavailable, TimeoutError):
+            pass  # the leases run out by themselves, and another replica claims the runs then
+        except Exception:  # a stop must end whatever the store answers (exit 0, `stopped`)
+            log.exception("lease_release_failed")
         await self.events.stop(wait=STOP_WAIT if self.events.health.healthy else 0.0)
         await self._store.close()
 
@@ -212,6 +216,7 @@ class RunService:
     def _cancel_noticed(self, run_id: str) -> None:
         """A cancel was requested on some replica (the store's listener): cancel the run if it is driven here."""
         if self._supervisor.is_live(run_id):
+            log.info("cancel_noticed", run_id=run_id, via="notification")
             self._in_background(self._cancel_with_stored_reason(run_id))
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
@@ -220,7 +225,8 @@ class RunService:
         await self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT)
 
     def _cancel_here(self, run_id: str, reason: str) -> None:
-        """A cancel request the lease renewal found for a run driven here."""
+        """A cancel request the lease renewal found for a run driven here (its notification was missed, or is late)."""
+        log.info("cancel_noticed", run_id=run_id, via="lease_renewal")
         self._in_background(self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT))
 
     def _in_background(self, work: Coroutine[Any, Any, object]) -> None:

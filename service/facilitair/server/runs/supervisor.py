@@ -83,6 +83,7 @@ class LiveRun:
     principal: str
     task: asyncio.Task[None] | None = None
     stop: Stop | None = None  # set by whoever stops the run, before cancelling its task
+    lost: bool = False  # another replica took it over (said once: the renewal and a refused write both tell)
 
 
 class Supervisor:
@@ -171,7 +172,10 @@ class Supervisor:
         """Another replica took these runs over: stop driving them at once, writing nothing."""
         for run_id in run_ids:
             live = self._live.get(run_id)
-            if live is not None:
+            # The lease renewal and every refused write say so until the run's task has ended; a run stopped
+            # for another reason before (interrupted, cancelled) ends as asked, but is lost all the same.
+            if live is not None and not live.lost:
+                live.lost = True
                 log.warning("run_lost", run_id=run_id)
                 self._stop(live, Lost())
 
@@ -179,6 +183,7 @@ class Supervisor:
         """Stop driving a run as lost (writing nothing) and wait until its task has ended."""
         live = self._live.get(run_id)
         if live is not None and live.task is not None:
+            live.lost = True
             self._stop(live, Lost())
             await asyncio.wait({live.task})
 
