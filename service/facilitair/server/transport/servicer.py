@@ -131,8 +131,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
     def _cancel_created(self, creation: asyncio.Future[str], principal: str) -> None:
         """Cancel the run a creation made, in the background; a creation that failed made none."""
-        if creation.cancelled() or creation.exception() is not None:
-            return
+        if creation.cancelled() or creation.exception() is not None or self._runs.stopping:
+            return  # no run, or the server is stopping: its runs are handed over, not cancelled
         run_id = creation.result()
         log.info("run_cancel_on_disconnect", run_id=run_id)
 
