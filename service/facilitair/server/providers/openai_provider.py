@@ -20,7 +20,13 @@ from facilitair.server.providers.base import (
     host_of,
     retry_after_of,
 )
-from facilitair.server.providers.transport import error_class, resend_if_stale, split_lines, transport_failure
+from facilitair.server.providers.transport import (
+    POOL_LIMITS,
+    error_class,
+    resend_if_stale,
+    split_lines,
+    transport_failure,
+)
 
 
 class OpenAIProvider:
@@ -35,7 +41,8 @@ class OpenAIProvider:
             base_url=base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=openai.DefaultAioHttpClient(timeout=timeout),  # see providers/transport.py
+            # aiohttp (C parser) under the SDK, with the pool limits the stale re-sends count on: providers/transport.py
+            http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=POOL_LIMITS),
         )
         self.host = host_of(self._client.base_url)
         # api.openai.com wants max_completion_tokens (newer models reject max_tokens); compatible
