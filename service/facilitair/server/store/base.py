@@ -22,7 +22,8 @@ from facilitair.server.errors import Reason, Unavailable
 
 # domain.UNFINISHED_STATES as the SQL predicate both stores filter on ("state IN (1, 2, 6)"), its values in
 # order so that the text never varies: the partial indexes are made on this very text, and the planners (SQLite's
-# most of all) use such an index only for a query whose predicate is written the same way.
+# most of all) use such an index only for a query whose predicate is written the same way. The schemas' past
+# migrations build their indexes from it too: a change to the set needs a new migration that remakes them.
 UNFINISHED_SQL = f"state IN ({', '.join(str(int(s)) for s in sorted(UNFINISHED_STATES))})"
 # The NOTIFY channels of the PostgreSQL store.
 COMMITS_CHANNEL = "facilitair_commits"
