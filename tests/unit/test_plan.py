@@ -7,6 +7,7 @@ import pytest
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.pipeline.plan import PLANNED_ROLES, READS, PlanEstimator
 from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import AgentConfig, PipelineConfig
 from facilitair.server.pricing import Price, PriceTable
 
@@ -53,6 +54,16 @@ def test_a_stages_input_is_its_prompt_the_task_and_the_earlier_outputs_it_reads(
     with_context = RunSpec("reverse a string", {"k": "v" * 391}, spec().models, 2, 1)  # {"k": "vv..."}: 400 chars
     assert estimator().input_tokens(with_context, role) == full + 100
 
+
+
+def test_the_plan_estimates_a_prompt_as_the_context_fitting_and_the_usage_do() -> None:
+    # One estimator (pipeline/tokens.py, issue 20 item 8): code takes more tokens than prose of the same length,
+    # in the plan as in the window fitting and in the usage of a cut-off attempt.
+    code = "".join(f"def f{n}(x: int) -> int:\n    return x + {n}\n" for n in range(40))
+    prose = ("The parser reads the input and hands each part to the checker. " * 40)[: len(code)]
+    est = estimator()
+    grown = est.input_tokens(spec(task=code), A.ARCHITECT) - est.input_tokens(spec(task=prose), A.ARCHITECT)
+    assert grown == estimate_tokens(code) - estimate_tokens(prose) > len(code) // 10
 
 def test_the_plan_lists_the_five_stages_with_time_and_cost() -> None:
     est = estimator()

@@ -21,11 +21,11 @@ import grpc
 from facilitair.client._errors import FacilitairError, ServerUnreachable, StatusCode
 from facilitair.client._request import collaborate_request, count, invalid
 from facilitair.client._target import parse_target
-from facilitair.client._types import CompletedRun, RunState, is_terminal, result_of
+from facilitair.client._types import TERMINAL_KINDS, CompletedRun, RunState, is_terminal, result_of
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
-TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
+TERMINAL = TERMINAL_KINDS  # the kinds of event that end a run (each is its payload's name)
 
 # Client keepalive (see README "Long streams"): ping every 30 s, give up on a silent peer after
 # 10 s. The server permits pings every 10 s, so these never trigger too_many_pings.

@@ -105,6 +105,25 @@ class UsageTotals:
         self.estimated = self.estimated or other.estimated
 
 
+class RunState(enum.IntEnum):
+    """Where a run is in its life; values match the `facilitair.v1.RunState` enum numbers (stored as such)."""
+
+    QUEUED = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+    INTERRUPTED = 6  # the server stopped mid-run; the run resumes at the next start
+
+
+# The one definition of which states are final, used by the Python code and by both stores' SQL (and the
+# partial indexes made on that SQL): a finished run has its terminal event; an unfinished one may still
+# produce events, and has an owner.
+# Sets of int, so that the plain numbers of a stored row or a wire message can be looked up in them.
+FINISHED_STATES: frozenset[int] = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+UNFINISHED_STATES: frozenset[int] = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED})
+
+
 class ArtifactKind(enum.IntEnum):
     """What a produced file is for; values match the `facilitair.v1.ArtifactKind` enum numbers."""
 

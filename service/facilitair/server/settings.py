@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import platformdirs
 from pydantic import (
@@ -26,8 +27,14 @@ from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 from facilitair.server.domain import ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
 
-if TYPE_CHECKING:  # the pipeline file's model imports this module
-    from facilitair.server.pipeline_file import PipelineConfig
+
+class FileSettings(Protocol):
+    """What `Settings.with_file` reads of a pipeline file (pipeline_file.PipelineConfig), which imports this module."""
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The file's [settings] table."""
+        ...
 
 
 def check_model(text: str, field: str) -> str:
@@ -247,7 +254,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not HOST:PORT")
         return v
 
-    def with_file(self, config: PipelineConfig) -> Settings:
+    def with_file(self, config: FileSettings) -> Settings:
         """These settings with the pipeline file's [settings] filled in where flags and environment said nothing."""
         merged = self.model_copy()
         for name, value in config.settings.items():

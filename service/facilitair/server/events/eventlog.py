@@ -23,11 +23,12 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from facilitair.server import metrics
+from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import DataCorrupt, FacilitairError
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
-from facilitair.server.events.wire import FINISHED_STATES, TERMINAL_PAYLOADS
+from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
 from facilitair.server.tasks import cancel_and_wait
 from facilitair.v1.orchestrator_pb2 import RunEvent

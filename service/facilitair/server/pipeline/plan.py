@@ -12,11 +12,11 @@ import json
 from facilitair.server.domain import AgentRole, Plan, PlannedStage
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 
 PLANNED_ROLES = (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.REVIEWER, AgentRole.TESTER, AgentRole.DOCUMENTER)
-CHARS_PER_TOKEN = 4
 # Typical output tokens per agent, from runs of the default prompts on vendor models.
 TYPICAL_OUTPUT = {
     AgentRole.ARCHITECT: 900,
@@ -54,10 +54,11 @@ class PlanEstimator:
 
     def input_tokens(self, spec: RunSpec, role: AgentRole) -> int:
         """The prompt of a stage of `role`: its system prompt, the task and context, earlier outputs."""
-        own = len(prompts.system_prompt(role, self._config.agent(role).system_prompt)) + len(spec.task)
+        own = estimate_tokens(prompts.system_prompt(role, self._config.agent(role).system_prompt))
+        own += estimate_tokens(spec.task)
         if spec.context:
-            own += len(json.dumps(spec.context))
-        return own // CHARS_PER_TOKEN + sum(self.output_tokens(r) for r in READS[role])
+            own += estimate_tokens(json.dumps(spec.context))
+        return own + sum(self.output_tokens(r) for r in READS[role])
 
     def tokens(self, spec: RunSpec) -> int:
         """Input plus output tokens of the planned stages (no refinement), for the token budget check."""

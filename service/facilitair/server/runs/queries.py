@@ -16,6 +16,7 @@ import uuid
 
 import structlog
 
+from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -91,7 +92,7 @@ class RunQueries:
     async def summary(self, row: RunRow, *, with_result: bool) -> pb.RunSummary:
         """The run's stored summary with its live progress and the replica driving it."""
         summary = wire.summary_of(row.summary, await self.last_seq(row.run_id), with_result=with_result)
-        if row.state in wire.UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time():
+        if row.state in UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time():
             summary.replica_id = row.owner
         return summary
 
@@ -100,7 +101,7 @@ class RunQueries:
         row = await self.owned(run_id, principal)
         last = await self.last_seq(row.run_id)
         if after_seq > last:
-            where = "finished " if row.state in wire.FINISHED_STATES else ""
+            where = "finished " if row.state in FINISHED_STATES else ""
             raise OutOfRange(f"after_seq {after_seq} is past the last event ({last}) of this {where}run")
         return row
 

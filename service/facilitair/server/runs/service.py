@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 
+from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
-from facilitair.server.events.wire import FINISHED_STATES
 from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig

@@ -22,6 +22,7 @@ from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
     DELETE_BATCH,
     RATE_WINDOW,
+    UNFINISHED_SQL,
     Batch,
     Checkpoint,
     Claim,
@@ -44,8 +45,6 @@ _RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
     "owner, epoch, lease_expires_at, cancel_reason"
 )
-# UNFINISHED_STATES written out, so that SQLite can use the partial indexes made on this very predicate.
-_UNFINISHED = "state IN (1, 2, 6)"
 
 # SQLite errors that mean "cannot write now" and what to say about them (SQLite's own words hold no path).
 _UNAVAILABLE = {
@@ -179,7 +178,7 @@ class SqliteStore:
                         return InsertResult(InsertOutcome.EXISTING, _row(found), 0)
                 active = int(
                     conn.execute(
-                        f"SELECT count(*) FROM runs WHERE principal=? AND {_UNFINISHED}", (row.principal,)
+                        f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (row.principal,)
                     ).fetchone()[0]
                 )
                 if active >= max_active_per_principal:
@@ -219,7 +218,7 @@ class SqliteStore:
 
         def mark(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
-                f"UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? AND {_UNFINISHED}",
+                f"UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? AND {UNFINISHED_SQL}",
                 (reason, run_id),
             )
             return cur.rowcount > 0
@@ -255,7 +254,8 @@ class SqliteStore:
             rows: list[RunRow] = []
             with immediate(conn):
                 candidates = conn.execute(
-                    f"SELECT run_id, epoch FROM runs WHERE {_UNFINISHED}{expired} ORDER BY created_at, run_id LIMIT ?",
+                    f"SELECT run_id, epoch FROM runs WHERE {UNFINISHED_SQL}{expired} "
+                    "ORDER BY created_at, run_id LIMIT ?",
                     (limit,) if ignore_leases else (now, limit),
                 ).fetchall()
                 for run_id, epoch in candidates:
@@ -305,7 +305,7 @@ class SqliteStore:
                 ids = [
                     r[0]
                     for r in conn.execute(
-                        f"SELECT run_id FROM runs WHERE finished_at < ? AND NOT {_UNFINISHED} LIMIT ?",
+                        f"SELECT run_id FROM runs WHERE finished_at < ? AND NOT {UNFINISHED_SQL} LIMIT ?",
                         (cutoff, batch_size),
                     )
                 ]
@@ -373,9 +373,8 @@ class SqliteStore:
         """The principal's unfinished runs."""
         return await self._reader.run(
             lambda conn: int(
-                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {_UNFINISHED}", (principal,)).fetchone()[
-                    0
-                ]
+                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,))
+                .fetchone()[0]
             )
         )
 
@@ -397,7 +396,7 @@ class SqliteStore:
 
     async def unfinished_runs(self) -> list[RunRow]:
         """Queued, running or interrupted runs, oldest first."""
-        return await self._many(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_UNFINISHED} ORDER BY created_at", ())
+        return await self._many(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {UNFINISHED_SQL} ORDER BY created_at", ())
 
     async def checkpoints(self, run_id: str) -> list[Checkpoint]:
         """Checkpoints by stage."""
