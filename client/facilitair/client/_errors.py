@@ -17,6 +17,7 @@ FacilitairError          any failed call; `code` is a StatusCode, `message` is t
 from __future__ import annotations
 
 import enum
+import re
 
 import grpc
 from google.rpc import error_details_pb2
@@ -89,7 +90,19 @@ class FacilitairError(Exception):
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     reason = info.reason
-        return cls(code, err.details() or code.name, violations, retry_after, reason)
+        message = err.details() or code.name
+        if code == StatusCode.RESOURCE_EXHAUSTED and not reason and (too_large := _TOO_LARGE.search(message)):
+            # gRPC's own limit on a request message, enforced before any handler of ours sees it. The request
+            # cannot succeed as it is, so it is a bad argument, said as the server says its own limits.
+            size, limit = too_large.groups()
+            why = f"is {size} bytes; the server's limit is {limit} (a task of at most 20000 characters, a context of "
+            why += "64 KiB)"
+            return cls(StatusCode.INVALID_ARGUMENT, f"request: {why}", [("request", why)])
+        return cls(code, message, violations, retry_after, reason)
+
+
+# gRPC's words when a request message is over the server's limit: "Received message larger than max (X vs. Y)".
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
 
 class ServerUnreachable(FacilitairError):
