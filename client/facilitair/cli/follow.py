@@ -15,11 +15,11 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_client, make_renderer
+from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, make_client, make_renderer
 from facilitair.cli.inputs import agent_models, build_context, read_task
 from facilitair.cli.output import OutputDir
 from facilitair.cli.render import Renderer, plural
-from facilitair.client import Client, EventKind, FacilitairError, event_kind
+from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # Files named one by one at the end of a run; more are counted.
@@ -108,9 +108,18 @@ class Follower:
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             return await self._output_closed()
-        except FacilitairError:
+        except FacilitairError as err:
             self._close_view()  # the status line goes, the output dir gets what there was
-            raise
+            if err.reason != RECONNECT_GAVE_UP or not self.current:
+                raise
+            # The run is the server's: it goes on there (or on another replica) without this client.
+            self.renderer.note(err.message, warning=True)
+            self.renderer.note(
+                f"Run {self.current} goes on on the server (it resumes when the server is back, or on another "
+                f"replica). Follow it with: {self._watch_hint()} (and --target ANOTHER_REPLICA when there are several)",
+                warning=True,
+            )
+            return EXIT_UNAVAILABLE
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         self._close_view()
