@@ -23,7 +23,7 @@ WITHOUT_LOCAL_EXTRA = (
 )
 
 
-async def serve(tmp_path: Path, *, local_extra: bool = True, **settings: str) -> tuple[int | None, str]:
+async def serve(tmp_path: Path, settings: dict[str, str], *, local_extra: bool = True) -> tuple[int | None, str]:
     """Start `python -m facilitair.server` on a fresh SQLite file; (exit code, stderr) once it ends, or (None,
     stderr so far) as soon as it says it is serving (then it is killed)."""
     env = clean_environment(
@@ -52,7 +52,7 @@ async def serve(tmp_path: Path, *, local_extra: bool = True, **settings: str) ->
 
 
 async def test_no_key_and_no_local_extra_refuses_to_start_saying_what_to_install_or_set(tmp_path: Path) -> None:
-    code, err = await serve(tmp_path, local_extra=False)
+    code, err = await serve(tmp_path, {}, local_extra=False)
     assert code == 2, err
     assert err.splitlines() == [
         "facilitair: configuration error: every run would fail: the default model local:default cannot run here: "
@@ -64,7 +64,7 @@ async def test_no_key_and_no_local_extra_refuses_to_start_saying_what_to_install
 
 @pytest.mark.skipif(not LOCAL_INSTALLED, reason="the local extra is not installed")
 async def test_no_key_and_local_default_not_pulled_refuses_to_start_saying_pull_it(tmp_path: Path) -> None:
-    code, err = await serve(tmp_path)
+    code, err = await serve(tmp_path, {})
     assert code == 2, err
     [line] = err.splitlines()
     assert line.startswith(
@@ -84,7 +84,7 @@ async def test_no_key_and_local_default_not_pulled_refuses_to_start_saying_pull_
 async def test_a_default_model_of_a_provider_without_a_key_refuses_to_start(
     tmp_path: Path, settings: dict[str, str], words: str
 ) -> None:
-    code, err = await serve(tmp_path, **settings)
+    code, err = await serve(tmp_path, settings)
     assert code == 2, err
     [line] = err.splitlines()
     assert line.startswith("facilitair: configuration error: every run would fail: the default model ")
