@@ -25,7 +25,7 @@ WITHOUT_LOCAL_EXTRA = (
 
 async def serve(tmp_path: Path, settings: dict[str, str], *, local_extra: bool = True) -> tuple[int | None, str]:
     """Start `python -m facilitair.server` on a fresh SQLite file; (exit code, stderr) once it ends, or (None,
-    stderr so far) as soon as it says it is serving (then it is killed)."""
+    stderr so far) as soon as it says it is serving, or restarts a worker that exited (then it is killed)."""
     env = clean_environment(
         FACILITAIR_LISTEN="127.0.0.1:0",
         FACILITAIR_DB=str(tmp_path / "runs.db"),
@@ -42,7 +42,7 @@ async def serve(tmp_path: Path, settings: dict[str, str], *, local_extra: bool =
         async with asyncio.timeout(HANG_GUARD):
             async for raw in proc.stderr:
                 lines.append(raw.decode())
-                if '"event": "serving"' in lines[-1]:
+                if '"event": "serving"' in lines[-1] or '"event": "worker_exited"' in lines[-1]:  # started, or will
                     return None, "".join(lines)
             return await proc.wait(), "".join(lines)
     finally:
@@ -90,3 +90,12 @@ async def test_a_default_model_of_a_provider_without_a_key_refuses_to_start(
     assert line.startswith("facilitair: configuration error: every run would fail: the default model ")
     assert words in line
     assert "sk-test" not in err
+
+
+async def test_workers_refuse_to_start_too_rather_than_restart_forever(tmp_path: Path, pg_url: str) -> None:
+    settings = {"OPENAI_API_KEY": "sk-test", "FACILITAIR_MODEL": "anthropic:claude-sonnet-4-6"}
+    code, err = await serve(tmp_path, settings | {"FACILITAIR_DATABASE_URL": pg_url, "FACILITAIR_WORKERS": "2"})
+    assert code == 2, err
+    [line] = err.splitlines()
+    assert line.startswith("facilitair: configuration error: every run would fail: the default model ")
+    assert "set ANTHROPIC_API_KEY" in line
