@@ -44,7 +44,7 @@ def _load(entry: EntryPoint, subparsers: Any) -> None:
 def _not_installed(command: str, missing: str) -> int:
     print(
         f"facilitair: `{command}` needs the server, which is not installed ({missing} is missing): "
-        "pip install 'facilitair[server]'",
+        "pip install 'facilitair[server]', or pip install '.[server]' in a clone of the repository",
         file=sys.stderr,
     )
     return EXIT_USAGE

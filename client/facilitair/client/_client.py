@@ -26,6 +26,8 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
 TERMINAL = TERMINAL_KINDS  # the kinds of event that end a run (each is its payload's name)
+#: The reason of the error a stream raises when it stopped trying to re-attach (the run itself goes on).
+RECONNECT_GAVE_UP = "RECONNECT_GAVE_UP"
 
 # Client keepalive (see README "Long streams"): ping every 30 s, give up on a silent peer after
 # 10 s. The server permits pings every 10 s, so these never trigger too_many_pings.
@@ -38,7 +40,14 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # A target naming several replicas (dns:///name, ipv4:a,b): spread calls over them, and when one goes
     # away the next call (a resumed watch) goes to another.
     ("grpc.lb_policy_name", "round_robin"),
+    # gRPC waits up to 120 s (1 s, x1.6 each time) between connection attempts to a server that refused one, and
+    # fails calls at once meanwhile: a restarted server was noticed 8-10 s after it was back. A refused connect
+    # costs nothing, so try every 2 s at most (our own backoff has the same cap, _RECONNECT_CAP).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+# The longest wait between two attempts to re-attach a broken stream, in seconds.
+_RECONNECT_CAP = 2.0
 
 #: Called with each event as it arrives; may be a coroutine function.
 EventCallback = Callable[[pb.RunEvent], Awaitable[None] | None]
@@ -250,7 +259,7 @@ class Client:
                 # The stream ended without a terminal event: the server is going away.
                 error = FacilitairError(StatusCode.UNAVAILABLE, "the stream ended before the run did")
             except grpc.RpcError as err:
-                error = FacilitairError.from_rpc_error(err)
+                error = FacilitairError.from_rpc_error(err, self.target)
             finally:
                 cancel = getattr(call, "cancel", None)
                 if cancel is not None:
@@ -260,11 +269,12 @@ class Client:
             now = time.monotonic()
             broken_since = broken_since or now
             attempt += 1
-            delay = min(0.2 * 2 ** (attempt - 1), 5.0) * (0.5 + random.random())  # noqa: S311
+            delay = min(0.2 * 2 ** (attempt - 1) * (0.5 + random.random()), _RECONNECT_CAP)  # noqa: S311
             if now + delay - broken_since > self.reconnect_timeout:
                 raise FacilitairError(
                     StatusCode.UNAVAILABLE,
                     f"gave up reconnecting after {self.reconnect_timeout:.0f}s: {error.message}",
+                    reason=RECONNECT_GAVE_UP,
                 )
             if self.on_reconnect is not None:
                 self.on_reconnect(attempt, delay, error)
@@ -302,7 +312,7 @@ class Client:
         try:
             return await method(request, timeout=30.0, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise FacilitairError.from_rpc_error(err) from None
+            raise FacilitairError.from_rpc_error(err, self.target) from None
 
 
 async def _outcome(events: AsyncGenerator[pb.RunEvent, None], on_event: EventCallback | None) -> CompletedRun:

@@ -70,6 +70,11 @@ class ConfigError(Exception):
     """The configuration is invalid; the message says which key and why."""
 
 
+def pip_install(extras: str) -> str:
+    """How to install facilitair with `extras`, both from a package index and from a clone of the repository."""
+    return f"pip install 'facilitair[{extras}]', or pip install '.[{extras}]' in a clone of the repository"
+
+
 def _in_file(**field: Any) -> Any:
     """A setting the pipeline file's [settings] table may set too (flags and FACILITAIR_* win over it)."""
     return Field(**field, json_schema_extra={"in_file": True})

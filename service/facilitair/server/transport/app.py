@@ -32,6 +32,7 @@ from facilitair.server.store.sqlite_lock import SqliteFileLock
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
+from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -310,7 +311,14 @@ async def until_signalled() -> None:
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format, replica=settings.replica_id)
-    running = await create_server(settings, config=config)
+    config = config if config is not None else PipelineConfig.load(settings.pipeline)
+    providers = ProviderRegistry.from_settings(settings.with_file(config), config)
+    try:
+        check_default_models(providers, settings.with_file(config), config)
+    except ConfigError:
+        await providers.aclose()
+        raise
+    running = await create_server(settings, providers=providers, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]
     if settings.insecure and not (settings.api_keys or settings.api_keys_file or settings.tls_client_ca):

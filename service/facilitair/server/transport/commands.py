@@ -19,9 +19,11 @@ from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
 from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.providers import ProviderRegistry
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store.base import StoreUnavailable
 from facilitair.server.store.sqlite_lock import StoreInUse
+from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.workers import check_workers, run_workers
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE = 0, 1, 2
@@ -79,6 +81,8 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
         settings, config = _settings(source, args)
         check_workers(settings)
         if settings.workers > 1:
+            # Here as well as in each worker: a worker that refuses to start would be restarted forever.
+            asyncio.run(_check_default_models(settings, config))
             return run_workers(settings, _given(args))
         from facilitair.server.transport.app import loop_factory, serve  # noqa: PLC0415 - only when serving
 
@@ -93,6 +97,15 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
         print(f"facilitair: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+async def _check_default_models(settings: Settings, config: PipelineConfig) -> None:
+    """ConfigError when every run would fail (transport/requests.py: check_default_models)."""
+    providers = ProviderRegistry.from_settings(settings, config)
+    try:
+        check_default_models(providers, settings, config)
+    finally:
+        await providers.aclose()
 
 
 def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int:

@@ -7,11 +7,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from facilitair.server.domain import AgentRole, ModelRef, parse_chain
-from facilitair.server.errors import InvalidArgument
+from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain
+from facilitair.server.errors import FailedPrecondition, InvalidArgument
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig
-from facilitair.server.settings import Settings
+from facilitair.server.providers import ProviderRegistry
+from facilitair.server.settings import ConfigError, Settings
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000
@@ -91,6 +92,29 @@ def default_models(settings: Settings, config: PipelineConfig) -> dict[AgentRole
         configured = config.agent(role).model
         models[role] = parse_chain(configured, field=f"agents.{role.label}.model") if configured else default
     return models
+
+
+def check_default_models(providers: ProviderRegistry, settings: Settings, config: PipelineConfig) -> None:
+    """ConfigError when an agent's default models all fail admission: every run naming no model would fail.
+
+    Said at start, naming what to install or set, rather than as FAILED_PRECONDITION to every caller (a server
+    installed without the `local` extra and started with no key used to start, and then refuse every run).
+    """
+    problems: dict[str, None] = {}  # one line per distinct problem, in the agents' order
+    for role, chain in default_models(settings, config).items():
+        why: list[str] = []
+        for model in chain:
+            try:
+                providers.check(model)
+            except FailedPrecondition as exc:
+                why.append(exc.public_message)
+            else:
+                break
+        else:
+            whose = "the default model" if chain == settings.default_models() else f"the {role.label}'s model"
+            problems[f"{whose} {chain_text(chain)} cannot run here: {'; '.join(why)}"] = None
+    if problems:
+        raise ConfigError("every run would fail: " + " | ".join(problems))
 
 
 def _context(request: pb.CollaborateRequest, problems: list[tuple[str, str]]) -> dict[str, Any]:
