@@ -30,6 +30,7 @@ from facilitair.server.store.base import EventStore
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
+from facilitair.server.transport.loop_lag import LoopLagMonitor
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -76,6 +77,7 @@ class RunningServer:
     health: HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
+    loop_lag: LoopLagMonitor | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -103,6 +105,8 @@ class RunningServer:
         try:
             await self.server.stop(grace)
         finally:
+            if self.loop_lag is not None:
+                await self.loop_lag.stop()
             await self.runs.stop()
             await self.providers.aclose()
             if self.metrics is not None:
@@ -147,6 +151,8 @@ async def create_server(
         raise
     running = RunningServer(server, port, runs, health, providers, metrics_server)
     running.follow_store_health()
+    running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
+    running.loop_lag.start()
     return running
 
 
