@@ -88,12 +88,28 @@ def test_hostile_output_is_counted_in_linear_time(text: str) -> None:
     assert within_bound(lambda: estimate_tokens(text)) >= len(text) // 4
 
 
-def test_a_stage_that_writes_too_many_files_keeps_the_first_and_says_so() -> None:
-    text = "".join(f"File: f{i}.py\n```\n{i}\n```\n" for i in range(MAX_FILES + 5))
+@pytest.mark.parametrize(
+    ("written", "logged"), [(MAX_FILES, []), (MAX_FILES + 5, [("model_output_capped", MAX_FILES)])]
+)
+@pytest.mark.parametrize("header", ["File: f{i}.py\n", ""], ids=["named", "unnamed"])
+def test_a_stage_that_writes_too_many_files_keeps_the_first_and_says_so(
+    written: int, logged: list[tuple[str, int]], header: str
+) -> None:
+    text = "".join(f"{header.format(i=i)}```\n{i}\n```\n" for i in range(written))
     with capture_logs() as logs:
         files = parse_files(text, fallback_stem="solution")
-    assert [f.path for f in files] == [f"f{i}.py" for i in range(MAX_FILES)]
-    assert [(e["event"], e["files"]) for e in logs] == [("model_output_capped", MAX_FILES)]
+    assert [f.content for f in files] == [f"{i}\n" for i in range(MAX_FILES)]
+    assert [(e["event"], e["files"]) for e in logs] == logged
+
+
+def test_output_over_the_scan_limit_is_read_up_to_it_and_says_so() -> None:
+    text = "File: a.py\n```\nx\n```\n" + "y" * MAX_SCANNED_CHARS + "\nFile: b.py\n```\nz\n```\n"
+    with capture_logs() as logs:
+        files = parse_files(text, fallback_stem="solution")
+    assert files == [ParsedFile("a.py", "x\n")]
+    assert [(e["event"], e["chars"], e["scanned_chars"]) for e in logs] == [
+        ("model_output_capped", len(text), MAX_SCANNED_CHARS)
+    ]
 
 
 @pytest.mark.parametrize(

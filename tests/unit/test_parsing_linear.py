@@ -8,6 +8,7 @@ from short strings of the characters the grammar cares about.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from hypothesis import HealthCheck, given, settings
@@ -33,7 +34,10 @@ OLD_FILE_BLOCK = re.compile(
 OLD_ANY_BLOCK = re.compile(
     r"^[ \t]*(?P<fence>`{3,})(?P<lang>[^\n]*)\n(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$", re.MULTILINE | re.DOTALL
 )
-OLD_EXTENSIONS = {"python": "py", "py": "py", "json": "txt", "md": "md"}
+OLD_EXTENSIONS = {
+    **{"python": "py", "py": "py", "javascript": "js", "js": "js", "typescript": "ts", "ts": "ts", "go": "go"},
+    **{"rust": "rs", "java": "java", "markdown": "md", "md": "md", "bash": "sh", "sh": "sh"},
+}
 
 
 def old_parse_files(text: str) -> list[ParsedFile]:
@@ -45,7 +49,7 @@ def old_parse_files(text: str) -> list[ParsedFile]:
             files[path] = match.group("body")
     if not files:
         for i, match in enumerate(OLD_ANY_BLOCK.finditer(text), start=1):
-            ext = {"python": "py", "py": "py", "md": "md"}.get(match.group("lang").strip().lower(), "txt")
+            ext = OLD_EXTENSIONS.get(match.group("lang").strip().lower(), "txt")
             files[f"solution_{i}.{ext}" if i > 1 else f"solution.{ext}"] = match.group("body")
     return [ParsedFile(path, content) for path, content in files.items()]
 
@@ -92,8 +96,8 @@ SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[Heal
 
 
 def old_file_blocks(text: str) -> list[tuple[str, str]]:
-    """(path, body) of each block the old regex found; a blank path as ""."""
-    return [(m["path"] if m["path"].strip() else "", m["body"]) for m in OLD_FILE_BLOCK.finditer(text)]
+    """(path, body) of each block the old regex found; a path of blanks as "" (header_path says so)."""
+    return [(m["path"] if m["path"].strip(" \t") else "", m["body"]) for m in OLD_FILE_BLOCK.finditer(text)]
 
 
 @SETTINGS
@@ -107,9 +111,20 @@ def test_the_scanner_finds_the_old_regexes_blocks(text: str) -> None:
     assert parse_files(text, fallback_stem="solution") == old_parse_files(text)
 
 
-@SETTINGS
+@settings(max_examples=3000, deadline=None)
 @given(HEADER_LINES)
 def test_a_header_line_names_the_path_the_old_regex_took(line: str) -> None:
     old = OLD_FILE_BLOCK.match(line + "\n```\n```")
-    expected = None if old is None else old["path"] if old["path"].strip() else ""
+    expected = None if old is None else old["path"] if old["path"].strip(" \t") else ""
     assert header_path(line) == expected
+
+
+def test_every_short_header_names_the_path_the_old_regex_took() -> None:
+    # Every rest of a header line up to 6 characters of blanks, "*", "`" and a path character: the cases where
+    # blanks, stars and backticks around a path decide whether the line is a header at all.
+    for length in range(7):
+        for chars in itertools.product(" \t*`a", repeat=length):
+            line = "File:" + "".join(chars)
+            old = OLD_FILE_BLOCK.match(line + "\n```\n```")
+            expected = None if old is None else old["path"] if old["path"].strip(" \t") else ""
+            assert header_path(line) == expected, line

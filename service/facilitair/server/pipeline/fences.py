@@ -36,6 +36,10 @@ _BLANK_LINES = re.compile(r"(?:[ \t]*\n)*")  # unambiguous: each repetition ends
 _HEADER_HINT = re.compile(r"^[ \t#*>\-]*(?:file|path)", re.IGNORECASE | re.MULTILINE)
 # The word that makes a line a file header, and its colon.
 _FILE_WORD = re.compile(r"(?:file(?:name)?|path)(?:\*\*)?[ \t]*:", re.IGNORECASE)
+# Around a path of blanks alone ("File: ``", "File: **"): blanks (b), "**" (s) and "`" (t), in this order.
+_REST_TOKEN = re.compile(r"[ \t]+|\*+|`|[^ \t*`]")
+_BLANK_PATH_TOKENS = re.compile(r"b?s?b?t?bt?b?s?b?")  # on at most _MOST_REST_TOKENS letters: no long backtracking
+_MOST_REST_TOKENS = 9
 _BLANKS = " \t"
 _HEADING_MARKS = " \t#*>-"  # "### File:", "- **File:**", "> Path:" (any mix, in any order)
 
@@ -139,23 +143,31 @@ def header_path(line: str) -> str | None:
     if word is None:
         return None
     rest = line[word.end() :]
-    # Before the path: blanks, "**", blanks, "`". A blank right before the path could start a blank path.
+    # Before the path: blanks, "**", blanks, "`" (each optional, taken when there).
     start = _skip_blanks(rest, 0)
-    blank_before = start > 0
     if rest.startswith("**", start):
-        after_stars = start + 2
-        start = _skip_blanks(rest, after_stars)
-        blank_before = start > after_stars
+        start = _skip_blanks(rest, start + 2)
     if rest.startswith("`", start):
         start += 1
-        blank_before = False
     candidate = rest[start:]
     end = _trailer_start(candidate)
     path = candidate[:end]
-    if end > 0:
-        return None if "`" in path or "*" in path else path
-    # The whole rest is a trailer ("`", "**", blanks): a header with a blank path when a blank can be its path.
-    return "" if candidate[:1] in (" ", "\t") or blank_before else None
+    if end > 0 and "`" not in path and "*" not in path:
+        return path if path.strip(_BLANKS) else ""
+    # No path with something in it: the regex still took the line when blanks alone could be the path.
+    return "" if _blank_path_fits(rest) else None
+
+
+def _blank_path_fits(rest: str) -> bool:
+    """Whether `rest` is blanks, "**" and "`" in the order the regex allows around a path of blanks alone."""
+    kinds: list[str] = []
+    for token in _REST_TOKEN.finditer(rest):
+        text = token.group()
+        kind = "b" if text[0] in _BLANKS else "s" if text == "**" else "t" if text == "`" else None
+        if kind is None or len(kinds) == _MOST_REST_TOKENS:
+            return False
+        kinds.append(kind)
+    return _BLANK_PATH_TOKENS.fullmatch("".join(kinds)) is not None
 
 
 def _skip_blanks(text: str, start: int) -> int:

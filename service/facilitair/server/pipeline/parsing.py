@@ -4,8 +4,9 @@ Both parsers accept what models really produce (a heading before `File:`, backti
 path, prose around the JSON) and never raise: bad output becomes a well-defined result.
 
 Model output is untrusted input, and these run on the event loop: both take time linear in the text
-(fences.py scans lines; no regex that can backtrack), and read at most MAX_SCANNED_CHARS of it and
-at most MAX_FILES files from it, so no answer a model can write stops every other stream.
+(fences.py: no regex there backtracks more than once over a line), and read at most MAX_SCANNED_CHARS
+of it, MAX_BLOCKS fenced blocks and MAX_FILES files, so no answer a model can write stops every other
+stream for long.
 """
 
 from __future__ import annotations
@@ -72,16 +73,23 @@ def parse_files(text: str, *, fallback_stem: str) -> list[ParsedFile]:
     """The files in an agent's output; unnamed code blocks get `fallback_stem` names when none is named."""
     fences = Fences(_scanned(text))
     files: dict[str, str] = {}
+    capped = False
     for raw, block in itertools.islice(fences.file_blocks(), MAX_BLOCKS):
         path = safe_path(raw)
-        if path is not None and (path in files or len(files) < MAX_FILES):
+        if path is None:
+            continue
+        if path in files or len(files) < MAX_FILES:
             files[path] = block.body
+        else:
+            capped = True
     if not files:
-        for i, block in enumerate(itertools.islice(fences.code_blocks(), MAX_FILES), start=1):
+        blocks = list(itertools.islice(fences.code_blocks(), MAX_FILES + 1))
+        capped = len(blocks) > MAX_FILES
+        for i, block in enumerate(blocks[:MAX_FILES], start=1):
             ext = _EXTENSIONS.get(block.info.strip().lower(), "txt")
             files[f"{fallback_stem}_{i}.{ext}" if i > 1 else f"{fallback_stem}.{ext}"] = block.body
-    if len(files) == MAX_FILES:
-        log.warning("model_output_capped", files=MAX_FILES, note="files after these are left out")
+    if capped:
+        log.warning("model_output_capped", files=MAX_FILES, note="the files after these were left out")
     return [ParsedFile(path, content) for path, content in files.items()]
 
 
