@@ -52,23 +52,39 @@ class Block:
     body: str
 
 
+class _FenceLines:
+    """The lines that are a fence of one character alone, read from the text only as far as a question needs."""
+
+    def __init__(self, text: str, char: str) -> None:
+        self._unread = _ALONE[char].finditer(text)
+        self._starts: dict[int, list[int]] = collections.defaultdict(list)  # fence length -> line starts, in order
+        self.longest: int | None = None  # the longest fence, once every line is read
+
+    def first_after(self, length: int, pos: int) -> int | None:
+        """Where the first line after `pos` that is this fence of `length` alone starts; None if there is none."""
+        starts = self._starts.get(length)
+        if starts:
+            after = bisect.bisect_right(starts, pos)
+            if after < len(starts):
+                return starts[after]  # every line before the last one read is indexed: this is the first
+        if self.longest is not None:
+            return None
+        for line in self._unread:
+            found = line.end(1) - line.start(1)
+            self._starts[found].append(line.start())
+            if found == length and line.start() > pos:
+                return line.start()
+        self.longest = max(self._starts, default=0)
+        return None
+
+
 class Fences:
-    """A text's fenced blocks; the lines that are a fence alone are indexed once, so a closing is found in O(log n)."""
+    """A text's fenced blocks. A closing fence is found through an index of the fence-only lines (O(log n)),
+    which is read only as far as the blocks asked for need: each line is read once whatever is asked."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._alone: dict[str, dict[int, list[int]]] = {}  # fence char -> length -> the lines' starts, in order
-        self._longest: dict[str, int] = {}
-
-    def _closings(self, char: str) -> dict[int, list[int]]:
-        """The lines that are a fence of `char` alone, by the fence's length (found once, on first need)."""
-        found = self._alone.get(char)
-        if found is None:
-            found = self._alone[char] = collections.defaultdict(list)
-            for line in _ALONE[char].finditer(self.text):
-                found[line.end(1) - line.start(1)].append(line.start())
-            self._longest[char] = max(found, default=0)
-        return found
+        self._fence_lines = {char: _FenceLines(text, char) for char in "`~"}
 
     def block_at(self, pos: int, fence_chars: str) -> tuple[Block, int] | None:
         """The block that opens at the line starting at `pos`, and where its closing line ends; None if none does.
@@ -86,17 +102,15 @@ class Fences:
         if line_end < 0:  # an opening fence line ends with a newline
             return None
         char, run = text[opening.start(1)], opening.end(1) - opening.start(1)
-        closings = self._closings(char)
-        for length in range(min(run, self._longest[char]), 2, -1):
-            starts = closings.get(length)
-            if starts is None:
-                continue
-            after = bisect.bisect_right(starts, line_end)
-            if after < len(starts):
-                closing = starts[after]
+        fence_lines = self._fence_lines[char]
+        length = run  # (a loop over the run's length at most: linear in the opening line)
+        while length >= 3:
+            closing = fence_lines.first_after(length, line_end)
+            if closing is not None:
                 closing_end = text.find("\n", closing)
                 info = text[opening.start(1) + length : line_end]
                 return Block(info, text[line_end + 1 : closing]), len(text) if closing_end < 0 else closing_end
+            length = length - 1 if fence_lines.longest is None else min(length - 1, fence_lines.longest)
         return None
 
     def code_blocks(self) -> Iterator[Block]:
