@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="the event loop: uvloop when installed (auto), or forced"
     )
+    loop_stall_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="log event_loop_stalled when the event loop wakes a task this many seconds late or more (every "
+        "stream, health check and lease renewal of the replica waited that long)",
+    )
     retention_days: float = _in_file(default=7.0, gt=0, description="finished runs are deleted after this many days")
     retention_check_seconds: float = Field(default=3600.0, gt=0, description="how often retention runs")
     max_refinements: int = _in_file(

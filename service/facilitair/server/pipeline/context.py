@@ -28,7 +28,7 @@ from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.errors import FailedPrecondition
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.plan import TYPICAL_OUTPUT
-from facilitair.server.pipeline.tokens import estimate_tokens, request_tokens
+from facilitair.server.pipeline.tokens import CHARS_PER_TOKEN, estimate_tokens, request_tokens
 from facilitair.server.pipeline_file import AgentConfig
 from facilitair.server.providers import CompletionRequest
 
@@ -112,7 +112,8 @@ def fit(
 
 def shorten(text: str, tokens: int) -> str:
     """The head of `text` that takes at most about `tokens`, cut at a line, with a note of what was left out."""
-    low, high = 0, len(text)
+    # No estimate is below a token per CHARS_PER_TOKEN characters: no longer prefix can be within `tokens`.
+    low, high = 0, min(len(text), max(tokens, 0) * CHARS_PER_TOKEN)
     while low < high:  # the longest prefix within the estimate
         middle = (low + high + 1) // 2
         if estimate_tokens(text[:middle]) <= tokens:

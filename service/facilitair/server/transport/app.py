@@ -32,6 +32,7 @@ from facilitair.server.store.sqlite_lock import SqliteFileLock
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
+from facilitair.server.transport.loop_lag import LoopLagMonitor
 from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
@@ -80,6 +81,7 @@ class RunningServer:
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
     lock: SqliteFileLock | None = None
+    loop_lag: LoopLagMonitor | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -107,6 +109,8 @@ class RunningServer:
         try:
             await self.server.stop(grace)
         finally:
+            if self.loop_lag is not None:
+                await self.loop_lag.stop()
             try:
                 await self.runs.stop()
             finally:
@@ -161,6 +165,8 @@ async def create_server(
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
     running = RunningServer(server, port, runs, health, providers, metrics_server, lock)
     running.follow_store_health()
+    running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
+    running.loop_lag.start()
     return running
 
 
