@@ -78,6 +78,37 @@ async def test_bad_input_is_a_usage_error_not_a_traceback(dead_target: str, args
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["run", "watch"])
+async def test_an_output_dir_that_is_a_file_or_cannot_be_made_is_one_usage_line(
+    dead_target: str, tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    subject = TASK if command == "run" else "some-run"
+    for where, why in ((tmp_path / "afile", "is a file, not a folder"), (Path("/proc/x"), "cannot create it")):
+        code, out, err = await cli(dead_target, command, subject, "--output-dir", str(where))
+        assert (code, out) == (2, "")
+        assert err.startswith(f"facilitair: --output-dir {where}: {why}")
+        assert len(err.splitlines()) == 1, err
+
+
+async def test_files_into_a_file_or_an_unmakeable_folder_is_one_usage_line(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        code, out, _ = await cli(h.target, "run", TASK, "--detach")
+        await cli(h.target, "watch", out.strip())
+        into_file = await cli(h.target, "files", out.strip(), str(tmp_path / "afile"))
+        into_proc = await cli(h.target, "files", out.strip(), "/proc/x")
+    assert code == 0
+    assert into_file == (2, "", f"facilitair: {tmp_path / 'afile'}: is a file, not a folder\n")
+    assert into_proc[:2] == (2, "")
+    assert into_proc[2].startswith("facilitair: /proc/x: cannot create it")
+    assert len(into_proc[2].splitlines()) == 1, into_proc[2]
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 # ----- 5/6. outcome: exit codes, approval, the end of a run --------------------------------------------------
 
 

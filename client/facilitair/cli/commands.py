@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
 from facilitair.cli.info import print_info
-from facilitair.cli.output import write_files
+from facilitair.cli.output import make_folder, write_files
 from facilitair.cli.render import agent_name, json_of, money, plural, tokens
 from facilitair.client import ArtifactKind, Client, RunState
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -95,6 +95,7 @@ async def _files(client: Client, args: argparse.Namespace) -> None:
             print(f"{a.path:<{width}}  {kind:<6}  {plural(len(a.content.splitlines()), 'line')}")
         print(f"Write them with: facilitair files {run.run_id} DIR", file=sys.stderr)
         return
+    make_folder(args.dir)
     written, refused = write_files(args.dir, artifacts)
     for path in written:
         print(f"wrote {args.dir / path}")
