@@ -347,9 +347,9 @@ def test_plain_output_of_a_whole_run() -> None:
     assert err.getvalue() == ""
 
 
-def test_plain_summary_columns_line_up_when_a_label_is_long() -> None:
-    # A truncated stage's label ("Architect, output truncated") is longer than the usual column: every column
-    # still starts at the same place in every row (it did not: the rest of that row was pushed right).
+def test_plain_summary_says_output_truncated_after_the_cost_not_in_the_agent_column() -> None:
+    # The Agent column holds the agent: "Architect, output truncated" there widened the column for every row and
+    # read as an agent's name (issue 21 item 13). The note ends the row instead; the columns still line up.
     run = a_run()
     run[4].stage_completed.truncated = True
     run.insert(
@@ -368,8 +368,11 @@ def test_plain_summary_columns_line_up_when_a_label_is_long() -> None:
         renderer.event(e)
     renderer.close()
     rows = out.getvalue().splitlines()[-2:]
-    assert rows[0].startswith("1    Architect, output truncated  ")
+    assert rows[0].startswith("1    Architect  ")
+    assert "Architect," not in rows[0]
+    assert rows[0].endswith("$0.000180   output truncated")
     assert rows[1].startswith("2    Coder  ")
+    assert "truncated" not in rows[1]
     for first, second in ((MINI, MINI), ("100 in", "5 in"), ("2.0s", "1.0s"), ("$0.000180", "$0.000100")):
         assert rows[0].index(first) == rows[1].index(second)
     assert rows == [row.rstrip() for row in rows]  # no trailing blanks
