@@ -196,6 +196,21 @@ async def test_output_dir_records_cannot_collide_with_produced_files(
     assert "did not write .facilitair/run.json" in err
 
 
+async def test_a_run_into_an_output_dir_still_ends_with_its_id_and_how_to_get_the_files(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        code, out, err = await cli(h.target, "run", TASK, "--output-dir", str(tmp_path / "out"), "--format", "plain")
+    run_id = out.splitlines()[0].removeprefix("Run ")
+    assert code == 0
+    assert err.splitlines()[-2:] == [
+        f"Run {run_id}: 4 files in {tmp_path / 'out'}: DESIGN.md, src/rev.py, tests/test_rev.py, README.md",
+        f"Get them with: facilitair files {run_id} DIR",
+    ]
+    assert (tmp_path / "out" / "src" / "rev.py").exists()
+
+
 # ----- 9. budgets ------------------------------------------------------------------------------------------------
 
 
