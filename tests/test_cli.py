@@ -15,6 +15,7 @@ import pytest
 from facilitair.client import RunState
 from tests.fakes.providers import FakeOpenAI, Reply
 from tests.harness.cli import cli, jsonl
+from tests.harness.events import kind
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 
@@ -154,6 +155,36 @@ async def test_files_of_a_run_that_is_not_complete_say_why(make_server: ServerFa
         "",
         f"facilitair: run {out.strip()} is running; its files come when it completes: facilitair watch {out.strip()}\n",
     )
+
+
+async def test_files_of_a_cancelled_run_are_those_it_produced_before(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # A run cancelled while the Coder writes has produced DESIGN.md; `files` said "it has no files"
+    # (issue 21 item 13). Its files are the latest versions it stored before it ended.
+    coder, release = held(default_replies()["coder"], after=1)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        try:
+            h = await make_server(openai=fake)
+            stream = h.stream(TASK)
+            design = await stream.until(lambda e: kind(e) == "artifact_produced")
+            await stream.until(lambda e: kind(e) == "token_delta" and e.token_delta.stage == 2)
+            await h.client.cancel_run(design.run_id)
+            assert kind((await stream.to_end())[-1]) == "run_cancelled"
+        finally:
+            release.set()
+        run_id = design.run_id
+        listed = await cli(h.target, "files", run_id)
+        written = await cli(h.target, "files", run_id, str(tmp_path / "out"))
+        as_json = await cli(h.target, "files", run_id, "--json")
+    assert listed[0] == 0
+    assert [line.split()[:2] for line in listed[1].splitlines()] == [["DESIGN.md", "design"]]
+    assert listed[2].splitlines()[0] == (
+        f"run {run_id} was cancelled: these are the files it produced before it ended (the latest version of each)"
+    )
+    assert written[0] == 0
+    assert (tmp_path / "out" / "DESIGN.md").read_text() == design.artifact_produced.artifact.content
+    assert [f["path"] for f in json.loads(as_json[1])] == ["DESIGN.md"]
 
 
 async def test_require_approval_fails_an_unapproved_run(make_server: ServerFactory) -> None:
