@@ -34,10 +34,18 @@ def event(seq: int, at: float = 1000.0, **payload: Any) -> pb.RunEvent:
     return pb.RunEvent(run_id="r-1", seq=seq, time=Timestamp(seconds=int(at), nanos=int(at % 1 * 1e9)), **payload)
 
 
-def plan(agents: list[Agent], *, refinements: int = 2, secs: float = 77.5, cost: float | None = 0.0123) -> pb.Plan:
+def plan(
+    agents: list[Agent], *, refinements: int = 2, secs: float = 77.5, cost: float | None = 0.0123, history: int = 0
+) -> pb.Plan:
     """A plan of these agents' stages."""
     stages = [pb.PlannedStage(agent=a, model=MINI) for a in agents]
-    return pb.Plan(stages=stages, max_refinements=refinements, estimated_seconds=secs, estimated_cost_usd=cost)
+    return pb.Plan(
+        stages=stages,
+        max_refinements=refinements,
+        estimated_seconds=secs,
+        estimated_cost_usd=cost,
+        history_stages=history,
+    )
 
 
 def started(agents: list[Agent] = FIVE, **how: Any) -> pb.RunEvent:
@@ -114,6 +122,12 @@ DESCRIBE: list[tuple[str, list[pb.RunEvent], pb.RunEvent, list[str]]] = [
         [],
         started([pb.AGENT_ARCHITECT], refinements=1, secs=5.0, cost=None),
         ["Run r-1", "Plan: Architect (up to 1 refinement round), ~5.0s, cost unknown"],
+    ),
+    (
+        "run-started-estimated-from-history",
+        [],
+        started([pb.AGENT_ARCHITECT], refinements=0, secs=51.0, cost=0.0, history=7),
+        ["Run r-1", "Plan: Architect (up to 0 refinement rounds), ~51.0s, ~$0.0000 (estimate from 7 earlier stages)"],
     ),
     ("stage-started", [], stage(2, pb.AGENT_CODER), ["== [2/5] Coder - openai:gpt-4.1-mini"]),
     (

@@ -311,7 +311,8 @@ def _plan_line(plan: pb.Plan) -> str:
     steps = " -> ".join(agent_name(s.agent) for s in plan.stages)
     cost = f"~${plan.estimated_cost_usd:.4f}" if plan.HasField("estimated_cost_usd") else "cost unknown"
     rounds = plural(plan.max_refinements, "refinement round")
-    return f"Plan: {steps} (up to {rounds}), ~{seconds(plan.estimated_seconds)}, {cost}"
+    learned = f" (estimate from {plural(plan.history_stages, 'earlier stage')})" if plan.history_stages else ""
+    return f"Plan: {steps} (up to {rounds}), ~{seconds(plan.estimated_seconds)}, {cost}{learned}"
 
 
 def completed_line(done: pb.RunCompleted) -> str:
