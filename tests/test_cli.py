@@ -14,7 +14,7 @@ import pytest
 
 from facilitair.client import RunState
 from tests.fakes.providers import FakeOpenAI, Reply
-from tests.harness.cli import cli, jsonl
+from tests.harness.cli import cli, cli_environment, jsonl
 from tests.harness.events import kind
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import ServerFactory
@@ -108,6 +108,54 @@ async def test_files_into_a_file_or_an_unmakeable_folder_is_one_usage_line(
     assert into_proc[2].startswith("facilitair: /proc/x: cannot create it")
     assert len(into_proc[2].splitlines()) == 1, into_proc[2]
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("rnu", "x"), "facilitair: unknown command 'rnu'; did you mean 'run'?"),
+        (("stauts", "last"), "facilitair: unknown command 'stauts'; did you mean 'status'?"),
+        (
+            ("run", "write", "a", "function", "--format", "plain"),
+            'facilitair: the task is one argument: quote it, as in facilitair run "write a function"',
+        ),
+    ],
+)
+async def test_a_mistyped_command_or_an_unquoted_task_gets_a_hint(
+    dead_target: str, args: tuple[str, ...], words: str
+) -> None:
+    code, out, err = await cli(dead_target, *args)
+    assert (code, out) == (2, "")
+    assert words in err.splitlines()
+    assert "Traceback" not in err
+
+
+async def test_a_bare_port_as_target_is_that_port_on_this_machine(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        port = h.target.rpartition(":")[2]
+        listed = await cli(None, "runs", "--target", port)
+    assert listed == (0, "no runs\n", "")
+
+
+async def test_a_missing_or_refused_api_key_names_the_flag_and_the_variable(make_server: ServerFactory) -> None:
+    key = "k" * 24
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake, api_keys=f"alice:{key}")
+        missing = await cli(h.target, "runs", env=cli_environment())
+        wrong = await cli(h.target, "runs", "--api-key", "x" * 24, env=cli_environment())
+        right = await cli(h.target, "runs", env=cli_environment(FACILITAIR_API_KEY=key))
+    assert missing == (
+        4,
+        "",
+        "facilitair: UNAUTHENTICATED: the server needs an API key: give it with --api-key KEY or FACILITAIR_API_KEY\n",
+    )
+    assert wrong == (
+        4,
+        "",
+        "facilitair: UNAUTHENTICATED: the server refused the API key given (--api-key or FACILITAIR_API_KEY)\n",
+    )
+    assert right == (0, "no runs\n", "")
 
 
 # ----- 5/6. outcome: exit codes, approval, the end of a run --------------------------------------------------
@@ -326,7 +374,9 @@ async def test_runs_limit_over_100_pages_by_itself(make_server: ServerFactory) -
     assert code == 0
     assert len(listed["runs"]) == 103
     assert len({r["runId"] for r in listed["runs"]}) == 103
-    assert listed["next_page_token"]
+    # One key style, protobuf JSON's lowerCamelCase as in every other --json output (it said next_page_token).
+    assert list(listed) == ["runs", "nextPageToken"]
+    assert listed["nextPageToken"]
     assert {RunState[r["state"].removeprefix("RUN_STATE_")] for r in listed["runs"]} == {RunState.COMPLETED}
 
 

@@ -49,7 +49,8 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
         default=os.environ.get("FACILITAIR_TARGET", DEFAULT_TARGET),
-        help="server HOST[:PORT] (port 50051 by default), http://... or https://... (env FACILITAIR_TARGET)",
+        help="server HOST[:PORT] (port 50051 by default), PORT alone (this machine), http://... or https://... "
+        "(env FACILITAIR_TARGET)",
     )
     p.add_argument(
         "--api-key",

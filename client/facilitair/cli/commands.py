@@ -59,7 +59,7 @@ async def _runs(client: Client, args: argparse.Namespace) -> None:
         if not token or len(runs) >= args.limit:
             break
     if args.json:
-        print(json.dumps({"runs": [json_format.MessageToDict(r) for r in runs], "next_page_token": token}))
+        print(json.dumps({"runs": [json_format.MessageToDict(r) for r in runs], "nextPageToken": token}))
         return
     if not runs:
         print(f"no runs{' in state ' + args.state if args.state else ''}")
