@@ -442,4 +442,4 @@ async def test_version_and_bash_completion(dead_target: str, tmp_path: Path) -> 
     assert await complete("run", "--format", "") == ["jsonl", "plain", "pretty"]
     assert await complete("runs", "--st") == ["--state"]
     assert await complete("runs", "--state", "c") == ["cancelled", "completed"]
-    assert await complete("completion", "") == ["bash", "zsh"]
+    assert await complete("completion", "") == ["bash", "fish", "zsh"]

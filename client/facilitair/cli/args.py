@@ -153,4 +153,4 @@ def add_client_commands(sub: Any) -> None:
     info.add_argument("--json", action="store_true", help="print the server's answer as JSON")
 
     completion = sub.add_parser("completion", help="print a shell completion script")
-    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))

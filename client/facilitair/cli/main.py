@@ -22,7 +22,7 @@ from typing import NoReturn
 from facilitair.cli.args import add_client_commands
 from facilitair.cli.commands import unary_command
 from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandFailed, exit_code_for
-from facilitair.cli.completion import bash_script, zsh_script
+from facilitair.cli.completion import SCRIPTS
 from facilitair.cli.follow import run_command, watch_command
 from facilitair.cli.inputs import UsageError
 from facilitair.cli.server_commands import add_server_commands
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         _refuse_extra(parser, args, extra)
     if args.command == "completion":
-        print(bash_script(parser) if args.shell == "bash" else zsh_script(parser), end="")
+        print(SCRIPTS[args.shell](parser), end="")
         return EXIT_OK
     try:
         return _dispatch(args)
