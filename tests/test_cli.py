@@ -115,6 +115,8 @@ async def test_files_into_a_file_or_an_unmakeable_folder_is_one_usage_line(
     [
         (("rnu", "x"), "facilitair: unknown command 'rnu'; did you mean 'run'?"),
         (("stauts", "last"), "facilitair: unknown command 'stauts'; did you mean 'status'?"),
+        (("config", "shwo"), "facilitair config: unknown command 'shwo'; did you mean 'show'?"),
+        (("run", "x", "--format", "plian"), "facilitair run: --format: invalid choice 'plian'; did you mean 'plain'?"),
         (
             ("run", "write", "a", "function", "--format", "plain"),
             'facilitair: the task is one argument: quote it, as in facilitair run "write a function"',

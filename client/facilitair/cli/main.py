@@ -38,23 +38,25 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-# argparse's words for a command that is not one (the subcommands' dest is "command").
-_UNKNOWN_COMMAND = re.compile(r"argument command: invalid choice: '(?P<word>.*?)' \(choose from (?P<choices>.*)\)$")
+# argparse's words for a value not among the choices (of a flag, or of the subcommands: dest command, action).
+_INVALID_CHOICE = re.compile(r"argument (?P<arg>\S+): invalid choice: '(?P<word>.*?)' \(choose from (?P<choices>.*)\)$")
+_SUBCOMMAND_DESTS = ("command", "action")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a suggestion for a mistyped command instead of the list of every command."""
+    """argparse, with a suggestion for a mistyped command or value instead of the list of every choice."""
 
     def error(self, message: str) -> NoReturn:
         """Exit 2 with the usage and one line saying what is wrong."""
-        unknown = _UNKNOWN_COMMAND.match(message)
-        if unknown is not None:
-            word = unknown["word"]
-            commands = re.findall(r"'([^']*)'", unknown["choices"])
-            close = difflib.get_close_matches(word, commands, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"the commands are: {', '.join(commands)}"
+        invalid = _INVALID_CHOICE.match(message)
+        if invalid is not None:
+            word = invalid["word"]
+            choices = re.findall(r"'([^']*)'", invalid["choices"])
+            close = difflib.get_close_matches(word, choices, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"choose from: {', '.join(choices)}"
+            what = "unknown command" if invalid["arg"] in _SUBCOMMAND_DESTS else f"{invalid['arg']}: invalid choice"
             self.print_usage(sys.stderr)
-            self.exit(EXIT_USAGE, f"{self.prog}: unknown command {word!r}; {hint}\n")
+            self.exit(EXIT_USAGE, f"{self.prog}: {what} {word!r}; {hint}\n")
         super().error(message)
 
 

@@ -32,8 +32,9 @@ METAVARS = {
 # says it already.
 DEFAULTS: dict[str, str | None] = {
     "replica_id": None,
-    "model": f"openai:gpt-4.1-mini with OPENAI_API_KEY, else anthropic:{DEFAULT_ANTHROPIC_MODEL} with "
-    f"ANTHROPIC_API_KEY, else local:{DEFAULT_LOCAL_MODEL}",
+    # Settings.default_models: the field's default needs OpenAI's key; without it the model follows the keys.
+    "model": f"{Settings.model_fields['model'].default} with OPENAI_API_KEY, else anthropic:{DEFAULT_ANTHROPIC_MODEL} "
+    f"with ANTHROPIC_API_KEY, else local:{DEFAULT_LOCAL_MODEL}",
 }
 
 
