@@ -70,6 +70,9 @@ class RunStarter:
 
     async def create(self, spec: RunSpec, principal: str) -> str:
         """Start a run (or find the one this idempotency key started) and return its id."""
+        # Before the idempotency check: from there to registering the creation there must be no await, or two
+        # calls with one key could both find nothing and both start a run.
+        await self._learn()
         key = (principal, spec.client_request_id)
         if spec.client_request_id:
             existing = await self._existing(key)
@@ -78,7 +81,6 @@ class RunStarter:
                 return existing.run_id
         for model in spec.all_models():
             self._providers.check(model)  # FailedPrecondition now, not mid-run
-        await self._learn()
         plan = self._estimator.plan(spec)
         check_budget(plan, self._estimator.tokens(spec), spec.budget_usd, spec.budget_tokens)
         run_id = str(uuid.uuid4())
