@@ -89,7 +89,7 @@ async def test_config_show_and_settings_default_to_the_local_model_without_a_key
         monkeypatch.delenv(name, raising=False)
     code, out, _ = await cli(None, "config", "show")
     assert code == 0
-    assert json.loads(out)["settings"]["default_models"] == ["local:default"]
+    assert json.loads(out)["settings"]["model"] == "local:default"
     assert Settings().default_models() == [ModelRef("local", "default")]
     with_key = [
         ({"ANTHROPIC_API_KEY": "k"}, ModelRef("anthropic", "claude-sonnet-4-6")),

@@ -188,12 +188,13 @@ class Follower:
             self.renderer.note(f"See the run with: {self._status_hint()}")
             return EXIT_FAILED
         result = final.run_completed.result
-        if self.output is None and result.artifacts:
+        if result.artifacts:  # with --output-dir too: the "wrote" lines do not say which run, nor how to get more
             paths = [a.path for a in result.artifacts]
             shown = ", ".join(paths[:_LISTED_FILES]) + (
                 f" and {len(paths) - _LISTED_FILES} more" if len(paths) > _LISTED_FILES else ""
             )
-            self.renderer.note(f"Run {final.run_id}: {plural(len(paths), 'file')}: {shown}")
+            where = f" in {self.output.root}" if self.output is not None else ""
+            self.renderer.note(f"Run {final.run_id}: {plural(len(paths), 'file')}{where}: {shown}")
             self.renderer.note(f"Get them with: facilitair files {final.run_id} DIR")
         if not result.approved:
             self.renderer.note("The last review did not approve the code.", warning=True)

@@ -183,6 +183,8 @@ class Plan:
     estimated_seconds: float
     estimated_cost_usd: float | None
     max_estimated_cost_usd: float | None
+    # Completed stages of these models the estimates learned from (0: the built-in table alone).
+    history_stages: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,11 @@ def usage(totals: UsageTotals) -> pb.Usage:
 
 def plan(value: Plan) -> pb.Plan:
     """A plan as its message; unknown costs stay unset."""
-    message = pb.Plan(max_refinements=value.max_refinements, estimated_seconds=value.estimated_seconds)
+    message = pb.Plan(
+        max_refinements=value.max_refinements,
+        estimated_seconds=value.estimated_seconds,
+        history_stages=value.history_stages,
+    )
     for stage in value.stages:
         planned = message.stages.add(
             agent=agent(stage.role), model=str(stage.model), estimated_seconds=stage.estimated_seconds

@@ -20,6 +20,7 @@ from facilitair.server.pipeline.attempts import StageRunner
 from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
@@ -43,6 +44,7 @@ class Pipeline:
         runner: StageRunner,
         checkpoints: dict[int, StageOutput] | None = None,
         interrupted_stage: int = 0,
+        history: StageHistory | None = None,
     ) -> None:
         self.spec = spec
         self.rec = recorder
@@ -51,6 +53,7 @@ class Pipeline:
         self.checkpoints = checkpoints or {}
         self.interrupted_stage = interrupted_stage
         self.runner = runner
+        self.history = history  # learns each completed stage's time and length, for the plans of later runs
         self.files = FileSet()
         self.verdict = Verdict(approved=False, summary="")
         self._stage_count = 0
@@ -166,7 +169,11 @@ class Pipeline:
         metrics.PROVIDER_TOKENS.labels(provider, "input").inc(end.input_tokens)
         metrics.PROVIDER_TOKENS.labels(provider, "output").inc(end.output_tokens)
         metrics.COST.labels(provider).inc(usage.cost_usd)
-        checkpoint = StageOutput(stage, role, rounds, str(result.model), result.text).to_json()
+        if self.history is not None:
+            self.history.add(str(result.model), role, elapsed, end.output_tokens)
+        checkpoint = StageOutput(
+            stage, role, rounds, str(result.model), result.text, seconds=elapsed, output_tokens=end.output_tokens
+        ).to_json()
         self.rec.stage_completed(
             stage,
             role=role,

@@ -95,19 +95,24 @@ class StageOutput:
     round: int
     model: str
     text: str
+    # How long the stage took and how many tokens it wrote: what later plans learn from (plan_history.py).
+    # Checkpoints written before these were kept have neither; a reader that does not know them ignores them.
+    seconds: float | None = None
+    output_tokens: int | None = None
 
     def to_json(self) -> str:
         """Serialize for the checkpoint table."""
-        return json.dumps(
-            {
-                "version": CHECKPOINT_VERSION,
-                "stage": self.stage,
-                "agent": self.role.label,
-                "round": self.round,
-                "model": self.model,
-                "text": self.text,
-            }
-        )
+        document: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "stage": self.stage,
+            "agent": self.role.label,
+            "round": self.round,
+            "model": self.model,
+        }
+        if self.seconds is not None and self.output_tokens is not None:
+            document.update(seconds=self.seconds, output_tokens=self.output_tokens)
+        document["text"] = self.text
+        return json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str) -> StageOutput:
@@ -120,6 +125,8 @@ class StageOutput:
                 _typed(d["round"], int),
                 _typed(d["model"], str),
                 _typed(d["text"], str),
+                _typed(d["seconds"], float) if "seconds" in d else None,
+                _typed(d["output_tokens"], int) if "output_tokens" in d else None,
             )
         except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
             raise UnreadableRecord(f"a stored stage checkpoint cannot be read ({_what(exc)})") from None

@@ -19,6 +19,7 @@ from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.pipeline.plan import PlanEstimator
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
@@ -59,7 +60,8 @@ class RunService:
         self._store = store
         self.events = EventLog(store)
         prices = PriceTable(config.price_overrides())
-        estimator = PlanEstimator(prices, config)
+        history = StageHistory()  # the plan learns from stages driven here and from the store (RunStarter)
+        estimator = PlanEstimator(prices, config, history)
         self._admission = Admission(settings)
         self._supervisor = Supervisor(
             settings,
@@ -70,6 +72,7 @@ class RunService:
             on_finished=self._admission.release,
             # A lambda: the handover is made below, once the lease keeper it needs exists.
             on_interrupted=lambda run_id, epoch: self._handover.interrupted(run_id, epoch),  # noqa: PLW0108
+            history=history,
         )
         self._starter = RunStarter(
             settings,

@@ -26,6 +26,7 @@ from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
 from facilitair.server.pipeline.orchestrator import Pipeline
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
@@ -99,8 +100,10 @@ class Supervisor:
         status_number: StatusNumber,
         on_finished: Callable[[str], None],
         on_interrupted: Callable[[str, int], None],
+        history: StageHistory | None = None,
     ) -> None:
         self._settings = settings
+        self._history = history
         self._providers = providers
         self._prices = prices
         self._config = config
@@ -142,6 +145,7 @@ class Supervisor:
             runner=runner,
             checkpoints=checkpoints,
             interrupted_stage=interrupted_stage,
+            history=self._history,
         )
         live = LiveRun(rec, principal)
         # A fresh context: the run outlives the RPC that started it and must not log as that RPC.

@@ -297,6 +297,11 @@ class EventStore(Protocol):
         """The stored checkpoints of a run, by stage."""
         ...
 
+    async def recent_checkpoints(self, runs: int) -> Sequence[Checkpoint]:
+        """The checkpoints (completed stages) of the `runs` most recently finished runs, any caller's: what plan
+        estimates learn from."""
+        ...
+
     async def delete_finished_before(self, cutoff: float, *, batch_size: int = DELETE_BATCH) -> int:
         """Remove runs that finished before `cutoff` with their events, `batch_size` runs per transaction."""
         ...

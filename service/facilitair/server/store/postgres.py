@@ -434,3 +434,14 @@ class PostgresStore:
             )
         )
         return [Checkpoint(r[0], int(r[1]), r[2]) for r in rows]
+
+    async def recent_checkpoints(self, runs: int) -> list[Checkpoint]:
+        """The checkpoints of the `runs` most recently finished runs (runs_by_finish picks them)."""
+        rows = await self._on_pool(
+            lambda conn: conn.fetch(
+                "SELECT c.run_id, c.stage, c.data FROM checkpoints c JOIN (SELECT run_id FROM runs "
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT $1) r ON r.run_id = c.run_id",
+                runs,
+            )
+        )
+        return [Checkpoint(r[0], int(r[1]), r[2]) for r in rows]

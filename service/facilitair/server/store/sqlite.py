@@ -406,3 +406,16 @@ class SqliteStore:
             return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
 
         return await self._reader.run(read)
+
+    async def recent_checkpoints(self, runs: int) -> list[Checkpoint]:
+        """The checkpoints of the `runs` most recently finished runs (runs_by_finish picks them)."""
+
+        def read(conn: sqlite3.Connection) -> list[Checkpoint]:
+            cur = conn.execute(
+                "SELECT c.run_id, c.stage, c.data FROM checkpoints c JOIN (SELECT run_id FROM runs "
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?) r ON r.run_id = c.run_id",
+                (runs,),
+            )
+            return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
+
+        return await self._reader.run(read)

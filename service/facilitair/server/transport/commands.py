@@ -18,11 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
+from facilitair.server.domain import chain_text
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store.base import StoreUnavailable
 from facilitair.server.store.sqlite_lock import StoreInUse
+from facilitair.server.transport import flag_help
 from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.workers import check_workers, run_workers
 
@@ -61,7 +63,9 @@ def add_config(subparsers: Any) -> None:
 
 
 def _settings_source(parser: argparse.ArgumentParser) -> CliSettingsSource[Settings]:
-    return CliSettingsSource(Settings, root_parser=parser)
+    source: CliSettingsSource[Settings] = CliSettingsSource(Settings, root_parser=parser)
+    flag_help.rewrite(parser)
+    return source
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +120,8 @@ def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) 
         return _config_error(exc)
     shown = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
     shown["api_keys"] = {name: "**********" for name in keys}
-    shown["default_models"] = [str(m) for m in settings.default_models()]
+    # The model runs will get (it follows the provider keys when not set), not the field's own default.
+    shown["model"] = chain_text(settings.default_models())
     print(json.dumps({"settings": shown, "pipeline": config.model_dump(mode="json")}, indent=2, sort_keys=True))
     return EXIT_OK
 
