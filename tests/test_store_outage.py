@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
-from tests.harness.events import RunStream, collect, kind
+from tests.harness.events import RunStream, collect, kind, read_rest, read_until
 from tests.harness.logs import captured_logs
-from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.scripts import AGENTS, default_replies, held, scripted
 from tests.harness.stores import read_only
 
 TASK = "Write a function that reverses a string"
@@ -34,6 +35,9 @@ HANG_GUARD = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CAP_PAGES = 512  # the server's "disk": 2 MiB of 4 KiB pages
+# How long runs wait for the store before they are interrupted, where a test needs the interruption: long enough
+# for the unfixed server to have asked for a next stage (it did within milliseconds), short for the suite.
+GRACE = 1.0
 
 
 def settings_for(db: Path, fake: FakeOpenAI, **extra: Any) -> Settings:
@@ -213,3 +217,58 @@ async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writab
         finally:
             await server.stop(0)
     assert kind(events[-1]) == "run_completed"
+
+
+async def test_no_stage_is_requested_while_the_one_before_cannot_be_stored(tmp_path: Path) -> None:
+    """Issue 19, item 4: a stage that completes while the disk is full is not followed by the next stage's request.
+
+    Asked then, the next stage would be asked again after the recovery (the run resumes from what was stored),
+    and billed twice. The runs wait, are interrupted after the grace, and go on from the stored checkpoint.
+    """
+    db = tmp_path / "small-disk.sqlite3"
+    runs = 3
+    coder, release = held(default_replies()["coder"], after=2)
+    script = scripted(coder=coder)  # every run's coder holds on the same release
+
+    def coding(events: list[pb.RunEvent]) -> bool:
+        return bool(events) and kind(events[-1]) == "token_delta" and events[-1].token_delta.stage == 2
+
+    async with FakeOpenAI(script) as fake:
+        settings = settings_for(db, fake, store_grace_seconds=GRACE)
+        server = await create_server(settings, store=SqliteStore(db, max_pages=CAP_PAGES))
+        try:
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                health = HealthWatch(channel)
+                await health.until(SERVING)
+                calls = [stub.Collaborate(pb.CollaborateRequest(task=f"{TASK} #{n}")) for n in range(runs)]
+                run_ids = []
+                async with asyncio.timeout(HANG_GUARD):
+                    for call in calls:
+                        run_ids.append((await read_until(call, coding))[0].run_id)
+                fill(db)
+                await health.until(NOT_SERVING)
+                release.set()  # every coder stage ends now, while nothing can be stored
+                for call in calls:  # after the grace the runs are interrupted and their watchers told
+                    with pytest.raises(grpc.aio.AioRpcError) as told:
+                        async with asyncio.timeout(HANG_GUARD):
+                            await read_rest(call)
+                    assert told.value.code() == grpc.StatusCode.UNAVAILABLE
+                asked_during_outage = Counter(script.agents())
+                free(db)
+                await health.until(SERVING)
+                health.cancel()
+                logs = [await collect(client.watch(run_id), within=HANG_GUARD) for run_id in run_ids]
+        finally:
+            await server.stop(0)
+    assert asked_during_outage == {"architect": runs, "coder": runs}, "no stage was requested during the outage"
+    assert fake.disconnects == 0, "every coder stage ran to its end before the grace ran out"
+    # After the recovery each run went on from the coder's checkpoint: every stage was requested once per run.
+    once_each = {agent: runs for agent in AGENTS if agent != "refiner"}  # the reviewer approves: no refiner
+    assert Counter(script.agents()) == once_each
+    for events in logs:
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert kind(events[-1]) == "run_completed"
+        assert [e.stage_completed.stage for e in events if kind(e) == "stage_completed"] == [1, 2, 3, 4, 5]
+        assert not [e for e in events if kind(e) == "attempt_reset"], "no stage was cut off and asked again"
