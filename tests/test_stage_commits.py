@@ -20,6 +20,8 @@ import grpc
 import pytest
 
 from facilitair.client import Client
+from facilitair.server.errors import Reason, Unavailable
+from facilitair.server.events.channel import RunChannel
 from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -124,3 +126,18 @@ async def test_a_kill_right_after_a_stage_does_not_make_the_next_owner_ask_for_i
     # The Coder's stage was replayed from its checkpoint; only the Reviewer's, cut by the kill, was asked again.
     assert requests_per_agent(fake) == {"Architect": 1, "Coder": 1, "Reviewer": 2, "Tester": 1, "Documenter": 1}
     assert_complete_log(events)
+
+
+@pytest.mark.parametrize("ending", ["error", "moved"])
+async def test_a_wait_for_a_commit_ends_when_the_channel_ends_first(ending: str) -> None:
+    """A run waiting for its events to commit is not left waiting when they never will be here."""
+    channel = RunChannel("run", last_seq=3)
+    waiting = asyncio.create_task(channel.until_committed(5))
+    await channel.until_committed(3)  # what is committed already returns at once
+    channel.commit([pb.RunEvent(seq=4)], terminal=False)  # still short of 5
+    error = Unavailable("the store cannot write", reason=Reason.STORE_UNAVAILABLE)
+    channel.close(moved=ending == "moved", error=error if ending == "error" else None)
+    with pytest.raises(Unavailable) as ended:
+        async with asyncio.timeout(HANG_GUARD):
+            await waiting
+    assert ended.value.reason is (Reason.STORE_UNAVAILABLE if ending == "error" else Reason.RUN_NOT_DRIVEN)
