@@ -9,6 +9,7 @@ standard health service's Watch stream, which reports every change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
@@ -305,3 +306,53 @@ async def test_no_retry_is_requested_while_the_attempt_reset_cannot_be_stored(tm
     assert outage.asked_during == {"architect": runs, "coder": runs}, "no retry was requested during the outage"
     # After the recovery the coder's stage ran again (it had not ended) and every other stage once.
     assert outage.asked == {agent: runs for agent in AGENTS if agent != "refiner"} | {"coder": 2 * runs}
+
+
+async def test_a_run_that_ends_during_a_long_outage_is_not_taken_back_and_asked_again(tmp_path: Path) -> None:
+    """A run whose last stage ends while the disk is full keeps its lease until its end is stored.
+
+    The grace's interruption stops the run while it waits to store its terminal event. Were its lease then left to
+    run out, this very server would claim the run back, the new epoch would refuse the queued events, and the run
+    would resume from the stage before: the last stage asked for (and billed) twice.
+    """
+    db = tmp_path / "small-disk.sqlite3"
+    lease = 1.0
+    documenter, release = held(default_replies()["documenter"], after=1)
+    script = scripted(documenter=documenter)
+
+    def documenting(events: list[pb.RunEvent]) -> bool:
+        return bool(events) and kind(events[-1]) == "token_delta" and events[-1].token_delta.stage == 5
+
+    async with FakeOpenAI(script) as fake:
+        settings = settings_for(db, fake, store_grace_seconds=0.3, lease_seconds=lease)
+        server = await create_server(settings, store=SqliteStore(db, max_pages=CAP_PAGES))
+        try:
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                health = HealthWatch(channel)
+                await health.until(SERVING)
+                call = stub.Collaborate(pb.CollaborateRequest(task=TASK))
+                async with asyncio.timeout(HANG_GUARD):
+                    run_id = (await read_until(call, documenting))[0].run_id
+                with captured_logs() as logs:
+                    fill(db)
+                    await health.until(NOT_SERVING)
+                    release.set()  # the last stage ends; its completion and the run's end wait for the store
+                    await logs.until("runs_interrupted")
+                    # The outage outlasts the lease several times over (the lease is renewed every third of it).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(3 * lease):
+                            await logs.until("run_claimed")
+                    free(db)
+                    await health.until(SERVING)
+                    health.cancel()
+                    events = await collect(client.watch(run_id), within=HANG_GUARD)
+                call.cancel()
+        finally:
+            await server.stop(0)
+    assert Counter(script.agents()) == {agent: 1 for agent in AGENTS if agent != "refiner"}
+    assert not logs.of("run_claimed"), "the run was taken back while its end was still to be stored"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert kind(events[-1]) == "run_completed"
+    assert [e.stage_completed.stage for e in events if kind(e) == "stage_completed"] == [1, 2, 3, 4, 5]
