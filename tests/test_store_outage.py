@@ -324,7 +324,7 @@ async def test_a_run_that_ends_during_a_long_outage_is_not_taken_back_and_asked_
         return bool(events) and kind(events[-1]) == "token_delta" and events[-1].token_delta.stage == 5
 
     async with FakeOpenAI(script) as fake:
-        settings = settings_for(db, fake, store_grace_seconds=0.3, lease_seconds=lease)
+        settings = settings_for(db, fake, store_grace_seconds=GRACE, lease_seconds=lease)
         server = await create_server(settings, store=SqliteStore(db, max_pages=CAP_PAGES))
         try:
             target = f"127.0.0.1:{server.port}"
@@ -351,6 +351,7 @@ async def test_a_run_that_ends_during_a_long_outage_is_not_taken_back_and_asked_
                 call.cancel()
         finally:
             await server.stop(0)
+    assert fake.disconnects == 0, "the last stage ran to its end before the grace ran out"
     assert Counter(script.agents()) == {agent: 1 for agent in AGENTS if agent != "refiner"}
     assert not logs.of("run_claimed"), "the run was taken back while its end was still to be stored"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
