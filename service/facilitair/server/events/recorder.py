@@ -216,6 +216,13 @@ class RunRecorder:
         """The seq of the last event appended (committed or not)."""
         return self.channel.next_seq - 1
 
+    async def durable(self) -> None:
+        """Wait until every event appended so far (and the rows and checkpoints queued with them) is committed.
+
+        For stage boundaries, never per token: one wait for the writer's next commit, at once when it is done.
+        """
+        await self.channel.until_committed(self.last_seq)
+
     def _set_state(self, state: int, *, finished: bool = False) -> None:
         self.summary.state = state  # type: ignore[assignment]
         if finished:

@@ -170,6 +170,11 @@ class StageRunner:
             waited = 0.0
             while True:
                 tries += 1
+                if last_error is not None:
+                    # A retry or a fallback asks the provider again only once its attempt_reset is stored: while
+                    # the store cannot write, the run waits here (and is interrupted after the grace) instead of
+                    # paying for an attempt that may have to be made again after the recovery.
+                    await self.rec.durable()
                 try:
                     request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
                 except ContextTooSmall as exc:

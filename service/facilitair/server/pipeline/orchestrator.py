@@ -1,8 +1,9 @@
 """The agent team: Architect -> Coder -> Reviewer -> (Refiner -> Reviewer)* -> Tester -> Documenter.
 
 The pipeline speaks to providers only through the Provider interface and reports only through the
-RunRecorder. Every completed stage is checkpointed; given the same checkpoints the control flow is
-the same, so a resumed run replays completed stages from them and never asks a provider twice.
+RunRecorder. Every completed stage is checkpointed, and the checkpoint is committed before the next
+stage begins; given the same checkpoints the control flow is the same, so a resumed run replays
+completed stages from them and never asks a provider twice.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ class Pipeline:
         if saved is not None:
             derive(saved.text, stage, False)
             return saved.text
+        # Nothing of this stage happens before what came before it (the stage before's completion and
+        # checkpoint, or the run's start) is committed: a run whose store cannot write waits here, asking no
+        # provider, and a server killed after this point has its takeover replay the stage before, not
+        # ask for it again. One commit wait per stage, none per token.
+        await self.rec.durable()
         structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
         chain = self.spec.models[role]

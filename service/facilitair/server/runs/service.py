@@ -87,7 +87,9 @@ class RunService:
             store,
             settings.replica_id,
             settings.lease_seconds,
-            held=self._supervisor.held,
+            # Runs driven here, and runs whose writes are still to be stored (a run stopped while it waited to store
+            # its end); the epoch a run is driven under wins over that of older writes.
+            held=lambda: self.events.unwritten() | self._supervisor.held(),
             capacity=lambda: settings.max_runs - self._admission.in_flight,
             lost=self._supervisor.lose,
             cancel_requested=self._cancel_here,
