@@ -27,6 +27,8 @@ from facilitair.v1 import orchestrator_pb2 as pb
 _LISTED_FILES = 8
 # Seconds between the first Ctrl-C in `run` and the cancel it asks for: time for a second one to leave the run going.
 CANCEL_GRACE = 2.0
+# How long quitting waits for a CancelRun already sent to reach the server (closing the channel would drop it).
+CANCEL_SEND_TIMEOUT = 5.0
 
 
 def _coalesce(args: argparse.Namespace) -> bool:
@@ -111,6 +113,9 @@ class Follower:
         except asyncio.CancelledError:
             self._close_view()
             if self._cancel_sent:
+                if cancelling is not None:
+                    # The CancelRun already sent must reach the server before the channel closes under it.
+                    await asyncio.wait({cancelling}, timeout=CANCEL_SEND_TIMEOUT)
                 self.renderer.note(f"quit; run {self.current} is being cancelled. See it with: {self._status_hint()}")
             elif self.current:
                 self.renderer.note(f"detached; the run goes on. Follow it with: {self._watch_hint()}", warning=True)

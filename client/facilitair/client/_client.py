@@ -269,7 +269,9 @@ class Client:
             now = time.monotonic()
             broken_since = broken_since or now
             attempt += 1
-            delay = min(0.2 * 2 ** (attempt - 1) * (0.5 + random.random()), _RECONNECT_CAP)  # noqa: S311
+            # Doubling from 0.2 s up to the cap (the exponent bounded, so a long outage cannot overflow it), then
+            # jittered below the cap, so clients that lost one server do not all come back in the same instant.
+            delay = min(0.2 * 2 ** min(attempt - 1, 8), _RECONNECT_CAP) * (0.5 + random.random() / 2)  # noqa: S311
             if now + delay - broken_since > self.reconnect_timeout:
                 raise FacilitairError(
                     StatusCode.UNAVAILABLE,
