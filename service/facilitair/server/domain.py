@@ -6,12 +6,30 @@ The wire format (facilitair.v1) is built from these in one place, events/wire.py
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from facilitair.server.errors import InvalidArgument
 
 # `local` runs GGUF models on this machine (the `local` extra); its model names are file names or paths.
 PROVIDERS = ("openai", "anthropic", "local")
+
+
+# What a text column of either store cannot hold: NUL (PostgreSQL's text refuses it; SQLite keeps it, so a run
+# would work on one store and not the other) and lone surrogates (not UTF-8: asyncpg and sqlite3 cannot encode
+# them). A proto3 string is valid UTF-8, so it cannot carry a surrogate, but JSON can spell one ("\ud800") and a
+# page token is JSON.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def why_unstorable(text: str) -> str | None:
+    """Why no store could hold `text` (a NUL character, a lone surrogate), or None when both can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "holds a NUL character (U+0000), which cannot be stored"
+    return f"holds a lone surrogate (U+{ord(found.group()):04X}), which is not valid UTF-8"
 
 
 class AgentRole(enum.IntEnum):

@@ -20,6 +20,7 @@ from facilitair.server.providers.base import (
     host_of,
     retry_after_of,
 )
+from facilitair.server.providers.chat_chunks import choice_of, usage_of
 from facilitair.server.providers.transport import (
     POOL_LIMITS,
     error_class,
@@ -92,7 +93,7 @@ class OpenAIProvider:
                             # never passed on): the stream broke off either way.
                             raise broken(self.name, request.model)
                         if chunk.get("usage"):
-                            usage = self._usage(chunk["usage"], request.model)
+                            usage = usage_of(chunk["usage"], self.name, request.model)
                             # Before [DONE]: a stream cut off after this is still counted as reported.
                             yield UsageReport(usage[0], usage[1], cache_read_tokens=usage[2])
                         choices = chunk.get("choices")
@@ -101,7 +102,7 @@ class OpenAIProvider:
                         if type(choices) is not list:
                             raise broken(self.name, request.model)
                         for choice in choices:
-                            text, reason = self._choice(choice, request.model)
+                            text, reason = choice_of(choice, self.name, request.model)
                             if text:
                                 yield text
                             if reason is not None:
@@ -120,18 +121,6 @@ class OpenAIProvider:
         else:
             yield StreamEnd(usage[0], usage[1], finish, cache_read_tokens=usage[2])
 
-    def _choice(self, choice: object, model: str) -> tuple[str | None, str | None]:
-        """A choice's content delta and finish reason; a choice of the wrong shape is a broken stream."""
-        if type(choice) is not dict:
-            raise broken(self.name, model)
-        delta = choice.get("delta")
-        text = delta.get("content") if type(delta) is dict else None
-        reason = choice.get("finish_reason")
-        wrong_delta = bool(delta) and type(delta) is not dict
-        if wrong_delta or (text and type(text) is not str) or (reason is not None and type(reason) is not str):
-            raise broken(self.name, model)
-        return text, reason
-
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The arguments of `chat.completions.create` for one request."""
         params: dict[str, Any] = {
@@ -149,18 +138,6 @@ class OpenAIProvider:
         if request.timeout is not None:
             params["timeout"] = request.timeout
         return params
-
-    def _usage(self, usage: object, model: str) -> tuple[int, int, int]:
-        """Prompt, completion and cached tokens of a usage chunk; usage of the wrong shape is a broken stream."""
-        if type(usage) is not dict:
-            raise broken(self.name, model)
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
-            raise broken(self.name, model)
-        # prompt_tokens counts the cached part; the details, optional, say how much of it was cached.
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if type(details) is dict else None
-        return prompt, completion, min(cached, prompt) if type(cached) is int and cached >= 0 else 0
 
     def _error(self, exc: Exception, model: str) -> ProviderError:
         """Classify an SDK or transport error; the vendor's text is never passed on."""
