@@ -270,3 +270,26 @@ def test_check_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
     passed = bench("--compare", str(tmp_path / "same.json"), "--check")
     assert passed.returncode == 0, passed.stdout
     assert "No figure is worse than recorded beyond its margin." in passed.stdout
+
+
+def test_a_patched_server_is_facilitair_serve_with_the_patch(tmp_path: Path) -> None:
+    # Every scenario's server is `facilitair serve`; with --try, bench.server applies the patch and then runs it.
+    from bench.cluster import environment, start  # noqa: PLC0415 - the harness's, only for this test
+
+    async def serve_once() -> tuple[list[str], list[dict[str, object]]]:
+        store = {"FACILITAIR_DB": str(tmp_path / "db.sqlite3")}
+        env = environment("http://127.0.0.1:9/v1", "patched", store, FACILITAIR_LOG_LEVEL="info")
+        served = await start(env, tmp_path, tries=("asyncio",))
+        try:
+            cmdline = Path(f"/proc/{served.pid}/cmdline")
+            command = (await asyncio.to_thread(cmdline.read_text, encoding="utf-8")).split("\0")
+        finally:
+            await served.stop()
+        lines = served.log.read_text(encoding="utf-8").splitlines()
+        return command, [json.loads(line) for line in lines if line.startswith("{")]
+
+    command, log = asyncio.run(serve_once())
+    assert command[1:5] == ["-m", "bench.server", "--try", "asyncio"]
+    [serving] = [line for line in log if line["event"] == "serving"]
+    assert serving["event_loop"] == "asyncio"  # the patch; uvloop otherwise
+    assert serving["store"] == "sqlite"
