@@ -94,6 +94,7 @@ def _load(r: dict[str, Any]) -> dict[str, float | None]:
         "p99_ratio": _div(s.get("p99_ms"), b.get("p99_ms")),
         "delivered_tokens_per_s": s.get("delivered_tokens_per_s"),
         "delivered_fraction": _div(s.get("delivered_tokens_per_s"), offered),
+        "tokens_missing": s.get("tokens_missing"),
         "cpu_us_per_token": s.get("cpu_us_per_token"),
         "cpu_ratio": _div(s.get("cpu_us_per_token"), b.get("cpu_us_per_token")),
         "rss_per_run_kib": s.get("rss_per_run_kib"),

@@ -223,7 +223,7 @@ async def load(lab: Lab, shape: LoadShape, *, repeats: int) -> dict[str, Any]:
     )
     return shape.fields() | {
         "repeats": repeats,
-        "server": {k: med(server, k) for k in (*keys, "rss_per_run_kib", "failed_runs")}
+        "server": {k: med(server, k) for k in (*keys, "rss_per_run_kib", "failed_runs", "tokens_missing")}
         | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in server])},
         "baseline": {k: med(base, k) for k in keys}
         | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in base])},

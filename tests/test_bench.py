@@ -47,6 +47,7 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert {"p50_ms", "p99_ms", "cpu_percent", "rss_per_run_kib", "failed_runs"} <= set(load["server"])
     assert {"p50_ms", "p99_ms", "cpu_percent"} <= set(load["baseline"])
     assert load["server"]["failed_runs"] == 0
+    assert load["server"]["tokens_missing"] == 0
     assert "kib_per_watcher" in res["watchers"]
     assert {"server_p50_ms", "server_p99_ms", "baseline_p50_ms"} <= set(res["first_event"])
     assert set(res["replay"]["ms"]) == {"server", "server_coalesced", "baseline"}
