@@ -51,6 +51,10 @@ class PlanEstimator:
         self._prices = prices
         self._config = config
         self.history = history if history is not None else StageHistory()
+        # Each agent's system prompt is fixed by the pipeline file: counted once, not once per run and stage.
+        self._system_tokens = {
+            role: estimate_tokens(prompts.system_prompt(role, config.agent(role).system_prompt)) for role in AgentRole
+        }
 
     def output_tokens(self, role: AgentRole, model: ModelRef | None = None) -> int:
         """The output a stage of `role` is expected to produce: the model's usual for it, else typical; at most
@@ -59,27 +63,37 @@ class PlanEstimator:
         usual = round(learned[1]) if learned is not None else TYPICAL_OUTPUT[role]
         return min(usual, self._config.agent(role).max_tokens)
 
-    def input_tokens(self, spec: RunSpec, role: AgentRole) -> int:
-        """The prompt of a stage of `role`: its system prompt, the task and context, earlier outputs."""
-        own = estimate_tokens(prompts.system_prompt(role, self._config.agent(role).system_prompt))
-        own += estimate_tokens(spec.task)
+    def asked_tokens(self, spec: RunSpec) -> int:
+        """The task's and the context's tokens, which every stage's prompt carries (counted once per plan: a task
+        and a context at their size limits take milliseconds to count, on the event loop)."""
+        asked = estimate_tokens(spec.task)
         if spec.context:
-            own += estimate_tokens(json.dumps(spec.context))
-        return own + sum(self.output_tokens(r, spec.models[r][0]) for r in READS[role])
+            asked += estimate_tokens(json.dumps(spec.context))
+        return asked
+
+    def input_tokens(self, spec: RunSpec, role: AgentRole, asked: int | None = None) -> int:
+        """The prompt of a stage of `role`: its system prompt, the task and context (`asked`, when already
+        counted), earlier outputs."""
+        asked = self.asked_tokens(spec) if asked is None else asked
+        return self._system_tokens[role] + asked + sum(self.output_tokens(r, spec.models[r][0]) for r in READS[role])
 
     def tokens(self, spec: RunSpec) -> int:
         """Input plus output tokens of the planned stages (no refinement), for the token budget check."""
-        return sum(self.input_tokens(spec, r) + self.output_tokens(r, spec.models[r][0]) for r in PLANNED_ROLES)
+        asked = self.asked_tokens(spec)
+        return sum(
+            self.input_tokens(spec, r, asked) + self.output_tokens(r, spec.models[r][0]) for r in PLANNED_ROLES
+        )
 
     def plan(self, spec: RunSpec) -> Plan:
         """The planned stages with their estimates; costs None where a model has no known price."""
-        stages = [self._stage(spec, role) for role in PLANNED_ROLES]
+        asked = self.asked_tokens(spec)
+        stages = [self._stage(spec, role, asked) for role in PLANNED_ROLES]
         total: float | None = None
         if all(s.estimated_cost_usd is not None for s in stages):
             total = sum(s.estimated_cost_usd or 0.0 for s in stages)
         worst: float | None = None
         if total is not None:
-            extra = [self._stage(spec, r).estimated_cost_usd for r in (AgentRole.REFINER, AgentRole.REVIEWER)]
+            extra = [self._stage(spec, r, asked).estimated_cost_usd for r in (AgentRole.REFINER, AgentRole.REVIEWER)]
             if all(e is not None for e in extra):
                 worst = total + sum(e or 0.0 for e in extra) * spec.max_refinements
         return Plan(
@@ -91,10 +105,10 @@ class PlanEstimator:
             history_stages=self.history.count({str(s.model) for s in stages}),
         )
 
-    def _stage(self, spec: RunSpec, role: AgentRole) -> PlannedStage:
+    def _stage(self, spec: RunSpec, role: AgentRole, asked: int) -> PlannedStage:
         model = spec.models[role][0]
         output = self.output_tokens(role, model)
-        usage = self._prices.usage(model, self.input_tokens(spec, role), output)
+        usage = self._prices.usage(model, self.input_tokens(spec, role, asked), output)
         return PlannedStage(
             role=role,
             model=model,
