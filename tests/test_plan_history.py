@@ -8,12 +8,17 @@ A real server on each store, the fake OpenAI behind the official SDK.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import of_kind
-from tests.harness.scripts import scripted
+from facilitair.server.pipeline.spec import StageOutput
+from facilitair.server.pipeline.tokens import estimate_tokens
+from tests.harness.scripts import default_replies, scripted
 from tests.harness.servers import ServerFactory
+from tests.harness.stores import fetch
 
 pytestmark = pytest.mark.both_stores
 
@@ -54,3 +59,21 @@ async def test_the_plan_learns_stage_times_and_lengths_from_finished_runs(make_s
     assert [s.estimated_seconds for s in read.stages] == pytest.approx(
         [(a.duration.ToNanoseconds() + b.duration.ToNanoseconds()) / 2e9 for a, b in both], abs=1e-3
     )
+
+
+async def test_a_stage_whose_endpoint_reports_no_usage_is_learned_by_its_text(make_server: ServerFactory) -> None:
+    # An OpenAI-compatible endpoint that sends no usage: its stages are 0 output tokens as reported, which the
+    # plan must not learn (it would plan the next runs' outputs, prompts and costs as nothing).
+    replies = {agent: dataclasses.replace(reply, report_usage=False) for agent, reply in default_replies().items()}
+    async with FakeOpenAI(scripted(**replies)) as fake:
+        h = await make_server(openai=fake)
+        events = await h.run(TASK, max_refinements=0)
+        rows = await fetch(h.store, "SELECT data FROM checkpoints WHERE run_id = ? ORDER BY stage", events[0].run_id)
+
+    texts = {d.stage: "" for d in of_kind(events, "stage_completed")}
+    for delta in of_kind(events, "token_delta"):
+        texts[delta.stage] += delta.text
+    learned = [StageOutput.from_json(data) for (data,) in rows]
+    assert len(learned) == 5
+    assert [s.output_tokens for s in learned] == [estimate_tokens(texts[s.stage]) for s in learned]
+    assert all(s.output_tokens for s in learned)

@@ -23,6 +23,7 @@ from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import KnowsContextWindows
@@ -175,10 +176,12 @@ class Pipeline:
         metrics.PROVIDER_TOKENS.labels(provider, "input").inc(end.input_tokens)
         metrics.PROVIDER_TOKENS.labels(provider, "output").inc(end.output_tokens)
         metrics.COST.labels(provider).inc(usage.cost_usd)
+        # An endpoint that reported no usage said 0 tokens: the plan learns the text's estimate instead.
+        written = end.output_tokens if end.usage_reported else estimate_tokens(result.text)
         if self.history is not None:
-            self.history.add(str(result.model), role, elapsed, end.output_tokens)
+            self.history.add(str(result.model), role, elapsed, written)
         checkpoint = StageOutput(
-            stage, role, rounds, str(result.model), result.text, seconds=elapsed, output_tokens=end.output_tokens
+            stage, role, rounds, str(result.model), result.text, seconds=elapsed, output_tokens=written
         ).to_json()
         self.rec.stage_completed(
             stage,
