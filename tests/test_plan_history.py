@@ -12,10 +12,10 @@ import dataclasses
 
 import pytest
 
-from tests.fakes.providers import FakeOpenAI
-from tests.harness.events import of_kind
 from facilitair.server.pipeline.spec import StageOutput
 from facilitair.server.pipeline.tokens import estimate_tokens
+from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import of_kind
 from tests.harness.scripts import default_replies, scripted
 from tests.harness.servers import ServerFactory
 from tests.harness.stores import fetch
