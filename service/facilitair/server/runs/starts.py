@@ -104,10 +104,12 @@ class RunStarter:
         self._history_due = now + HISTORY_RELOAD_SECONDS
         try:
             stored = await self._store.recent_checkpoints(RUNS_READ)
+            self._estimator.history.load(c.data for c in stored)
         except StoreUnavailable:
             self._history_due = 0.0  # the plan uses what is known; storing the run meets the outage itself
-            return
-        self._estimator.history.load(c.data for c in stored)
+        except Exception:
+            # Estimates are not worth a refused run: the plan goes on with what it knows.
+            log.warning("plan_history_unreadable", exc_info=True)
 
     def _forget(self, key: tuple[str, str], creation: asyncio.Future[str]) -> None:
         """Once a creation is over (stored, or failed), its key is answered by the store alone."""

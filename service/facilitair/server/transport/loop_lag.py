@@ -20,6 +20,9 @@ log = structlog.get_logger(__name__)
 
 # Often enough to see stalls of a few hundred milliseconds; rarely enough to cost nothing.
 INTERVAL_SECONDS = 0.1
+# A loop that stays slow would log every interval: after a line, the next comes at most this much later and
+# counts the stalls in between (the histogram has every one).
+STALL_LOG_EVERY = 5.0
 
 
 class LoopLagMonitor:
@@ -41,10 +44,17 @@ class LoopLagMonitor:
 
     async def _measure(self) -> None:
         loop = asyncio.get_running_loop()
+        stalls, worst, quiet_until = 0, 0.0, 0.0
         while True:
             asked = loop.time()
             await asyncio.sleep(self.interval)
             lag = max(loop.time() - asked - self.interval, 0.0)
             metrics.EVENT_LOOP_LAG.observe(lag)
-            if lag >= self.stall_seconds:
-                log.warning("event_loop_stalled", seconds=round(lag, 3), threshold_seconds=self.stall_seconds)
+            if lag < self.stall_seconds:
+                continue
+            stalls, worst = stalls + 1, max(worst, lag)
+            if loop.time() >= quiet_until:
+                log.warning(
+                    "event_loop_stalled", seconds=round(worst, 3), stalls=stalls, threshold_seconds=self.stall_seconds
+                )
+                stalls, worst, quiet_until = 0, 0.0, loop.time() + STALL_LOG_EVERY
