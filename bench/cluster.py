@@ -1,10 +1,11 @@
 """Servers as an operator runs them: `python -m facilitair.server` (= `facilitair serve`) with FACILITAIR_*
 settings, on SQLite or on PostgreSQL, with `--workers N`; and the PostgreSQL the replica scenarios use.
 
-The replica scenarios start every configuration this same way (SQLite too), so that they differ only in the
-store and the number of processes. PostgreSQL is the one the tests use (tests/harness/pg.py: the server at
-FACILITAIR_TEST_DATABASE_URL, else the one on 127.0.0.1:5432, else a throwaway cluster), with a fresh database
-per pass, dropped afterwards.
+Every scenario starts its servers this same way (the load and lifecycle scenarios through Lab.server, the
+replica scenarios with every configuration, SQLite too), so that configurations differ only in the store and
+the number of processes, and the load scenario and the replicas' SQLite configuration measure the same server.
+PostgreSQL is the one the tests use (tests/harness/pg.py: the server at FACILITAIR_TEST_DATABASE_URL, else the
+one on 127.0.0.1:5432, else a throwaway cluster), with a fresh database per pass, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def environment(openai_url: str, name: str, store: dict[str, str], **settings: s
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.update(
         PYTHONPATH=path,
-        FACILITAIR_LOG_LEVEL="warning",  # as bench.server: the log is not what is measured
+        FACILITAIR_LOG_LEVEL="warning",  # the log is not what is measured
         FACILITAIR_LOG_FORMAT="json",
         FACILITAIR_REPLICA_ID=name,
         FACILITAIR_MODEL="openai:gpt-4.1-mini",
@@ -111,15 +112,17 @@ async def _replicas_answering(target: str) -> str:
         return info.replica_id
 
 
-async def start(env: dict[str, str], workdir: Path, *, workers: int = 1) -> Served:
-    """Start a server and wait until each of its `workers` processes answers on the port."""
+async def start(env: dict[str, str], workdir: Path, *, workers: int = 1, tries: tuple[str, ...] = ()) -> Served:
+    """Start a server and wait until each of its `workers` processes answers on the port; `tries` are patches
+    (bench/patches.py) applied to the process started (not to the workers it starts)."""
     port = free_port()
     name = env["FACILITAIR_REPLICA_ID"]
     env = {**env, "FACILITAIR_LISTEN": f"127.0.0.1:{port}", "FACILITAIR_WORKERS": str(workers)}
     log = workdir / f"server-{name}-{port}.log"
+    command = ["-m", "bench.server", "--try", ",".join(tries)] if tries else ["-m", "facilitair.server"]
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "facilitair.server", stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            sys.executable, *command, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
         )
     served = Served(name, proc, port, log)
     # Each new connection goes to one worker (SO_REUSEPORT): ask until every worker has answered.
@@ -138,9 +141,11 @@ async def start(env: dict[str, str], workdir: Path, *, workers: int = 1) -> Serv
 
 
 @contextlib.asynccontextmanager
-async def serving(env: dict[str, str], workdir: Path, *, workers: int = 1) -> AsyncIterator[Served]:
+async def serving(
+    env: dict[str, str], workdir: Path, *, workers: int = 1, tries: tuple[str, ...] = ()
+) -> AsyncIterator[Served]:
     """A server for the block, stopped at its end."""
-    served = await start(env, workdir, workers=workers)
+    served = await start(env, workdir, workers=workers, tries=tries)
     try:
         yield served
     finally:

@@ -1,10 +1,11 @@
 """The processes of one harness run: the fake provider, the bare baseline, and the server under test.
 
-Three processes besides the load client (this one): the server alone in its process, so that its CPU and RSS
-are its own; the fake provider in another, so that making tokens costs the server nothing; and the baseline in
-a third, started once and idle while the server is measured (and the other way round). The load client and
-the fake share the second core with each other and with the server's SQLite and gRPC threads: on 2 cores,
-nothing is free, so every result is also given as a ratio to the baseline measured the same way.
+Three processes besides the load client (this one): the server alone in its process (`facilitair serve` as an
+operator starts it, bench/cluster.py), so that its CPU and RSS are its own; the fake provider in another, so
+that making tokens costs the server nothing; and the baseline in a third, started once and idle while the
+server is measured (and the other way round). The load client and the fake share the second core with each
+other and with the server's SQLite and gRPC threads: on 2 cores, nothing is free, so every result is also
+given as a ratio to the baseline measured the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import profile
+from bench.cluster import Served, environment, start
 from bench.procs import Child, spawn
 
 
@@ -40,13 +42,12 @@ class Lab:
         return f"http://{self.fake.target}/v1"
 
     @contextlib.asynccontextmanager
-    async def server(self, label: str) -> AsyncIterator[Child]:
-        """A fresh server process on a new database file, stopped on exit; `label` names its profile."""
+    async def server(self, label: str) -> AsyncIterator[Served]:
+        """A fresh `facilitair serve` on a new SQLite file, stopped on exit; `label` names its profile."""
         n = next(self._servers)
         db = self.workdir / f"bench-{n}.sqlite3"
-        child = await spawn(
-            "server", "bench.server", "--db", str(db), "--openai-url", self.openai_url, "--try", ",".join(self.tries)
-        )
+        env = environment(self.openai_url, f"{label}-{n}", {"FACILITAIR_DB": str(db)})
+        child = await start(env, self.workdir, tries=self.tries)
         sampler = None
         if self.profile_dir is not None:
             path = self.profile_dir / f"profile-{label}-{n}.txt"

@@ -4,7 +4,7 @@ A change to the server is measured here before it is made, and what an adopted c
 measurable by trying its alternative. Measured this way and then made the server's own behaviour: multi-row
 INSERTs (store/sqlite.py), raw SSE parsing (providers/openai_provider.py), a 1 ms switch interval and GC
 freezing (server.tune_runtime), the SDKs' aiohttp transport (providers/transport.py) and uvloop's event loop
-(server.loop_factory). The README's "first" column predates them. The alternatives kept:
+(server.loop_factory). The "first" column of docs/benchmarks.md predates them. The alternatives kept:
 
 - `httpx`: the SDKs' default HTTP transport (httpx2 over anyio) instead of their aiohttp transport.
 - `asyncio`: asyncio's own event loop instead of uvloop's (FACILITAIR_EVENT_LOOP=asyncio).

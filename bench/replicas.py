@@ -32,9 +32,6 @@ from bench.stats import Watched, median, percentile, ratio
 from bench.streaming import CODER_STAGE, STAGES, LoadShape, in_window, load_once
 from facilitair.v1 import orchestrator_pb2 as pb
 
-# Runs per client connection in the replica load: 200 runs arrive over 8 connections, which the kernel spreads
-# over the workers (2 connections would all land on one worker half the time).
-RUNS_PER_CONNECTION = 25
 # The configurations compared, in the order each repeat runs them.
 CONFIGS = ("baseline", "sqlite", "postgres_workers_1", "postgres_workers_2")
 SUMMARY_KEYS = (
@@ -82,15 +79,14 @@ async def replica_load(lab: Lab, pg: Postgres, shape: LoadShape, *, repeats: int
     """The load on every configuration, `repeats` times each, interleaved; medians."""
     servers = _Servers(lab, pg)
     passes: dict[str, list[dict[str, Any]]] = {c: [] for c in CONFIGS}
-    per = RUNS_PER_CONNECTION
     for _ in range(repeats):
-        passes["baseline"].append(await load_once(lab, shape, bare=True, per_channel=per))
-        passes["sqlite"].append(await load_once(lab, shape, bare=False, serve=servers.sqlite, per_channel=per))
+        passes["baseline"].append(await load_once(lab, shape, bare=True))
+        passes["sqlite"].append(await load_once(lab, shape, bare=False, serve=servers.sqlite))
         for workers in (1, 2):
             serve = servers.postgres(workers)
             pg_pids: dict[str, Watched] = {"postgres": postgres_pids}
             passes[f"postgres_workers_{workers}"].append(
-                await load_once(lab, shape, bare=False, serve=serve, store=pg_pids, per_channel=per)
+                await load_once(lab, shape, bare=False, serve=serve, store=pg_pids)
             )
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -62,8 +62,8 @@ def _load(r: dict[str, Any]) -> list[Row]:
             _goal(_ok(s["p99_ms"], lambda v: v <= limit), f"<= {limit:g} ms"),
         ),
         (
-            f"2. {name}: delivered tokens/s (offered {r['runs'] * r['rate']:,.0f})",
-            _f(s["delivered_tokens_per_s"]),
+            f"2. {name}: delivered tokens/s (offered {r['runs'] * r['rate']:,.0f}) (tokens missing)",
+            f"{_f(s['delivered_tokens_per_s'])} ({_f(s.get('tokens_missing'), digits=0)})",
             _f(b["delivered_tokens_per_s"]),
             "",
             "",

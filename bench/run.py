@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ from typing import Any
 import grpc
 
 from bench.cluster import Postgres, postgres
+from bench.compare import RECORDED, compare, comparison_table, figures, read_recorded, record, regressed
 from bench.lab import open_lab
 from bench.lifecycle import first_event, idle_watchers, replay
 from bench.patches import PATCHES
@@ -72,7 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"another configuration for the server ({', '.join(PATCHES)}; see bench/patches.py); none by default",
     )
     p.add_argument("--out", type=Path, help="the JSON file to write (default bench/results/<time>.json)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--against", type=Path, default=RECORDED, help="the recorded figures to compare with (default %(default)s)"
+    )
+    p.add_argument("--check", action="store_true", help="exit 1 when a figure is worse than recorded (REGRESSED)")
+    p.add_argument("--record", action="store_true", help="write this invocation's medians into --against, for a commit")
+    p.add_argument("--compare", type=Path, metavar="RESULTS", help="run nothing: compare a results file")
+    args = p.parse_args(argv)
+    if args.record and (args.quick or args.compare):
+        p.error("--record keeps measured figures: not with --quick (which measures nothing) or --compare")
+    return args
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,13 +194,43 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _commit() -> str:
+    """The commit measured, marked when the work tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True, check=True).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run, write the JSON, print the table."""
+    """Run (or read `--compare`'s file), write the JSON, print the table and the comparison with the record."""
     args = parse_args(argv)
-    results = asyncio.run(run(args))
-    path = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
-    print(table(results))
-    print(f"\nwritten to {path}")
-    return 0
+    if args.compare:
+        results = json.loads(args.compare.read_text(encoding="utf-8"))
+    else:
+        results = asyncio.run(run(args))
+        results["commit"] = _commit()
+    recorded = read_recorded(args.against)
+    rows = compare(figures(recorded["results"]), figures(results["results"]))
+    results["comparison"] = {
+        "against": str(args.against),
+        "figures": [dataclasses.asdict(r) for r in rows],
+        "regressed": [r.name for r in regressed(rows)],
+    }
+    if not args.compare:
+        path = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+        print(table(results))
+        print(f"\nwritten to {path}\n")
+    print(comparison_table(rows, str(args.against)))
+    if args.record:
+        new = _clean(record(recorded, results, results["commit"]))
+        args.against.write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
+        print(f"\nrecorded in {args.against}: commit it to make these the figures compared with")
+    return 1 if args.check and regressed(rows) else 0

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from bench.baseline import Spec
 from bench.fake import Directive
 from bench.lab import Lab
-from bench.load import STREAMS_PER_CHANNEL, Channels, Followed, collaborate_request, follow
+from bench.load import RUNS_PER_CONNECTION, Channels, Followed, collaborate_request, follow
 from bench.stats import Sampler, Watched, median, percentile, ratio
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -138,15 +138,14 @@ async def load_once(
     bare: bool,
     serve: Serve | None = None,
     store: dict[str, Watched] | None = None,
-    per_channel: int = STREAMS_PER_CHANNEL,
 ) -> dict[str, Any]:
     """One load pass against a fresh server (`serve`'s, or the harness's own) or the baseline; latency over the
-    steady window. `store` names processes whose CPU is also the server's (PostgreSQL's); `per_channel` is how
-    many runs share one client connection."""
+    steady window. `store` names processes whose CPU is also the server's (PostgreSQL's). Runs share client
+    connections `RUNS_PER_CONNECTION` at a time."""
     per_run = max(1, round(shape.rate * shape.seconds / STAGES))
     label = f"load-{shape.runs}x{shape.rate:g}"
     async with _under_test(lab, label, bare=bare, serve=serve) as target:
-        channels = Channels(target.target, shape.runs, per_channel)
+        channels = Channels(target.target, shape.runs, RUNS_PER_CONNECTION)
         await channels.ready()
         rss_before = target.rss_kib()
 
@@ -199,9 +198,16 @@ async def load_once(
 
 
 async def load(lab: Lab, shape: LoadShape, *, repeats: int) -> dict[str, Any]:
-    """The server and the bare baseline under the same load, `repeats` times each; medians."""
-    server = [await load_once(lab, shape, bare=False) for _ in range(repeats)]
-    base = [await load_once(lab, shape, bare=True) for _ in range(repeats)]
+    """The bare baseline and the server under the same load, `repeats` times each, interleaved; medians.
+
+    The same passes as the replica scenario's baseline and SQLite configurations (bench/replicas.py): same
+    server start, same connections, same order, so that the two agree on the same shape (issue 26).
+    """
+    server: list[dict[str, Any]] = []
+    base: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        base.append(await load_once(lab, shape, bare=True))
+        server.append(await load_once(lab, shape, bare=False))
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return median([r[key] for r in rows])
@@ -217,7 +223,7 @@ async def load(lab: Lab, shape: LoadShape, *, repeats: int) -> dict[str, Any]:
     )
     return shape.fields() | {
         "repeats": repeats,
-        "server": {k: med(server, k) for k in (*keys, "rss_per_run_kib", "failed_runs")}
+        "server": {k: med(server, k) for k in (*keys, "rss_per_run_kib", "failed_runs", "tokens_missing")}
         | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in server])},
         "baseline": {k: med(base, k) for k in keys}
         | {"cpu_percent": median([r["processes"]["server"]["cpu_percent"] for r in base])},

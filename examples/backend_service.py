@@ -7,7 +7,8 @@ run's files under an output directory, and reports every run's outcome as one JS
     python examples/backend_service.py --target 127.0.0.1:50051 --out ./out --cancel-above 0.50 \\
         "Write a function that reverses a string" "Write a CSV parser"
 
-Exit code 0 when every run completed, 1 otherwise. Needs only `pip install facilitair` (no extra).
+Exit code 0 when every run completed, 1 otherwise. Needs only the client: `pip install .` in a clone, or
+`pip install facilitair` from a package index (no extra).
 """
 
 from __future__ import annotations

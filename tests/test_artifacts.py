@@ -85,3 +85,24 @@ async def test_the_refiner_rewriting_the_code_makes_a_new_version(make_server: S
     assert "+ src/example.py (code, 2 lines)" in lines
     assert "+ src/example.py (code, 3 lines, version 2)" in lines
     assert "+ src/example.py (code, 4 lines, version 3)" in lines
+
+
+async def test_a_file_line_with_an_empty_block_delivers_no_file(make_server: ServerFactory) -> None:
+    # A `File:` line over an empty code block was a 0-byte file in the result (issue 21 item 13); a Refiner's
+    # empty block for a path leaves the Coder's version in place.
+    script = scripted(
+        coder=files_reply(("src/example.py", CODE), ("src/empty.py", "")),
+        refiner=files_reply(("src/example.py", "\n")),
+        reviewer=[Reply(chunks=[REJECT]), Reply(chunks=['{"approved": true, "summary": "ok", "issues": []}'])],
+    )
+    async with FakeOpenAI(script) as fake:
+        h = await make_server(openai=fake)
+        events = await h.run(TASK, max_refinements=1)
+
+    assert kind(events[-1]) == "run_completed", events[-1]
+    produced = [p.artifact.path for p in of_kind(events, "artifact_produced")]
+    assert "src/empty.py" not in produced
+    assert produced.count("src/example.py") == 1
+    final = {a.path: a.content for a in events[-1].run_completed.result.artifacts}
+    assert final["src/example.py"] == CODE
+    assert all(content.strip() for content in final.values())

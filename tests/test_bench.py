@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import patches
+from bench import compare, patches
 from bench.fake import MIN_SIZE, Directive, stamped
 from bench.procs import with_descendants
 from bench.profile import summarise
@@ -47,6 +47,7 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert {"p50_ms", "p99_ms", "cpu_percent", "rss_per_run_kib", "failed_runs"} <= set(load["server"])
     assert {"p50_ms", "p99_ms", "cpu_percent"} <= set(load["baseline"])
     assert load["server"]["failed_runs"] == 0
+    assert load["server"]["tokens_missing"] == 0
     assert "kib_per_watcher" in res["watchers"]
     assert {"server_p50_ms", "server_p99_ms", "baseline_p50_ms"} <= set(res["first_event"])
     assert set(res["replay"]["ms"]) == {"server", "server_coalesced", "baseline"}
@@ -67,6 +68,9 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert "| measurement (medians) |" in proc.stdout
     assert "PostgreSQL --workers 2: p50 / p99 relay latency" in proc.stdout
     assert "takeover after SIGKILL of the owner" in proc.stdout
+    # Compared with the record: quick sizes have no recorded counterpart, so nothing can be flagged.
+    assert data["comparison"]["regressed"] == []
+    assert "No figure of this invocation has a recorded counterpart" in proc.stdout
 
 
 def test_sampler_counts_a_group_and_its_new_members() -> None:
@@ -160,3 +164,133 @@ def test_patches_name_the_alternatives_of_what_was_adopted() -> None:
     assert patches.apply(["asyncio"]) == "asyncio"
     with pytest.raises(ValueError, match="unknown patch 'uvloop'; known: httpx, asyncio"):
         patches.apply(["uvloop"])  # adopted: the default now, no longer a patch
+
+
+def _load_result(p99_ms: float, delivered: float, bare_p99_ms: float = 2.0) -> dict[str, object]:
+    return {
+        "runs": 200,
+        "rate": 25.0,
+        "server": {"p50_ms": 5.0, "p99_ms": p99_ms, "delivered_tokens_per_s": delivered, "cpu_us_per_token": 180.0},
+        "baseline": {"p50_ms": 0.5, "p99_ms": bare_p99_ms, "cpu_us_per_token": 60.0},
+        "passes": {"server": [{"p99_ms": p99_ms}], "baseline": []},
+    }
+
+
+def test_comparison_flags_a_worse_figure_and_not_a_better_or_equal_one() -> None:
+    recorded = compare.figures({"load": [_load_result(p99_ms=50.0, delivered=5000.0)]})
+    worse = compare.figures({"load": [_load_result(p99_ms=12_800.0, delivered=3494.0)]})
+    better = compare.figures({"load": [_load_result(p99_ms=10.0, delivered=5000.0)]})
+    verdicts = {r.name: r.verdict for r in compare.compare(recorded, worse)}
+    assert verdicts["load 200x25: p99_ratio"] == "REGRESSED"
+    assert verdicts["load 200x25: delivered_fraction"] == "REGRESSED"
+    assert verdicts["load 200x25: cpu_ratio"] == "same"
+    # Absolute figures that have a ratio to the bare stream are shown, never judged.
+    assert verdicts["load 200x25: p99_ms"] == "info"
+    assert [r.name for r in compare.regressed(compare.compare(recorded, worse))] == [
+        "load 200x25: p99_ratio",
+        "load 200x25: delivered_fraction",
+    ]
+    assert compare.regressed(compare.compare(recorded, recorded)) == []
+    assert {r.name: r.verdict for r in compare.compare(recorded, better)}["load 200x25: p99_ratio"] == "better"
+    assert compare.regressed(compare.compare(recorded, better)) == []
+
+
+def test_comparison_judges_ratios_to_the_same_invocations_bare_stream() -> None:
+    recorded = compare.figures({"load": [_load_result(p99_ms=50.0, delivered=5000.0)]})
+    # A slower machine: the server's p99 and the bare stream's both 4x: the ratio is unchanged.
+    slower = compare.figures({"load": [_load_result(p99_ms=200.0, delivered=5000.0, bare_p99_ms=8.0)]})
+    assert compare.regressed(compare.compare(recorded, slower)) == []
+    # Within the margin (p99 ratio: 3x the recorded one) is noise; beyond it is not.
+    assert compare.judge("load 200x25: p99_ratio", 10.0, 30.0).verdict == "same"
+    assert compare.judge("load 200x25: p99_ratio", 10.0, 31.0).verdict == "REGRESSED"
+    assert compare.judge("x: delivered_fraction", 1.0, 0.98).verdict == "same"
+    assert compare.judge("x: delivered_fraction", 1.0, 0.96).verdict == "REGRESSED"
+    # A recorded 0 missing tokens allows none.
+    assert compare.judge("x: tokens_missing", 0.0, 1.0).verdict == "REGRESSED"
+    assert compare.judge("x: events_per_s", 1000.0, 1500.0).verdict == "better"
+    # Other sizes are other figures: never compared.
+    quick = compare.figures({"load": [_load_result(p99_ms=1e6, delivered=1.0) | {"runs": 3, "rate": 50.0}]})
+    assert compare.compare(recorded, quick) == []
+
+
+def test_the_record_names_when_and_where_each_scenario_was_measured() -> None:
+    recorded = compare.read_recorded()
+    figures = compare.figures(recorded["results"])
+    assert figures["load 200x25: delivered_fraction"] == pytest.approx(5037 / 5000)
+    assert figures["replicas 200x25 sqlite: p99_ms"] == 900
+    for scenario, result in recorded["results"].items():
+        for key in compare._keyed(scenario, result):
+            assert {"date", "commit", "command", "machine"} <= set(recorded["measured"][key]), key
+    assert "README" in recorded["about"]
+
+
+def test_record_replaces_what_was_measured_and_keeps_the_rest() -> None:
+    old = {
+        "about": "seeded",
+        "measured": {"load 200x25": {"date": "old"}, "load 200x10": {"date": "old"}, "watchers": {"date": "old"}},
+        "results": {
+            "load": [_load_result(50.0, 5000.0), _load_result(10.0, 2000.0) | {"rate": 10.0}],
+            "watchers": {"watchers": 1000, "kib_per_watcher": 30.0},
+        },
+    }
+    out = {
+        "date": "new",
+        "command": "python -m bench --only load",
+        "machine": {"cores": 2},
+        "results": {"load": [_load_result(60.0, 4990.0)]},
+    }
+    new = compare.record(old, out, "abc1234")
+    assert new["about"] == "seeded"
+    assert new["measured"]["load 200x25"] == {
+        "date": "new", "commit": "abc1234", "command": "python -m bench --only load", "machine": {"cores": 2}
+    }  # fmt: skip
+    assert new["measured"]["load 200x10"] == {"date": "old"}
+    assert new["measured"]["watchers"] == {"date": "old"}
+    assert [(r["rate"], r["server"]["p99_ms"]) for r in new["results"]["load"]] == [(25.0, 60.0), (10.0, 10.0)]
+    assert "passes" not in new["results"]["load"][0]
+
+
+def test_check_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
+    record = tmp_path / "recorded.json"
+    record.write_text(json.dumps({"measured": {}, "results": {"load": [_load_result(50.0, 5000.0)]}}))
+    now = {"date": "d", "command": "c", "machine": {}, "results": {"load": [_load_result(12_800.0, 3494.0)]}}
+    same = {**now, "results": {"load": [_load_result(50.0, 5000.0)]}}
+    for name, results in (("regressed", now), ("same", same)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(results))
+
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "bench", "--against", str(record), *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    failed = bench("--compare", str(tmp_path / "regressed.json"), "--check")
+    assert failed.returncode == 1, failed.stderr
+    assert "REGRESSED: 2 figure(s) worse than recorded beyond their margin" in failed.stdout
+    assert "| load 200x25: p99_ratio | 25 | 6,400 | 200% | REGRESSED |" in failed.stdout
+    # Without --check the comparison is said, and the exit code is left alone.
+    assert bench("--compare", str(tmp_path / "regressed.json")).returncode == 0
+    passed = bench("--compare", str(tmp_path / "same.json"), "--check")
+    assert passed.returncode == 0, passed.stdout
+    assert "No figure is worse than recorded beyond its margin." in passed.stdout
+
+
+def test_a_patched_server_is_facilitair_serve_with_the_patch(tmp_path: Path) -> None:
+    # Every scenario's server is `facilitair serve`; with --try, bench.server applies the patch and then runs it.
+    from bench.cluster import environment, start  # noqa: PLC0415 - the harness's, only for this test
+
+    async def serve_once() -> tuple[list[str], list[dict[str, object]]]:
+        store = {"FACILITAIR_DB": str(tmp_path / "db.sqlite3")}
+        env = environment("http://127.0.0.1:9/v1", "patched", store, FACILITAIR_LOG_LEVEL="info")
+        served = await start(env, tmp_path, tries=("asyncio",))
+        try:
+            cmdline = Path(f"/proc/{served.pid}/cmdline")
+            command = (await asyncio.to_thread(cmdline.read_text, encoding="utf-8")).split("\0")
+        finally:
+            await served.stop()
+        lines = served.log.read_text(encoding="utf-8").splitlines()
+        return command, [json.loads(line) for line in lines if line.startswith("{")]
+
+    command, log = asyncio.run(serve_once())
+    assert command[1:5] == ["-m", "bench.server", "--try", "asyncio"]
+    [serving] = [line for line in log if line["event"] == "serving"]
+    assert serving["event_loop"] == "asyncio"  # the patch; uvloop otherwise
+    assert serving["store"] == "sqlite"

@@ -46,15 +46,17 @@ async def test_a_smaller_max_tokens_in_the_pipeline_file_lowers_the_plans_estima
     async with FakeOpenAI(scripted()) as fake:
         for name, pipeline_file in (("default", None), ("small", pipeline)):
             h = await make_server(openai=fake, db=tmp_path / f"{name}.db", pipeline=pipeline_file)
-            events = await h.run(TASK)
-            plans.append(events[0].run_started.plan)
-            # A budget of 1 token refuses every plan, saying how many tokens it was estimated at.
+            # A budget of 1 token refuses every plan, saying how many tokens it was estimated at. Both plans come
+            # before any run completes: after one, the plan learns from its stages instead of the table.
             with pytest.raises(FacilitairError) as refused:
                 await h.run(TASK, max_tokens=1)
             assert refused.value.code == StatusCode.FAILED_PRECONDITION
             found = re.search(r"the plan's estimated (\d+) tokens are over the budget of 1 ", refused.value.message)
             assert found is not None, refused.value.message
             tokens.append(int(found.group(1)))
+            events = await h.run(TASK)
+            plans.append(events[0].run_started.plan)
+            assert plans[-1].history_stages == 0
     default, small = plans
     less_output = TYPICAL_OUTPUT[AgentRole.CODER] - CODER_MAX_TOKENS
     readers = sum(AgentRole.CODER in READS[role] for role in PLANNED_ROLES)  # later prompts carry its output

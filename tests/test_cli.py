@@ -14,7 +14,8 @@ import pytest
 
 from facilitair.client import RunState
 from tests.fakes.providers import FakeOpenAI, Reply
-from tests.harness.cli import cli, jsonl
+from tests.harness.cli import cli, cli_environment, jsonl
+from tests.harness.events import kind
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 
@@ -78,6 +79,87 @@ async def test_bad_input_is_a_usage_error_not_a_traceback(dead_target: str, args
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["run", "watch"])
+async def test_an_output_dir_that_is_a_file_or_cannot_be_made_is_one_usage_line(
+    dead_target: str, tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    subject = TASK if command == "run" else "some-run"
+    for where, why in ((tmp_path / "afile", "is a file, not a folder"), (Path("/proc/x"), "cannot create it")):
+        code, out, err = await cli(dead_target, command, subject, "--output-dir", str(where))
+        assert (code, out) == (2, "")
+        assert err.startswith(f"facilitair: --output-dir {where}: {why}")
+        assert len(err.splitlines()) == 1, err
+
+
+async def test_files_into_a_file_or_an_unmakeable_folder_is_one_usage_line(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        code, out, _ = await cli(h.target, "run", TASK, "--detach")
+        await cli(h.target, "watch", out.strip())
+        into_file = await cli(h.target, "files", out.strip(), str(tmp_path / "afile"))
+        into_proc = await cli(h.target, "files", out.strip(), "/proc/x")
+    assert code == 0
+    assert into_file == (2, "", f"facilitair: {tmp_path / 'afile'}: is a file, not a folder\n")
+    assert into_proc[:2] == (2, "")
+    assert into_proc[2].startswith("facilitair: /proc/x: cannot create it")
+    assert len(into_proc[2].splitlines()) == 1, into_proc[2]
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("rnu", "x"), "facilitair: unknown command 'rnu'; did you mean 'run'?"),
+        (("stauts", "last"), "facilitair: unknown command 'stauts'; did you mean 'status'?"),
+        (("config", "shwo"), "facilitair config: unknown command 'shwo'; did you mean 'show'?"),
+        (("run", "x", "--format", "plian"), "facilitair run: --format: invalid choice 'plian'; did you mean 'plain'?"),
+        (
+            ("run", "write", "a", "function", "--format", "plain"),
+            'facilitair: the task is one argument: quote it, as in facilitair run "write a function"',
+        ),
+    ],
+)
+async def test_a_mistyped_command_or_an_unquoted_task_gets_a_hint(
+    dead_target: str, args: tuple[str, ...], words: str
+) -> None:
+    code, out, err = await cli(dead_target, *args)
+    assert (code, out) == (2, "")
+    assert words in err.splitlines()
+    assert "Traceback" not in err
+
+
+async def test_a_bare_port_as_target_is_that_port_on_this_machine(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        port = h.target.rpartition(":")[2]
+        listed = await cli(None, "runs", "--target", port)
+    assert listed == (0, "no runs\n", "")
+
+
+async def test_a_missing_or_refused_api_key_names_the_flag_and_the_variable(make_server: ServerFactory) -> None:
+    key = "k" * 24
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake, api_keys=f"alice:{key}")
+        missing = await cli(h.target, "runs", env=cli_environment())
+        wrong = await cli(h.target, "runs", "--api-key", "x" * 24, env=cli_environment())
+        right = await cli(h.target, "runs", env=cli_environment(FACILITAIR_API_KEY=key))
+    assert missing == (
+        4,
+        "",
+        "facilitair: UNAUTHENTICATED: the server needs an API key: give it with --api-key KEY or FACILITAIR_API_KEY\n",
+    )
+    assert wrong == (
+        4,
+        "",
+        "facilitair: UNAUTHENTICATED: the server refused the API key given (--api-key or FACILITAIR_API_KEY)\n",
+    )
+    assert right == (0, "no runs\n", "")
+
+
 # ----- 5/6. outcome: exit codes, approval, the end of a run --------------------------------------------------
 
 
@@ -125,6 +207,36 @@ async def test_files_of_a_run_that_is_not_complete_say_why(make_server: ServerFa
     )
 
 
+async def test_files_of_a_cancelled_run_are_those_it_produced_before(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # A run cancelled while the Coder writes has produced DESIGN.md; `files` said "it has no files"
+    # (issue 21 item 13). Its files are the latest versions it stored before it ended.
+    coder, release = held(default_replies()["coder"], after=1)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        try:
+            h = await make_server(openai=fake)
+            stream = h.stream(TASK)
+            design = await stream.until(lambda e: kind(e) == "artifact_produced")
+            await stream.until(lambda e: kind(e) == "token_delta" and e.token_delta.stage == 2)
+            await h.client.cancel_run(design.run_id)
+            assert kind((await stream.to_end())[-1]) == "run_cancelled"
+        finally:
+            release.set()
+        run_id = design.run_id
+        listed = await cli(h.target, "files", run_id)
+        written = await cli(h.target, "files", run_id, str(tmp_path / "out"))
+        as_json = await cli(h.target, "files", run_id, "--json")
+    assert listed[0] == 0
+    assert [line.split()[:2] for line in listed[1].splitlines()] == [["DESIGN.md", "design"]]
+    assert listed[2].splitlines()[0] == (
+        f"run {run_id} was cancelled: these are the files it produced before it ended (the latest version of each)"
+    )
+    assert written[0] == 0
+    assert (tmp_path / "out" / "DESIGN.md").read_text() == design.artifact_produced.artifact.content
+    assert [f["path"] for f in json.loads(as_json[1])] == ["DESIGN.md"]
+
+
 async def test_require_approval_fails_an_unapproved_run(make_server: ServerFactory) -> None:
     verdict = '{"approved": false, "summary": "no", "issues": [{"severity": "minor", "description": "x"}]}'
     async with FakeOpenAI(scripted(reviewer=Reply(chunks=[verdict]))) as fake:
@@ -163,6 +275,21 @@ async def test_output_dir_records_cannot_collide_with_produced_files(
     stored = (tmp_path / ".facilitair" / "events.jsonl").read_text().splitlines()
     assert stored == out.splitlines(), "events.jsonl has the shape --format jsonl prints"
     assert "did not write .facilitair/run.json" in err
+
+
+async def test_a_run_into_an_output_dir_still_ends_with_its_id_and_how_to_get_the_files(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        code, out, err = await cli(h.target, "run", TASK, "--output-dir", str(tmp_path / "out"), "--format", "plain")
+    run_id = out.splitlines()[0].removeprefix("Run ")
+    assert code == 0
+    assert err.splitlines()[-2:] == [
+        f"Run {run_id}: 4 files in {tmp_path / 'out'}: DESIGN.md, src/rev.py, tests/test_rev.py, README.md",
+        f"Get them with: facilitair files {run_id} DIR",
+    ]
+    assert (tmp_path / "out" / "src" / "rev.py").exists()
 
 
 # ----- 9. budgets ------------------------------------------------------------------------------------------------
@@ -249,7 +376,9 @@ async def test_runs_limit_over_100_pages_by_itself(make_server: ServerFactory) -
     assert code == 0
     assert len(listed["runs"]) == 103
     assert len({r["runId"] for r in listed["runs"]}) == 103
-    assert listed["next_page_token"]
+    # One key style, protobuf JSON's lowerCamelCase as in every other --json output (it said next_page_token).
+    assert list(listed) == ["runs", "nextPageToken"]
+    assert listed["nextPageToken"]
     assert {RunState[r["state"].removeprefix("RUN_STATE_")] for r in listed["runs"]} == {RunState.COMPLETED}
 
 
@@ -315,4 +444,4 @@ async def test_version_and_bash_completion(dead_target: str, tmp_path: Path) -> 
     assert await complete("run", "--format", "") == ["jsonl", "plain", "pretty"]
     assert await complete("runs", "--st") == ["--state"]
     assert await complete("runs", "--state", "c") == ["cancelled", "completed"]
-    assert await complete("completion", "") == ["bash", "zsh"]
+    assert await complete("completion", "") == ["bash", "fish", "zsh"]

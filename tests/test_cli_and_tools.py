@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.providers import FakeOpenAI, Reply
-from tests.harness.cli import BUF, cli
+from tests.harness.cli import BUF, cli, cli_environment
 from tests.harness.servers import Harness, ServerFactory
 
 CODE = "def reverse(s: str) -> str:\n    return s[::-1]\n"
@@ -254,3 +255,48 @@ async def test_cli_sends_the_api_key_and_exits_4_without_it(make_server: ServerF
         code, out, _ = await cli(live.target, "runs", "--api-key", key)
         assert code == 0
         assert "completed" in out
+
+
+# ----- issue 21 item 10: the server's help speaks the user's words, not Python's ---------------------------------
+
+# Metavars and defaults pydantic-settings writes from Python types and default factories.
+PYTHON_TYPES = {"str", "Path", "SecretStr", "float", "int", "bool"}
+INTERNALS = ("default factory", "default: null", "(undefined)")
+
+
+@pytest.mark.parametrize("command", [("serve",), ("config", "show")])
+async def test_server_help_shows_flags_in_the_users_words(command: tuple[str, ...]) -> None:
+    code, out, err = await cli(None, *command, "--help", env=cli_environment(COLUMNS="200"))
+    assert (code, err) == (0, "")
+    text = " ".join(out.split())
+    metavars = re.findall(r"(--[a-z-]+) ([A-Za-z]+)\b", text)
+    assert len(metavars) > 30
+    assert [(flag, metavar) for flag, metavar in metavars if metavar in PYTHON_TYPES] == []
+    assert [words for words in INTERNALS if words in text] == []
+    assert "--listen HOST:PORT" in text
+    assert "--db FILE" in text
+    assert "--database-url URL" in text
+    assert "--lease-seconds SECONDS" in text
+    assert "--max-runs N" in text
+    assert "facilitair.sqlite3)" in text  # the real default path, not the factory's name
+    model = text[text.rindex("--model PROVIDER:MODEL") :]  # its help, after the usage
+    assert model.index("local:default") < model.index("--pipeline")  # the default without a key is named
+
+
+async def test_config_show_prints_the_model_that_will_be_used_once(tmp_path: Path) -> None:
+    keyless = await cli(None, "config", "show", env=cli_environment())
+    with_key = await cli(None, "config", "show", env=cli_environment(OPENAI_API_KEY="sk-" + "x" * 30))
+    shown, keyed = json.loads(keyless[1])["settings"], json.loads(with_key[1])["settings"]
+    assert "default_models" not in shown
+    assert shown["model"] == "local:default"
+    assert keyed["model"] == "openai:gpt-4.1-mini"
+
+
+async def test_top_level_help_says_what_the_server_commands_do() -> None:
+    code, out, _ = await cli(None, "--help", env=cli_environment(COLUMNS="200"))
+    assert code == 0
+    assert "(server) see:" not in out
+    lines = {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.startswith("    ")}
+    assert lines["serve"] == "run the server"
+    assert lines["config"].startswith("show the server settings")
+    assert lines["models"]

@@ -10,6 +10,7 @@ import re
 import socket
 
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.harness.events import collect, kind
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 from tests.harness.terminal import terminal
@@ -83,11 +84,34 @@ async def test_ctrl_c_prints_on_its_own_row_and_the_text_goes_on_under_it(make_s
     lines = term.lines()
     assert code == 130
     note = term.row_of("cancelling run")
-    assert re.fullmatch(
-        r"cancelling run [0-9a-f-]{36}\.\.\. \(Ctrl-C again to quit and leave it running\)", lines[note]
-    )
+    assert re.fullmatch(r"cancelling run [0-9a-f-]{36} in 2s; Ctrl-C again to leave it running", lines[note])
     assert lines[note + 1] == "def rev(s: str", "the unfinished row is written again under the note"
     assert lines[note + 2].startswith("Run cancelled: cancelled by a client request")
+
+
+async def test_a_second_ctrl_c_quits_and_leaves_the_run_going(make_server: ServerFactory) -> None:
+    coder, release = held(Reply(chunks=CODER_CHUNKS), after=2)
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        try:
+            h = await make_server(openai=fake)
+            async with terminal(h.target, "run", TASK, cols=160) as term:
+                await term.wait_for(lambda s: s.endswith("def rev(s: str"))
+                term.interrupt()
+                await term.wait_for(lambda s: "Ctrl-C again" in s)
+                term.interrupt()
+                code = await term.wait_exit()
+            release.set()
+            hint = re.search(
+                r"detached; the run goes on\. Follow it with: facilitair watch (\S+) --after (\d+)$", term.text()
+            )
+            assert hint is not None, term.text()
+            rest = await collect(h.client.watch(hint.group(1), int(hint.group(2))))
+        finally:
+            release.set()
+    assert code == 130
+    assert [kind(e) for e in rest].count("run_cancelled") == 0
+    assert kind(rest[-1]) == "run_completed", "the run went on without the CLI"
+    assert rest[0].seq == int(hint.group(2)) + 1
 
 
 async def test_an_unapproved_result_ends_in_the_warning_colour(make_server: ServerFactory) -> None:

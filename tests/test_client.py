@@ -250,6 +250,8 @@ def test_event_kind_and_is_terminal() -> None:
         ("[::1]:7000", "[::1]:7000", None),
         ("::1", "[::1]:50051", None),
         ("unix:/tmp/facilitair.sock", "unix:/tmp/facilitair.sock", None),
+        ("50059", "127.0.0.1:50059", None),  # a port alone is this machine's
+        ("http://50059", "127.0.0.1:50059", False),
     ],
 )
 def test_targets_are_understood(target: str, address: str, tls: bool | None) -> None:
@@ -257,7 +259,7 @@ def test_targets_are_understood(target: str, address: str, tls: bool | None) -> 
     assert (parsed.address, parsed.tls) == (address, tls)
 
 
-@pytest.mark.parametrize("target", ["", "host:port", "host:70000", "ftp://host", "http://host/path", ":50051"])
+@pytest.mark.parametrize("target", ["", "host:port", "host:70000", "ftp://host", "http://host/path", ":50051", "70000"])
 def test_bad_targets_are_invalid_argument(target: str) -> None:
     with pytest.raises(FacilitairError) as err:
         parse_target(target)

@@ -79,8 +79,8 @@ def test_a_command_the_docs_show_parses(page: str, command: str) -> None:
     while re.fullmatch(r"[A-Z_]+=.*", words[0]):
         words.pop(0)
     words = words[1:]
-    if "|" in words:
-        words = words[: words.index("|")]
+    ends = [i for i, word in enumerate(words) if word in ("|", "&", "&&", ";")]
+    words = words[: ends[0]] if ends else words  # the command alone, not what the shell does around it
     argv = [PLACEHOLDERS.get(word, word) for word in words]
     try:
         _parser(argv).parse_args(argv)

@@ -304,7 +304,7 @@ async def test_anthropic_reset_raises_the_transport_error_or_a_connection_error_
         assert fake.disconnects == 0
 
 
-async def test_anthropic_stall_raises_a_read_timeout_or_a_timeout_error_caused_by_it_and_the_fake_sees_the_client_leave() -> None:
+async def test_anthropic_stall_raises_a_read_timeout_maybe_wrapped_and_the_fake_sees_the_client_leave() -> None:
     got: list[RawMessageStreamEvent] = []
     reply = Reply(["a", "b"], fault=Fault.stall(1))
     async with FakeAnthropic([reply]) as fake, anthropic_client(fake, timeout=READ_TIMEOUT) as client:

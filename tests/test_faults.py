@@ -449,7 +449,7 @@ async def test_a_chunk_of_the_wrong_shape_is_a_broken_stream_and_retried(
 async def test_a_body_without_its_terminal_event_is_retried_even_after_finish_and_usage(
     make_server: ServerFactory, vendor: str
 ) -> None:
-    # The finish chunk and the usage came, [DONE] / message_stop did not: the README says that is retried.
+    # The finish chunk and the usage came, [DONE] / message_stop did not: docs/runs.md says that is retried.
     good = default_replies()["coder"]
     script = scripted(coder=[Reply(chunks=["File: src/rev.py\n"], fault=Fault.no_terminal()), good])
     async with fake_for(vendor, script) as fake:

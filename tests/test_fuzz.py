@@ -13,6 +13,9 @@ be logged at error level (health and reflection are open to anyone, so that woul
 flood). Afterwards the server is healthy, the victim's runs are exactly as they were, the live one
 finishes, and another client completes a run.
 
+The whole test runs on SQLite and on PostgreSQL: a string PostgreSQL's text cannot hold (a NUL character, a lone
+surrogate smuggled in through a page token's JSON) must be refused as INVALID_ARGUMENT naming its field on both.
+
 Hypothesis drives synchronous examples, so it runs in a worker thread and hands each call to the test's
 event loop (where the server, its fake provider and the channels live) with run_coroutine_threadsafe.
 """
@@ -33,7 +36,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -52,6 +55,8 @@ from tests.harness.events import TERMINAL, RunStream, collect, kind
 from tests.harness.logs import no_error_logs
 from tests.harness.scripts import AGENTS, agent_of, default_replies
 from tests.harness.servers import ServerFactory
+
+pytestmark = pytest.mark.both_stores
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -362,6 +367,56 @@ def forged_token(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
 
+def raw_token(json_text: str) -> str:
+    """A page token holding exactly this JSON text."""
+    return base64.urlsafe_b64encode(json_text.encode()).decode()
+
+
+SOME_ID = "0b7e1516-28ae-4d2a-8abf-7158809cf4f3"
+# Tokens whose JSON has the right shape but holds what no token ListRuns issues can: a string the stores cannot
+# hold (NUL; a lone surrogate, which JSON can spell but UTF-8 cannot), a number that is not finite.
+POISONED_TOKENS = [
+    raw_token('[1.0,"\\u0000"]'),
+    raw_token('[1,"\\ud800"]'),
+    raw_token(f'[1.0,"{SOME_ID}\\u0000"]'),
+    raw_token(f'[NaN,"{SOME_ID}"]'),
+    raw_token(f'[Infinity,"{SOME_ID}"]'),
+    raw_token(f'[-Infinity,"{SOME_ID}"]'),
+    raw_token(f'[1e999,"{SOME_ID}"]'),
+]
+
+
+def struct_strings(value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value) -> list[str]:
+    """Every string in a Struct (keys included), walked as messages: MessageToDict refuses a NaN."""
+    if isinstance(value, struct_pb2.Struct):
+        return [s for k, v in value.fields.items() for s in (k, *struct_strings(v))]
+    if isinstance(value, struct_pb2.ListValue):
+        return [s for v in value.values for s in struct_strings(v)]
+    held = value.WhichOneof("kind")
+    if held == "string_value":
+        return [value.string_value]
+    if held in ("struct_value", "list_value"):
+        return struct_strings(getattr(value, held))
+    return []
+
+
+def fields_holding_nul(request: pb.CollaborateRequest) -> set[str]:
+    """The fields of a request with a NUL character anywhere in them (map keys and the context's keys too)."""
+    strings = {
+        "task": [request.task],
+        "model": [request.model],
+        "client_request_id": [request.client_request_id],
+        "agent_models": [s for k, v in request.agent_models.items() for s in (k, v)],
+        "context": struct_strings(request.context),
+    }
+    return {name for name, texts in strings.items() if any("\x00" in t for t in texts)}
+
+
+def violated_fields(result: Outcome) -> set[str]:
+    """The fields a BadRequest names, without their keys or paths ("agent_models[coder]" -> "agent_models")."""
+    return {f.partition("[")[0].partition(".")[0] for f, _ in result.bad_request() or []}
+
+
 def page_tokens(valid: list[str]) -> st.SearchStrategy[str]:
     """Tokens ListRuns gave out, and forgeries: other JSON, other bytes, plain text."""
     number = st.one_of(floats, st.integers(), st.just(10**400), st.just(-(10**400)))
@@ -372,6 +427,7 @@ def page_tokens(valid: list[str]) -> st.SearchStrategy[str]:
     )
     return st.one_of(
         st.sampled_from(valid),
+        st.sampled_from(POISONED_TOKENS),
         forged.map(forged_token),
         st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).decode()),
         odd_text,
@@ -598,14 +654,28 @@ async def fuzz_session(
         check(result, request, name)
         if not authed(md):
             assert result.code == grpc.StatusCode.UNAUTHENTICATED, f"{name}: {result.code.name} without a good key"
+        run_id = getattr(request, "run_id", "")
+        if authed(md) and "\x00" in run_id:  # not a run id, and nothing a store could be asked about
+            assert result.code == grpc.StatusCode.INVALID_ARGUMENT, (name, result.code.name, result.message)
+            assert violated_fields(result) == {"run_id"}, (name, result.bad_request())
 
     @FUZZ_SETTINGS
     @given(request=collaborate_requests(), md=credentials())
     @example(request=with_context({"n": math.nan}), md=bearer(FUZZER_KEY))
     @example(request=with_context({"deep": [{"n": -math.inf}]}), md=bearer(FUZZER_KEY))
+    @example(request=pb.CollaborateRequest(task=TASK, client_request_id="key\x00"), md=bearer(FUZZER_KEY))
+    @example(request=pb.CollaborateRequest(task=TASK, model=f"{MINI}\x00"), md=bearer(FUZZER_KEY))
+    @example(request=pb.CollaborateRequest(task=TASK, agent_models={"coder": f"{MINI}\x00x"}), md=bearer(FUZZER_KEY))
+    @example(request=pb.CollaborateRequest(task=f"{TASK}\x00"), md=bearer(FUZZER_KEY))
+    @example(request=with_context({"files": {"src/a\x00.py": "pass"}}), md=bearer(FUZZER_KEY))
+    @example(request=with_context({"files": {"src/a.py": "pass\x00"}}), md=bearer(FUZZER_KEY))
     def fuzz_collaborate(request: pb.CollaborateRequest, md: Metadata) -> None:
         result = bridge(outcome(lambda: stub.Collaborate(request, metadata=md)))
         common("Collaborate", result, request, md)
+        holding_nul = fields_holding_nul(request)
+        if authed(md) and holding_nul:  # no store can hold a NUL: refused, naming each field that has one
+            assert result.code == grpc.StatusCode.INVALID_ARGUMENT, (holding_nul, result.code.name, result.message)
+            assert holding_nul <= violated_fields(result), (holding_nul, result.bad_request())
         events = [r.event for r in result.responses]
         if result.code == grpc.StatusCode.OK:
             check_events(events, 0, request, "Collaborate")
@@ -623,6 +693,7 @@ async def fuzz_session(
     @example(run_id=own[0], after_seq=0, coalesce=True, md=bearer(FUZZER_KEY))
     @example(run_id=own[0], after_seq=2**64 - 1, coalesce=False, md=bearer(FUZZER_KEY))
     @example(run_id=live_id, after_seq=0, coalesce=False, md=bearer(FUZZER_KEY))
+    @example(run_id=own[0][:8] + "\x00", after_seq=0, coalesce=False, md=bearer(FUZZER_KEY))
     def fuzz_watch(run_id: str, after_seq: int, coalesce: bool, md: Metadata) -> None:
         request = pb.WatchRunRequest(run_id=run_id, after_seq=after_seq, coalesce_tokens=coalesce)
         result = bridge(outcome(lambda: stub.WatchRun(request, metadata=md)))
@@ -636,6 +707,7 @@ async def fuzz_session(
     @given(run_id=run_ids, md=credentials())
     @example(run_id=live_id, md=bearer(FUZZER_KEY))
     @example(run_id=own[0], md=bearer(FUZZER_KEY))
+    @example(run_id="last\x00", md=bearer(FUZZER_KEY))
     def fuzz_get(run_id: str, md: Metadata) -> None:
         request = pb.GetRunRequest(run_id=run_id)
         result = bridge(outcome(lambda: stub.GetRun(request, metadata=md)))
@@ -657,10 +729,17 @@ async def fuzz_session(
     @example(size=0, page_token=forged_token([math.nan, own[0]]), state=0, md=bearer(FUZZER_KEY))
     @example(size=2**32 - 1, page_token="", state=0, md=bearer(FUZZER_KEY))
     @example(size=1, page_token=token, state=pb.RUN_STATE_COMPLETED, md=bearer(FUZZER_KEY))
+    @example(size=0, page_token=POISONED_TOKENS[0], state=0, md=bearer(FUZZER_KEY))
+    @example(size=0, page_token=POISONED_TOKENS[1], state=0, md=bearer(FUZZER_KEY))
+    @example(size=0, page_token=POISONED_TOKENS[4], state=0, md=bearer(FUZZER_KEY))
     def fuzz_list(size: int, page_token: str, state: int, md: Metadata) -> None:
         request = pb.ListRunsRequest(page_size=size, page_token=page_token, state=pb.RunState.ValueType(state))
         result = bridge(outcome(lambda: stub.ListRuns(request, metadata=md)))
         common("ListRuns", result, request, md)
+        if authed(md) and page_token in POISONED_TOKENS:
+            assert result.code == grpc.StatusCode.INVALID_ARGUMENT, (page_token, result.code.name, result.message)
+            if size <= 100 and state in pb.RunState.values():
+                assert violated_fields(result) == {"page_token"}, result.bad_request()
         if result.code == grpc.StatusCode.OK:
             listed = {r.run_id for r in result.responses[0].runs}
             assert not listed & set(victim_ids), "ListRuns: the fuzzer was shown the victim's runs"
@@ -669,6 +748,7 @@ async def fuzz_session(
     @given(run_id=run_ids, md=credentials())
     @example(run_id=live_id, md=bearer(FUZZER_KEY))
     @example(run_id=own[0], md=bearer(FUZZER_KEY))
+    @example(run_id=f"\x00{own[0]}", md=bearer(FUZZER_KEY))
     def fuzz_cancel(run_id: str, md: Metadata) -> None:
         request = pb.CancelRunRequest(run_id=run_id)
         result = bridge(outcome(lambda: stub.CancelRun(request, metadata=md)))

@@ -9,6 +9,7 @@ would for a disk that does not answer, until the test lets go. Those stay on SQL
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -20,7 +21,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, collect, kind
-from tests.harness.scripts import agent_of, default_replies, held, scripted
+from tests.harness.scripts import AGENTS, agent_of, default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 from tests.harness.stores import Target, commits_held, execute
 
@@ -187,6 +188,42 @@ async def _bad_row(store: Target, spec: str, summary: bytes | None = None) -> st
         ),
     )
     return run_id
+
+
+def _spec_with(**fields: object) -> str:
+    """A stored spec every agent of which the fake serves, with `fields` replacing (or adding) its values."""
+    models = {agent: "openai:gpt-4.1-mini" for agent in AGENTS}
+    spec: dict[str, object] = {"version": 2, "task": TASK, "context": {}, "max_refinements": 0, "on_disconnect": 1}
+    return json.dumps({**spec, "models": models, **fields})
+
+
+async def test_a_stored_request_of_the_wrong_types_fails_its_run_as_not_resumable(make_server: ServerFactory) -> None:
+    """Issue 19 item 11: a stored budget of the wrong type was read as it was, and the run failed mid-way (INTERNAL)."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        await h.stop()
+        corrupt: list[tuple[str, dict[str, object]]] = [
+            ("budget_usd", {"budget_usd": "5"}),
+            ("budget_usd", {"budget_usd": True}),
+            ("budget_usd", {"budget_usd": -1.0}),
+            ("budget_tokens", {"budget_tokens": 1.5}),
+            ("budget_tokens", {"budget_tokens": "100"}),
+            ("budget_tokens", {"budget_tokens": [100]}),
+            ("max_refinements", {"max_refinements": -1}),
+        ]
+        bad = [(field, await _bad_row(h.store, _spec_with(**values))) for field, values in corrupt]
+        good = await _bad_row(h.store, _spec_with(budget_usd=5, budget_tokens=100_000))  # 5: a whole number of USD
+        again = await make_server(openai=fake)
+        for field, run_id in bad:
+            watched = await collect(again.client.watch(run_id))
+            assert [kind(e) for e in watched] == ["run_failed"], field
+            failed = watched[0].run_failed
+            assert failed.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], (field, failed.message)
+            assert failed.reason == "RUN_NOT_RESUMABLE", field
+            assert failed.message.startswith("cannot resume the run: the run's stored request cannot be read"), field
+            assert field in failed.message, failed.message
+        resumed = await collect(again.client.watch(good))
+        assert kind(resumed[-1]) == "run_completed", [kind(e) for e in resumed]
 
 
 async def test_unreadable_stored_runs_fail_alone_and_the_server_starts(make_server: ServerFactory) -> None:

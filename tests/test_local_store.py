@@ -89,7 +89,7 @@ async def test_config_show_and_settings_default_to_the_local_model_without_a_key
         monkeypatch.delenv(name, raising=False)
     code, out, _ = await cli(None, "config", "show")
     assert code == 0
-    assert json.loads(out)["settings"]["default_models"] == ["local:default"]
+    assert json.loads(out)["settings"]["model"] == "local:default"
     assert Settings().default_models() == [ModelRef("local", "default")]
     with_key = [
         ({"ANTHROPIC_API_KEY": "k"}, ModelRef("anthropic", "claude-sonnet-4-6")),
@@ -169,5 +169,8 @@ async def test_admission_says_how_to_get_the_local_model(make_server: ServerFact
     assert "configuration names" in refused.value.message
     assert await h.client.list_runs() == ([], "")
 
-    configured = await make_server(local_models_dir=tmp_path / "empty", model=f"local:{outside}")
+    # A second server while the first still runs: a file of its own (one server per SQLite file).
+    configured = await make_server(
+        local_models_dir=tmp_path / "empty", model=f"local:{outside}", db=tmp_path / "configured.db"
+    )
     configured.server.providers.check(ModelRef("local", str(outside)))  # the operator's own path is allowed

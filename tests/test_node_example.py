@@ -12,6 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.scripts import default_replies, scripted
 from tests.harness.servers import ServerFactory
@@ -60,8 +62,11 @@ async def test_node_client_runs_with_a_json_context_and_reads_64_bit_fields_as_s
     assert outcome["state"] == "run_completed"
     assert outcome["files"] == ["DESIGN.md", "src/rev.py", "tests/test_rev.py", "README.md"]
     assert isinstance(outcome["last_seq"], str)  # longs: String
-    assert outcome["last_seq"] == str(len(outcome["kinds"]))
-    assert outcome["kinds"][0] == "run_started"  # oneofs: true
+    # One count per kind of event, in the order first seen: the line stays short however long the run.
+    assert outcome["last_seq"] == str(outcome["events"]) == str(sum(outcome["kinds"].values()))
+    assert next(iter(outcome["kinds"])) == "run_started"  # oneofs: true
+    assert outcome["kinds"]["run_completed"] == 1
+    assert outcome["kinds"]["artifact_produced"] == 4
     expected_tokens = sum(r.input_tokens for agent, r in default_replies().items() if agent != "refiner")
     assert outcome["usage"]["input_tokens"] == str(expected_tokens)  # a uint64, as a string
     prompt = fake.requests[0]["messages"][1]["content"]
@@ -69,7 +74,9 @@ async def test_node_client_runs_with_a_json_context_and_reads_64_bit_fields_as_s
     assert '"pep8": true' in prompt
     replayed = json.loads(replay[1])
     assert replay[0] == 0
-    assert replayed["kinds"] == outcome["kinds"][10:]
+    assert replayed["events"] == outcome["events"] - 10
+    assert replayed["kinds"]["run_completed"] == 1
+    assert "run_started" not in replayed["kinds"]
     assert replayed["last_seq"] == outcome["last_seq"]
 
 
@@ -87,3 +94,14 @@ async def test_node_client_reads_error_details(make_server: ServerFactory) -> No
     assert missing[0] == 2
     assert missing[2].startswith("NOT_FOUND: ")
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("run",), ("run", "127.0.0.1:1"), ("watch", "127.0.0.1:1"), ("nonsense", "x", "y")]
+)
+async def test_node_client_without_its_arguments_prints_its_usage(args: tuple[str, ...]) -> None:
+    await installed()
+    code, out, err = await node(*args)
+    assert (code, out) == (2, "")
+    assert err.startswith("usage: node client.js run TARGET TASK")
+    assert "TypeError" not in err

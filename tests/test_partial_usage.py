@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from facilitair.server.pipeline.context import TEMPLATE_TOKENS, estimate_tokens
+from facilitair.server.pipeline.tokens import TEMPLATE_TOKENS, estimate_tokens
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
 from tests.harness.cli import cli
 from tests.harness.events import kind, of_kind

@@ -1,7 +1,7 @@
 """Server reflection as generic tools meet it: grpc.reflection.v1alpha, the only version grpcio-reflection
 serves (its 1.85 release has no v1 servicer; grpc/grpc#38576). `buf curl` and grpcurl ask for v1 first and
 fall back to v1alpha on UNIMPLEMENTED, which is what a raw request shows here. When the library gains v1 and
-the server serves it, the first assertion fails and the README's sentence on it must change with it.
+the server serves it, the first assertion fails and the docs' sentence on it (docs/clients.md) must change with it.
 """
 
 from __future__ import annotations

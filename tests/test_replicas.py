@@ -270,3 +270,52 @@ async def test_the_cli_given_two_replicas_finishes_the_run_after_its_owner_dies(
     assert cli.returncode == 0, err.decode()
     assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
     assert "runCompleted" in events[-1]
+
+
+async def test_the_cli_given_one_replica_that_dies_says_how_to_follow_the_run_on_another(pg_url: str) -> None:
+    coder, release = held(default_replies()["coder"], after=2)
+    async with FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as (a, b):
+        await asyncio.gather(a.start(), b.start())
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "facilitair.cli.main", "run", TASK, "--format", "jsonl", "--target", a.target,
+            "--reconnect-timeout", "3",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_environment(),
+        )  # fmt: skip
+        assert cli.stdout is not None
+        events: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                while not (events and events[-1].get("tokenDelta", {}).get("stage") == 2):
+                    events.append(json.loads(await cli.stdout.readline())["event"])
+            await a.kill()  # the one replica the CLI knows, and the run's owner
+            release.set()
+            out, err = await asyncio.wait_for(cli.communicate(), HANG_GUARD)
+        finally:
+            if cli.returncode is None:
+                cli.kill()
+        events += [json.loads(line)["event"] for line in out.decode().splitlines()]
+        run_id, seen = str(events[0]["runId"]), int(events[-1]["seq"])
+        lines = err.decode().splitlines()
+        # The hint, run on the other replica, follows the run (taken over by b) to its end from where it stopped.
+        hint = f"facilitair watch {run_id} --after {seen}"
+        rest = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "facilitair.cli.main", *hint.split()[1:], "--format", "jsonl", "--target", b.target,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_environment(),
+        )  # fmt: skip
+        more, _ = await asyncio.wait_for(rest.communicate(), HANG_GUARD)
+    assert cli.returncode == 3
+    assert lines[:2] == [
+        f"connection lost (the connection to {a.target} was cut); reconnecting",
+        f"gave up reconnecting after 3s: nothing listens at {a.target} (connection refused)",
+    ]
+    assert lines[2:] == [
+        f"Run {run_id} goes on on the server (it resumes when the server is back, or on another replica). "
+        f"Follow it with: {hint} (and --target ANOTHER_REPLICA when there are several)"
+    ]
+    assert not any(words in err.decode() for words in ("backends failing", "Cancelling all calls", "Socket closed"))
+    assert rest.returncode == 0
+    after = [json.loads(line)["event"] for line in more.decode().splitlines()]
+    assert [int(e["seq"]) for e in events + after] == list(range(1, len(events) + len(after) + 1))
+    assert "runCompleted" in after[-1]

@@ -161,7 +161,7 @@ async def test_cli_info_without_a_server_or_a_key(make_server: ServerFactory) ->
 
 
 async def test_generic_tools_find_get_server_info_through_reflection(make_server: ServerFactory) -> None:
-    """The README's `buf curl` line: no stubs, only the server's reflection."""
+    """The docs' `buf curl` line (docs/clients.md): no stubs, only the server's reflection."""
     assert BUF is not None, "buf comes with `pip install -e .[dev]` (the buf-bin package)"
     async with FakeOpenAI(scripted()) as fake:
         h = await make_server(openai=fake)

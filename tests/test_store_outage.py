@@ -9,7 +9,10 @@ standard health service's Watch stream, which reports every change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,10 @@ from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.fakes.providers import FakeOpenAI
-from tests.harness.events import RunStream, collect, kind
+from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.harness.events import RunStream, collect, kind, read_rest, read_until
 from tests.harness.logs import captured_logs
-from tests.harness.scripts import default_replies, held, scripted
+from tests.harness.scripts import AGENTS, default_replies, held, scripted
 from tests.harness.stores import read_only
 
 TASK = "Write a function that reverses a string"
@@ -34,6 +37,9 @@ HANG_GUARD = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CAP_PAGES = 512  # the server's "disk": 2 MiB of 4 KiB pages
+# How long runs wait for the store before they are interrupted, where a test needs the interruption: long enough
+# for the unfixed server to have asked for a next stage (it did within milliseconds), short for the suite.
+GRACE = 1.0
 
 
 def settings_for(db: Path, fake: FakeOpenAI, **extra: Any) -> Settings:
@@ -213,3 +219,141 @@ async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writab
         finally:
             await server.stop(0)
     assert kind(events[-1]) == "run_completed"
+
+
+@dataclass
+class Outage:
+    """What the fake was asked for during an outage that outlasted the grace, and what the runs logged in the end."""
+
+    asked_during: Counter[str]
+    asked: Counter[str]
+    disconnects: int
+    logs: list[list[pb.RunEvent]]
+
+
+async def outage_as_coders_end(tmp_path: Path, runs: int, coder: list[Reply], release: asyncio.Event) -> Outage:
+    """Runs whose coder holds (its first reply, on `release`); the disk fills and then the coders end.
+
+    The runs are interrupted after the grace (their watchers are told UNAVAILABLE); then the disk has room again
+    and each run is watched to its end.
+    """
+    db = tmp_path / "small-disk.sqlite3"
+    script = scripted(coder=coder)
+
+    def coding(events: list[pb.RunEvent]) -> bool:
+        return bool(events) and kind(events[-1]) == "token_delta" and events[-1].token_delta.stage == 2
+
+    async with FakeOpenAI(script) as fake:
+        settings = settings_for(db, fake, store_grace_seconds=GRACE, retry_backoff=0.01)
+        server = await create_server(settings, store=SqliteStore(db, max_pages=CAP_PAGES))
+        try:
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                health = HealthWatch(channel)
+                await health.until(SERVING)
+                calls = [stub.Collaborate(pb.CollaborateRequest(task=f"{TASK} #{n}")) for n in range(runs)]
+                run_ids = []
+                async with asyncio.timeout(HANG_GUARD):
+                    for call in calls:
+                        run_ids.append((await read_until(call, coding))[0].run_id)
+                fill(db)
+                await health.until(NOT_SERVING)
+                release.set()  # every coder's (first) reply ends now, while nothing can be stored
+                for call in calls:  # after the grace the runs are interrupted and their watchers told
+                    with pytest.raises(grpc.aio.AioRpcError) as told:
+                        async with asyncio.timeout(HANG_GUARD):
+                            await read_rest(call)
+                    assert told.value.code() == grpc.StatusCode.UNAVAILABLE
+                asked_during = Counter(script.agents())
+                free(db)
+                await health.until(SERVING)
+                health.cancel()
+                logs = [await collect(client.watch(run_id), within=HANG_GUARD) for run_id in run_ids]
+        finally:
+            await server.stop(0)
+    for events in logs:
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert kind(events[-1]) == "run_completed"
+        assert [e.stage_completed.stage for e in events if kind(e) == "stage_completed"] == [1, 2, 3, 4, 5]
+    return Outage(asked_during, Counter(script.agents()), fake.disconnects, logs)
+
+
+async def test_no_stage_is_requested_while_the_one_before_cannot_be_stored(tmp_path: Path) -> None:
+    """Issue 19, item 4: a stage that completes while the disk is full is not followed by the next stage's request.
+
+    Asked then, the next stage would be asked again after the recovery (the run resumes from what was stored),
+    and billed twice. The runs wait, are interrupted after the grace, and go on from the stored checkpoint.
+    """
+    runs = 3
+    coder, release = held(default_replies()["coder"], after=2)  # every run's coder holds on the same release
+    outage = await outage_as_coders_end(tmp_path, runs, [coder], release)
+    assert outage.asked_during == {"architect": runs, "coder": runs}, "no stage was requested during the outage"
+    assert outage.disconnects == 0, "every coder stage ran to its end before the grace ran out"
+    # After the recovery each run went on from the coder's checkpoint: every stage was requested once per run.
+    assert outage.asked == {agent: runs for agent in AGENTS if agent != "refiner"}  # an approval: no refiner
+    for events in outage.logs:
+        assert not [e for e in events if kind(e) == "attempt_reset"], "no stage was cut off and asked again"
+
+
+async def test_no_retry_is_requested_while_the_attempt_reset_cannot_be_stored(tmp_path: Path) -> None:
+    """A coder attempt that fails while the disk is full is retried only once the store can write again."""
+    runs = 2
+    first, release = held(default_replies()["coder"], after=2)
+    first.fault = Fault.error_event(after_chunks=2)  # a retryable failure as soon as it is released
+    replies = [first] * runs + [default_replies()["coder"]]  # each run's first coder reply fails, the next ends
+    outage = await outage_as_coders_end(tmp_path, runs, replies, release)
+    assert outage.asked_during == {"architect": runs, "coder": runs}, "no retry was requested during the outage"
+    # After the recovery the coder's stage ran again (it had not ended) and every other stage once.
+    assert outage.asked == {agent: runs for agent in AGENTS if agent != "refiner"} | {"coder": 2 * runs}
+
+
+async def test_a_run_that_ends_during_a_long_outage_is_not_taken_back_and_asked_again(tmp_path: Path) -> None:
+    """A run whose last stage ends while the disk is full keeps its lease until its end is stored.
+
+    The grace's interruption stops the run while it waits to store its terminal event. Were its lease then left to
+    run out, this very server would claim the run back, the new epoch would refuse the queued events, and the run
+    would resume from the stage before: the last stage asked for (and billed) twice.
+    """
+    db = tmp_path / "small-disk.sqlite3"
+    lease = 1.0
+    documenter, release = held(default_replies()["documenter"], after=1)
+    script = scripted(documenter=documenter)
+
+    def documenting(events: list[pb.RunEvent]) -> bool:
+        return bool(events) and kind(events[-1]) == "token_delta" and events[-1].token_delta.stage == 5
+
+    async with FakeOpenAI(script) as fake:
+        settings = settings_for(db, fake, store_grace_seconds=GRACE, lease_seconds=lease)
+        server = await create_server(settings, store=SqliteStore(db, max_pages=CAP_PAGES))
+        try:
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target) as channel, Client(target) as client:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                health = HealthWatch(channel)
+                await health.until(SERVING)
+                call = stub.Collaborate(pb.CollaborateRequest(task=TASK))
+                async with asyncio.timeout(HANG_GUARD):
+                    run_id = (await read_until(call, documenting))[0].run_id
+                with captured_logs() as logs:
+                    fill(db)
+                    await health.until(NOT_SERVING)
+                    release.set()  # the last stage ends; its completion and the run's end wait for the store
+                    await logs.until("runs_interrupted")
+                    # The outage outlasts the lease several times over (the lease is renewed every third of it).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(3 * lease):
+                            await logs.until("run_claimed")
+                    free(db)
+                    await health.until(SERVING)
+                    health.cancel()
+                    events = await collect(client.watch(run_id), within=HANG_GUARD)
+                call.cancel()
+        finally:
+            await server.stop(0)
+    assert fake.disconnects == 0, "the last stage ran to its end before the grace ran out"
+    assert Counter(script.agents()) == {agent: 1 for agent in AGENTS if agent != "refiner"}
+    assert not logs.of("run_claimed"), "the run was taken back while its end was still to be stored"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert kind(events[-1]) == "run_completed"
+    assert [e.stage_completed.stage for e in events if kind(e) == "stage_completed"] == [1, 2, 3, 4, 5]

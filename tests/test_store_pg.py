@@ -24,6 +24,7 @@ from facilitair.server.store.base import Batch, SchemaError, StoreUnavailable
 from facilitair.server.store.pg_errors import mask_url
 from facilitair.server.store.postgres import PostgresStore
 from facilitair.server.store.sqlite import SqliteStore
+from tests.harness.logs import captured_logs
 from tests.harness.pg import Databases, PgServer
 from tests.harness.processes import free_port
 from tests.harness.stores import Heard, batch_of, new_run
@@ -163,6 +164,38 @@ async def test_the_listener_notices_a_database_gone_silent(pg_url: str) -> None:
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
         await store.close()
+
+
+async def test_the_listener_tries_again_while_the_database_refuses_connections(
+    pg_server: PgServer, pg_url: str, replicas: list[PostgresStore]
+) -> None:
+    """As during a restart: the store's connect says StoreUnavailable, and the listener keeps trying until it
+    can listen again (it used to end at the first refusal, silently and for good)."""
+    a, b = replicas
+    heard = Heard()
+    await b.listen(heard.on_commit, heard.on_cancel, heard.on_released)
+    name = urllib.parse.urlsplit(pg_url).path.lstrip("/")
+    with captured_logs() as logs:
+        await _admin(pg_server.admin_url, f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await _admin(
+            pg_server.admin_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND application_name = 'facilitair-listener'",
+            name,
+        )
+        await logs.until("store_listener_reconnect_failed")
+        await logs.until("store_listener_reconnect_failed", retry_in=0.1)  # a second refusal: it goes on
+        await _admin(pg_server.admin_url, f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        await heard.until(lambda: heard.commits)
+        assert heard.commits == [{}], "after a reconnection every follower re-checks"
+        assert heard.releases == 1, "and the lease keeper looks for what was released or cancelled meanwhile"
+        run = await new_run(a)
+        assert await a.write_batch(batch_of((run, 1, 2))) == set()
+        await heard.until(lambda: len(heard.commits) == 2)
+    assert heard.commits[1] == {run.run_id: 2}
+    said = [e["event"] for e in logs.entries if e["log_level"] != "debug" and "listener" in e["event"]]
+    assert said == ["store_listener_lost", "store_listener_restored"]
+    assert "not currently accepting connections" in logs.of("store_listener_reconnect_failed")[0]["cause"]
 
 
 async def test_a_database_that_refuses_connections_is_unavailable_until_it_takes_them(

@@ -5,7 +5,8 @@
 //   node client.js watch 127.0.0.1:50051 RUN_ID [--after SEQ]
 //
 // The model's text goes to stderr as it streams; stdout gets one JSON line when the run ends:
-// {"run_id", "state", "last_seq", "kinds", "files", "usage"}. Exit code 0 completed, 1 failed or
+// {"run_id", "state", "last_seq", "events", "kinds", "files", "usage"}, where "kinds" counts the events of
+// each kind ({"run_started": 1, "token_delta": 940, ...}) so the line stays short however long the run. Exit code 0 completed, 1 failed or
 // cancelled, 2 the call was refused (the field violations are printed), 3 the server is unavailable.
 "use strict";
 
@@ -119,7 +120,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * UNAVAILABLE after the run is known, it is resumed with WatchRun after the last seq seen.
  */
 async function follow(client, open, runId, afterSeq) {
-  const seen = { runId, lastSeq: afterSeq, kinds: [], final: null };
+  const seen = { runId, lastSeq: afterSeq, events: 0, kinds: {}, final: null };
   const deadline = Date.now() + 60000;
   for (let attempt = 0; ; attempt++) {
     try {
@@ -128,7 +129,8 @@ async function follow(client, open, runId, afterSeq) {
         if (BigInt(event.seq) <= BigInt(seen.lastSeq)) continue; // seq is a string: compare as BigInt
         seen.runId = event.run_id;
         seen.lastSeq = event.seq;
-        seen.kinds.push(event.payload);
+        seen.events += 1;
+        seen.kinds[event.payload] = (seen.kinds[event.payload] || 0) + 1;
         if (event.payload === "token_delta") process.stderr.write(event.token_delta.text);
         if (TERMINAL.has(event.payload)) {
           seen.final = event;
@@ -150,6 +152,7 @@ function summary(seen) {
     run_id: seen.runId,
     state: final.payload,
     last_seq: seen.lastSeq,
+    events: seen.events,
     kinds: seen.kinds,
     files: final.payload === "run_completed" ? body.result.artifacts.map((a) => a.path) : [],
     usage: body.usage,
@@ -162,8 +165,15 @@ function option(args, name) {
   return index >= 0 ? args[index + 1] : undefined;
 }
 
+const USAGE = "usage: node client.js run TARGET TASK [--context JSON] [--max-refinements N] | watch TARGET RUN_ID [--after SEQ]";
+
 async function main(argv) {
   const [command, target, subject, ...rest] = argv;
+  // Checked before a client is made: grpc-js throws a TypeError for an undefined target.
+  if (!["run", "watch"].includes(command) || !target || !subject) {
+    console.error(USAGE);
+    return 2;
+  }
   const client = new OrchestratorService(target, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
   try {
     let seen;
@@ -176,12 +186,9 @@ async function main(argv) {
       const open = (after, runId) =>
         runId ? client.WatchRun({ run_id: runId, after_seq: after }) : client.Collaborate(request);
       seen = await follow(client, open, "", "0");
-    } else if (command === "watch") {
+    } else {
       const open = (after, runId) => client.WatchRun({ run_id: runId, after_seq: after });
       seen = await follow(client, open, subject, option(rest, "--after") || "0");
-    } else {
-      console.error("usage: node client.js run TARGET TASK | watch TARGET RUN_ID [--after SEQ]");
-      return 2;
     }
     process.stdout.write(JSON.stringify(summary(seen)) + "\n");
     return seen.final.payload === "run_completed" ? 0 : 1;

@@ -90,6 +90,8 @@ class Reply:
     # Prompt caching, reported only when set: tokens read from the cache, and tokens written to it.
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    # False: an OpenAI-compatible endpoint that sends no usage chunk even when asked for one.
+    report_usage: bool = True
 
     def __post_init__(self) -> None:
         """Give a holding reply its own `release` event when the test did not pass one."""

@@ -80,7 +80,7 @@ class FakeOpenAI(FakeProvider):
         """The finish chunk, the usage chunk when asked for, and ``[DONE]``."""
         events = [self._chunk(stream, {}, reply.finish_reason or self.default_finish_reason)]
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
+        if isinstance(options, dict) and options.get("include_usage") is True and reply.report_usage:
             completion = len(reply.chunks) if reply.output_tokens is None else reply.output_tokens
             usage: dict[str, Any] = {
                 "prompt_tokens": reply.input_tokens,

@@ -174,6 +174,30 @@ class FakeProvider:
             raise RuntimeError(f"{type(self).__name__} is listening already")
         await self._listen(self._port)
 
+    def close_idle_connections(self, *, at_once: bool = True) -> int:
+        """Close every kept-alive connection that serves no stream now, as a server's keep-alive timeout does.
+
+        With `at_once` the FIN leaves in this call (a shutdown of the socket's sending side); otherwise it leaves
+        when asyncio closes the socket, one turn of the event loop later. Either way the client learns of it only
+        when its event loop next reads the socket, so a request it starts before that takes a pooled connection
+        that is already closed. Returns how many were closed.
+        """
+        server = self._runner.server if self._runner is not None else None
+        if server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        busy = {stream.request.transport for stream in self._live}
+        idle = [
+            handler.transport
+            for handler in server.connections
+            if handler.transport is not None and handler.transport not in busy and not handler.transport.is_closing()
+        ]
+        for transport in idle:
+            sock = transport.get_extra_info("socket")
+            if at_once and sock is not None:
+                sock.shutdown(socket.SHUT_WR)
+            transport.close()
+        return len(idle)
+
     async def stop(self) -> None:
         """Cut every open stream and stop listening, without waiting for stalled or held replies."""
         runner, self._runner = self._runner, None

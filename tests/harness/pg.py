@@ -133,12 +133,18 @@ class Throwaway:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
 
     def _pg(self, tool: str, *args: str) -> None:
+        command, user = [str(self.bindir / tool), *args], self.user
+        runuser = shutil.which("runuser")
+        if user is not None and runuser is not None:
+            # subprocess's user= forks (no vfork), and so runs gRPC's fork handlers in a test process with gRPC
+            # threads: a pg_ctl restart from a test was once killed by SIGSEGV. A plain exec is spawned with vfork.
+            command, user = [runuser, "-u", user, "--", *command], None
         result = subprocess.run(
-            [str(self.bindir / tool), *args],
+            command,
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
-            user=self.user,
+            user=user,
             cwd=self.root,
             check=False,
         )
@@ -148,13 +154,18 @@ class Throwaway:
     def start(self) -> PgServer:
         """initdb and start; the URL reaches it through its Unix socket in the temporary folder."""
         self._pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self.pg_ctl("start")
+        query = urllib.parse.urlencode({"host": str(self.root), "port": str(self.port)})
+        return PgServer(f"postgresql://postgres@/postgres?{query}", f"a throwaway cluster from {self.bindir}")
+
+    def pg_ctl(self, action: str, *args: str) -> None:
+        """`pg_ctl start|stop|restart` on this cluster, waiting until it is done (the tests that restart it)."""
         options = (
             f"-c listen_addresses='' -k {self.root} -p {self.port} -c fsync=off -c full_page_writes=off "
             "-c synchronous_commit=off -c max_connections=200"
         )
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "-o", options, "start")
-        query = urllib.parse.urlencode({"host": str(self.root), "port": str(self.port)})
-        return PgServer(f"postgresql://postgres@/postgres?{query}", f"a throwaway cluster from {self.bindir}")
+        log = str(self.root / "log")
+        self._pg("pg_ctl", "-D", str(self.data), "-l", log, "-w", "-t", "60", "-o", options, *args, action)
 
     def stop(self) -> None:
         """Stop the server at once and remove its folder."""

@@ -47,6 +47,7 @@ class ServerProcess:
         self.port = 0
         self.starts = 0
         self._reader: asyncio.Task[None] | None = None
+        self._logged = asyncio.Event()  # set at every new log line (for `until_logged`)
 
     @property
     def target(self) -> str:
@@ -80,6 +81,7 @@ class ServerProcess:
         async for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self.log.append(f"[{start}] {line}")
+            self._logged.set()
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if isinstance(record, dict) and record.get("event") == "serving" and not port.done():
@@ -118,6 +120,14 @@ class ServerProcess:
         if self._reader is not None:
             await self._reader
         return code
+
+    async def until_logged(self, event: str, *, count: int = 1, within: float = START_GUARD) -> dict[str, Any]:
+        """Wait (`within` is a hang guard) until the server has logged `event` `count` times; the last record."""
+        async with asyncio.timeout(within):
+            while len(found := self.records(event)) < count:
+                self._logged.clear()
+                await self._logged.wait()
+        return found[count - 1]
 
     def records(self, event: str) -> list[dict[str, Any]]:
         """The JSON log records of one event, across starts."""

@@ -4,7 +4,8 @@
 `store_kind`: "sqlite" by default, both kinds for a module or test marked `both_stores`. A server gets it as
 settings (`Target.settings`) or as its environment (`Target.environment`); `Stores` opens store objects on it
 (several = several replicas); `execute`/`fetch` reach the same tables from outside the server, as an operator
-or a broken disk would, with one SQL text for both engines.
+or a broken disk would, with one SQL text for both engines. A slow disk is a `CommitGate` in the server's own
+store (`Stores.gated`), or, for a server in another process, `writes_held` from outside.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,12 @@ class Stores:
             return SqliteStore(self.target.db)
         return PostgresStore(self.target.url)
 
+    def gated(self, gate: CommitGate) -> EventStore:
+        """A store on the database, not opened, whose batches pass `gate` before they are written."""
+        if self.target.url is None:
+            return GatedSqliteStore(self.target.db, gate)
+        return GatedPostgresStore(self.target.url, gate)
+
     async def new(self) -> EventStore:
         """An opened store on the database (its own connections: another replica)."""
         store = self.make()
@@ -132,6 +139,51 @@ class Stores:
         for store in reversed(self.opened):
             await store.close()
         self.opened.clear()
+
+
+class CommitGate:
+    """Holds the commit of a stage's checkpoint (and every write queued behind it) until the test opens it.
+
+    The event log's writer stops at the gate with the batch that carries a checkpoint of `stage`, before the
+    store writes any of it: to the server this is a commit that takes as long as the test wants.
+    """
+
+    def __init__(self, stage: int) -> None:
+        self.stage = stage
+        self.reached = asyncio.Event()  # the batch with the checkpoint waits at the gate
+        self.opened = asyncio.Event()
+
+    async def passing(self, batch: Batch) -> None:
+        """Return when `batch` may be written."""
+        if not self.opened.is_set() and any(c.stage == self.stage for c in batch.checkpoints):
+            self.reached.set()
+            await self.opened.wait()
+
+
+class GatedSqliteStore(SqliteStore):
+    """A SQLite store whose batches pass a `CommitGate` before they are written."""
+
+    def __init__(self, path: Path, gate: CommitGate) -> None:
+        super().__init__(path)
+        self.gate = gate
+
+    async def write_batch(self, batch: Batch) -> set[str]:
+        """Wait at the gate, then write."""
+        await self.gate.passing(batch)
+        return await super().write_batch(batch)
+
+
+class GatedPostgresStore(PostgresStore):
+    """A PostgreSQL store whose batches pass a `CommitGate` before they are written."""
+
+    def __init__(self, url: str, gate: CommitGate) -> None:
+        super().__init__(url)
+        self.gate = gate
+
+    async def write_batch(self, batch: Batch) -> set[str]:
+        """Wait at the gate, then write."""
+        await self.gate.passing(batch)
+        return await super().write_batch(batch)
 
 
 def run_row(principal: str = "alice", client_request_id: str = "", *, run_id: str | None = None) -> RunRow:
@@ -226,3 +278,23 @@ def commits_held(db: Path) -> Iterator[None]:
             conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+@contextlib.asynccontextmanager
+async def writes_held(target: Target) -> AsyncIterator[None]:
+    """Hold the server's event writes from outside until the block ends, whatever process the server runs in.
+
+    SQLite: its write lock (`commits_held`). PostgreSQL: a lock on the events table that lets reads through and
+    makes every INSERT wait (a commit that hangs, as on a stuck disk).
+    """
+    if target.url is None:
+        with commits_held(target.db):
+            yield
+        return
+    conn = await asyncpg.connect(target.url, timeout=HANG_GUARD)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()

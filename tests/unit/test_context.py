@@ -8,7 +8,8 @@ import pytest
 
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.pipeline import prompts
-from facilitair.server.pipeline.context import ContextTooSmall, estimate_tokens, fit, shorten
+from facilitair.server.pipeline.context import ContextTooSmall, fit, shorten
+from facilitair.server.pipeline.tokens import estimate_tokens
 
 MODEL = ModelRef("openai", "small")
 DESIGN = "".join(f"- Component {n}: parses its part of the input and hands it on.\n" for n in range(200))

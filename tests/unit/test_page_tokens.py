@@ -48,6 +48,16 @@ BAD = {
     "past-a-float": b64(b"[" + b"9" * 400 + b', "r"]'),
     "unclosed-nesting": b64(b"[" * 384),
     "too-long": b64(b'[1, "' + b"r" * MAX_PAGE_TOKEN_CHARS + b'"]'),
+    # What PostgreSQL's text cannot hold, or asyncpg cannot encode (it ended as INTERNAL there).
+    "a-nul": b64(b'[1.0, "\\u0000"]'),
+    "a-lone-surrogate": b64(b'[1, "\\ud800"]'),
+    "a-nul-after-an-id": b64(b'[1.0, "0b7e1516-28ae-4d2a-8abf-7158809cf4f3\\u0000"]'),
+    # Numbers no row has (json.loads reads these by default).
+    "nan": b64(b'[NaN, "r"]'),
+    "infinity": b64(b'[Infinity, "r"]'),
+    "minus-infinity": b64(b'[-Infinity, "r"]'),
+    "an-infinite-float": b64(b'[1e999, "r"]'),
+    "nan-in-an-extra-item": b64(b'[1, "r", NaN]'),
 }
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.pipeline.plan import PLANNED_ROLES, READS, PlanEstimator
-from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import AgentConfig, PipelineConfig
 from facilitair.server.pricing import Price, PriceTable
 
@@ -54,6 +55,16 @@ def test_a_stages_input_is_its_prompt_the_task_and_the_earlier_outputs_it_reads(
     assert estimator().input_tokens(with_context, role) == full + 100
 
 
+
+def test_the_plan_estimates_a_prompt_as_the_context_fitting_and_the_usage_do() -> None:
+    # One estimator (pipeline/tokens.py, issue 20 item 8): code takes more tokens than prose of the same length,
+    # in the plan as in the window fitting and in the usage of a cut-off attempt.
+    code = "".join(f"def f{n}(x: int) -> int:\n    return x + {n}\n" for n in range(40))
+    prose = ("The parser reads the input and hands each part to the checker. " * 40)[: len(code)]
+    est = estimator()
+    grown = est.input_tokens(spec(task=code), A.ARCHITECT) - est.input_tokens(spec(task=prose), A.ARCHITECT)
+    assert grown == estimate_tokens(code) - estimate_tokens(prose) > len(code) // 10
+
 def test_the_plan_lists_the_five_stages_with_time_and_cost() -> None:
     est = estimator()
     plan = est.plan(spec(max_refinements=2))
@@ -91,3 +102,33 @@ def test_a_free_or_unpriced_model_plans_its_cost_as_such(
     assert plan.estimated_seconds == pytest.approx(seconds)
     assert (plan.estimated_cost_usd, plan.max_estimated_cost_usd) == (total, worst)
     assert {s.estimated_cost_usd for s in plan.stages} == {total}
+
+
+def test_learned_stages_replace_the_table_for_their_model_only() -> None:
+    est = estimator(max_tokens=500)
+    local = ModelRef("local", "default")
+    est.history.add(str(local), A.CODER, 30.0, 300)
+    est.history.add(str(local), A.CODER, 50.0, 700)  # capped at max_tokens 500 below
+    est.history.add(str(local), A.ARCHITECT, 20.0, 200)
+    # The Coder: its own mean time; the Reviewer: the model's speed (1200 tokens in 100 s) on the table's length.
+    assert est.output_tokens(A.CODER, local) == 500
+    plan = est.plan(spec(model=local))
+    seconds = {s.role: s.estimated_seconds for s in plan.stages}
+    assert seconds[A.CODER] == pytest.approx(40.0)
+    assert seconds[A.ARCHITECT] == pytest.approx(20.0)
+    assert seconds[A.REVIEWER] == pytest.approx(500 / 12.0)
+    assert plan.history_stages == 3
+    # Another model still plans from the table, and says so.
+    table = est.plan(spec())
+    assert table.history_stages == 0
+    assert table.estimated_seconds == estimator(max_tokens=500).plan(spec()).estimated_seconds
+
+
+def test_the_history_reads_only_checkpoints_that_kept_their_time() -> None:
+    kept = StageOutput(1, A.ARCHITECT, 0, "local:default", "# Design", seconds=12.5, output_tokens=250).to_json()
+    old = StageOutput(2, A.CODER, 0, "local:default", "code").to_json()
+    est = estimator()
+    est.history.load([kept, old, "not json", '{"version": 99}'])
+    assert est.history.of("local:default", A.ARCHITECT) == (12.5, 250.0)
+    assert est.history.of("local:default", A.CODER) is None
+    assert est.history.count(["local:default"]) == 1

@@ -34,10 +34,18 @@ def event(seq: int, at: float = 1000.0, **payload: Any) -> pb.RunEvent:
     return pb.RunEvent(run_id="r-1", seq=seq, time=Timestamp(seconds=int(at), nanos=int(at % 1 * 1e9)), **payload)
 
 
-def plan(agents: list[Agent], *, refinements: int = 2, secs: float = 77.5, cost: float | None = 0.0123) -> pb.Plan:
+def plan(
+    agents: list[Agent], *, refinements: int = 2, secs: float = 77.5, cost: float | None = 0.0123, history: int = 0
+) -> pb.Plan:
     """A plan of these agents' stages."""
     stages = [pb.PlannedStage(agent=a, model=MINI) for a in agents]
-    return pb.Plan(stages=stages, max_refinements=refinements, estimated_seconds=secs, estimated_cost_usd=cost)
+    return pb.Plan(
+        stages=stages,
+        max_refinements=refinements,
+        estimated_seconds=secs,
+        estimated_cost_usd=cost,
+        history_stages=history,
+    )
 
 
 def started(agents: list[Agent] = FIVE, **how: Any) -> pb.RunEvent:
@@ -114,6 +122,12 @@ DESCRIBE: list[tuple[str, list[pb.RunEvent], pb.RunEvent, list[str]]] = [
         [],
         started([pb.AGENT_ARCHITECT], refinements=1, secs=5.0, cost=None),
         ["Run r-1", "Plan: Architect (up to 1 refinement round), ~5.0s, cost unknown"],
+    ),
+    (
+        "run-started-estimated-from-history",
+        [],
+        started([pb.AGENT_ARCHITECT], refinements=0, secs=51.0, cost=0.0, history=7),
+        ["Run r-1", "Plan: Architect (up to 0 refinement rounds), ~51.0s, ~$0.0000 (estimate from 7 earlier stages)"],
     ),
     ("stage-started", [], stage(2, pb.AGENT_CODER), ["== [2/5] Coder - openai:gpt-4.1-mini"]),
     (
@@ -347,9 +361,9 @@ def test_plain_output_of_a_whole_run() -> None:
     assert err.getvalue() == ""
 
 
-def test_plain_summary_columns_line_up_when_a_label_is_long() -> None:
-    # A truncated stage's label ("Architect, output truncated") is longer than the usual column: every column
-    # still starts at the same place in every row (it did not: the rest of that row was pushed right).
+def test_plain_summary_says_output_truncated_after_the_cost_not_in_the_agent_column() -> None:
+    # The Agent column holds the agent: "Architect, output truncated" there widened the column for every row and
+    # read as an agent's name (issue 21 item 13). The note ends the row instead; the columns still line up.
     run = a_run()
     run[4].stage_completed.truncated = True
     run.insert(
@@ -368,8 +382,11 @@ def test_plain_summary_columns_line_up_when_a_label_is_long() -> None:
         renderer.event(e)
     renderer.close()
     rows = out.getvalue().splitlines()[-2:]
-    assert rows[0].startswith("1    Architect, output truncated  ")
+    assert rows[0].startswith("1    Architect  ")
+    assert "Architect," not in rows[0]
+    assert rows[0].endswith("$0.000180   output truncated")
     assert rows[1].startswith("2    Coder  ")
+    assert "truncated" not in rows[1]
     for first, second in ((MINI, MINI), ("100 in", "5 in"), ("2.0s", "1.0s"), ("$0.000180", "$0.000100")):
         assert rows[0].index(first) == rows[1].index(second)
     assert rows == [row.rstrip() for row in rows]  # no trailing blanks

@@ -49,17 +49,20 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
         default=os.environ.get("FACILITAIR_TARGET", DEFAULT_TARGET),
-        help="server HOST[:PORT] (port 50051 by default), http://... or https://... (env FACILITAIR_TARGET)",
+        metavar="HOST[:PORT]",
+        help="server HOST[:PORT] (port 50051 by default), PORT alone (this machine), http://... or https://... "
+        "(env FACILITAIR_TARGET)",
     )
     p.add_argument(
         "--api-key",
         default=os.environ.get("FACILITAIR_API_KEY") or os.environ.get("FAC_API_KEY"),
+        metavar="KEY",
         help="API key (env FACILITAIR_API_KEY; FAC_API_KEY is read too)",
     )
     p.add_argument("--tls", action="store_true", help="connect with TLS (implied by https://, --ca and --cert)")
-    p.add_argument("--ca", type=Path, help="CA certificate to trust, PEM (default: the system's)")
-    p.add_argument("--cert", type=Path, help="client certificate, PEM (mutual TLS)")
-    p.add_argument("--key", type=Path, help="client private key, PEM (mutual TLS)")
+    p.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate to trust, PEM (default: the system's)")
+    p.add_argument("--cert", type=Path, metavar="FILE", help="client certificate, PEM (mutual TLS)")
+    p.add_argument("--key", type=Path, metavar="FILE", help="client private key, PEM (mutual TLS)")
 
 
 def _stream_args(p: argparse.ArgumentParser) -> None:
@@ -69,6 +72,7 @@ def _stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output-dir",
         type=Path,
+        metavar="DIR",
         help="write the final files here, and .facilitair/run.json and .facilitair/events.jsonl",
     )
     p.add_argument(
@@ -92,7 +96,7 @@ def add_client_commands(sub: Any) -> None:
     run.add_argument("--task-file", type=Path, metavar="FILE", help="read the task from FILE")
     _client_args(run)
     _stream_args(run)
-    run.add_argument("--model", default="", help="provider:model for every agent")
+    run.add_argument("--model", default="", metavar="PROVIDER:MODEL", help="provider:model for every agent")
     run.add_argument(
         "--agent-model",
         action="append",
@@ -120,7 +124,7 @@ def add_client_commands(sub: Any) -> None:
         help="if this command stops following (killed, output closed): the run goes on (default) or is cancelled",
     )
     run.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
-    run.add_argument("--request-id", help="idempotency key: retrying with it attaches to the same run")
+    run.add_argument("--request-id", metavar="ID", help="idempotency key: retrying with it attaches to the same run")
 
     watch = sub.add_parser("watch", help="follow a run (replays what you missed)")
     watch.add_argument("run_id")
@@ -143,8 +147,10 @@ def add_client_commands(sub: Any) -> None:
     runs = sub.add_parser("runs", help="list your runs, newest first")
     _client_args(runs)
     runs.add_argument("--state", choices=STATES)
-    runs.add_argument("--limit", type=positive, default=20, help="how many runs (default 20)")
-    runs.add_argument("--page-token", default="", help="start after the runs a previous listing showed")
+    runs.add_argument("--limit", type=positive, default=20, metavar="N", help="how many runs (default 20)")
+    runs.add_argument(
+        "--page-token", default="", metavar="TOKEN", help="start after the runs a previous listing showed"
+    )
     runs.add_argument("--json", action="store_true", help="print JSON")
 
     info = sub.add_parser("info", help="what the server offers: version, providers, models, limits, store")
@@ -152,4 +158,4 @@ def add_client_commands(sub: Any) -> None:
     info.add_argument("--json", action="store_true", help="print the server's answer as JSON")
 
     completion = sub.add_parser("completion", help="print a shell completion script")
-    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))

@@ -11,9 +11,9 @@ from google.protobuf import json_format
 
 from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
 from facilitair.cli.info import print_info
-from facilitair.cli.output import write_files
+from facilitair.cli.output import make_folder, write_files
 from facilitair.cli.render import agent_name, json_of, money, plural, tokens
-from facilitair.client import ArtifactKind, Client, RunState
+from facilitair.client import ArtifactKind, Client, EventKind, RunState, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 _PAGE_MAX = 100  # the server's largest page
@@ -59,7 +59,7 @@ async def _runs(client: Client, args: argparse.Namespace) -> None:
         if not token or len(runs) >= args.limit:
             break
     if args.json:
-        print(json.dumps({"runs": [json_format.MessageToDict(r) for r in runs], "next_page_token": token}))
+        print(json.dumps({"runs": [json_format.MessageToDict(r) for r in runs], "nextPageToken": token}))
         return
     if not runs:
         print(f"no runs{' in state ' + args.state if args.state else ''}")
@@ -77,14 +77,37 @@ async def _runs(client: Client, args: argparse.Namespace) -> None:
         print(f"more: {more}")
 
 
+async def _produced(client: Client, run_id: str) -> list[pb.Artifact]:
+    """The latest version of each file a run announced, in the order the paths were first written.
+
+    A run that ended early (cancelled, failed) has no result, but its artifact_produced events hold every file
+    it stored: those are its files.
+    """
+    latest: dict[str, pb.Artifact] = {}
+    async for event in client.watch(run_id, 0, coalesce_tokens=True):
+        if event_kind(event) is EventKind.ARTIFACT_PRODUCED:
+            latest[event.artifact_produced.artifact.path] = event.artifact_produced.artifact
+    return list(latest.values())
+
+
 async def _files(client: Client, args: argparse.Namespace) -> None:
     run = await client.get_run(args.run_id)
     state = state_name(run.state)
-    if RunState(run.state) is not RunState.COMPLETED:
-        later = RunState(run.state) in (RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED)
-        why = f"its files come when it completes: facilitair watch {run.run_id}" if later else "it has no files"
-        raise CommandFailed(f"run {run.run_id} is {state}; {why}")
-    artifacts = list(run.result.artifacts)
+    if RunState(run.state) in (RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED):
+        raise CommandFailed(
+            f"run {run.run_id} is {state}; its files come when it completes: facilitair watch {run.run_id}"
+        )
+    if RunState(run.state) is RunState.COMPLETED:
+        artifacts = list(run.result.artifacts)
+    else:
+        artifacts = await _produced(client, run.run_id)
+        if not artifacts:
+            raise CommandFailed(f"run {run.run_id} was {state} before it produced any file")
+        print(
+            f"run {run.run_id} was {state}: these are the files it produced before it ended "
+            "(the latest version of each)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps([json_format.MessageToDict(a) for a in artifacts], indent=2))
         return
@@ -95,6 +118,7 @@ async def _files(client: Client, args: argparse.Namespace) -> None:
             print(f"{a.path:<{width}}  {kind:<6}  {plural(len(a.content.splitlines()), 'line')}")
         print(f"Write them with: facilitair files {run.run_id} DIR", file=sys.stderr)
         return
+    make_folder(args.dir)
     written, refused = write_files(args.dir, artifacts)
     for path in written:
         print(f"wrote {args.dir / path}")

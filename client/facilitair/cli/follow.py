@@ -1,6 +1,7 @@
 """`facilitair run` and `facilitair watch`: follow a run to its end and say how it ended.
 
-Ctrl-C in `run` cancels the run (a second one quits and leaves it going); in `watch` it detaches.
+Ctrl-C in `run` cancels the run after CANCEL_GRACE seconds (a second one before then quits and leaves it going);
+in `watch` it detaches.
 Output closed early (`run | head`): the run is cancelled when --on-disconnect says so, and otherwise
 goes on, and stderr says how to watch it. Every run ends with its id, its files and how to get them.
 """
@@ -15,15 +16,19 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_client, make_renderer
+from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, make_client, make_renderer
 from facilitair.cli.inputs import agent_models, build_context, read_task
 from facilitair.cli.output import OutputDir
 from facilitair.cli.render import Renderer, plural
-from facilitair.client import Client, EventKind, FacilitairError, event_kind
+from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # Files named one by one at the end of a run; more are counted.
 _LISTED_FILES = 8
+# Seconds between the first Ctrl-C in `run` and the cancel it asks for: time for a second one to leave the run going.
+CANCEL_GRACE = 2.0
+# How long quitting waits for a CancelRun already sent to reach the server (closing the channel would drop it).
+CANCEL_SEND_TIMEOUT = 5.0
 
 
 def _coalesce(args: argparse.Namespace) -> bool:
@@ -54,6 +59,7 @@ class Follower:
         self.run_id = run_id
         self.last_seq = 0
         self._lost: tuple[float, str] | None = None
+        self._cancel_sent = False
         client.on_reconnect = self._reconnecting
 
     def _reconnecting(self, attempt: int, delay: float, error: FacilitairError) -> None:
@@ -83,19 +89,22 @@ class Follower:
         loop = asyncio.get_running_loop()
         showing = asyncio.ensure_future(self._show(events))
         presses = 0
-        background: set[asyncio.Task[None]] = set()
+        cancelling: asyncio.Task[None] | None = None
 
         def on_sigint() -> None:
-            nonlocal presses
+            nonlocal presses, cancelling
             presses += 1
             if self.cancel_on_interrupt and presses == 1 and self.current:
+                # The cancel is sent after a short grace, so that a second Ctrl-C can still leave the run going,
+                # as the note promises (sent at once, the run was cancelled whatever the user did next).
                 self.renderer.note(
-                    f"cancelling run {self.current}... (Ctrl-C again to quit and leave it running)", warning=True
+                    f"cancelling run {self.current} in {CANCEL_GRACE:.0f}s; Ctrl-C again to leave it running",
+                    warning=True,
                 )
-                task = loop.create_task(self._cancel())
-                background.add(task)
-                task.add_done_callback(background.discard)
+                cancelling = loop.create_task(self._cancel(after=CANCEL_GRACE))
                 return
+            if cancelling is not None and not self._cancel_sent:
+                cancelling.cancel()
             showing.cancel()
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
@@ -103,16 +112,32 @@ class Follower:
             await showing
         except asyncio.CancelledError:
             self._close_view()
-            if self.current:
+            if self._cancel_sent:
+                if cancelling is not None:
+                    # The CancelRun already sent must reach the server before the channel closes under it.
+                    await asyncio.wait({cancelling}, timeout=CANCEL_SEND_TIMEOUT)
+                self.renderer.note(f"quit; run {self.current} is being cancelled. See it with: {self._status_hint()}")
+            elif self.current:
                 self.renderer.note(f"detached; the run goes on. Follow it with: {self._watch_hint()}", warning=True)
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             return await self._output_closed()
-        except FacilitairError:
+        except FacilitairError as err:
             self._close_view()  # the status line goes, the output dir gets what there was
-            raise
+            if err.reason != RECONNECT_GAVE_UP or not self.current:
+                raise
+            # The run is the server's: it goes on there (or on another replica) without this client.
+            self.renderer.note(err.message, warning=True)
+            self.renderer.note(
+                f"Run {self.current} goes on on the server (it resumes when the server is back, or on another "
+                f"replica). Follow it with: {self._watch_hint()} (and --target ANOTHER_REPLICA when there are several)",
+                warning=True,
+            )
+            return EXIT_UNAVAILABLE
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+            if cancelling is not None and not cancelling.done() and not self._cancel_sent:
+                cancelling.cancel()  # the run ended by itself during the grace: nothing to cancel
         self._close_view()
         code = self._ending()
         if presses:
@@ -125,7 +150,13 @@ class Follower:
         after = f" --after {self.last_seq}" if self.last_seq else ""
         return f"facilitair watch {self.current}{after}"
 
-    async def _cancel(self) -> None:
+    def _status_hint(self) -> str:
+        return f"facilitair status {self.current}"
+
+    async def _cancel(self, after: float = 0.0) -> None:
+        if after:
+            await asyncio.sleep(after)
+        self._cancel_sent = True
         try:
             await self.client.cancel_run(self.current)
         except FacilitairError as err:
@@ -159,15 +190,16 @@ class Follower:
         if final is None:
             return EXIT_FAILED
         if event_kind(final) is not EventKind.RUN_COMPLETED:
-            self.renderer.note(f"See the run with: facilitair status {final.run_id}")
+            self.renderer.note(f"See the run with: {self._status_hint()}")
             return EXIT_FAILED
         result = final.run_completed.result
-        if self.output is None and result.artifacts:
+        if result.artifacts:  # with --output-dir too: the "wrote" lines do not say which run, nor how to get more
             paths = [a.path for a in result.artifacts]
             shown = ", ".join(paths[:_LISTED_FILES]) + (
                 f" and {len(paths) - _LISTED_FILES} more" if len(paths) > _LISTED_FILES else ""
             )
-            self.renderer.note(f"Run {final.run_id}: {plural(len(paths), 'file')}: {shown}")
+            where = f" in {self.output.root}" if self.output is not None else ""
+            self.renderer.note(f"Run {final.run_id}: {plural(len(paths), 'file')}{where}: {shown}")
             self.renderer.note(f"Get them with: facilitair files {final.run_id} DIR")
         if not result.approved:
             self.renderer.note("The last review did not approve the code.", warning=True)

@@ -7,12 +7,14 @@ that produces `run.json` or `events.jsonl` cannot overwrite them (nor they it).
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from google.protobuf import json_format
 
+from facilitair.cli.inputs import UsageError
 from facilitair.cli.render import event_json
 from facilitair.client import EventKind, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -30,6 +32,19 @@ def _inside(root: Path, relative: str) -> Path | None:
     return target if target.is_relative_to(root.resolve()) else None
 
 
+def make_folder(root: Path, named: str = "") -> None:
+    """Create `root` (and its parents) or refuse it in one line: it is a file, or it cannot be made there."""
+    where = f"{named} {root}" if named else str(root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{where}: is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # A parent that is a file says ENOTDIR or EEXIST; /proc, a read-only disk or no permission say why.
+        why = "a part of it is a file" if exc.errno in (errno.ENOTDIR, errno.EEXIST) else exc.strerror
+        raise UsageError(f"{where}: cannot create it ({why})") from None
+
+
 def write_files(root: Path, artifacts: Iterable[pb.Artifact]) -> tuple[list[str], list[str]]:
     """Write each artifact under root; return (paths written, paths refused)."""
     written, refused = [], []
@@ -38,8 +53,11 @@ def write_files(root: Path, artifacts: Iterable[pb.Artifact]) -> tuple[list[str]
         if target is None:
             refused.append(artifact.path)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(artifact.content, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(artifact.content, encoding="utf-8")
+        except OSError as exc:  # a produced path through a file already there, a full disk: say which file
+            raise UsageError(f"cannot write {target}: {exc.strerror}") from None
         written.append(artifact.path)
     return written, refused
 
@@ -49,7 +67,8 @@ class OutputDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / RECORDS).mkdir(parents=True, exist_ok=True)
+        make_folder(root, "--output-dir")
+        make_folder(root / RECORDS, "--output-dir")
         self._events = (root / RECORDS / "events.jsonl").open("w", encoding="utf-8")
 
     def event(self, event: pb.RunEvent) -> None:

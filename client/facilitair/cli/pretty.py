@@ -140,10 +140,11 @@ class PrettyRenderer:
         rows = self.view.summary_rows()
         if rows:
             table = Table(title="Stages", title_justify="left")
-            for column in ("#", "Agent", "Model", "Tokens", "Time", "Cost"):
+            noted = any(row[-1] for row in rows)  # the Note column only when a stage has one
+            for column in ("#", "Agent", "Model", "Tokens", "Time", "Cost", "Note")[: 7 if noted else 6]:
                 table.add_column(column, justify="right" if column in ("#", "Time", "Cost") else "left")
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*row[: 7 if noted else 6])
             self.screen.block(table)
 
     # ----- the CLI's own messages ----------------------------------------------------------------------------------

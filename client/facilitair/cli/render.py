@@ -22,8 +22,11 @@ from facilitair.v1 import orchestrator_pb2 as pb
 
 # Said of a stage whose model stopped at max_tokens (StageCompleted.truncated).
 TRUNCATED = "output truncated (the model reached max_tokens)"
-# The plain summary's columns (stage, agent, model, tokens, time, cost): their least widths.
-SUMMARY_WIDTHS = (3, 22, 32, 24, 8, 10)
+# The plain summary's columns (stage, agent, model, tokens, time, cost, note): their least widths.
+SUMMARY_WIDTHS = (3, 22, 32, 24, 8, 10, 0)
+# The summary's note on a stage whose model stopped at max_tokens: after the cost, never in the Agent column.
+TRUNCATED_NOTE = "output truncated"
+SummaryRow = tuple[str, str, str, str, str, str, str]
 # Agents whose stages belong to a refinement round; the others run once, whatever the round number says.
 _ROUND_AGENTS = ("Refiner", "Reviewer")
 
@@ -176,15 +179,15 @@ class RunView:
         """ "3/5": the stage's place among those the run will have."""
         return f"{stage}/{max(self.total, stage)}" if self.total else str(stage)
 
-    def summary_rows(self) -> list[tuple[str, str, str, str, str, str]]:
-        """(stage, agent, model, tokens, time, cost) per completed stage."""
+    def summary_rows(self) -> list[SummaryRow]:
+        """(stage, agent, model, tokens, time, cost, note) per completed stage; the note is empty or TRUNCATED_NOTE."""
         rows = []
         for number, s in sorted(self.stages.items()):
             if s.usage is None:
                 continue
-            label = s.label + (", output truncated" if s.truncated else "")
             counts = tokens(s.usage).removesuffix(" tokens")
-            rows.append((str(number), label, s.model, counts, seconds(s.duration), money(s.usage)))
+            note = TRUNCATED_NOTE if s.truncated else ""
+            rows.append((str(number), s.label, s.model, counts, seconds(s.duration), money(s.usage), note))
         return rows
 
 
@@ -290,7 +293,7 @@ class PlainRenderer(_Notes):
     def _summary(self) -> None:
         rows = self.view.summary_rows()
         if rows:
-            # Each column as wide as its widest cell (a truncated stage's label is long), at least the usual width.
+            # Each column as wide as its widest cell (a fallback chain's model is long), at least the usual width.
             widths = [max(least, *(len(row[i]) for row in rows)) for i, least in enumerate(SUMMARY_WIDTHS)]
             self._line("")
             for row in rows:
@@ -308,7 +311,8 @@ def _plan_line(plan: pb.Plan) -> str:
     steps = " -> ".join(agent_name(s.agent) for s in plan.stages)
     cost = f"~${plan.estimated_cost_usd:.4f}" if plan.HasField("estimated_cost_usd") else "cost unknown"
     rounds = plural(plan.max_refinements, "refinement round")
-    return f"Plan: {steps} (up to {rounds}), ~{seconds(plan.estimated_seconds)}, {cost}"
+    learned = f" (estimate from {plural(plan.history_stages, 'earlier stage')})" if plan.history_stages else ""
+    return f"Plan: {steps} (up to {rounds}), ~{seconds(plan.estimated_seconds)}, {cost}{learned}"
 
 
 def completed_line(done: pb.RunCompleted) -> str:

@@ -11,7 +11,7 @@ Needs only grpcio and protobuf (and grpcio-status for error details); callers ne
 calls, blocking, for code that is not async.
 """
 
-from facilitair.client._client import CHANNEL_OPTIONS, TERMINAL, Client, EventCallback
+from facilitair.client._client import CHANNEL_OPTIONS, RECONNECT_GAVE_UP, TERMINAL, Client, EventCallback
 from facilitair.client._errors import FacilitairError, RunCancelled, RunFailed, ServerUnreachable, StatusCode
 from facilitair.client._sync import SyncClient
 from facilitair.client._target import DEFAULT_PORT, Target, parse_target
@@ -33,6 +33,7 @@ from facilitair.v1.orchestrator_pb2 import GetServerInfoResponse as ServerInfo
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_PORT",
+    "RECONNECT_GAVE_UP",
     "TERMINAL",
     "Agent",
     "Artifact",

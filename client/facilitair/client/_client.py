@@ -21,13 +21,15 @@ import grpc
 from facilitair.client._errors import FacilitairError, ServerUnreachable, StatusCode
 from facilitair.client._request import collaborate_request, count, invalid
 from facilitair.client._target import parse_target
-from facilitair.client._types import CompletedRun, RunState, is_terminal, result_of
+from facilitair.client._types import TERMINAL_KINDS, CompletedRun, RunState, is_terminal, result_of
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
-TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
+TERMINAL = TERMINAL_KINDS  # the kinds of event that end a run (each is its payload's name)
+#: The reason of the error a stream raises when it stopped trying to re-attach (the run itself goes on).
+RECONNECT_GAVE_UP = "RECONNECT_GAVE_UP"
 
-# Client keepalive (see README "Long streams"): ping every 30 s, give up on a silent peer after
+# Client keepalive (docs/operations.md, "Long streams"): ping every 30 s, give up on a silent peer after
 # 10 s. The server permits pings every 10 s, so these never trigger too_many_pings.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -38,7 +40,14 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # A target naming several replicas (dns:///name, ipv4:a,b): spread calls over them, and when one goes
     # away the next call (a resumed watch) goes to another.
     ("grpc.lb_policy_name", "round_robin"),
+    # gRPC waits up to 120 s (1 s, x1.6 each time) between connection attempts to a server that refused one, and
+    # fails calls at once meanwhile: a restarted server was noticed 8-10 s after it was back. A refused connect
+    # costs nothing, so try every 2 s at most (our own backoff has the same cap, _RECONNECT_CAP).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+# The longest wait between two attempts to re-attach a broken stream, in seconds.
+_RECONNECT_CAP = 2.0
 
 #: Called with each event as it arrives; may be a coroutine function.
 EventCallback = Callable[[pb.RunEvent], Awaitable[None] | None]
@@ -250,7 +259,7 @@ class Client:
                 # The stream ended without a terminal event: the server is going away.
                 error = FacilitairError(StatusCode.UNAVAILABLE, "the stream ended before the run did")
             except grpc.RpcError as err:
-                error = FacilitairError.from_rpc_error(err)
+                error = FacilitairError.from_rpc_error(err, self.target)
             finally:
                 cancel = getattr(call, "cancel", None)
                 if cancel is not None:
@@ -260,11 +269,14 @@ class Client:
             now = time.monotonic()
             broken_since = broken_since or now
             attempt += 1
-            delay = min(0.2 * 2 ** (attempt - 1), 5.0) * (0.5 + random.random())  # noqa: S311
+            # Doubling from 0.2 s up to the cap (the exponent bounded, so a long outage cannot overflow it), then
+            # jittered below the cap, so clients that lost one server do not all come back in the same instant.
+            delay = min(0.2 * 2 ** min(attempt - 1, 8), _RECONNECT_CAP) * (0.5 + random.random() / 2)  # noqa: S311
             if now + delay - broken_since > self.reconnect_timeout:
                 raise FacilitairError(
                     StatusCode.UNAVAILABLE,
                     f"gave up reconnecting after {self.reconnect_timeout:.0f}s: {error.message}",
+                    reason=RECONNECT_GAVE_UP,
                 )
             if self.on_reconnect is not None:
                 self.on_reconnect(attempt, delay, error)
@@ -302,7 +314,7 @@ class Client:
         try:
             return await method(request, timeout=30.0, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise FacilitairError.from_rpc_error(err) from None
+            raise FacilitairError.from_rpc_error(err, self.target) from None
 
 
 async def _outcome(events: AsyncGenerator[pb.RunEvent, None], on_event: EventCallback | None) -> CompletedRun:

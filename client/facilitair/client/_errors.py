@@ -3,7 +3,8 @@
 FacilitairError          any failed call; `code` is a StatusCode, `message` is the server's text,
  |                       `reason` a stable machine-readable reason to branch on (the server's
  |                       google.rpc.ErrorInfo, domain "facilitair.v1": "BUDGET_EXCEEDED", "RATE_LIMITED",
- |                       "STORE_UNAVAILABLE", ...; "" when the server sent none),
+ |                       "STORE_UNAVAILABLE", ...; "" when the server sent none;
+ |                       "RECONNECT_GAVE_UP" when a stream stopped re-attaching, the run going on),
  |                       `field_violations` lists (field, description) for INVALID_ARGUMENT (also for
  |                       arguments the library refuses before sending), `retry_after` is the server's
  |                       RetryInfo delay in seconds (or None).
@@ -17,6 +18,7 @@ FacilitairError          any failed call; `code` is a StatusCode, `message` is t
 from __future__ import annotations
 
 import enum
+import re
 
 import grpc
 from google.rpc import error_details_pb2
@@ -68,8 +70,11 @@ class FacilitairError(Exception):
         self.retry_after = retry_after
 
     @classmethod
-    def from_rpc_error(cls, err: grpc.RpcError) -> FacilitairError:
-        """Convert a grpc error, decoding ErrorInfo, BadRequest and RetryInfo details when there are some."""
+    def from_rpc_error(cls, err: grpc.RpcError, target: str = "") -> FacilitairError:
+        """Convert a grpc error, decoding ErrorInfo, BadRequest and RetryInfo details when there are some.
+
+        A connection failure (UNAVAILABLE that no server of ours sent) is said in our words about `target`.
+        """
         code = StatusCode(err.code().value[0]) if err.code() is not None else StatusCode.UNKNOWN
         violations: list[tuple[str, str]] = []
         retry_after: float | None = None
@@ -89,7 +94,50 @@ class FacilitairError(Exception):
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     reason = info.reason
-        return cls(code, err.details() or code.name, violations, retry_after, reason)
+        message = err.details() or code.name
+        if code == StatusCode.RESOURCE_EXHAUSTED and not reason and (too_large := _TOO_LARGE.search(message)):
+            # gRPC's own limit on a request message, enforced before any handler of ours sees it. The request
+            # cannot succeed as it is, so it is a bad argument, said as the server says its own limits.
+            size, limit = too_large.groups()
+            why = f"is {size} bytes; the server's limit is {limit} (a task of at most 20000 characters, a context of "
+            why += "64 KiB)"
+            return cls(StatusCode.INVALID_ARGUMENT, f"request: {why}", [("request", why)])
+        if code == StatusCode.UNAVAILABLE and not reason:
+            message = connection_failure(message, target or "the server")
+        return cls(code, message, violations, retry_after, reason)
+
+
+# gRPC's words when a request message is over the server's limit: "Received message larger than max (X vs. Y)".
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+# gRPC's words for a broken connection or a failed connect (a server of ours always sends an ErrorInfo reason
+# with its own UNAVAILABLE), first match wins; "{target}" is where the client connects.
+_CONNECTION_WORDS = (
+    ("connection refused", "nothing listens at {target} (connection refused)"),
+    ("cancelling all calls", "the server at {target} closed the connection (it is stopping or restarting)"),
+    ("goaway", "the server at {target} closed the connection (it is stopping or restarting)"),
+    ("keepalive", "the server at {target} stopped answering (keepalive)"),
+    ("ping timeout", "the server at {target} stopped answering (keepalive)"),
+    ("dns resolution failed", "the name in {target} does not resolve"),
+    ("timed out", "connecting to {target} timed out"),
+    ("no route to host", "no route to {target}"),
+    ("socket closed", "the connection to {target} was cut"),
+    ("connection reset", "the connection to {target} was cut"),
+    ("broken pipe", "the connection to {target} was cut"),
+    ("stream removed", "the connection to {target} was cut"),
+    ("failed to connect", "cannot connect to {target}"),
+    ("connections to all backends failing", "cannot connect to {target}"),
+)
+
+
+def connection_failure(message: str, target: str) -> str:
+    """gRPC's message for a failed connection in our words (`message` itself when it is not one gRPC uses)."""
+    lowered = message.lower()
+    for words, ours in _CONNECTION_WORDS:
+        if words in lowered:
+            return ours.format(target=target)
+    return message
 
 
 class ServerUnreachable(FacilitairError):

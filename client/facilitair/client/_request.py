@@ -19,6 +19,12 @@ from facilitair.v1 import orchestrator_pb2 as pb
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 
+# The server's limits on a request (docs/security.md), checked here as well: a request over them is refused
+# before it is sent, in the server's own words, and never reaches gRPC's 1 MiB message limit, whose refusal
+# names no field (a 1.8 MB task file got "Received message larger than max").
+MAX_TASK_CHARS = 20_000
+MAX_CONTEXT_BYTES = 64 * 1024
+
 
 def invalid(field: str, why: str) -> FacilitairError:
     """The error for one bad argument."""
@@ -84,6 +90,8 @@ def collaborate_request(
     """The CollaborateRequest for these arguments; the server checks the rest (blank task, limits)."""
     if not isinstance(task, str):
         raise invalid("task", f"must be a string, not {type(task).__name__}")
+    if len(task) > MAX_TASK_CHARS:
+        raise invalid("task", f"is {len(task)} characters; the limit is {MAX_TASK_CHARS}")
     models = dict(agent_models or {})
     for agent, value in models.items():
         if not isinstance(agent, str) or not isinstance(value, str):
@@ -99,6 +107,8 @@ def collaborate_request(
     )
     if context:
         request.context.CopyFrom(context_struct(context))
+        if (size := request.context.ByteSize()) > MAX_CONTEXT_BYTES:
+            raise invalid("context", f"is {size} bytes; the limit is {MAX_CONTEXT_BYTES}")
     if max_refinements is not None:
         request.max_refinements = count("max_refinements", max_refinements, _UINT32_MAX)
     if max_cost_usd is not None:

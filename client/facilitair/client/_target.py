@@ -1,6 +1,7 @@
 """Where to connect: `host`, `host:port`, `[v6]:port`, `http://host:port` or `https://host` (TLS).
 
-A missing port means 50051, the server's default, whatever the scheme. gRPC's own target schemes
+A missing port means 50051, the server's default, whatever the scheme; a port alone (`50059`) means that
+port on this machine (127.0.0.1). gRPC's own target schemes
 (`unix:`, `dns:`, `ipv4:`, ...) are passed through unchanged: `dns:///name:port` for a name that resolves to
 several replicas, `ipv4:10.0.0.1:50051,10.0.0.2:50051` for a list of them. A plain comma-separated list of
 IP addresses (`10.0.0.1:50051,10.0.0.2:50051`) is that list too. The client spreads calls over the
@@ -57,6 +58,8 @@ def parse_target(target: str) -> Target:
         return Target(f"[{host}]:{_port(target, rest[1:])}", tls)
     if text.count(":") > 1:  # a bare IPv6 address cannot carry a port
         return Target(f"[{text}]:{DEFAULT_PORT}", tls)
+    if text.isdigit():  # a port alone: this machine's, not a host named "50059"
+        return Target(f"127.0.0.1:{_port(target, text)}", tls)
     host, _, port = text.partition(":")
     if not host:
         raise _bad(target, "no host; give HOST:PORT")

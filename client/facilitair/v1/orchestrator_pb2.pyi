@@ -803,6 +803,7 @@ class Plan(_message.Message):
     ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
     ESTIMATED_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_ESTIMATED_COST_USD_FIELD_NUMBER: _builtins.int
+    HISTORY_STAGES_FIELD_NUMBER: _builtins.int
     max_refinements: _builtins.int
     """At most this many Refiner/Reviewer rounds are added when reviews reject."""
     estimated_seconds: _builtins.float
@@ -814,6 +815,12 @@ class Plan(_message.Message):
     max_estimated_cost_usd: _builtins.float
     """Estimated cost in USD if every refinement round runs; unset when a
     model has no known price.
+    """
+    history_stages: _builtins.int
+    """How many completed stages of recently finished runs the estimates
+    learned from (each model's speed, each agent's output length); 0 when
+    the store held none for these models and the estimates come from
+    built-in typical values.
     """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedStage]:
@@ -827,10 +834,11 @@ class Plan(_message.Message):
         estimated_seconds: _builtins.float = ...,
         estimated_cost_usd: _builtins.float | None = ...,
         max_estimated_cost_usd: _builtins.float | None = ...,
+        history_stages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd", "_max_estimated_cost_usd", b"_max_estimated_cost_usd", "estimated_cost_usd", b"estimated_cost_usd", "max_estimated_cost_usd", b"max_estimated_cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd", "_max_estimated_cost_usd", b"_max_estimated_cost_usd", "estimated_cost_usd", b"estimated_cost_usd", "estimated_seconds", b"estimated_seconds", "max_estimated_cost_usd", b"max_estimated_cost_usd", "max_refinements", b"max_refinements", "stages", b"stages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd", "_max_estimated_cost_usd", b"_max_estimated_cost_usd", "estimated_cost_usd", b"estimated_cost_usd", "estimated_seconds", b"estimated_seconds", "history_stages", b"history_stages", "max_estimated_cost_usd", b"max_estimated_cost_usd", "max_refinements", b"max_refinements", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__estimated_cost_usd: _TypeAlias = _typing.Literal["estimated_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__estimated_cost_usd: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd"]  # noqa: Y015

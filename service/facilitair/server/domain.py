@@ -6,12 +6,30 @@ The wire format (facilitair.v1) is built from these in one place, events/wire.py
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from facilitair.server.errors import InvalidArgument
 
 # `local` runs GGUF models on this machine (the `local` extra); its model names are file names or paths.
 PROVIDERS = ("openai", "anthropic", "local")
+
+
+# What a text column of either store cannot hold: NUL (PostgreSQL's text refuses it; SQLite keeps it, so a run
+# would work on one store and not the other) and lone surrogates (not UTF-8: asyncpg and sqlite3 cannot encode
+# them). A proto3 string is valid UTF-8, so it cannot carry a surrogate, but JSON can spell one ("\ud800") and a
+# page token is JSON.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def why_unstorable(text: str) -> str | None:
+    """Why no store could hold `text` (a NUL character, a lone surrogate), or None when both can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "holds a NUL character (U+0000), which cannot be stored"
+    return f"holds a lone surrogate (U+{ord(found.group()):04X}), which is not valid UTF-8"
 
 
 class AgentRole(enum.IntEnum):
@@ -105,6 +123,25 @@ class UsageTotals:
         self.estimated = self.estimated or other.estimated
 
 
+class RunState(enum.IntEnum):
+    """Where a run is in its life; values match the `facilitair.v1.RunState` enum numbers (stored as such)."""
+
+    QUEUED = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+    INTERRUPTED = 6  # the server stopped mid-run; the run resumes at the next start
+
+
+# The one definition of which states are final, used by the Python code and by both stores' SQL (and the
+# partial indexes made on that SQL): a finished run has its terminal event; an unfinished one may still
+# produce events, and has an owner.
+# Sets of int, so that the plain numbers of a stored row or a wire message can be looked up in them.
+FINISHED_STATES: frozenset[int] = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+UNFINISHED_STATES: frozenset[int] = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED})
+
+
 class ArtifactKind(enum.IntEnum):
     """What a produced file is for; values match the `facilitair.v1.ArtifactKind` enum numbers."""
 
@@ -164,6 +201,8 @@ class Plan:
     estimated_seconds: float
     estimated_cost_usd: float | None
     max_estimated_cost_usd: float | None
+    # Completed stages of these models the estimates learned from (0: the built-in table alone).
+    history_stages: int = 0
 
 
 @dataclass(frozen=True, slots=True)

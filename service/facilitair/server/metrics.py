@@ -28,6 +28,11 @@ STAGE_SECONDS = Histogram(
 )
 PROVIDER_TOKENS = Counter("facilitair_provider_tokens_total", "Tokens reported by providers", ["provider", "direction"])
 COST = Counter("facilitair_cost_usd_total", "Cost of reported usage with a known price, USD", ["provider"])
+EVENT_LOOP_LAG = Histogram(
+    "facilitair_event_loop_lag_seconds",
+    "How late the event loop woke a task that asked to wake, measured every 0.1 s",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 def count_events(kinds: Tally[str]) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import platformdirs
 from pydantic import (
@@ -26,8 +27,14 @@ from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 from facilitair.server.domain import ModelRef, parse_chain
 from facilitair.server.errors import InvalidArgument
 
-if TYPE_CHECKING:  # the pipeline file's model imports this module
-    from facilitair.server.pipeline_file import PipelineConfig
+
+class FileSettings(Protocol):
+    """What `Settings.with_file` reads of a pipeline file (pipeline_file.PipelineConfig), which imports this module."""
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The file's [settings] table."""
+        ...
 
 
 def check_model(text: str, field: str) -> str:
@@ -61,6 +68,11 @@ DEFAULT_LOCAL_MODEL = "default"
 
 class ConfigError(Exception):
     """The configuration is invalid; the message says which key and why."""
+
+
+def pip_install(extras: str) -> str:
+    """How to install facilitair with `extras`, both from a package index and from a clone of the repository."""
+    return f"pip install 'facilitair[{extras}]', or pip install '.[{extras}]' in a clone of the repository"
 
 
 def _in_file(**field: Any) -> Any:
@@ -143,6 +155,13 @@ class Settings(BaseSettings):
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="the event loop: uvloop when installed (auto), or forced"
+    )
+    loop_stall_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="log event_loop_stalled when the event loop wakes a task this many seconds late or more (every "
+        "stream, health check and lease renewal of the replica waited that long)",
     )
     retention_days: float = _in_file(default=7.0, gt=0, description="finished runs are deleted after this many days")
     retention_check_seconds: float = Field(default=3600.0, gt=0, description="how often retention runs")
@@ -247,7 +266,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not HOST:PORT")
         return v
 
-    def with_file(self, config: PipelineConfig) -> Settings:
+    def with_file(self, config: FileSettings) -> Settings:
         """These settings with the pipeline file's [settings] filled in where flags and environment said nothing."""
         merged = self.model_copy()
         for name, value in config.settings.items():

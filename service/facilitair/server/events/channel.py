@@ -11,13 +11,13 @@ import asyncio
 import itertools
 from collections import deque
 
-from facilitair.server.errors import FacilitairError
+from facilitair.server.errors import FacilitairError, Reason, Unavailable
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 # Events of each followed run kept in memory for watchers that are a little behind; further behind (a
 # reconnecting client, a slow reader) they read from the store, an indexed range scan. A token event takes
 # about 0.9 KB in memory, so this is about 29 KB per run (128 events made the RSS per active run miss its
-# 256 KB goal; README, Benchmarks). A commit larger than this is kept whole until the next one.
+# 256 KB goal; docs/benchmarks.md). A commit larger than this is kept whole until the next one.
 TAIL_SIZE = 32
 
 
@@ -94,6 +94,18 @@ class RunChannel:
     async def wait_changed(self) -> None:
         """Return once more events are committed or the channel ended."""
         await asyncio.shield(self._changed)
+
+    async def until_committed(self, seq: int) -> None:
+        """Return once the events up to `seq` are durable (at once when they are already).
+
+        A channel that ends first will never commit them here: its error, or Unavailable when the run moved.
+        """
+        while self.committed_seq < seq:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                raise Unavailable("the run is no longer driven here; watch it again", reason=Reason.RUN_NOT_DRIVEN)
+            await self.wait_changed()
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()

@@ -23,11 +23,12 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from facilitair.server import metrics
+from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import DataCorrupt, FacilitairError
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
-from facilitair.server.events.wire import FINISHED_STATES, TERMINAL_PAYLOADS
+from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
 from facilitair.server.tasks import cancel_and_wait
 from facilitair.v1.orchestrator_pb2 import RunEvent
@@ -54,6 +55,7 @@ class EventLog:
         self._runs: dict[str, RunRow] = {}
         self._checkpoints: list[Checkpoint] = []
         self._epochs: dict[str, int] = {}  # the epoch of every run with something pending
+        self._writing: dict[str, int] = {}  # the same for the batch being written
         self._wake: asyncio.Future[None] | None = None
         self._flushed: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -138,6 +140,14 @@ class EventLog:
         self._poke()
         await done
 
+    def unwritten(self) -> dict[str, int]:
+        """The runs with writes not stored yet (queued or being written), with the epoch they are written under.
+
+        Their leases must be kept while that lasts, even after their tasks ended: a run taken back under a new
+        epoch would have these writes refused and resume from the stage before, asking for it again.
+        """
+        return self._writing | self._epochs
+
     def _pending(self) -> bool:
         return bool(self._events or self._runs or self._checkpoints)
 
@@ -167,7 +177,11 @@ class EventLog:
                 checkpoints,
                 epochs,
             )
-            refused = await self._write(batch)
+            self._writing = epochs
+            try:
+                refused = await self._write(batch)
+            finally:
+                self._writing = {}
             # Only a refusal of the epoch a run is driven under now means another replica has it; an older
             # epoch's refusal is of writes from before this replica claimed the run back (RunStarter.resume).
             refused = {r for r in refused if (c := self._channels.get(r)) is None or c.epoch == epochs.get(r)}

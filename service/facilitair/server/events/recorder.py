@@ -185,6 +185,14 @@ class RunRecorder:
         """The server is stopping mid-run: no terminal event; the run resumes at the next start."""
         self._set_state(pb.RUN_STATE_INTERRUPTED)
 
+    def resumed(self) -> None:
+        """Driven again after it was interrupted (a stop, a store outage, a replica gone): the run is running.
+
+        No event: the stage that was cut off says so itself when it starts over (attempt_reset).
+        """
+        if self.summary.state != pb.RUN_STATE_RUNNING:
+            self._set_state(pb.RUN_STATE_RUNNING)
+
     def _thinking(self, stage: int, waited: float) -> None:
         self._emit(pb.RunEvent(thinking=pb.Thinking(stage=stage, waited_seconds=waited)))
 
@@ -207,6 +215,13 @@ class RunRecorder:
     def last_seq(self) -> int:
         """The seq of the last event appended (committed or not)."""
         return self.channel.next_seq - 1
+
+    async def durable(self) -> None:
+        """Wait until every event appended so far (and the rows and checkpoints queued with them) is committed.
+
+        For stage boundaries, never per token: one wait for the writer's next commit, at once when it is done.
+        """
+        await self.channel.until_committed(self.last_seq)
 
     def _set_state(self, state: int, *, finished: bool = False) -> None:
         self.summary.state = state  # type: ignore[assignment]

@@ -9,10 +9,8 @@ from __future__ import annotations
 from facilitair.server.domain import AgentRole, Artifact, Plan, RunOutcome, UsageTotals, Verdict
 from facilitair.v1 import orchestrator_pb2 as pb
 
+# The events that end a run, each setting one of domain.FINISHED_STATES.
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
-FINISHED_STATES = frozenset({pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
-#: Run states that may still produce events.
-UNFINISHED_STATES = frozenset({pb.RUN_STATE_QUEUED, pb.RUN_STATE_RUNNING, pb.RUN_STATE_INTERRUPTED})
 
 
 def agent(role: AgentRole) -> pb.Agent.ValueType:
@@ -35,7 +33,11 @@ def usage(totals: UsageTotals) -> pb.Usage:
 
 def plan(value: Plan) -> pb.Plan:
     """A plan as its message; unknown costs stay unset."""
-    message = pb.Plan(max_refinements=value.max_refinements, estimated_seconds=value.estimated_seconds)
+    message = pb.Plan(
+        max_refinements=value.max_refinements,
+        estimated_seconds=value.estimated_seconds,
+        history_stages=value.history_stages,
+    )
     for stage in value.stages:
         planned = message.stages.add(
             agent=agent(stage.role), model=str(stage.model), estimated_seconds=stage.estimated_seconds

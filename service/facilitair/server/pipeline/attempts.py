@@ -23,7 +23,8 @@ from facilitair.server.domain import ModelRef
 from facilitair.server.errors import FacilitairError, ProviderError, ProviderFailure, RunDeadlineExceeded
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.budget import Budget
-from facilitair.server.pipeline.context import TEMPLATE_TOKENS, ContextTooSmall, estimate_tokens
+from facilitair.server.pipeline.context import ContextTooSmall
+from facilitair.server.pipeline.tokens import estimate_tokens, request_tokens
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd, UsageReport
 
 log = structlog.get_logger(__name__)
@@ -97,7 +98,7 @@ class CutOff:
             model,
             input_tokens
             if input_tokens is not None
-            else TEMPLATE_TOKENS + estimate_tokens(request.system) + estimate_tokens(request.prompt),
+            else request_tokens(request.system, request.prompt),
             output_tokens if output_tokens is not None else estimate_tokens(text),
             cache_read_tokens=report.cache_read_tokens if report is not None else 0,
             cache_write_tokens=report.cache_write_tokens if report is not None else 0,
@@ -169,6 +170,11 @@ class StageRunner:
             waited = 0.0
             while True:
                 tries += 1
+                if last_error is not None:
+                    # A retry or a fallback asks the provider again only once its attempt_reset is stored: while
+                    # the store cannot write, the run waits here (and is interrupted after the grace) instead of
+                    # paying for an attempt that may have to be made again after the recovery.
+                    await self.rec.durable()
                 try:
                     request = make_request(model, min(self.policy.provider_timeout, self.time_left()))
                 except ContextTooSmall as exc:

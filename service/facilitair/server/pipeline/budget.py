@@ -1,7 +1,8 @@
 """A run's cost and token budgets: checked before each stage and while a stage streams.
 
-Output in flight is estimated at CHARS_PER_TOKEN characters per token (providers report usage only at the
-end of a stream), so a stage is stopped before it would cross a budget, not after.
+Output in flight is counted in characters and estimated at CHARS_PER_TOKEN characters per token (tokens.py;
+providers report usage only at the end of a stream), so a stage is stopped before it would cross a budget,
+not after.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import math
 
 from facilitair.server.domain import ModelRef, UsageTotals
 from facilitair.server.errors import BudgetExceeded
+from facilitair.server.pipeline.tokens import CHARS_PER_TOKEN
 from facilitair.server.pricing import PriceTable
-
-# Characters per token, to estimate tokens of text in flight.
-CHARS_PER_TOKEN = 4
 
 
 class Budget:

@@ -13,16 +13,13 @@ agent's `context_window` in the pipeline file, else what the provider knows of t
 3. max_tokens is lowered to what is left. Below `MIN_OUTPUT_TOKENS` the stage cannot do its job, and
    fails with a FAILED_PRECONDITION that names the agent and the pipeline file's keys.
 
-Token counts are estimates (no tokenizer is shipped for every model): the larger of one token per four
-characters and a count of words, numbers and punctuation marks, which code has many of. Both err towards
-more tokens than real tokenizers count, so a fitted request is refused only by a window set too large.
+Token counts are estimates (tokens.py): on the high side, so a fitted request is refused only by a window
+set too large.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Callable
 
 import structlog
@@ -31,14 +28,12 @@ from facilitair.server.domain import AgentRole, ModelRef
 from facilitair.server.errors import FailedPrecondition
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.plan import TYPICAL_OUTPUT
+from facilitair.server.pipeline.tokens import CHARS_PER_TOKEN, estimate_tokens, request_tokens
 from facilitair.server.pipeline_file import AgentConfig
 from facilitair.server.providers import CompletionRequest
 
 log = structlog.get_logger(__name__)
 
-CHARS_PER_TOKEN = 4
-# Chat templates wrap the messages in role markers and separators: a few tokens per message.
-TEMPLATE_TOKENS = 32
 # Less output than this cannot hold a design, a file or a verdict: the stage fails instead.
 MIN_OUTPUT_TOKENS = 256
 # The note that ends a shortened part ("[... 1234 more characters left out here ...]").
@@ -56,26 +51,6 @@ CUT_ORDER: dict[AgentRole, tuple[str, ...]] = {
     AgentRole.TESTER: ("design", "code"),
     AgentRole.DOCUMENTER: ("tests", "design", "code"),
 }
-
-# Words, runs of up to three digits, runs of punctuation or other symbols, line breaks with their
-# indentation: each is about a token to a BPE tokenizer; long words and long runs of symbols take more
-# ("->" and "):" are one token, "[::-1]" about four).
-_PIECE = re.compile(r"(?P<word>[A-Za-z]+)|[0-9]{1,3}|(?P<marks>[^\sA-Za-z0-9]+)|\n[ \t]*")
-_LETTERS_PER_TOKEN = 8  # in a word longer than this
-_MARKS_PER_TOKEN = 2
-
-
-def estimate_tokens(text: str) -> int:
-    """Tokens `text` takes, estimated on the high side (see the module's docstring)."""
-    pieces = 0
-    for match in _PIECE.finditer(text):
-        if match.lastgroup == "word":
-            pieces += math.ceil((match.end() - match.start()) / _LETTERS_PER_TOKEN)
-        elif match.lastgroup == "marks":
-            pieces += math.ceil((match.end() - match.start()) / _MARKS_PER_TOKEN)
-        else:
-            pieces += 1
-    return max(math.ceil(len(text) / CHARS_PER_TOKEN), pieces)
 
 
 class ContextTooSmall(FailedPrecondition):
@@ -103,7 +78,7 @@ def fit(
     """Shorten what `inputs` carry of earlier stages and lower max_tokens until the request fits `window`."""
 
     def measure(candidate: prompts.StageInputs) -> int:
-        return TEMPLATE_TOKENS + estimate_tokens(system) + estimate_tokens(prompts.user_prompt(role, candidate))
+        return request_tokens(system, prompts.user_prompt(role, candidate))
 
     used = measure(inputs)
     if used + max_tokens <= window:
@@ -137,7 +112,8 @@ def fit(
 
 def shorten(text: str, tokens: int) -> str:
     """The head of `text` that takes at most about `tokens`, cut at a line, with a note of what was left out."""
-    low, high = 0, len(text)
+    # No estimate is below a token per CHARS_PER_TOKEN characters: no longer prefix can be within `tokens`.
+    low, high = 0, min(len(text), max(tokens, 0) * CHARS_PER_TOKEN)
     while low < high:  # the longest prefix within the estimate
         middle = (low + high + 1) // 2
         if estimate_tokens(text[:middle]) <= tokens:

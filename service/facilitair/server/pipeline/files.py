@@ -5,6 +5,9 @@ version of it. A stage that writes a path holding a file of another kind (a Test
 like the Coder's module, as small models do) does not replace it: its file is kept under a free name
 beside it, `<stem>_<kind><ext>` ("src/example_test.py", which pytest and Go find as a test), and the
 artifact says which path it asked for. So no file a stage announced is ever lost.
+
+A `File:` line over an empty (or blank) block is no file: it would be delivered as a 0-byte file, or
+replace a real version with nothing. Small models write one when they mean "unchanged" or lose the body.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class FileSet:
 
     def add(self, files: list[ParsedFile], kind: ArtifactKind, stage: int) -> list[Artifact]:
         """Take one stage's files; return them as stored (moved aside or versioned), in order."""
+        files = [f for f in files if f.content.strip()]
         named = {f.path for f in files}
         added = []
         for f in files:

@@ -1,8 +1,9 @@
 """The agent team: Architect -> Coder -> Reviewer -> (Refiner -> Reviewer)* -> Tester -> Documenter.
 
 The pipeline speaks to providers only through the Provider interface and reports only through the
-RunRecorder. Every completed stage is checkpointed; given the same checkpoints the control flow is
-the same, so a resumed run replays completed stages from them and never asks a provider twice.
+RunRecorder. Every completed stage is checkpointed, and the checkpoint is committed before the next
+stage begins; given the same checkpoints the control flow is the same, so a resumed run replays
+completed stages from them and never asks a provider twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from facilitair.server.pipeline.attempts import StageRunner
 from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import KnowsContextWindows
@@ -43,6 +46,7 @@ class Pipeline:
         runner: StageRunner,
         checkpoints: dict[int, StageOutput] | None = None,
         interrupted_stage: int = 0,
+        history: StageHistory | None = None,
     ) -> None:
         self.spec = spec
         self.rec = recorder
@@ -51,6 +55,7 @@ class Pipeline:
         self.checkpoints = checkpoints or {}
         self.interrupted_stage = interrupted_stage
         self.runner = runner
+        self.history = history  # learns each completed stage's time and length, for the plans of later runs
         self.files = FileSet()
         self.verdict = Verdict(approved=False, summary="")
         self._stage_count = 0
@@ -136,6 +141,11 @@ class Pipeline:
         if saved is not None:
             derive(saved.text, stage, False)
             return saved.text
+        # Nothing of this stage happens before what came before it (the stage before's completion and
+        # checkpoint, or the run's start) is committed: a run whose store cannot write waits here, asking no
+        # provider, and a server killed after this point has its takeover replay the stage before, not
+        # ask for it again. One commit wait per stage, none per token.
+        await self.rec.durable()
         structlog.contextvars.bind_contextvars(stage=stage, agent=role.label)
         self.runner.budget.check_before_stage(self.rec.usage, stage)
         chain = self.spec.models[role]
@@ -166,7 +176,13 @@ class Pipeline:
         metrics.PROVIDER_TOKENS.labels(provider, "input").inc(end.input_tokens)
         metrics.PROVIDER_TOKENS.labels(provider, "output").inc(end.output_tokens)
         metrics.COST.labels(provider).inc(usage.cost_usd)
-        checkpoint = StageOutput(stage, role, rounds, str(result.model), result.text).to_json()
+        # An endpoint that reported no usage said 0 tokens: the plan learns the text's estimate instead.
+        written = end.output_tokens if end.usage_reported else estimate_tokens(result.text)
+        if self.history is not None:
+            self.history.add(str(result.model), role, elapsed, written)
+        checkpoint = StageOutput(
+            stage, role, rounds, str(result.model), result.text, seconds=elapsed, output_tokens=written
+        ).to_json()
         self.rec.stage_completed(
             stage,
             role=role,

@@ -2,35 +2,29 @@
 
 Both parsers accept what models really produce (a heading before `File:`, backticks around the
 path, prose around the JSON) and never raise: bad output becomes a well-defined result.
+
+Model output is untrusted input, and these run on the event loop: both take time linear in the text
+(fences.py: no regex there backtracks more than once over a line), and read at most MAX_SCANNED_CHARS
+of it, MAX_BLOCKS fenced blocks and MAX_FILES files, so no answer a model can write stops every other
+stream for long.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import structlog
+
 from facilitair.server.domain import Issue, Verdict
+from facilitair.server.pipeline.fences import Fences
 from facilitair.server.pipeline.prompts import VERDICT_FORMAT
 
-_FILE_BLOCK = re.compile(
-    r"""
-    ^[ \t]*(?:[#*>\-]+[ \t]*)*                # optional heading or list marker: "### ", "- "
-    (?:\*\*)?(?:file(?:name)?|path)(?:\*\*)?   # "File", "**File**", "Filename", "Path"
-    [ \t]*:[ \t]*(?:\*\*)?[ \t]*
-    `?(?P<path>[^`\n*]+?)`?                   # the path, maybe in backticks
-    [ \t]*(?:\*\*)?[ \t]*\n
-    (?:[ \t]*\n)*                              # blank lines before the fence
-    [ \t]*(?P<fence>`{3,}|~{3,})[^\n]*\n       # opening fence with its info string
-    (?P<body>.*?)
-    ^[ \t]*(?P=fence)[ \t]*$                   # the same fence closes it
-    """,
-    re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE,
-)
-_ANY_BLOCK = re.compile(
-    r"^[ \t]*(?P<fence>`{3,})(?P<lang>[^\n]*)\n(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$", re.MULTILINE | re.DOTALL
-)
+log = structlog.get_logger(__name__)
+
 _EXTENSIONS = {
     "python": "py",
     "py": "py",
@@ -47,6 +41,13 @@ _EXTENSIONS = {
     "sh": "sh",
 }
 MAX_PATH_LENGTH = 255
+# Far more than any model's longest answer (128k output tokens are about 512k characters): a stage's output
+# beyond this is not read for files or a verdict, and a block still open there is not a file.
+MAX_SCANNED_CHARS = 2_000_000
+# More files than a stage of a run writes; the ones after these are left out (and logged).
+MAX_FILES = 200
+# The fenced blocks read from one answer (named files or not, for files or a verdict): the rest are left out.
+MAX_BLOCKS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +71,34 @@ def safe_path(raw: str) -> str | None:
 
 def parse_files(text: str, *, fallback_stem: str) -> list[ParsedFile]:
     """The files in an agent's output; unnamed code blocks get `fallback_stem` names when none is named."""
+    fences = Fences(_scanned(text))
     files: dict[str, str] = {}
-    for match in _FILE_BLOCK.finditer(text):
-        path = safe_path(match.group("path"))
-        if path is not None:
-            files[path] = match.group("body")
+    capped = False
+    for raw, block in itertools.islice(fences.file_blocks(), MAX_BLOCKS):
+        path = safe_path(raw)
+        if path is None:
+            continue
+        if path in files or len(files) < MAX_FILES:
+            files[path] = block.body
+        else:
+            capped = True
     if not files:
-        for i, match in enumerate(_ANY_BLOCK.finditer(text), start=1):
-            lang = match.group("lang").strip().lower()
-            ext = _EXTENSIONS.get(lang, "txt")
-            files[f"{fallback_stem}_{i}.{ext}" if i > 1 else f"{fallback_stem}.{ext}"] = match.group("body")
+        blocks = list(itertools.islice(fences.code_blocks(), MAX_FILES + 1))
+        capped = len(blocks) > MAX_FILES
+        for i, block in enumerate(blocks[:MAX_FILES], start=1):
+            ext = _EXTENSIONS.get(block.info.strip().lower(), "txt")
+            files[f"{fallback_stem}_{i}.{ext}" if i > 1 else f"{fallback_stem}.{ext}"] = block.body
+    if capped:
+        log.warning("model_output_capped", files=MAX_FILES, note="the files after these were left out")
     return [ParsedFile(path, content) for path, content in files.items()]
+
+
+def _scanned(text: str) -> str:
+    """The part of a model's output that is read: at most MAX_SCANNED_CHARS (logged when that cuts it)."""
+    if len(text) <= MAX_SCANNED_CHARS:
+        return text
+    log.warning("model_output_capped", chars=len(text), scanned_chars=MAX_SCANNED_CHARS)
+    return text[:MAX_SCANNED_CHARS]
 
 
 MALFORMED_ISSUE = Issue(
@@ -99,18 +117,25 @@ def _placeholder_key(text: str) -> str:
 
 
 def _strings(value: object) -> set[str]:
-    """Every string in decoded JSON, as `_placeholder_key` compares them."""
-    if isinstance(value, str):
-        return {_placeholder_key(value)}
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return set().union(*(_strings(item) for item in items))
+    """Every string in decoded JSON, as `_placeholder_key` compares them (iterative: model JSON may nest deep)."""
+    found: set[str] = set()
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found.add(_placeholder_key(item))
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return found
 
 
 def _example_values(format_text: str) -> frozenset[str]:
     """Every string value of the example verdict in the reviewer's prompt ("one paragraph", "path or empty", ...)."""
     found: set[str] = set()
-    for block in _ANY_BLOCK.finditer(format_text):
-        found |= _strings(json.loads(block.group("body")))
+    for block in Fences(format_text).code_blocks():
+        found |= _strings(json.loads(block.body))
     return frozenset(found - {""})
 
 
@@ -124,9 +149,9 @@ def parse_verdict(text: str) -> Verdict:
     for candidate in _json_candidates(text):
         try:
             data = json.loads(candidate)
-        except ValueError:
+            verdict = _verdict_from(data)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder or str() goes
             continue
-        verdict = _verdict_from(data)
         if verdict is None:
             continue
         if _strings(data) & PLACEHOLDERS:
@@ -138,8 +163,9 @@ def parse_verdict(text: str) -> Verdict:
 
 def _json_candidates(text: str) -> list[str]:
     """Fenced JSON blocks, last first (the final answer wins), then the outermost braces."""
-    blocks = [m.group("body") for m in _ANY_BLOCK.finditer(text) if m.group("lang").strip().lower() in ("json", "")]
-    candidates = list(reversed(blocks))
+    text = _scanned(text)
+    blocks = itertools.islice(Fences(text).code_blocks(), MAX_BLOCKS)
+    candidates = [b.body for b in blocks if b.info.strip().lower() in ("json", "")][::-1]
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
         candidates.append(text[start : end + 1])

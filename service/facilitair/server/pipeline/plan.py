@@ -1,22 +1,25 @@
 """The plan announced when a run starts: its stages with rough time, token and cost estimates.
 
-Estimates, not promises (the README says so). Each stage's output is its agent's typical length, capped by
+Estimates, not promises (the docs say so: docs/models.md). Each stage's output is its agent's typical length, capped by
 the agent's `max_tokens` in the pipeline file; its input is its prompt plus the earlier outputs it reads;
-its time is a first-token wait plus the output at the provider's usual speed.
+its time is a first-token wait plus the output at the provider's usual speed. Where completed stages of the
+same model are known (plan_history.py), they win over the table: the model and agent's usual time and
+length, or the model's own speed; the plan says how many stages it learned from.
 """
 
 from __future__ import annotations
 
 import json
 
-from facilitair.server.domain import AgentRole, Plan, PlannedStage
+from facilitair.server.domain import AgentRole, ModelRef, Plan, PlannedStage
 from facilitair.server.pipeline import prompts
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
+from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 
 PLANNED_ROLES = (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.REVIEWER, AgentRole.TESTER, AgentRole.DOCUMENTER)
-CHARS_PER_TOKEN = 4
 # Typical output tokens per agent, from runs of the default prompts on vendor models.
 TYPICAL_OUTPUT = {
     AgentRole.ARCHITECT: 900,
@@ -44,34 +47,53 @@ DEFAULT_SPEED = (50.0, 3.0)
 class PlanEstimator:
     """Estimates the stages of a run from its request and the pipeline file."""
 
-    def __init__(self, prices: PriceTable, config: PipelineConfig) -> None:
+    def __init__(self, prices: PriceTable, config: PipelineConfig, history: StageHistory | None = None) -> None:
         self._prices = prices
         self._config = config
+        self.history = history if history is not None else StageHistory()
+        # Each agent's system prompt is fixed by the pipeline file: counted once, not once per run and stage.
+        self._system_tokens = {
+            role: estimate_tokens(prompts.system_prompt(role, config.agent(role).system_prompt)) for role in AgentRole
+        }
 
-    def output_tokens(self, role: AgentRole) -> int:
-        """The output a stage of `role` is expected to produce: typical, at most its max_tokens."""
-        return min(TYPICAL_OUTPUT[role], self._config.agent(role).max_tokens)
+    def output_tokens(self, role: AgentRole, model: ModelRef | None = None) -> int:
+        """The output a stage of `role` is expected to produce: the model's usual for it, else typical; at most
+        its max_tokens."""
+        learned = self.history.of(str(model), role) if model is not None else None
+        usual = round(learned[1]) if learned is not None else TYPICAL_OUTPUT[role]
+        return min(usual, self._config.agent(role).max_tokens)
 
-    def input_tokens(self, spec: RunSpec, role: AgentRole) -> int:
-        """The prompt of a stage of `role`: its system prompt, the task and context, earlier outputs."""
-        own = len(prompts.system_prompt(role, self._config.agent(role).system_prompt)) + len(spec.task)
+    def asked_tokens(self, spec: RunSpec) -> int:
+        """The task's and the context's tokens, which every stage's prompt carries (counted once per plan: a task
+        and a context at their size limits take milliseconds to count, on the event loop)."""
+        asked = estimate_tokens(spec.task)
         if spec.context:
-            own += len(json.dumps(spec.context))
-        return own // CHARS_PER_TOKEN + sum(self.output_tokens(r) for r in READS[role])
+            asked += estimate_tokens(json.dumps(spec.context))
+        return asked
+
+    def input_tokens(self, spec: RunSpec, role: AgentRole, asked: int | None = None) -> int:
+        """The prompt of a stage of `role`: its system prompt, the task and context (`asked`, when already
+        counted), earlier outputs."""
+        asked = self.asked_tokens(spec) if asked is None else asked
+        return self._system_tokens[role] + asked + sum(self.output_tokens(r, spec.models[r][0]) for r in READS[role])
 
     def tokens(self, spec: RunSpec) -> int:
         """Input plus output tokens of the planned stages (no refinement), for the token budget check."""
-        return sum(self.input_tokens(spec, r) + self.output_tokens(r) for r in PLANNED_ROLES)
+        asked = self.asked_tokens(spec)
+        return sum(
+            self.input_tokens(spec, r, asked) + self.output_tokens(r, spec.models[r][0]) for r in PLANNED_ROLES
+        )
 
     def plan(self, spec: RunSpec) -> Plan:
         """The planned stages with their estimates; costs None where a model has no known price."""
-        stages = [self._stage(spec, role) for role in PLANNED_ROLES]
+        asked = self.asked_tokens(spec)
+        stages = [self._stage(spec, role, asked) for role in PLANNED_ROLES]
         total: float | None = None
         if all(s.estimated_cost_usd is not None for s in stages):
             total = sum(s.estimated_cost_usd or 0.0 for s in stages)
         worst: float | None = None
         if total is not None:
-            extra = [self._stage(spec, r).estimated_cost_usd for r in (AgentRole.REFINER, AgentRole.REVIEWER)]
+            extra = [self._stage(spec, r, asked).estimated_cost_usd for r in (AgentRole.REFINER, AgentRole.REVIEWER)]
             if all(e is not None for e in extra):
                 worst = total + sum(e or 0.0 for e in extra) * spec.max_refinements
         return Plan(
@@ -80,16 +102,27 @@ class PlanEstimator:
             estimated_seconds=sum(s.estimated_seconds for s in stages),
             estimated_cost_usd=total,
             max_estimated_cost_usd=worst,
+            history_stages=self.history.count({str(s.model) for s in stages}),
         )
 
-    def _stage(self, spec: RunSpec, role: AgentRole) -> PlannedStage:
+    def _stage(self, spec: RunSpec, role: AgentRole, asked: int) -> PlannedStage:
         model = spec.models[role][0]
-        output = self.output_tokens(role)
-        usage = self._prices.usage(model, self.input_tokens(spec, role), output)
-        speed, first_token = SPEED.get(model.provider, DEFAULT_SPEED)
+        output = self.output_tokens(role, model)
+        usage = self._prices.usage(model, self.input_tokens(spec, role, asked), output)
         return PlannedStage(
             role=role,
             model=model,
-            estimated_seconds=first_token + output / speed,
+            estimated_seconds=self._seconds(model, role, output),
             estimated_cost_usd=None if usage.cost_unknown else usage.cost_usd,
         )
+
+    def _seconds(self, model: ModelRef, role: AgentRole, output: int) -> float:
+        """The model's usual time for the agent; else the output at the model's learned speed; else the table."""
+        learned = self.history.of(str(model), role)
+        if learned is not None:
+            return learned[0]
+        speed = self.history.speed(str(model))
+        if speed is not None:
+            return output / speed
+        speed, first_token = SPEED.get(model.provider, DEFAULT_SPEED)
+        return first_token + output / speed

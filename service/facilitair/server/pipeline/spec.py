@@ -8,6 +8,7 @@ cannot be read raises UnreadableRecord, which fails that one run and never stops
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -71,10 +72,12 @@ class RunSpec:
                 },
                 on_disconnect=_typed(data["on_disconnect"], int),
                 client_request_id=_typed(data.get("client_request_id", ""), str),
-                budget_usd=data.get("budget_usd"),
-                budget_tokens=data.get("budget_tokens"),
+                budget_usd=_budget(data.get("budget_usd"), float, "budget_usd"),
+                budget_tokens=_budget(data.get("budget_tokens"), int, "budget_tokens"),
             )
-        except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+            if spec.max_refinements < 0:
+                raise ValueError(f"max_refinements is {spec.max_refinements}")
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidArgument) as exc:
             raise UnreadableRecord(f"the run's stored request cannot be read ({_what(exc)})") from None
         missing = [r.label for r in AgentRole if r not in spec.models]
         if missing:
@@ -95,19 +98,24 @@ class StageOutput:
     round: int
     model: str
     text: str
+    # How long the stage took and how many tokens it wrote: what later plans learn from (plan_history.py).
+    # Checkpoints written before these were kept have neither; a reader that does not know them ignores them.
+    seconds: float | None = None
+    output_tokens: int | None = None
 
     def to_json(self) -> str:
         """Serialize for the checkpoint table."""
-        return json.dumps(
-            {
-                "version": CHECKPOINT_VERSION,
-                "stage": self.stage,
-                "agent": self.role.label,
-                "round": self.round,
-                "model": self.model,
-                "text": self.text,
-            }
-        )
+        document: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "stage": self.stage,
+            "agent": self.role.label,
+            "round": self.round,
+            "model": self.model,
+        }
+        if self.seconds is not None and self.output_tokens is not None:
+            document.update(seconds=self.seconds, output_tokens=self.output_tokens)
+        document["text"] = self.text
+        return json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str) -> StageOutput:
@@ -120,6 +128,8 @@ class StageOutput:
                 _typed(d["round"], int),
                 _typed(d["model"], str),
                 _typed(d["text"], str),
+                _typed(d["seconds"], float) if "seconds" in d else None,
+                _typed(d["output_tokens"], int) if "output_tokens" in d else None,
             )
         except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
             raise UnreadableRecord(f"a stored stage checkpoint cannot be read ({_what(exc)})") from None
@@ -140,6 +150,16 @@ def _typed(value: object, kind: type[T]) -> T:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"expected {kind.__name__}, found {type(value).__name__}")
     return value
+
+
+def _budget(value: object, kind: type[float] | type[int], name: str) -> Any:
+    """A stored budget: None, or a positive finite number of its kind (a whole USD amount may be stored as 5)."""
+    if value is None:
+        return None
+    allowed = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0 or not math.isfinite(kind(value)):
+        raise ValueError(f"{name} is {str(value)[:40]!r}, not a positive number")
+    return kind(value)
 
 
 def _what(exc: BaseException) -> str:

@@ -17,14 +17,14 @@ from facilitair.server.providers.base import (
     StreamEnd,
     UsageReport,
 )
-from facilitair.server.settings import Settings
+from facilitair.server.settings import Settings, pip_install
 
 __all__ = ["CompletionRequest", "KnowsContextWindows", "Provider", "ProviderRegistry", "StreamEnd", "UsageReport"]
 
 _SETUP_HINT = {
     "openai": "set OPENAI_API_KEY (and OPENAI_BASE_URL for an OpenAI-compatible endpoint) on the server",
     "anthropic": "set ANTHROPIC_API_KEY on the server",
-    "local": "install the local extra on the server (pip install 'facilitair[server,local]') and run "
+    "local": f"install the local extra on the server ({pip_install('server,local')}) and run "
     "`facilitair models pull`; or set OPENAI_API_KEY or ANTHROPIC_API_KEY to use a vendor's model",
 }
 

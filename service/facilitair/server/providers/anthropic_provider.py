@@ -22,7 +22,13 @@ from facilitair.server.providers.base import (
     is_count,
     retry_after_of,
 )
-from facilitair.server.providers.transport import error_class, resend_if_stale, split_lines, transport_failure
+from facilitair.server.providers.transport import (
+    POOL_LIMITS,
+    error_class,
+    resend_if_stale,
+    split_lines,
+    transport_failure,
+)
 
 
 @dataclass(slots=True)
@@ -116,7 +122,8 @@ class AnthropicProvider:
             base_url=base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=anthropic.DefaultAioHttpClient(timeout=timeout),  # see providers/transport.py
+            # aiohttp (C parser) under the SDK, with the pool limits the stale re-sends count on: providers/transport.py
+            http_client=anthropic.DefaultAioHttpClient(timeout=timeout, limits=POOL_LIMITS),
         )
         self.host = host_of(self._client.base_url)
 

@@ -18,6 +18,7 @@ import aiohttp
 
 from facilitair.server.errors import FailedPrecondition, ProviderError, ProviderFailure, Reason
 from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status
+from facilitair.server.providers.chat_chunks import choice_of, usage_of
 from facilitair.server.providers.local import models
 from facilitair.server.providers.local.engine import EngineError, EngineOptions, LocalEngine
 
@@ -97,20 +98,26 @@ class LocalProvider:
         try:
             body = await self._body(engine, request, messages)
             finish: str | None = None
-            usage: dict[str, Any] | None = None
+            usage: tuple[int, int, int] | None = None  # prompt, completion, cached
             # aclosing: when this stream is closed, the engine's is closed at once, which cancels the request.
             async with contextlib.aclosing(engine.chat(body, request.timeout)) as chunks:
                 async for chunk in chunks:
-                    if chunk.get("error"):
-                        raise ProviderError(self.name, request.model, ProviderFailure.STREAM_BROKEN)
+                    # The engine speaks OpenAI's format: its chunks are read by the same checks as OpenAI's.
+                    if type(chunk) is not dict or "error" in chunk:
+                        raise broken(self.name, request.model)
                     if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
+                        usage = usage_of(chunk["usage"], self.name, request.model)
+                    choices = chunk.get("choices")
+                    if not choices:
+                        continue
+                    if type(choices) is not list:
+                        raise broken(self.name, request.model)
+                    for choice in choices:
+                        text, reason = choice_of(choice, self.name, request.model)
                         if text:
                             yield text
-                        if choice.get("finish_reason") is not None:
-                            finish = choice["finish_reason"]
+                        if reason is not None:
+                            finish = reason
         except Exception as exc:
             raise self._error(exc, request.model, engine) from None
         if finish is None:
@@ -118,7 +125,7 @@ class LocalProvider:
         if usage is None:
             yield StreamEnd(0, 0, finish, usage_reported=False)
         else:
-            yield StreamEnd(int(usage["prompt_tokens"]), int(usage["completion_tokens"]), finish)
+            yield StreamEnd(usage[0], usage[1], finish)  # a local prompt cache costs nothing: not counted apart
 
     async def _body(
         self, engine: LocalEngine, request: CompletionRequest, messages: list[dict[str, str]]

@@ -20,7 +20,14 @@ from facilitair.server.providers.base import (
     host_of,
     retry_after_of,
 )
-from facilitair.server.providers.transport import error_class, resend_if_stale, split_lines, transport_failure
+from facilitair.server.providers.chat_chunks import choice_of, usage_of
+from facilitair.server.providers.transport import (
+    POOL_LIMITS,
+    error_class,
+    resend_if_stale,
+    split_lines,
+    transport_failure,
+)
 
 
 class OpenAIProvider:
@@ -35,7 +42,8 @@ class OpenAIProvider:
             base_url=base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=openai.DefaultAioHttpClient(timeout=timeout),  # see providers/transport.py
+            # aiohttp (C parser) under the SDK, with the pool limits the stale re-sends count on: providers/transport.py
+            http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=POOL_LIMITS),
         )
         self.host = host_of(self._client.base_url)
         # api.openai.com wants max_completion_tokens (newer models reject max_tokens); compatible
@@ -52,7 +60,7 @@ class OpenAIProvider:
         The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
         split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
         stream builds a model per chunk, the largest single cost in the server's profile, and its
-        line iterator is four async generators deep per chunk (README, Benchmarks). The SDK's models also
+        line iterator is four async generators deep per chunk (docs/benchmarks.md). The SDK's models also
         checked nothing: a chunk of the wrong shape (`[]`, `null`, `"choices": ["x"]`) is a broken
         stream here, as is a body that ends without `[DONE]`.
         """
@@ -85,7 +93,7 @@ class OpenAIProvider:
                             # never passed on): the stream broke off either way.
                             raise broken(self.name, request.model)
                         if chunk.get("usage"):
-                            usage = self._usage(chunk["usage"], request.model)
+                            usage = usage_of(chunk["usage"], self.name, request.model)
                             # Before [DONE]: a stream cut off after this is still counted as reported.
                             yield UsageReport(usage[0], usage[1], cache_read_tokens=usage[2])
                         choices = chunk.get("choices")
@@ -94,7 +102,7 @@ class OpenAIProvider:
                         if type(choices) is not list:
                             raise broken(self.name, request.model)
                         for choice in choices:
-                            text, reason = self._choice(choice, request.model)
+                            text, reason = choice_of(choice, self.name, request.model)
                             if text:
                                 yield text
                             if reason is not None:
@@ -113,18 +121,6 @@ class OpenAIProvider:
         else:
             yield StreamEnd(usage[0], usage[1], finish, cache_read_tokens=usage[2])
 
-    def _choice(self, choice: object, model: str) -> tuple[str | None, str | None]:
-        """A choice's content delta and finish reason; a choice of the wrong shape is a broken stream."""
-        if type(choice) is not dict:
-            raise broken(self.name, model)
-        delta = choice.get("delta")
-        text = delta.get("content") if type(delta) is dict else None
-        reason = choice.get("finish_reason")
-        wrong_delta = bool(delta) and type(delta) is not dict
-        if wrong_delta or (text and type(text) is not str) or (reason is not None and type(reason) is not str):
-            raise broken(self.name, model)
-        return text, reason
-
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The arguments of `chat.completions.create` for one request."""
         params: dict[str, Any] = {
@@ -142,18 +138,6 @@ class OpenAIProvider:
         if request.timeout is not None:
             params["timeout"] = request.timeout
         return params
-
-    def _usage(self, usage: object, model: str) -> tuple[int, int, int]:
-        """Prompt, completion and cached tokens of a usage chunk; usage of the wrong shape is a broken stream."""
-        if type(usage) is not dict:
-            raise broken(self.name, model)
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
-            raise broken(self.name, model)
-        # prompt_tokens counts the cached part; the details, optional, say how much of it was cached.
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if type(details) is dict else None
-        return prompt, completion, min(cached, prompt) if type(cached) is int and cached >= 0 else 0
 
     def _error(self, exc: Exception, model: str) -> ProviderError:
         """Classify an SDK or transport error; the vendor's text is never passed on."""

@@ -2,7 +2,7 @@
 
 Both SDKs default to httpx2 over anyio (pure-Python HTTP parsing and a cancel scope per read). With 200
 streams at 25 tokens/s that receive path was 48 % of the event loop's time and the server fell behind
-(README, Benchmarks). Each SDK ships an aiohttp transport (`DefaultAioHttpClient`, C parser); the SDKs'
+(docs/benchmarks.md). Each SDK ships an aiohttp transport (`DefaultAioHttpClient`, C parser); the SDKs'
 behaviour above the transport (auth, headers, status errors, timeouts) is unchanged.
 
 Real OpenAI- and Anthropic-compatible servers answer a stream with `Connection: keep-alive` and then
@@ -10,9 +10,11 @@ close the connection after its last chunk. aiohttp pools the connection before t
 the next request, taken from the pool, is refused by the closing socket before any byte of it is sent
 ("Cannot write to closing transport"). aiohttp re-sends such a request by itself only for idempotent
 methods, and ours are POSTs, so `resend_if_stale` does it: the failed connection has been dropped, the
-request goes out again on a fresh one, and no attempt of the stage is spent on it. `force_close` on the
-connector would avoid the pool altogether, at the cost of a TCP and TLS handshake per request even to
-servers that do keep connections alive.
+request goes out again on the next pooled connection or a new one, and no attempt of the stage is spent
+on it, however many stale connections the pool holds: each one fails once and is closed, and the pool holds
+at most POOL_CONNECTIONS, so that many re-sends plus one always reach a live or a new connection.
+`force_close` on the connector would avoid the pool altogether, at the cost of a TCP and TLS handshake per
+request even to servers that do keep connections alive.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ T = TypeVar("T")
 _CHAIN_DEPTH = 8  # an SDK error, httpx2's, aiohttp's, the OS's: a cycle or a deeper chain is not ours
 # aiohttp's words when a write meets a transport already closing (aiohttp/http_writer.py): nothing was sent.
 _CLOSING_TRANSPORT = "Cannot write to closing transport"
-# Each stale failure drops its connection from the pool; more than a few in a row is not staleness.
-STALE_RESENDS = 3
+# The SDKs' own default pool limits, set explicitly on both clients because the first one bounds the re-sends:
+# aiohttp holds at most max_connections connections (it ignores max_keepalive_connections).
+POOL_CONNECTIONS = 1000
+POOL_LIMITS = httpx2.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=100)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -79,15 +83,22 @@ def never_sent(exc: BaseException) -> bool:
 
 
 async def resend_if_stale(send: Callable[[], Awaitable[T]], *, host: str) -> T:
-    """Await `send()`, calling it again at once when it failed before any byte reached the server."""
-    for _ in range(STALE_RESENDS):
+    """Await `send()`, calling it again at once each time it failed before any byte reached the server.
+
+    Such a failure is never an attempt, however many stale connections the pool holds: each is closed as it
+    fails, so after as many re-sends as the pool can hold connections the request has met a live one or a new
+    one. A failure past that is no stale pooled connection (a server closing new connections at once) and is
+    raised like any other.
+    """
+    stale = 0
+    while True:
         try:
             return await send()
         except Exception as exc:
-            if not never_sent(exc):
+            if stale >= POOL_CONNECTIONS or not never_sent(exc):
                 raise
-            log.debug("provider_stale_connection", host=host)
-    return await send()
+        stale += 1
+        log.debug("provider_stale_connection", host=host, resends=stale)
 
 
 def error_class(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
@@ -48,6 +49,7 @@ class LeaseKeeper:
         self._resume = resume
         self._soon = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failing_since: float | None = None  # the monotonic time renewals began to fail, while they do
 
     async def start(self) -> None:
         """Take over what no replica holds (on a one-process store: every unfinished run), then keep going."""
@@ -76,10 +78,20 @@ class LeaseKeeper:
                 await self._claim(ignore_leases=False)
             except StoreUnavailable as exc:
                 # The leases may run out meanwhile; then another replica takes the runs over and this one's
-                # writes are refused, which stops them here. The event log's health reports the outage.
-                log.warning("lease_renewal_failed", cause=str(exc))
+                # writes are refused, which stops them here. The event log's health reports the outage; here
+                # it is said once when renewals start failing and once when they work again.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning("lease_renewal_failed", cause=str(exc))
+                else:
+                    log.debug("lease_renewal_failed", cause=str(exc))
             except Exception:
                 log.exception("lease_renewal_failed")
+            else:
+                if self._failing_since is not None:
+                    seconds = round(time.monotonic() - self._failing_since, 3)
+                    self._failing_since = None
+                    log.info("lease_renewal_recovered", seconds=seconds)
 
     async def _renew(self) -> None:
         held = dict(self._held())

@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 import uuid
 
 import structlog
 
+from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, why_unstorable
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -91,7 +93,7 @@ class RunQueries:
     async def summary(self, row: RunRow, *, with_result: bool) -> pb.RunSummary:
         """The run's stored summary with its live progress and the replica driving it."""
         summary = wire.summary_of(row.summary, await self.last_seq(row.run_id), with_result=with_result)
-        if row.state in wire.UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time():
+        if row.state in UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time():
             summary.replica_id = row.owner
         return summary
 
@@ -100,7 +102,7 @@ class RunQueries:
         row = await self.owned(run_id, principal)
         last = await self.last_seq(row.run_id)
         if after_seq > last:
-            where = "finished " if row.state in wire.FINISHED_STATES else ""
+            where = "finished " if row.state in FINISHED_STATES else ""
             raise OutOfRange(f"after_seq {after_seq} is past the last event ({last}) of this {where}run")
         return row
 
@@ -138,14 +140,28 @@ def encode_page_token(row: RunRow) -> str:
 
 
 def decode_page_token(token: str) -> tuple[float, str]:
-    """Read a token encode_page_token made; InvalidArgument for anything else."""
+    """Read a token encode_page_token made; InvalidArgument for anything else.
+
+    Only exactly the shape we issue passes: a JSON list of a finite number and a string the stores can hold.
+    A token is the caller's bytes, so its JSON can hold what a proto string cannot (a lone surrogate,
+    "\ud800") and what no store can (NUL), and NaN, Infinity or 1e999 as the number; none may reach the store.
+    """
     try:
         if len(token) > MAX_PAGE_TOKEN_CHARS:
             raise ValueError
-        created_at, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        data = json.loads(base64.urlsafe_b64decode(token.encode()), parse_constant=_no_constant)
+        if not isinstance(data, list) or len(data) != 2:
+            raise TypeError
+        created_at, run_id = data
         if not isinstance(run_id, str) or not isinstance(created_at, int | float) or isinstance(created_at, bool):
             raise TypeError
         when = float(created_at)  # OverflowError for an integer past the range of a float
+        if not math.isfinite(when) or why_unstorable(run_id) is not None:  # 1e999 is an infinite float to json
+            raise ValueError
     except (ValueError, TypeError, UnicodeError, OverflowError, RecursionError, binascii.Error):
         raise InvalidArgument("page_token", "not a token returned by ListRuns") from None
     return when, run_id
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a page token holds")

@@ -15,10 +15,11 @@ from typing import Any
 
 import structlog
 
+from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
-from facilitair.server.events.wire import FINISHED_STATES
 from facilitair.server.pipeline.plan import PlanEstimator
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
@@ -59,7 +60,8 @@ class RunService:
         self._store = store
         self.events = EventLog(store)
         prices = PriceTable(config.price_overrides())
-        estimator = PlanEstimator(prices, config)
+        history = StageHistory()  # the plan learns from stages driven here and from the store (RunStarter)
+        estimator = PlanEstimator(prices, config, history)
         self._admission = Admission(settings)
         self._supervisor = Supervisor(
             settings,
@@ -70,6 +72,7 @@ class RunService:
             on_finished=self._admission.release,
             # A lambda: the handover is made below, once the lease keeper it needs exists.
             on_interrupted=lambda run_id, epoch: self._handover.interrupted(run_id, epoch),  # noqa: PLW0108
+            history=history,
         )
         self._starter = RunStarter(
             settings,
@@ -84,7 +87,9 @@ class RunService:
             store,
             settings.replica_id,
             settings.lease_seconds,
-            held=self._supervisor.held,
+            # Runs driven here, and runs whose writes are still to be stored (a run stopped while it waited to store
+            # its end); the epoch a run is driven under wins over that of older writes.
+            held=lambda: self.events.unwritten() | self._supervisor.held(),
             capacity=lambda: settings.max_runs - self._admission.in_flight,
             lost=self._supervisor.lose,
             cancel_requested=self._cancel_here,
@@ -120,9 +125,13 @@ class RunService:
         await self._leases.stop()
         await self._supervisor.interrupt_all(wait=STOP_WAIT)
         await self._handover.stop()
-        with contextlib.suppress(StoreUnavailable, TimeoutError):
+        try:
             async with asyncio.timeout(STOP_WAIT):
                 await self._handover.release_now()
+        except (StoreUnavailable, TimeoutError):
+            pass  # the leases run out by themselves, and another replica claims the runs then
+        except Exception:  # a stop must end whatever the store answers (exit 0, `stopped`)
+            log.exception("lease_release_failed")
         await self.events.stop(wait=STOP_WAIT if self.events.health.healthy else 0.0)
         await self._store.close()
 
@@ -212,6 +221,7 @@ class RunService:
     def _cancel_noticed(self, run_id: str) -> None:
         """A cancel was requested on some replica (the store's listener): cancel the run if it is driven here."""
         if self._supervisor.is_live(run_id):
+            log.info("cancel_noticed", run_id=run_id, via="notification")
             self._in_background(self._cancel_with_stored_reason(run_id))
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
@@ -220,7 +230,8 @@ class RunService:
         await self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT)
 
     def _cancel_here(self, run_id: str, reason: str) -> None:
-        """A cancel request the lease renewal found for a run driven here."""
+        """A cancel request the lease renewal found for a run driven here (its notification was missed, or is late)."""
+        log.info("cancel_noticed", run_id=run_id, via="lease_renewal")
         self._in_background(self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT))
 
     def _in_background(self, work: Coroutine[Any, Any, object]) -> None:

@@ -23,15 +23,20 @@ from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.plan import PlanEstimator
+from facilitair.server.pipeline.plan_history import RUNS_READ
 from facilitair.server.pipeline.spec import RunSpec, StageOutput, UnreadableRecord
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admission, check_budget
 from facilitair.server.runs.idempotency import check_same_request
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
-from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow
+from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow, StoreUnavailable
 
 log = structlog.get_logger(__name__)
+
+# How often the plan's history is read again from the store, for the runs other replicas finished (this one's
+# own stages are learnt as they complete).
+HISTORY_RELOAD_SECONDS = 300.0
 
 
 class RunStarter:
@@ -59,11 +64,15 @@ class RunStarter:
         # first one's run instead of starting another (the store answers once the run is committed).
         self._creating: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._background: set[asyncio.Future[str]] = set()
+        self._history_due = 0.0  # time.monotonic() when the plan's history is next read from the store
 
     # -- new runs -------------------------------------------------------------------------------------------
 
     async def create(self, spec: RunSpec, principal: str) -> str:
         """Start a run (or find the one this idempotency key started) and return its id."""
+        # Before the idempotency check: from there to registering the creation there must be no await, or two
+        # calls with one key could both find nothing and both start a run.
+        await self._learn()
         key = (principal, spec.client_request_id)
         if spec.client_request_id:
             existing = await self._existing(key)
@@ -86,6 +95,21 @@ class RunStarter:
             self._creating[key] = creation
             creation.add_done_callback(lambda done: self._forget(key, done))
         return await asyncio.shield(creation)
+
+    async def _learn(self) -> None:
+        """Read the stages of recently finished runs into the plan's history: at the first run, then now and then."""
+        now = time.monotonic()
+        if now < self._history_due:
+            return
+        self._history_due = now + HISTORY_RELOAD_SECONDS
+        try:
+            stored = await self._store.recent_checkpoints(RUNS_READ)
+            self._estimator.history.load(c.data for c in stored)
+        except StoreUnavailable:
+            self._history_due = 0.0  # the plan uses what is known; storing the run meets the outage itself
+        except Exception:
+            # Estimates are not worth a refused run: the plan goes on with what it knows.
+            log.warning("plan_history_unreadable", exc_info=True)
 
     def _forget(self, key: tuple[str, str], creation: asyncio.Future[str]) -> None:
         """Once a creation is over (stored, or failed), its key is answered by the store alone."""
@@ -191,6 +215,10 @@ class RunStarter:
         interrupted = current if current and current not in checkpoints else 0
         if last_seq == 0:
             rec.run_started(spec.task, self._estimator.plan(spec))
+        else:
+            # The stored state still says how the run last stopped (interrupted, when a server stopped
+            # gracefully); from now on it is running, for GetRun and for ListRuns' state filter alike.
+            rec.resumed()
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
         self._admission.resumed(row.run_id, row.principal)
         self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)

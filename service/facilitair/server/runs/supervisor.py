@@ -26,6 +26,7 @@ from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
 from facilitair.server.pipeline.orchestrator import Pipeline
+from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
@@ -83,6 +84,7 @@ class LiveRun:
     principal: str
     task: asyncio.Task[None] | None = None
     stop: Stop | None = None  # set by whoever stops the run, before cancelling its task
+    lost: bool = False  # another replica took it over (said once: the renewal and a refused write both tell)
 
 
 class Supervisor:
@@ -98,8 +100,10 @@ class Supervisor:
         status_number: StatusNumber,
         on_finished: Callable[[str], None],
         on_interrupted: Callable[[str, int], None],
+        history: StageHistory | None = None,
     ) -> None:
         self._settings = settings
+        self._history = history
         self._providers = providers
         self._prices = prices
         self._config = config
@@ -141,6 +145,7 @@ class Supervisor:
             runner=runner,
             checkpoints=checkpoints,
             interrupted_stage=interrupted_stage,
+            history=self._history,
         )
         live = LiveRun(rec, principal)
         # A fresh context: the run outlives the RPC that started it and must not log as that RPC.
@@ -171,7 +176,10 @@ class Supervisor:
         """Another replica took these runs over: stop driving them at once, writing nothing."""
         for run_id in run_ids:
             live = self._live.get(run_id)
-            if live is not None:
+            # The lease renewal and every refused write say so until the run's task has ended; a run stopped
+            # for another reason before (interrupted, cancelled) ends as asked, but is lost all the same.
+            if live is not None and not live.lost:
+                live.lost = True
                 log.warning("run_lost", run_id=run_id)
                 self._stop(live, Lost())
 
@@ -179,6 +187,7 @@ class Supervisor:
         """Stop driving a run as lost (writing nothing) and wait until its task has ended."""
         live = self._live.get(run_id)
         if live is not None and live.task is not None:
+            live.lost = True
             self._stop(live, Lost())
             await asyncio.wait({live.task})
 

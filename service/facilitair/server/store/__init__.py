@@ -14,7 +14,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 def create_store(settings: Settings) -> EventStore:
     """The store the settings select (not opened yet): PostgreSQL for a postgresql:// database_url, else SQLite."""
-    from facilitair.server.settings import ConfigError  # noqa: PLC0415  (settings imports nothing from here)
+    from facilitair.server.settings import ConfigError, pip_install  # noqa: PLC0415  (settings imports nothing from here)
 
     url = settings.database_url.get_secret_value().strip() if settings.database_url is not None else ""
     if not url:
@@ -31,6 +31,6 @@ def create_store(settings: Settings) -> EventStore:
         from facilitair.server.store.postgres import PostgresStore  # noqa: PLC0415
     except ImportError:
         raise ConfigError(
-            "a PostgreSQL database_url needs the postgres extra: pip install 'facilitair[server,postgres]'"
+            f"a PostgreSQL database_url needs the postgres extra: {pip_install('server,postgres')}"
         ) from None
     return PostgresStore(url)

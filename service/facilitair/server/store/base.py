@@ -17,10 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from facilitair.server.domain import UNFINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 
-# RunState values that may still produce events: QUEUED, RUNNING, INTERRUPTED.
-UNFINISHED_STATES: tuple[int, ...] = (1, 2, 6)
+# domain.UNFINISHED_STATES as the SQL predicate both stores filter on ("state IN (1, 2, 6)"), its values in
+# order so that the text never varies: the partial indexes are made on this very text, and the planners (SQLite's
+# most of all) use such an index only for a query whose predicate is written the same way. The schemas' past
+# migrations build their indexes from it too: a change to the set needs a new migration that remakes them.
+UNFINISHED_SQL = f"state IN ({', '.join(str(int(s)) for s in sorted(UNFINISHED_STATES))})"
 # The NOTIFY channels of the PostgreSQL store.
 COMMITS_CHANNEL = "facilitair_commits"
 CANCEL_CHANNEL = "facilitair_cancel"
@@ -291,6 +295,11 @@ class EventStore(Protocol):
 
     async def checkpoints(self, run_id: str) -> Sequence[Checkpoint]:
         """The stored checkpoints of a run, by stage."""
+        ...
+
+    async def recent_checkpoints(self, runs: int) -> Sequence[Checkpoint]:
+        """The checkpoints (completed stages) of the `runs` most recently finished runs, any caller's: what plan
+        estimates learn from."""
         ...
 
     async def delete_finished_before(self, cutoff: float, *, batch_size: int = DELETE_BATCH) -> int:

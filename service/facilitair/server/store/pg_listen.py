@@ -2,27 +2,42 @@
 
 A notification is sent at commit (one per batch, see pg_sql.WRITE_BATCH), so a listener learns of events no
 sooner than they are durable. The connection is watched (its termination, and a ping every `ping_every`
-seconds, bounded by `ping_timeout`, for a peer that vanished without closing it) and reopened with backoff;
-after every reconnection listeners get an empty mapping, "re-check what you follow", since notifications
-sent while no connection listened are lost.
+seconds, bounded by `ping_timeout`, for a peer that vanished without closing it) and reopened with backoff,
+for as long as it takes and whatever the error (a restart refuses connections for a while, then says "the
+database system is starting up"): a listener that gave up would leave its replica deaf until it restarts.
+An outage is logged once when it starts (`store_listener_lost`) and once when it ends
+(`store_listener_restored`), with a reminder while it lasts. After every reconnection listeners get an empty
+mapping, "re-check what you follow", and a "leases were released" (the lease keeper renews and claims at
+once, which also finds the cancel requests), since notifications sent while no connection listened are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
 
-from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, LEASES_CHANNEL, OnCancel, OnCommit, OnReleased
+from facilitair.server.store.base import (
+    CANCEL_CHANNEL,
+    COMMITS_CHANNEL,
+    LEASES_CHANNEL,
+    OnCancel,
+    OnCommit,
+    OnReleased,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
 PING_EVERY = 5.0
 PING_TIMEOUT = 5.0
 BACKOFF_MAX = 2.0
+# While the listener cannot reconnect, the log says so again this often.
+REMIND_EVERY = 30.0
 
 
 def parse_commits(payload: str, own_tag: str) -> dict[str, int] | None:
@@ -72,11 +87,12 @@ class Listener:
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Only a cancel ends it (_keep retries every error), so a stop cannot fail with a stale outage's error.
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         await self._close()
 
     async def _open(self) -> None:
@@ -100,48 +116,58 @@ class Listener:
 
     async def _keep(self) -> None:
         while True:
-            await self._watch()
+            cause = await self._watch()
             await self._close()
-            log.warning("store_listener_lost")
-            await self._reopen()
-            log.info("store_listener_reconnected")
+            log.warning("store_listener_lost", cause=cause)
+            lost_at = time.monotonic()
+            attempts = await self._reopen()
+            log.info("store_listener_restored", seconds=round(time.monotonic() - lost_at, 3), attempts=attempts)
             self._deliver_commits({})  # notifications sent meanwhile are lost: everyone re-checks
-            self._on_released()  # and leases released meanwhile are claimed
+            self._released()  # and leases released (or cancels asked for) meanwhile are looked for
 
-    async def _watch(self) -> None:
-        """Return once the connection is gone: closed under us, or silent to a ping."""
+    async def _watch(self) -> str:
+        """Return once the connection is gone (closed under us, or silent to a ping), with why."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._ping_every):
                     await self._lost.wait()
-                return
+                return "the connection was closed"
             conn = self._conn
             if conn is None:
-                return
+                return "no connection"
             try:
                 await conn.fetchval("SELECT 1", timeout=self._ping_timeout)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-                return
+            except TimeoutError:
+                return f"no answer to a ping within {self._ping_timeout:g} s"
+            except Exception as exc:  # noqa: BLE001 - whatever broke the connection, it is reopened
+                return _cause(exc)
 
-    async def _reopen(self) -> None:
+    async def _reopen(self) -> int:
+        """Open a new listening connection, trying until it works (backoff up to BACKOFF_MAX); the attempts made."""
         delay = 0.05
+        attempts = 0
+        reminded = time.monotonic()
         while True:
+            attempts += 1
             try:
                 async with asyncio.timeout(self._ping_timeout * 2):
                     await self._open()
-                return
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                log.warning("store_listener_reconnect_failed", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                return attempts
+            # Every error, the store's own StoreUnavailable included (connect wraps them all): giving up here
+            # would end the listening for good.
+            except Exception as exc:  # noqa: BLE001
+                cause = _cause(exc)
+                log.debug("store_listener_reconnect_failed", cause=cause, retry_in=delay)
+                if time.monotonic() - reminded >= REMIND_EVERY:
+                    reminded = time.monotonic()
+                    log.warning("store_listener_still_lost", cause=cause, attempts=attempts)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
 
     def _notified(self, _conn: object, _pid: int, channel: str, data: object) -> None:
         payload = str(data)
         if channel == LEASES_CHANNEL:
-            try:
-                self._on_released()
-            except Exception:
-                log.exception("store_released_callback_failed")
+            self._released()
             return
         if channel == CANCEL_CHANNEL:
             try:
@@ -158,3 +184,18 @@ class Listener:
             self._on_commit(newest)
         except Exception:
             log.exception("store_commit_callback_failed")
+
+    def _released(self) -> None:
+        try:
+            self._on_released()
+        except Exception:
+            log.exception("store_released_callback_failed")
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a connection failed, in words safe to log: the store's own errors are masked already, others by type."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time"
+    return type(exc).__name__

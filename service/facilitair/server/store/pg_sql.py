@@ -1,17 +1,17 @@
 """The PostgreSQL schema (ordered migrations) and the statements of the store.
 
 Times are float seconds since the epoch, as in the SQLite store; leases are by the database's clock (now()),
-so replicas on machines whose clocks differ agree on when a lease ran out. `state IN (1, 2, 6)` (the
-unfinished states) is written out so the planner can use the partial indexes made on it.
+so replicas on machines whose clocks differ agree on when a lease ran out. The unfinished states are written
+out as literals (base.UNFINISHED_SQL, not a parameter) so the planner can use the partial indexes made on them.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, LEASES_CHANNEL, SchemaError
+from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, LEASES_CHANNEL, UNFINISHED_SQL, SchemaError
 
-V1 = """
+V1 = f"""
 CREATE TABLE runs (
     run_id text PRIMARY KEY,
     principal text NOT NULL,
@@ -29,8 +29,8 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_by_principal ON runs (principal, created_at DESC, run_id DESC);
 CREATE UNIQUE INDEX runs_by_request ON runs (principal, client_request_id) WHERE client_request_id <> '';
-CREATE INDEX runs_unfinished ON runs (created_at) WHERE state IN (1, 2, 6);
-CREATE INDEX runs_active_by_principal ON runs (principal) WHERE state IN (1, 2, 6);
+CREATE INDEX runs_unfinished ON runs (created_at) WHERE {UNFINISHED_SQL};
+CREATE INDEX runs_active_by_principal ON runs (principal) WHERE {UNFINISHED_SQL};
 CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE events (
     run_id text NOT NULL,
@@ -58,7 +58,6 @@ RUN_COLUMNS = (
     "owner, epoch, lease_expires_at, cancel_reason"
 )
 R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
-UNFINISHED = "state IN (1, 2, 6)"
 
 # One round trip, one transaction: lock the batch's runs (FOR SHARE, in run_id order so that concurrent
 # lockers never deadlock), keep those whose epoch is the writer's, write their events, row updates and
@@ -108,7 +107,7 @@ GROUP BY v.run_id
 EPOCHS = "SELECT run_id, epoch FROM runs WHERE run_id = ANY($1::text[])"
 
 FIND_AND_COUNT = f"""
-SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED}) AS active,
+SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}) AS active,
        (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing,
        (SELECT count(*) FROM runs WHERE principal = $1 AND created_at > $3) AS recent,
        (SELECT min(created_at) FROM runs WHERE principal = $1 AND created_at > $3) AS oldest_recent
@@ -136,7 +135,7 @@ ORDER BY run_id LIMIT $3
 
 REQUEST_CANCEL = f"""
 WITH c AS (
-    UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2) WHERE run_id = $1 AND {UNFINISHED} RETURNING run_id
+    UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2) WHERE run_id = $1 AND {UNFINISHED_SQL} RETURNING run_id
 )
 SELECT pg_notify('{CANCEL_CHANNEL}', run_id) FROM c
 """
@@ -171,7 +170,7 @@ def claim_sql(ignore_leases: bool) -> str:
     expired = "" if ignore_leases else f" AND (lease_expires_at IS NULL OR lease_expires_at < {NOW})"
     return f"""
 WITH c AS (
-    SELECT run_id, epoch FROM runs WHERE {UNFINISHED}{expired}
+    SELECT run_id, epoch FROM runs WHERE {UNFINISHED_SQL}{expired}
     ORDER BY created_at, run_id LIMIT $3 FOR UPDATE SKIP LOCKED
 )
 UPDATE runs r SET owner = $1, epoch = r.epoch + 1, lease_expires_at = {NOW} + $2::float8
@@ -185,7 +184,7 @@ LAST_SEQS = "SELECT r.id, (SELECT max(seq) FROM events WHERE run_id = r.id) FROM
 # One bounded transaction of retention: up to $2 finished runs, oldest first, with their events and checkpoints.
 DELETE_FINISHED = f"""
 WITH doomed AS (
-    SELECT run_id FROM runs WHERE finished_at < $1 AND NOT {UNFINISHED}
+    SELECT run_id FROM runs WHERE finished_at < $1 AND NOT {UNFINISHED_SQL}
     ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), ev AS (
     DELETE FROM events e USING doomed d WHERE e.run_id = d.run_id

@@ -23,6 +23,7 @@ from facilitair.server.store import pg_sql
 from facilitair.server.store.base import (
     DELETE_BATCH,
     RATE_WINDOW,
+    UNFINISHED_SQL,
     Batch,
     Checkpoint,
     Claim,
@@ -398,7 +399,7 @@ class PostgresStore:
         """The principal's unfinished runs."""
         value = await self._on_pool(
             lambda conn: conn.fetchval(
-                f"SELECT count(*) FROM runs WHERE principal = $1 AND {pg_sql.UNFINISHED}", principal
+                f"SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}", principal
             )
         )
         return int(value)
@@ -422,7 +423,7 @@ class PostgresStore:
     async def unfinished_runs(self) -> list[RunRow]:
         """Queued, running or interrupted runs, oldest first."""
         return await self._many(
-            f"SELECT {pg_sql.RUN_COLUMNS} FROM runs WHERE {pg_sql.UNFINISHED} ORDER BY created_at, run_id"
+            f"SELECT {pg_sql.RUN_COLUMNS} FROM runs WHERE {UNFINISHED_SQL} ORDER BY created_at, run_id"
         )
 
     async def checkpoints(self, run_id: str) -> list[Checkpoint]:
@@ -430,6 +431,17 @@ class PostgresStore:
         rows = await self._on_pool(
             lambda conn: conn.fetch(
                 "SELECT run_id, stage, data FROM checkpoints WHERE run_id = $1 ORDER BY stage", run_id
+            )
+        )
+        return [Checkpoint(r[0], int(r[1]), r[2]) for r in rows]
+
+    async def recent_checkpoints(self, runs: int) -> list[Checkpoint]:
+        """The checkpoints of the `runs` most recently finished runs (runs_by_finish picks them)."""
+        rows = await self._on_pool(
+            lambda conn: conn.fetch(
+                "SELECT c.run_id, c.stage, c.data FROM checkpoints c JOIN (SELECT run_id FROM runs "
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT $1) r ON r.run_id = c.run_id",
+                runs,
             )
         )
         return [Checkpoint(r[0], int(r[1]), r[2]) for r in rows]

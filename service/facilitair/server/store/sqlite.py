@@ -22,6 +22,7 @@ from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
     DELETE_BATCH,
     RATE_WINDOW,
+    UNFINISHED_SQL,
     Batch,
     Checkpoint,
     Claim,
@@ -44,8 +45,6 @@ _RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
     "owner, epoch, lease_expires_at, cancel_reason"
 )
-# UNFINISHED_STATES written out, so that SQLite can use the partial indexes made on this very predicate.
-_UNFINISHED = "state IN (1, 2, 6)"
 
 # SQLite errors that mean "cannot write now" and what to say about them (SQLite's own words hold no path).
 _UNAVAILABLE = {
@@ -136,6 +135,11 @@ class SqliteStore:
         self._writer = _Connection(path, "writer", max_pages)
         self._reader = _Connection(path, "reader", None)
 
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
     async def open(self) -> None:
         """Create the file and its folder, and create or migrate the schema."""
 
@@ -174,7 +178,7 @@ class SqliteStore:
                         return InsertResult(InsertOutcome.EXISTING, _row(found), 0)
                 active = int(
                     conn.execute(
-                        f"SELECT count(*) FROM runs WHERE principal=? AND {_UNFINISHED}", (row.principal,)
+                        f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (row.principal,)
                     ).fetchone()[0]
                 )
                 if active >= max_active_per_principal:
@@ -199,7 +203,7 @@ class SqliteStore:
 
         Not executemany: it steps once per row and releases and re-takes the GIL around each step, and while
         the event loop thread is busy every re-take waits up to the switch interval, so a commit of n rows took
-        up to n switch intervals (README, Benchmarks: one 2,000-event commit took 1.1 s).
+        up to n switch intervals (docs/benchmarks.md: one 2,000-event commit took 1.1 s).
 
         The same batch again (a retry after an unclear failure) changes nothing and returns the same runs; a
         batch that conflicts with other stored events raises IntegrityError.
@@ -214,7 +218,7 @@ class SqliteStore:
 
         def mark(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
-                f"UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? AND {_UNFINISHED}",
+                f"UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? AND {UNFINISHED_SQL}",
                 (reason, run_id),
             )
             return cur.rowcount > 0
@@ -250,7 +254,8 @@ class SqliteStore:
             rows: list[RunRow] = []
             with immediate(conn):
                 candidates = conn.execute(
-                    f"SELECT run_id, epoch FROM runs WHERE {_UNFINISHED}{expired} ORDER BY created_at, run_id LIMIT ?",
+                    f"SELECT run_id, epoch FROM runs WHERE {UNFINISHED_SQL}{expired} "
+                    "ORDER BY created_at, run_id LIMIT ?",
                     (limit,) if ignore_leases else (now, limit),
                 ).fetchall()
                 for run_id, epoch in candidates:
@@ -300,7 +305,7 @@ class SqliteStore:
                 ids = [
                     r[0]
                     for r in conn.execute(
-                        f"SELECT run_id FROM runs WHERE finished_at < ? AND NOT {_UNFINISHED} LIMIT ?",
+                        f"SELECT run_id FROM runs WHERE finished_at < ? AND NOT {UNFINISHED_SQL} LIMIT ?",
                         (cutoff, batch_size),
                     )
                 ]
@@ -368,9 +373,8 @@ class SqliteStore:
         """The principal's unfinished runs."""
         return await self._reader.run(
             lambda conn: int(
-                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {_UNFINISHED}", (principal,)).fetchone()[
-                    0
-                ]
+                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,))
+                .fetchone()[0]
             )
         )
 
@@ -392,13 +396,26 @@ class SqliteStore:
 
     async def unfinished_runs(self) -> list[RunRow]:
         """Queued, running or interrupted runs, oldest first."""
-        return await self._many(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_UNFINISHED} ORDER BY created_at", ())
+        return await self._many(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {UNFINISHED_SQL} ORDER BY created_at", ())
 
     async def checkpoints(self, run_id: str) -> list[Checkpoint]:
         """Checkpoints by stage."""
 
         def read(conn: sqlite3.Connection) -> list[Checkpoint]:
             cur = conn.execute("SELECT run_id, stage, data FROM checkpoints WHERE run_id=? ORDER BY stage", (run_id,))
+            return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
+
+        return await self._reader.run(read)
+
+    async def recent_checkpoints(self, runs: int) -> list[Checkpoint]:
+        """The checkpoints of the `runs` most recently finished runs (runs_by_finish picks them)."""
+
+        def read(conn: sqlite3.Connection) -> list[Checkpoint]:
+            cur = conn.execute(
+                "SELECT c.run_id, c.stage, c.data FROM checkpoints c JOIN (SELECT run_id FROM runs "
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?) r ON r.run_id = c.run_id",
+                (runs,),
+            )
             return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
 
         return await self._reader.run(read)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from facilitair.server.store.base import SchemaError
+from facilitair.server.store.base import UNFINISHED_SQL, SchemaError
 
 V1 = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,13 +42,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 # Leases (owner, epoch, expiry) and cancel requests; indexes for claiming, per-principal limits and retention.
 # Existing runs get owner '' and epoch 0 with no lease: the next claim takes them over.
-V2 = """
+V2 = f"""
 ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN lease_expires_at REAL;
 ALTER TABLE runs ADD COLUMN cancel_reason TEXT;
-CREATE INDEX runs_unfinished ON runs (created_at) WHERE state IN (1, 2, 6);
-CREATE INDEX runs_active_by_principal ON runs (principal) WHERE state IN (1, 2, 6);
+CREATE INDEX runs_unfinished ON runs (created_at) WHERE {UNFINISHED_SQL};
+CREATE INDEX runs_active_by_principal ON runs (principal) WHERE {UNFINISHED_SQL};
 CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 """
 

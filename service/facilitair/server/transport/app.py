@@ -27,9 +27,13 @@ from facilitair.server.runs.service import RunService
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
+from facilitair.server.store.sqlite import SqliteStore
+from facilitair.server.store.sqlite_lock import SqliteFileLock
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
+from facilitair.server.transport.loop_lag import LoopLagMonitor
+from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -43,7 +47,7 @@ SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel options for streams that last many minutes (see README "Long streams").
+    """Channel options for streams that last many minutes (docs/operations.md, "Long streams").
 
     The server pings an idle connection every 60 s and drops it if no answer comes in 20 s. It
     accepts client pings as often as every 10 s, below the 30 s our client uses, so a client is
@@ -76,6 +80,8 @@ class RunningServer:
     health: HealthServicer
     providers: ProviderRegistry
     metrics: MetricsServer | None = None
+    lock: SqliteFileLock | None = None
+    loop_lag: LoopLagMonitor | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -103,7 +109,13 @@ class RunningServer:
         try:
             await self.server.stop(grace)
         finally:
-            await self.runs.stop()
+            if self.loop_lag is not None:
+                await self.loop_lag.stop()
+            try:
+                await self.runs.stop()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()  # the store is closed: the next server may take the file
             await self.providers.aclose()
             if self.metrics is not None:
                 self.metrics.stop()
@@ -116,59 +128,56 @@ async def create_server(
     store: EventStore | None = None,
     config: PipelineConfig | None = None,
 ) -> RunningServer:
-    """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned)."""
+    """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned).
+
+    The order matters. Everything that can fail on a bad setting comes first; then the port is bound, then a
+    SQLite file is locked, and only then is the store opened and are its runs claimed (at start a one-process
+    store claims every unfinished run). A server that cannot listen, or whose file another server holds, so
+    stops before it touches that server's runs, and creates no database file. Whatever was set up is undone
+    when a later step fails: no half-started server.
+    """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
     keys = ApiKeys(settings.load_api_keys())
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
+    store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
-    # Everything that can fail on a bad setting is bound before the gRPC server starts, and what was
-    # started is stopped again when a later step fails: no half-started server.
-    metrics_server = _metrics_server(settings.metrics_listen)
-    runs = RunService(
-        settings, store if store is not None else create_store(settings), providers, config, status_number
-    )
-    try:
-        await runs.start()
-        try:
-            info = server_info(
-                settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
-            )
-            servicer = OrchestratorServicer(runs, settings, config, info)
-            server, health, port = await _grpc_server(settings, runs, servicer, keys, credentials)
-        except BaseException:
-            await runs.stop()
-            raise
-    except BaseException:
-        await providers.aclose()
+    async with contextlib.AsyncExitStack() as undo:
+        undo.push_async_callback(providers.aclose)
+        metrics_server = _metrics_server(settings.metrics_listen)
         if metrics_server is not None:
-            metrics_server.stop()
-        raise
-    running = RunningServer(server, port, runs, health, providers, metrics_server)
+            undo.callback(metrics_server.stop)
+        server, port = _bound_server(settings, keys, credentials)
+        undo.push_async_callback(_unbind, server)
+        lock = None
+        if isinstance(store, SqliteStore):
+            lock = SqliteFileLock(store.path)
+            lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
+            undo.callback(lock.release)
+        runs = RunService(settings, store, providers, config, status_number)
+        await runs.start()
+        undo.push_async_callback(runs.stop)
+        info = server_info(
+            settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
+        )
+        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
+        undo.pop_all()  # started: RunningServer.stop undoes it all from now on
+    running = RunningServer(server, port, runs, health, providers, metrics_server, lock)
     running.follow_store_health()
+    running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
+    running.loop_lag.start()
     return running
 
 
-async def _grpc_server(
-    settings: Settings,
-    runs: RunService,
-    servicer: OrchestratorServicer,
-    keys: ApiKeys,
-    credentials: grpc.ServerCredentials | None,
-) -> tuple[grpc.aio.Server, HealthServicer, int]:
-    """Bind and start the gRPC server with our service, health and reflection."""
+def _bound_server(
+    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server bound to `settings.listen` (not started, no services yet) and its port; ConfigError if not."""
     server = grpc.aio.server(
         options=server_options(settings),
         interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
     )
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    if settings.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-        )
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
@@ -178,13 +187,38 @@ async def _grpc_server(
         port = 0
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}: {_why_not_bindable(settings.listen)}")
-    await server.start()
-    # SERVING only while the store takes writes (RunningServer.follow_store_health keeps this true).
+    return server, port
+
+
+async def _start(
+    server: grpc.aio.Server, settings: Settings, runs: RunService, servicer: OrchestratorServicer
+) -> HealthServicer:
+    """Add our service, health and reflection to the bound server and start it."""
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    # SERVING only while the store takes writes (RunningServer.follow_store_health keeps this true). Set before
+    # the start, which is the last step: nothing after it can fail and leave a started server behind.
     serving = runs.events.health.healthy
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     await health.set("", status)
     await health.set(SERVICE_NAME, status)
-    return server, health, port
+    await server.start()
+    return health
+
+
+async def _unbind(server: grpc.aio.Server) -> None:
+    """Give the port of a bound server that was never started back (a later step of the start failed).
+
+    grpc.aio keeps it bound until the process ends otherwise, even after stop(). Started with no service for
+    that instant, the server answers UNIMPLEMENTED to whatever comes in meanwhile.
+    """
+    await server.start()
+    await server.stop(None)
 
 
 def _why_not_bindable(listen: str) -> str:
@@ -234,7 +268,7 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def tune_runtime() -> None:
-    """Process-wide settings for a server holding many streams (measured in bench/, see the README).
+    """Process-wide settings for a server holding many streams (measured in bench/, see docs/benchmarks.md).
 
     The store's writer thread waits for the GIL whenever the event loop is busy: 1 ms instead of the
     default 5 ms bounds that wait. Objects made at start-up are frozen out of the cyclic GC and young
@@ -250,7 +284,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop for `auto` when it is installed and for `uvloop`; None (asyncio's) otherwise.
 
     The event loop thread is what saturates first under load; on uvloop's loop the same load left it
-    more headroom (README "Benchmarks"). grpc.aio, aiohttp and the store's threads run unchanged on either.
+    more headroom (docs/benchmarks.md). grpc.aio, aiohttp and the store's threads run unchanged on either.
     """
     if choice == "asyncio":
         return None
@@ -283,7 +317,14 @@ async def until_signalled() -> None:
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format, replica=settings.replica_id)
-    running = await create_server(settings, config=config)
+    config = config if config is not None else PipelineConfig.load(settings.pipeline)
+    providers = ProviderRegistry.from_settings(settings.with_file(config), config)
+    try:
+        check_default_models(providers, settings.with_file(config), config)
+    except ConfigError:
+        await providers.aclose()
+        raise
+    running = await create_server(settings, providers=providers, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]
     if settings.insecure and not (settings.api_keys or settings.api_keys_file or settings.tls_client_ca):

@@ -18,9 +18,14 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
+from facilitair.server.domain import chain_text
 from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.providers import ProviderRegistry
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store.base import StoreUnavailable
+from facilitair.server.store.sqlite_lock import StoreInUse
+from facilitair.server.transport import flag_help
+from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.workers import check_workers, run_workers
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE = 0, 1, 2
@@ -58,7 +63,9 @@ def add_config(subparsers: Any) -> None:
 
 
 def _settings_source(parser: argparse.ArgumentParser) -> CliSettingsSource[Settings]:
-    return CliSettingsSource(Settings, root_parser=parser)
+    source: CliSettingsSource[Settings] = CliSettingsSource(Settings, root_parser=parser)
+    flag_help.rewrite(parser)
+    return source
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,6 +85,8 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
         settings, config = _settings(source, args)
         check_workers(settings)
         if settings.workers > 1:
+            # Here as well as in each worker: a worker that refuses to start would be restarted forever.
+            asyncio.run(_check_default_models(settings, config))
             return run_workers(settings, _given(args))
         from facilitair.server.transport.app import loop_factory, serve  # noqa: PLC0415 - only when serving
 
@@ -88,7 +97,19 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
     except StoreUnavailable as exc:  # its message is the plain cause, password masked
         print(f"facilitair: cannot open the store: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except StoreInUse as exc:  # another server holds the SQLite file: its message names the file and that server
+        print(f"facilitair: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+async def _check_default_models(settings: Settings, config: PipelineConfig) -> None:
+    """ConfigError when every run would fail (transport/requests.py: check_default_models)."""
+    providers = ProviderRegistry.from_settings(settings, config)
+    try:
+        check_default_models(providers, settings, config)
+    finally:
+        await providers.aclose()
 
 
 def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int:
@@ -99,7 +120,8 @@ def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) 
         return _config_error(exc)
     shown = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
     shown["api_keys"] = {name: "**********" for name in keys}
-    shown["default_models"] = [str(m) for m in settings.default_models()]
+    # The model runs will get (it follows the provider keys when not set), not the field's own default.
+    shown["model"] = chain_text(settings.default_models())
     print(json.dumps({"settings": shown, "pipeline": config.model_dump(mode="json")}, indent=2, sort_keys=True))
     return EXIT_OK
 

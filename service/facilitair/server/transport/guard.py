@@ -9,6 +9,9 @@ Deny by default: every method of every service, whatever its shape, is served th
 - Decoding: every request message, of every service (health and reflection too) and every shape, is
   parsed here, so corrupt bytes become INVALID_ARGUMENT with a clear message instead of UNKNOWN with
   the decoder's text and an error in the log that anyone could flood.
+- Storable text: every string of every request of our own service (facilitair.v1) is checked here, once, for
+  what both stores can hold (no NUL character; proto3 already guarantees UTF-8), so a field no handler reads
+  with care, or one added later, is INVALID_ARGUMENT naming the field on SQLite and PostgreSQL alike.
 - Every handler is served as a request stream, so that a unary method's one message is read here
   too: a call that ends without one gets INVALID_ARGUMENT instead of no status at all.
 - Whatever a handler lets escape goes through the one status table (transport/status.py).
@@ -27,15 +30,18 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
-from facilitair.server.errors import FacilitairError, Reason, Unauthenticated
+from facilitair.server.errors import FacilitairError, InvalidArgument, Reason, Unauthenticated
+from facilitair.server.transport.requests import unstorable_strings
 from facilitair.server.transport.status import abort
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="local")
 
+# The requests whose strings may be stored (health's and reflection's never are).
+OUR_PACKAGE = "facilitair.v1"
 # The services anyone may call: a load balancer's health check, grpcurl's and buf curl's reflection.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 NO_KEY = "missing or invalid API key: send the header 'authorization: Bearer <key>'"
@@ -154,12 +160,17 @@ class _Gate:
         if self.parse is None:  # a handler that takes the bytes as they came
             return raw
         try:
-            return self.parse(raw)
+            request = self.parse(raw)
         except (DecodeError, ValueError, RuntimeError):
             message_class = getattr(self.parse, "__self__", None)  # FromString is bound to its message class
             name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", f"{self.rpc} request")
             invalid = FacilitairError(f"the request is not a valid {name} message", reason=Reason.INVALID_ARGUMENT)
             await abort(context, invalid)
+        if isinstance(request, Message) and request.DESCRIPTOR.file.package == OUR_PACKAGE:
+            unstorable = unstorable_strings(request)
+            if unstorable:
+                await abort(context, InvalidArgument.many(unstorable))
+        return request
 
 
 @contextlib.asynccontextmanager

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
-from facilitair.server.domain import AgentRole, ModelRef, parse_chain
-from facilitair.server.errors import InvalidArgument
+from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain, why_unstorable
+from facilitair.server.errors import FailedPrecondition, InvalidArgument
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig
-from facilitair.server.settings import Settings
+from facilitair.server.providers import ProviderRegistry
+from facilitair.server.settings import ConfigError, Settings
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000
@@ -19,6 +23,12 @@ MAX_CONTEXT_BYTES = 64 * 1024
 MAX_CONTEXT_DEPTH = 8
 MAX_REFINEMENTS = 10
 MAX_REQUEST_ID_CHARS = 128
+# An error names at most this many unstorable strings in one field (a context can hold thousands, and the status
+# goes in a trailer), so each field that has one is named.
+MAX_STRING_VIOLATIONS = 3
+# A field path longer than this is cut (a context's keys nest; each is cut to MAX_KEY_SHOWN characters too).
+MAX_FIELD_SHOWN = 120
+MAX_KEY_SHOWN = 40
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -27,6 +37,70 @@ def _depth(value: Any, level: int = 0) -> int:
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level + 1)
     return level
+
+
+def unstorable_strings(request: Message) -> list[tuple[str, str]]:
+    """A field violation for each string of `request` that no store could hold (MAX_STRING_VIOLATIONS per field).
+
+    Every string counts: fields, map keys and values, and the keys and strings of a Struct (a run's context),
+    so a field added later is checked too. The guard calls this for every request of our service.
+    """
+    problems: list[tuple[str, str]] = []
+    per_field: dict[str, int] = {}
+    for field, text in _strings(request, ""):
+        problem = why_unstorable(text)
+        if problem is None:
+            continue
+        top = field.partition("[")[0].partition(".")[0]
+        per_field[top] = per_field.get(top, 0) + 1
+        if per_field[top] <= MAX_STRING_VIOLATIONS:
+            shown = field if len(field) <= MAX_FIELD_SHOWN else field[: MAX_FIELD_SHOWN - 1] + "…"
+            problems.append((shown, problem))
+    return problems
+
+
+def _key(key: object) -> str:
+    # repr escapes a NUL or a control character, so the field path itself stays printable.
+    return repr(str(key)[:MAX_KEY_SHOWN])[1:-1]
+
+
+def _strings(message: Message, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, text) for every string in a message; a Struct's keys as `context[files][a.py]`."""
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Struct":
+        for key, value in message.fields.items():  # type: ignore[attr-defined]
+            inner = f"{path}[{_key(key)}]"
+            yield inner, key
+            yield from _strings(value, inner)
+    elif kind == "google.protobuf.ListValue":
+        for index, value in enumerate(message.values):  # type: ignore[attr-defined]
+            yield from _strings(value, f"{path}[{index}]")
+    elif kind == "google.protobuf.Value":
+        held = message.WhichOneof("kind")
+        if held == "string_value":
+            yield path, message.string_value  # type: ignore[attr-defined]
+        elif held in ("struct_value", "list_value"):
+            yield from _strings(getattr(message, held), path)
+    else:
+        for field, value in message.ListFields():
+            name = f"{path}.{field.name}" if path else field.name
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                key_field, value_field = field.message_type.fields
+                for key, item in value.items():
+                    entry = f"{name}[{_key(key)}]"
+                    yield from _values(key_field, [key], entry)
+                    yield from _values(value_field, [item], entry)
+            else:
+                yield from _values(field, value if field.is_repeated else [value], name)
+
+
+def _values(field: FieldDescriptor, values: Any, path: str) -> Iterator[tuple[str, str]]:
+    for index, value in enumerate(values):
+        where = f"{path}[{index}]" if field.is_repeated else path
+        if field.type == FieldDescriptor.TYPE_STRING:
+            yield where, value
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            yield from _strings(value, where)
 
 
 def run_spec(request: pb.CollaborateRequest, settings: Settings, config: PipelineConfig) -> RunSpec:
@@ -91,6 +165,29 @@ def default_models(settings: Settings, config: PipelineConfig) -> dict[AgentRole
         configured = config.agent(role).model
         models[role] = parse_chain(configured, field=f"agents.{role.label}.model") if configured else default
     return models
+
+
+def check_default_models(providers: ProviderRegistry, settings: Settings, config: PipelineConfig) -> None:
+    """ConfigError when an agent's default models all fail admission: every run naming no model would fail.
+
+    Said at start, naming what to install or set, rather than as FAILED_PRECONDITION to every caller (a server
+    installed without the `local` extra and started with no key used to start, and then refuse every run).
+    """
+    problems: dict[str, None] = {}  # one line per distinct problem, in the agents' order
+    for role, chain in default_models(settings, config).items():
+        why: list[str] = []
+        for model in chain:
+            try:
+                providers.check(model)
+            except FailedPrecondition as exc:
+                why.append(exc.public_message)
+            else:
+                break
+        else:
+            whose = "the default model" if chain == settings.default_models() else f"the {role.label}'s model"
+            problems[f"{whose} {chain_text(chain)} cannot run here: {'; '.join(why)}"] = None
+    if problems:
+        raise ConfigError("every run would fail: " + " | ".join(problems))
 
 
 def _context(request: pb.CollaborateRequest, problems: list[tuple[str, str]]) -> dict[str, Any]:

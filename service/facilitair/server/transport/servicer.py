@@ -7,7 +7,8 @@ every message sent) and maps any error through the one status table (transport/s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -15,6 +16,7 @@ import structlog
 
 from facilitair.server import metrics
 from facilitair.server.events.relay import coalesce_tokens
+from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import Settings
@@ -61,10 +63,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         *,
         coalesce: bool,
         on_client_gone: Callable[[], None] | None = None,
-    ) -> AsyncIterator[R]:
+    ) -> AsyncGenerator[R, None]:
         sent = metrics.MESSAGES_SENT.labels(rpc)
         metrics.WATCHERS_ACTIVE.inc()
         complete = False
+        event: pb.RunEvent | None = None  # the last one yielded
         try:
             async for batch in await open_events():
                 events = coalesce_tokens(batch) if coalesce else batch
@@ -72,9 +75,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     yield message(event)
                 sent.inc(len(events))
             complete = True
-        except asyncio.CancelledError:
-            # The client went away (cancelled, deadline, connection lost), or the server is stopping.
-            if on_client_gone is not None and not self._runs.stopping:
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away (cancelled, deadline, connection lost), or the server is stopping. grpc tells
+            # it in two ways: a CancelledError at an await of ours, or, when the client left while grpc was
+            # writing the message yielded last (grpc awaits that write outside this generator), a GeneratorExit
+            # at that yield once grpc closes the generator. Both end here, so the policy applies either way.
+            if on_client_gone is not None and not self._runs.stopping and not _is_terminal(event):
                 on_client_gone()
             raise
         except Exception as exc:
@@ -91,31 +97,45 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         """Start (or re-attach to) a run and stream its events."""
         structlog.contextvars.bind_contextvars(rpc="Collaborate")
         principal = current_principal()
-        started: list[str] = []  # the run id, once there is one
+        creation: list[asyncio.Future[str]] = []  # the run's creation, once it has begun
         cancel_on_disconnect = request.on_disconnect == pb.ON_DISCONNECT_CANCEL
 
         async def open_events() -> EventBatches:
             spec = requests.run_spec(request, self._settings, self._config)
-            run_id = await self._runs.create_run(spec, principal)
-            started.append(run_id)
+            # A task of its own that this call only waits for: a client that leaves while its run is being
+            # created does not stop the creation (the run service completes it regardless), and the CANCEL
+            # policy then applies to the run it created, once it has one.
+            creating = asyncio.ensure_future(self._runs.create_run(spec, principal))
+            creation.append(creating)
+            run_id = await asyncio.shield(creating)
             structlog.contextvars.bind_contextvars(run_id=run_id)
             return await self._runs.watch(run_id, 0, principal)
 
         def client_gone() -> None:
-            if cancel_on_disconnect and started:
-                self._cancel_detached(started[0], principal)
+            if cancel_on_disconnect and creation:
+                creation[0].add_done_callback(lambda created: self._cancel_created(created, principal))
 
-        async for response in self._stream(
+        # aclosing: when grpc closes this generator (its client left while a message was written), the helper's
+        # generator is closed at once too, not whenever it is garbage collected, so the policy applies now.
+        stream = self._stream(
             context,
             "Collaborate",
             open_events,
             lambda e: pb.CollaborateResponse(event=e),
             coalesce=request.coalesce_tokens,
             on_client_gone=client_gone,
-        ):
-            yield response
+        )
+        async with contextlib.aclosing(stream):
+            async for response in stream:
+                yield response
 
-    def _cancel_detached(self, run_id: str, principal: str) -> None:
+    def _cancel_created(self, creation: asyncio.Future[str], principal: str) -> None:
+        """Cancel the run a creation made, in the background; a creation that failed made none."""
+        if creation.cancelled() or creation.exception() is not None or self._runs.stopping:
+            return  # no run, or the server is stopping: its runs are handed over, not cancelled
+        run_id = creation.result()
+        log.info("run_cancel_on_disconnect", run_id=run_id)
+
         async def cancel() -> None:
             try:
                 await self._runs.cancel_run(run_id, principal, reason="the client disconnected (on_disconnect=CANCEL)")
@@ -134,10 +154,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             run_id = requests.run_id_of(request.run_id)
             return await self._runs.watch(run_id, request.after_seq, current_principal())
 
-        async for response in self._stream(
+        stream = self._stream(
             context, "WatchRun", open_events, lambda e: pb.WatchRunResponse(event=e), coalesce=request.coalesce_tokens
-        ):
-            yield response
+        )
+        async with contextlib.aclosing(stream):  # closed with this generator, as in Collaborate
+            async for response in stream:
+                yield response
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         """Describe a run."""
@@ -174,3 +196,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         """What this server offers: version, providers, models, limits, store, replica."""
         structlog.contextvars.bind_contextvars(rpc="GetServerInfo")
         return self._info
+
+
+def _is_terminal(event: pb.RunEvent | None) -> bool:
+    """Whether a run's stream ended with this event: a client leaving after it leaves nothing to cancel."""
+    return event is not None and event.WhichOneof("payload") in TERMINAL_PAYLOADS

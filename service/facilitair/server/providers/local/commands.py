@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from facilitair.server.providers.local import models as store
-from facilitair.server.settings import Settings
+from facilitair.server.settings import Settings, pip_install
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -36,7 +36,7 @@ def add_models(subparsers: Any) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("xllamacpp") is None:
-        print("facilitair: local models need the local extra: pip install 'facilitair[server,local]'", file=sys.stderr)
+        print(f"facilitair: local models need the local extra: {pip_install('server,local')}", file=sys.stderr)
         return EXIT_USAGE
     try:
         given = {"local_models_dir": args.models_dir} if args.models_dir else {}

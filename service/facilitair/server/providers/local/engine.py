@@ -31,6 +31,9 @@ _CONNECT_TIMEOUT = 5.0
 _CONTROL_TIMEOUT = 30.0  # template, tokenize, slots, metrics: quick calls, but they queue behind nothing
 _STDERR_LINES = 40
 MAX_LINE = 1 << 20
+# The engine process's arguments to Python: llama.cpp's server (child.py). The tests put a fake engine (the same
+# handshake and HTTP routes, scripted answers) in its place to send what a real model cannot be made to.
+CHILD: tuple[str, ...] = ("-m", "facilitair.server.providers.local.child")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class LocalEngine:
         # handlers armed (they log a warning line), Popen uses vfork and execs at once.
         process = self._process = await asyncio.to_thread(
             subprocess.Popen,
-            [sys.executable, "-m", "facilitair.server.providers.local.child"],
+            [sys.executable, *CHILD],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C at the terminal is the server's to handle, not the engine's
         )  # fmt: skip
