@@ -28,7 +28,9 @@ pytestmark = pytest.mark.skipif(
 
 def mark_installed() -> None:
     """Tell the script that .venv holds what it needs (the dev extra includes the server): no pip install here."""
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    # The script's stamp: what it installed from, pyproject.toml and the lock.
+    installed_from = (REPO / "pyproject.toml").read_bytes() + (REPO / "requirements" / "constraints.txt").read_bytes()
+    digest = hashlib.sha256(installed_from).hexdigest()
     (REPO / ".venv" / ".facilitair-demo-0").write_text(digest + "\n")
 
 
