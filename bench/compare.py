@@ -84,35 +84,19 @@ def _shape(r: dict[str, Any]) -> str:
     return f"{r['runs']}x{r['rate']:g}"
 
 
-def _load(r: dict[str, Any]) -> dict[str, float | None]:
-    s, b = r.get("server", {}), r.get("baseline", {})
-    offered = r["runs"] * r["rate"]
+def _relay(server: dict[str, Any], bare: dict[str, Any], offered: float) -> dict[str, float | None]:
+    """The figures of one relay configuration under load, with their ratios to the bare stream's."""
     return {
-        "p50_ms": s.get("p50_ms"),
-        "p99_ms": s.get("p99_ms"),
-        "p50_ratio": _div(s.get("p50_ms"), b.get("p50_ms")),
-        "p99_ratio": _div(s.get("p99_ms"), b.get("p99_ms")),
-        "delivered_tokens_per_s": s.get("delivered_tokens_per_s"),
-        "delivered_fraction": _div(s.get("delivered_tokens_per_s"), offered),
-        "tokens_missing": s.get("tokens_missing"),
-        "cpu_us_per_token": s.get("cpu_us_per_token"),
-        "cpu_ratio": _div(s.get("cpu_us_per_token"), b.get("cpu_us_per_token")),
-        "rss_per_run_kib": s.get("rss_per_run_kib"),
-    }
-
-
-def _replica_config(c: dict[str, Any], bare: dict[str, Any], offered: float) -> dict[str, float | None]:
-    return {
-        "p50_ms": c.get("p50_ms"),
-        "p99_ms": c.get("p99_ms"),
-        "p50_ratio": _div(c.get("p50_ms"), bare.get("p50_ms")),
-        "p99_ratio": _div(c.get("p99_ms"), bare.get("p99_ms")),
-        "delivered_tokens_per_s": c.get("delivered_tokens_per_s"),
-        "delivered_fraction": _div(c.get("delivered_tokens_per_s"), offered),
-        "tokens_missing": c.get("tokens_missing"),
-        "cpu_us_per_token": c.get("cpu_us_per_token"),
-        "cpu_ratio": _div(c.get("cpu_us_per_token"), bare.get("cpu_us_per_token")),
-        "rss_per_run_kib": c.get("rss_per_run_kib"),
+        "p50_ms": server.get("p50_ms"),
+        "p99_ms": server.get("p99_ms"),
+        "p50_ratio": _div(server.get("p50_ms"), bare.get("p50_ms")),
+        "p99_ratio": _div(server.get("p99_ms"), bare.get("p99_ms")),
+        "delivered_tokens_per_s": server.get("delivered_tokens_per_s"),
+        "delivered_fraction": _div(server.get("delivered_tokens_per_s"), offered),
+        "tokens_missing": server.get("tokens_missing"),
+        "cpu_us_per_token": server.get("cpu_us_per_token"),
+        "cpu_ratio": _div(server.get("cpu_us_per_token"), bare.get("cpu_us_per_token")),
+        "rss_per_run_kib": server.get("rss_per_run_kib"),
     }
 
 
@@ -127,7 +111,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         out[f"{name}: tokens_per_s_ratio"] = t.get("ratio_server")
         out[f"{name}: coalesced_ratio"] = t.get("ratio_coalesced")
     for r in results.get("load", []):
-        out |= {f"load {_shape(r)}: {k}": v for k, v in _load(r).items()}
+        relay = _relay(r.get("server", {}), r.get("baseline", {}), r["runs"] * r["rate"])
+        out |= {f"load {_shape(r)}: {k}": v for k, v in relay.items()}
     if "watchers" in results:
         w = results["watchers"]
         out[f"idle watchers, {w['watchers']}: kib_per_watcher"] = w.get("kib_per_watcher")
@@ -153,7 +138,7 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         bare, offered = configs.get("baseline", {}), r["runs"] * r["rate"]
         for key, c in configs.items():
             if key != "baseline":
-                out |= {f"replicas {_shape(r)} {key}: {k}": v for k, v in _replica_config(c, bare, offered).items()}
+                out |= {f"replicas {_shape(r)} {key}: {k}": v for k, v in _relay(c, bare, offered).items()}
     if "cross_watch" in results:
         c = results["cross_watch"]
         out[f"cross-watch {_shape(c)}: remote_minus_owner_p50_ms"] = c.get("remote_minus_owner_p50_ms")
