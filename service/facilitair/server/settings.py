@@ -180,7 +180,10 @@ class Settings(BaseSettings):
         default=5, ge=1, le=10, description="attempts per model and stage for retryable provider failures"
     )
     retry_wait_max: float = _in_file(
-        default=60.0, ge=0, description="most seconds one stage may spend waiting to retry"
+        default=60.0,
+        ge=0,
+        description="most seconds a stage waits in all between attempts of one model (each model of a fallback "
+        "list has its own)",
     )
     retry_backoff: float = _in_file(
         default=2.0, gt=0, le=30, description="base of the jittered exponential backoff between attempts, seconds"
