@@ -687,10 +687,13 @@ async def test_a_field_at_its_limit_is_accepted(make_server: ServerFactory, opti
 
 
 async def test_a_request_over_one_mebibyte_is_refused_by_grpc(make_server: ServerFactory) -> None:
+    # Sent raw: the client library refuses a task this size before sending (tests/test_request_size.py).
     async with FakeOpenAI(scripted()) as fake:
         h = await make_server(openai=fake, model=MINI)
-        err = await refusal(h.client.collaborate("x" * (1024 * 1024 + 1)))
-        assert err.code == StatusCode.RESOURCE_EXHAUSTED
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            raw = await failure(stub.Collaborate(pb.CollaborateRequest(task="x" * (1024 * 1024 + 1))))
+        assert raw.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert (await h.client.list_runs())[0] == []
     assert fake.requests == []
 
