@@ -28,10 +28,9 @@ from facilitair.server.errors import DataCorrupt, FacilitairError
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
-from facilitair.server.events.wire import TERMINAL_PAYLOADS
+from facilitair.server.events.wire import TERMINAL_PAYLOADS, RunEvent, stored_event
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
 from facilitair.server.tasks import cancel_and_wait
-from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
 
@@ -313,7 +312,7 @@ class EventLog:
         events = []
         for seq, blob in enumerate(await self.store.read_events(run_id, first_seq - 1, READ_PAGE), start=first_seq):
             try:
-                events.append(RunEvent.FromString(blob))
+                events.append(stored_event(blob))
             except DecodeError:
                 return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
         return events, None

@@ -17,9 +17,9 @@ import structlog
 
 from facilitair.server.errors import FacilitairError, NotFound, Reason, Unavailable
 from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.wire import RunEvent
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import cancel_and_wait
-from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
 

@@ -18,6 +18,7 @@ import structlog
 from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
+from facilitair.server.events.wire import RunEvent, RunSummary
 from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
@@ -33,7 +34,6 @@ from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
-from facilitair.v1 import orchestrator_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -169,19 +169,19 @@ class RunService:
 
     # -- asking about runs ----------------------------------------------------------------------
 
-    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[pb.RunEvent]]:
+    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[RunEvent]]:
         """Check the request, then return the run's events after `after_seq` until its end."""
         row = await self._queries.check_watch(run_id, after_seq, principal)
         return self.events.watch(row.run_id, after_seq)
 
-    async def get_run(self, run_id: str, principal: str) -> pb.RunSummary:
+    async def get_run(self, run_id: str, principal: str) -> RunSummary:
         """The run's summary with its live progress and (once finished) its result."""
         row = await self._queries.owned(run_id, principal)
         return await self._queries.summary(row, with_result=True)
 
     async def list_runs(
         self, principal: str, state: int, page_size: int, page_token: str
-    ) -> tuple[list[pb.RunSummary], str]:
+    ) -> tuple[list[RunSummary], str]:
         """One page of the principal's runs, newest first, and the next page's token."""
         return await self._queries.list_runs(principal, state, page_size, page_token)
 
@@ -189,7 +189,7 @@ class RunService:
 
     async def cancel_run(
         self, run_id: str, principal: str, reason: str = "cancelled by a client request"
-    ) -> pb.RunSummary:
+    ) -> RunSummary:
         """Cancel a run wherever it is driven and wait (bounded) for its end; a finished run is returned as it is."""
         row = await self._queries.owned(run_id, principal)
         run_id = row.run_id  # the full id, whatever the caller named the run by (a prefix, "last")

@@ -17,7 +17,7 @@ import uuid
 import structlog
 from google.protobuf.message import DecodeError
 
-from facilitair.server.domain import Plan, chain_text
+from facilitair.server.domain import Plan, RunState, chain_text
 from facilitair.server.errors import DataCorrupt, FacilitairError, FailedPrecondition, Reason, ResourceLimited
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -133,8 +133,7 @@ class RunStarter:
         now = time.time()
         summary = wire.new_summary(run_id, spec.task, int(now * 1e9))
         row = RunRow(
-            run_id, principal, spec.client_request_id, summary.state, now, now, None,
-            summary.SerializeToString(), spec.to_json(),
+            run_id, principal, spec.client_request_id, int(RunState.QUEUED), now, now, None, summary, spec.to_json()
         )  # fmt: skip
         try:
             inserted = await self._store.insert_run(
@@ -196,7 +195,7 @@ class RunStarter:
         except DecodeError:
             # Even the summary is unreadable: start a new one so that the run can at least be failed.
             summary = wire.new_summary(row.run_id, "", int(row.created_at * 1e9))
-            rec = self.recorder(dataclasses.replace(row, summary=summary.SerializeToString()), last_seq)
+            rec = self.recorder(dataclasses.replace(row, summary=summary), last_seq)
             self._fail_unresumable(rec, DataCorrupt("its stored summary cannot be read"))
             return await self._events.flush()
         if row.cancel_reason is not None:

@@ -15,6 +15,7 @@ import grpc
 import structlog
 
 from facilitair.server import metrics
+from facilitair.server.events import wire
 from facilitair.server.events.relay import coalesce_tokens
 from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.pipeline_file import PipelineConfig
@@ -121,7 +122,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             context,
             "Collaborate",
             open_events,
-            lambda e: pb.CollaborateResponse(event=e),
+            wire.collaborate_response,
             coalesce=request.coalesce_tokens,
             on_client_gone=client_gone,
         )
@@ -155,7 +156,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             return await self._runs.watch(run_id, request.after_seq, current_principal())
 
         stream = self._stream(
-            context, "WatchRun", open_events, lambda e: pb.WatchRunResponse(event=e), coalesce=request.coalesce_tokens
+            context, "WatchRun", open_events, wire.watch_response, coalesce=request.coalesce_tokens
         )
         async with contextlib.aclosing(stream):  # closed with this generator, as in Collaborate
             async for response in stream:
@@ -167,7 +168,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
         async def call() -> pb.GetRunResponse:
             run = await self._runs.get_run(requests.run_id_of(request.run_id), current_principal())
-            return pb.GetRunResponse(run=run)
+            return wire.get_run_response(run)
 
         return await self._unary(context, call)
 
@@ -178,7 +179,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async def call() -> pb.ListRunsResponse:
             state = requests.run_state_of(request.state)
             runs, token = await self._runs.list_runs(current_principal(), state, request.page_size, request.page_token)
-            return pb.ListRunsResponse(runs=runs, next_page_token=token)
+            return wire.list_runs_response(runs, token)
 
         return await self._unary(context, call)
 
@@ -188,7 +189,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
         async def call() -> pb.CancelRunResponse:
             run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
-            return pb.CancelRunResponse(run=run)
+            return wire.cancel_run_response(run)
 
         return await self._unary(context, call)
 
