@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from facilitair.server.domain import Plan
 from facilitair.server.errors import FailedPrecondition, Reason, ResourceLimited
+from facilitair.server.pipeline.plan import PlannedRun
 from facilitair.server.settings import Settings
 
 # How long a client is told to wait when a concurrency limit is full: a run takes minutes, so soon
@@ -75,9 +75,10 @@ class Admission:
         self._buckets[principal] = (tokens - 1.0, now)
 
 
-def check_budget(plan: Plan, planned_tokens: int, budget_usd: float | None, budget_tokens: int | None) -> None:
+def check_budget(planned: PlannedRun) -> None:
     """Refuse a run whose plan is estimated over its budget, saying by how much."""
-    cost = plan.estimated_cost_usd
+    cost, planned_tokens = planned.plan.estimated_cost_usd, planned.tokens
+    budget_usd, budget_tokens = planned.spec.budget_usd, planned.spec.budget_tokens
     if budget_usd is not None and cost is not None and cost > budget_usd:
         raise FailedPrecondition(
             f"the plan's estimated cost ${cost:.4f} is over the budget ${budget_usd:.4f} "

@@ -60,8 +60,8 @@ class RunService:
         self._store = store
         self.events = EventLog(store)
         prices = PriceTable(config.price_overrides())
-        history = StageHistory()  # the plan learns from stages driven here and from the store (RunStarter)
-        estimator = PlanEstimator(prices, config, history)
+        history = StageHistory()  # the plan learns from stages driven here and from the store
+        self._estimator = estimator = PlanEstimator(prices, config, history, store)
         self._admission = Admission(settings)
         self._supervisor = Supervisor(
             settings,
@@ -157,7 +157,11 @@ class RunService:
     # -- starting runs --------------------------------------------------------------------------
 
     async def create_run(self, spec: RunSpec, principal: str) -> str:
-        """Start a run (or find the one this idempotency key started) and return its id."""
+        """Start a run (or find the one this idempotency key started) and return its id.
+
+        Two steps (docs/architecture.md): the pipeline makes the request's plan, once (PlannedRun: the spec and
+        the plan); the starter admits and starts the run from that, asking the pipeline nothing more.
+        """
         if self._stopping:
             raise Unavailable("the server is shutting down; retry against another instance or later")
         health = self.events.health
@@ -165,7 +169,8 @@ class RunService:
             raise Unavailable(
                 f"the server cannot store runs now ({health.cause}); retry later", reason=Reason.STORE_UNAVAILABLE
             )
-        return await self._starter.create(spec, principal)
+        planned = await self._estimator.plan_run(spec)
+        return await self._starter.create(planned, principal)
 
     # -- asking about runs ----------------------------------------------------------------------
 
