@@ -123,17 +123,10 @@ class RunRecorder:
         self.watchdog.waiting_stage = 0
         self.usage.add(stage_usage)
         self.summary.counted(self.usage)
-        self._emit(
-            wire.stage_completed(
-                stage,
-                role=role,
-                model=model,
-                stage_usage=stage_usage,
-                finish_reason=finish_reason,
-                truncated=truncated,
-                seconds=seconds,
-            )
+        completed = wire.stage_completed(
+            stage, role, model, stage_usage, finish=finish_reason, truncated=truncated, seconds=seconds
         )
+        self._emit(completed)
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
         self._save()
 

@@ -171,23 +171,11 @@ def review_verdict(stage: int, round_: int, value: Verdict) -> pb.RunEvent:
 
 
 def stage_completed(
-    stage: int,
-    *,
-    role: AgentRole,
-    model: ModelRef,
-    stage_usage: UsageTotals,
-    finish_reason: str,
-    truncated: bool,
-    seconds: float,
+    stage: int, role: AgentRole, model: ModelRef, spent: UsageTotals, *, finish: str, truncated: bool, seconds: float
 ) -> pb.RunEvent:
-    """A stage ended, with its usage."""
+    """A stage ended after `seconds`, with its usage and how it finished."""
     done = pb.StageCompleted(
-        stage=stage,
-        agent=agent(role),
-        model=str(model),
-        usage=usage(stage_usage),
-        finish_reason=finish_reason,
-        truncated=truncated,
+        stage=stage, agent=agent(role), model=str(model), usage=usage(spent), finish_reason=finish, truncated=truncated
     )
     done.duration.FromNanoseconds(int(seconds * 1e9))
     return pb.RunEvent(stage_completed=done)
