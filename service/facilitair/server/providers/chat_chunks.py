@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from facilitair.server.providers.base import UsageReport, broken
-from facilitair.server.providers.transport import split_lines
+from facilitair.server.providers.transport import MAX_LINE
 
 # What a stream's reader hands on: text deltas, in order, and (where asked for) the usage reported.
 Item = str | UsageReport
@@ -44,10 +44,11 @@ class ChatChunks:
         A chunk of the wrong shape raises the broken stream, after the text before it: the text of the read it
         came in is returned first, and `end` raises it (a cut-off attempt's text counts in its usage estimate).
         """
-        split = split_lines(self._pending, received)
-        if split is None:
+        # transport.split_lines' two lines, without its call (this is once per read of every stream).
+        *lines, rest = (self._pending + received).split(b"\n")
+        if len(rest) > MAX_LINE:
             raise broken(self._provider, self._model)
-        lines, self._pending = split
+        self._pending = rest
         out: list[Item] = []
         for line in lines:
             if not line.startswith(b"data:"):
