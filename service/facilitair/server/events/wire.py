@@ -7,7 +7,8 @@ providers/ and store/ never import the stubs (an import-linter contract in pypro
 RunEvents and transport/ reads requests (transport/requests.py). The names re-exported below are for type
 annotations there.
 
-The token event is the hot path: `token_delta` is one constructor call, nothing more.
+The token event is the hot path: `token_delta` makes it with one constructor call, nothing more (the recorder
+saves a call of its own in exchange, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 _RunEvent = pb.RunEvent
 _TokenDelta = pb.TokenDelta
+_STORE_KINDS = {"sqlite": pb.STORE_KIND_SQLITE, "postgresql": pb.STORE_KIND_POSTGRESQL}
 
 # -- domain values ------------------------------------------------------------------------------------
 
@@ -335,9 +337,6 @@ def list_runs_response(runs: list[pb.RunSummary], next_page_token: str) -> pb.Li
 def cancel_run_response(run: pb.RunSummary) -> pb.CancelRunResponse:
     """CancelRun's answer."""
     return pb.CancelRunResponse(run=run)
-
-
-_STORE_KINDS = {"sqlite": pb.STORE_KIND_SQLITE, "postgresql": pb.STORE_KIND_POSTGRESQL}
 
 
 def server_info(
