@@ -8,7 +8,7 @@ RunEvents and transport/ reads requests (transport/requests.py). The names re-ex
 annotations there.
 
 The token event is the hot path: `token_delta` makes it with one constructor call, nothing more (the recorder
-saves a call of its own in exchange, docs/architecture.md).
+saves a call of its own in exchange: RunRecorder.token).
 """
 
 from __future__ import annotations
