@@ -350,18 +350,15 @@ def server_info(
     replica_id: str,
 ) -> pb.GetServerInfoResponse:
     """GetServerInfo's answer: the version, providers, models, the settings' limits, the store and the replica."""
+    s = settings
+    # Each default next to its limit.
     limits = pb.ServerLimits(
-        max_runs=settings.max_runs,
-        max_runs_per_principal=settings.max_runs_per_principal,
-        runs_per_minute=settings.runs_per_minute,
-        max_cost_usd_default=settings.budget_usd,
-        max_cost_usd_limit=settings.budget_usd_max,
-        max_tokens_default=settings.budget_tokens,
-        max_tokens_limit=settings.budget_tokens_max,
-        max_refinements_default=settings.max_refinements,
-        max_refinements_limit=max_refinements_limit,
-    )
-    limits.run_timeout.FromNanoseconds(round(settings.run_timeout * 1e9))
+        max_runs=s.max_runs, max_runs_per_principal=s.max_runs_per_principal, runs_per_minute=s.runs_per_minute,
+        max_cost_usd_default=s.budget_usd, max_cost_usd_limit=s.budget_usd_max,
+        max_tokens_default=s.budget_tokens, max_tokens_limit=s.budget_tokens_max,
+        max_refinements_default=s.max_refinements, max_refinements_limit=max_refinements_limit,
+    )  # fmt: skip
+    limits.run_timeout.FromNanoseconds(round(s.run_timeout * 1e9))
     return pb.GetServerInfoResponse(
         version=version,
         providers=sorted(providers),
