@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -33,6 +32,7 @@ from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.v1 import orchestrator_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -101,7 +101,7 @@ class RunService:
         self.events.on_refused = self._supervisor.lose
         self._queries = RunQueries(store, self.events)
         self._retention = Retention(settings, store)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSupervisor("runs")  # cancels that notifications and lease renewals asked for
         self._stopping = False
 
     # -- life of the service --------------------------------------------------------------------
@@ -121,6 +121,8 @@ class RunService:
         seen by a client, and the runs resume from what was.
         """
         self._stopping = True
+        await self._starter.creations.close()
+        await self._background.close()
         await self._retention.stop()
         await self._leases.stop()
         await self._supervisor.interrupt_all(wait=STOP_WAIT)
@@ -222,7 +224,7 @@ class RunService:
         """A cancel was requested on some replica (the store's listener): cancel the run if it is driven here."""
         if self._supervisor.is_live(run_id):
             log.info("cancel_noticed", run_id=run_id, via="notification")
-            self._in_background(self._cancel_with_stored_reason(run_id))
+            self._background.spawn(self._cancel_with_stored_reason(run_id), name=f"cancel-{run_id}")
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
         row = await self._store.get_run(run_id)
@@ -232,15 +234,4 @@ class RunService:
     def _cancel_here(self, run_id: str, reason: str) -> None:
         """A cancel request the lease renewal found for a run driven here (its notification was missed, or is late)."""
         log.info("cancel_noticed", run_id=run_id, via="lease_renewal")
-        self._in_background(self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT))
-
-    def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("background_cancel_failed")
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT), name=f"cancel-{run_id}")

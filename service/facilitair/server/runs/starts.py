@@ -31,6 +31,7 @@ from facilitair.server.runs.idempotency import check_same_request
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow, StoreUnavailable
+from facilitair.server.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +64,8 @@ class RunStarter:
         # Idempotency keys of runs being created right now: a second call with the same key waits for the
         # first one's run instead of starting another (the store answers once the run is committed).
         self._creating: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self._background: set[asyncio.Future[str]] = set()
+        # Creations a caller waits for (its errors are the caller's): a caller that leaves does not end them.
+        self.creations = TaskSupervisor("run-creations")
         self._history_due = 0.0  # time.monotonic() when the plan's history is next read from the store
 
     # -- new runs -------------------------------------------------------------------------------------------
@@ -88,9 +90,9 @@ class RunStarter:
         # Storing the run, starting to drive it and its first commit belong to the run, not to this caller: a
         # caller that leaves meanwhile (deadline, disconnect) must neither orphan the run nor hide it from a
         # retry with the same key, which waits for this creation instead of starting another run.
-        creation = asyncio.ensure_future(self._create(run_id, spec, plan, principal))
-        self._background.add(creation)
-        creation.add_done_callback(self._background.discard)
+        creation = self.creations.spawn(
+            self._create(run_id, spec, plan, principal), name=f"create-{run_id}", awaited=True
+        )
         if spec.client_request_id:
             self._creating[key] = creation
             creation.add_done_callback(lambda done: self._forget(key, done))

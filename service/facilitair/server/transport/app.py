@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -29,6 +29,7 @@ from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.store.sqlite_lock import SqliteFileLock
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
@@ -82,16 +83,14 @@ class RunningServer:
     metrics: MetricsServer | None = None
     lock: SqliteFileLock | None = None
     loop_lag: LoopLagMonitor | None = None
+    tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("server"))
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
-        pending: set[asyncio.Task[None]] = set()
 
         def changed(healthy: bool) -> None:
             status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
-            task = asyncio.get_running_loop().create_task(self._set_health(status))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            self.tasks.spawn(self._set_health(status), name="set-health")
 
         self.runs.events.health.subscribe(changed)
         if not self.runs.events.health.healthy:
@@ -109,6 +108,7 @@ class RunningServer:
         try:
             await self.server.stop(grace)
         finally:
+            await self.tasks.close()  # what calls handed off (a cancel on disconnect): the runs are handed over
             if self.loop_lag is not None:
                 await self.loop_lag.stop()
             try:
@@ -161,9 +161,10 @@ async def create_server(
         info = server_info(
             settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
         )
-        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
+        tasks = TaskSupervisor("server")
+        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info, tasks))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
-    running = RunningServer(server, port, runs, health, providers, metrics_server, lock)
+    running = RunningServer(server, port, runs, health, providers, metrics_server, lock, tasks=tasks)
     running.follow_store_health()
     running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
     running.loop_lag.start()

@@ -20,6 +20,7 @@ from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import Settings
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.transport import requests
 from facilitair.server.transport.guard import current_principal
 from facilitair.server.transport.status import abort
@@ -38,13 +39,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     """Thin adapter from gRPC to the RunService."""
 
     def __init__(
-        self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
+        self,
+        runs: RunService,
+        settings: Settings,
+        config: PipelineConfig,
+        info: pb.GetServerInfoResponse,
+        tasks: TaskSupervisor,
     ) -> None:
         self._runs = runs
         self._settings = settings
         self._config = config
         self._info = info  # built once at start: nothing in it changes while the server runs
-        self._background: set[asyncio.Task[None]] = set()
+        self._tasks = tasks  # the server's: work a call hands off outlives the call, not the server
 
     # -- the two shapes of RPC ------------------------------------------------------------------
 
@@ -142,9 +148,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             except Exception:
                 log.exception("cancel_on_disconnect_failed", run_id=run_id)
 
-        task = asyncio.get_running_loop().create_task(cancel())
-        self._background.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._background.discard)
+        self._tasks.spawn(cancel(), name=f"cancel-on-disconnect-{run_id}")
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.WatchRunResponse]:
         """Replay and follow a run."""
