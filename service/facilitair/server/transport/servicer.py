@@ -1,7 +1,8 @@
 """The OrchestratorService servicer: convert the request, call the run service, convert back.
 
-Two helpers carry every RPC: `_unary` and `_stream`. Each covers the whole call (setup and, for streams,
-every message sent) and maps any error through the one status table (transport/status.py).
+Errors are not mapped here: whatever a handler raises, during setup or mid-stream, reaches the guard
+(transport/guard.py), which sends it through the one status table (transport/status.py) for every method of
+every service. `_stream` carries both streaming RPCs: metrics, and the policy for a client that leaves.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ from facilitair.server.settings import Settings
 from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.transport import requests
 from facilitair.server.transport.guard import current_principal
-from facilitair.server.transport.status import abort
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
-T = TypeVar("T")
 R = TypeVar("R")
 EventBatches = AsyncIterator[list[pb.RunEvent]]
 
@@ -52,17 +51,10 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self._info = info  # built once at start: nothing in it changes while the server runs
         self._tasks = tasks  # the server's: work a call hands off outlives the call, not the server
 
-    # -- the two shapes of RPC ------------------------------------------------------------------
-
-    async def _unary(self, context: Context, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except Exception as exc:
-            await abort(context, exc)
+    # -- streams --------------------------------------------------------------------------------
 
     async def _stream(
         self,
-        context: Context,
         rpc: str,
         open_events: Callable[[], Awaitable[EventBatches]],
         message: Callable[[pb.RunEvent], R],
@@ -89,8 +81,6 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             if on_client_gone is not None and not self._runs.stopping and not _is_terminal(event):
                 on_client_gone()
             raise
-        except Exception as exc:
-            await abort(context, exc)
         finally:
             metrics.WATCHERS_ACTIVE.dec()
             log.info("stream_closed", complete=complete)
@@ -124,7 +114,6 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         # aclosing: when grpc closes this generator (its client left while a message was written), the helper's
         # generator is closed at once too, not whenever it is garbage collected, so the policy applies now.
         stream = self._stream(
-            context,
             "Collaborate",
             open_events,
             lambda e: pb.CollaborateResponse(event=e),
@@ -159,7 +148,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             return await self._runs.watch(run_id, request.after_seq, current_principal())
 
         stream = self._stream(
-            context, "WatchRun", open_events, lambda e: pb.WatchRunResponse(event=e), coalesce=request.coalesce_tokens
+            "WatchRun", open_events, lambda e: pb.WatchRunResponse(event=e), coalesce=request.coalesce_tokens
         )
         async with contextlib.aclosing(stream):  # closed with this generator, as in Collaborate
             async for response in stream:
@@ -168,33 +157,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         """Describe a run."""
         structlog.contextvars.bind_contextvars(rpc="GetRun", run_id=request.run_id[:64])
-
-        async def call() -> pb.GetRunResponse:
-            run = await self._runs.get_run(requests.run_id_of(request.run_id), current_principal())
-            return pb.GetRunResponse(run=run)
-
-        return await self._unary(context, call)
+        run = await self._runs.get_run(requests.run_id_of(request.run_id), current_principal())
+        return pb.GetRunResponse(run=run)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         """A page of the caller's runs."""
         structlog.contextvars.bind_contextvars(rpc="ListRuns")
-
-        async def call() -> pb.ListRunsResponse:
-            state = requests.run_state_of(request.state)
-            runs, token = await self._runs.list_runs(current_principal(), state, request.page_size, request.page_token)
-            return pb.ListRunsResponse(runs=runs, next_page_token=token)
-
-        return await self._unary(context, call)
+        state = requests.run_state_of(request.state)
+        runs, token = await self._runs.list_runs(current_principal(), state, request.page_size, request.page_token)
+        return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
         """Cancel a run (idempotent)."""
         structlog.contextvars.bind_contextvars(rpc="CancelRun", run_id=request.run_id[:64])
-
-        async def call() -> pb.CancelRunResponse:
-            run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
-            return pb.CancelRunResponse(run=run)
-
-        return await self._unary(context, call)
+        run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
+        return pb.CancelRunResponse(run=run)
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: Context) -> pb.GetServerInfoResponse:
         """What this server offers: version, providers, models, limits, store, replica."""
