@@ -315,16 +315,27 @@ async def until_signalled() -> None:
             return
 
 
+async def usable_providers(settings: Settings, config: PipelineConfig) -> ProviderRegistry:
+    """The providers `settings` configure; ConfigError, with nothing left open, when every run would fail.
+
+    Said at start, naming what to install or set (requests.check_default_models), by `serve` and by the parent
+    of `serve --workers` before any worker: a worker that refused to start would be restarted forever.
+    """
+    settings = settings.with_file(config)
+    providers = ProviderRegistry.from_settings(settings, config)
+    try:
+        check_default_models(providers, settings, config)
+    except BaseException:
+        await providers.aclose()
+        raise
+    return providers
+
+
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format, replica=settings.replica_id)
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
-    providers = ProviderRegistry.from_settings(settings.with_file(config), config)
-    try:
-        check_default_models(providers, settings.with_file(config), config)
-    except ConfigError:
-        await providers.aclose()
-        raise
+    providers = await usable_providers(settings, config)
     running = await create_server(settings, providers=providers, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]
