@@ -156,8 +156,10 @@ async def create_server(
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
         runs = RunService(settings, store, providers, config, status_number)
-        await runs.start()
+        # Before the start: one that fails midway (the store opened, its writer started, then listening
+        # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
+        await runs.start()
         info = server_info(
             settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
         )
