@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
-from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.tasks import TaskSupervisor, cancel_and_wait, start_task
 
 
 @pytest.fixture
@@ -107,3 +107,37 @@ async def test_an_awaited_task_leaves_its_errors_to_the_caller() -> None:
         await tasks.spawn(refuse(), awaited=True)
     assert [e for e in logs if e["event"] == "background_task_failed"] == []
     assert len(tasks) == 0
+
+
+async def test_a_long_lived_task_that_crashes_is_logged_when_it_happens(unhandled: list[dict[str, Any]]) -> None:
+    async def loop() -> None:
+        raise KeyError("lost")
+
+    with structlog.testing.capture_logs() as logs:
+        task = start_task(loop(), name="writer")
+        await asyncio.wait([task])  # not stopped yet: the error is logged now, not at its owner's stop
+        failures = [e for e in logs if e["event"] == "background_task_failed"]
+        assert [(e["owner"], e["task"]) for e in failures] == [("writer", "writer")]
+        await cancel_and_wait(task)  # the owner's stop, later: nothing more is said
+        del task
+        gc.collect()
+    assert len([e for e in logs if e["event"] == "background_task_failed"]) == 1
+    assert unhandled == []
+
+
+async def test_cancel_and_wait_waits_for_the_cleanup_of_a_long_lived_task() -> None:
+    began, cleaned = asyncio.Event(), []
+
+    async def loop() -> None:
+        began.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)
+            cleaned.append(True)
+
+    task = start_task(loop(), name="loop")
+    await began.wait()
+    await cancel_and_wait(task)
+    assert task.cancelled()
+    assert cleaned == [True]

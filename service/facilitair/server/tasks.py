@@ -1,8 +1,10 @@
 """Background tasks the server's parts start and stop (loops, timers, watchdogs, work handed off by a call).
 
-A part that starts one long-lived task of its own keeps it in an attribute and ends it with `cancel_and_wait`.
-Work started now and then in the background (a cancel a notification asked for, a health update, a feed being
-stopped, a run being created) belongs to a `TaskSupervisor`: one owner per part, with one behaviour everywhere.
+One behaviour everywhere: a task is referenced until it ends, an unexpected error is logged once when it
+happens (`background_task_failed`), and stopping cancels the task and waits until it has ended. A part with one
+long-lived task of its own starts it with `start_task`, keeps it in an attribute and ends it with
+`cancel_and_wait`. Work started now and then (a cancel a notification asked for, a health update, a feed being
+stopped, a run being created) belongs to a `TaskSupervisor`, one per owning part.
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ import structlog
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+
+def start_task(work: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    """Start a long-lived task (its owner keeps it and ends it with cancel_and_wait); an error is logged once."""
+    task = asyncio.get_running_loop().create_task(work, name=name)
+    task.add_done_callback(_report)
+    return task
+
+
+def _report(task: asyncio.Task[Any], owner: str | None = None) -> None:
+    """Log a task's unexpected error, once: retrieved here, asyncio does not report it again at collection."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background_task_failed", owner=owner or task.get_name(), task=task.get_name(), exc_info=exc)
 
 
 async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None) -> None:
@@ -56,8 +71,7 @@ class TaskSupervisor:
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:  # retrieved: asyncio says nothing more
-            log.error("background_task_failed", owner=self._owner, task=task.get_name(), exc_info=exc)
+        _report(task, self._owner)
 
     async def close(self) -> None:
         """Cancel the tasks still running and wait until every one has ended (their errors are logged as ever)."""

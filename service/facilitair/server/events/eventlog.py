@@ -31,7 +31,7 @@ from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
 from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.retrying import RetryPolicy
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ class EventLog:
             await self.store.probe()
         except StoreUnavailable as exc:
             self.health.failed(str(exc))  # the writer probes on until the store takes writes again
-        self._writer = asyncio.create_task(self._write_loop(), name="eventlog-writer")
+        self._writer = start_task(self._write_loop(), name="eventlog-writer")
 
     async def stop(self, *, wait: float) -> int:
         """Write what is pending (for at most `wait` seconds), stop the writer; return the events not written.

@@ -18,7 +18,7 @@ import structlog
 from facilitair.server.errors import FacilitairError, NotFound, Reason, Unavailable
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.store.base import EventStore, StoreUnavailable
-from facilitair.server.tasks import TaskSupervisor, cancel_and_wait
+from facilitair.server.tasks import TaskSupervisor, cancel_and_wait, start_task
 from facilitair.v1.orchestrator_pb2 import RunEvent
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,7 @@ class RemoteFeed:
         self._read = read
         self._is_terminal = is_terminal
         self._poked = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(), name=f"remote-{run_id}")
+        self._task = start_task(self._follow(), name=f"remote-{run_id}")
 
     def poke(self) -> None:
         """Something may have been committed: look now."""

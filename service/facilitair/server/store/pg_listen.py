@@ -31,6 +31,7 @@ from facilitair.server.store.base import (
     OnReleased,
     StoreUnavailable,
 )
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
@@ -85,16 +86,13 @@ class Listener:
     async def start(self) -> None:
         """Listen now (errors go to the caller), then keep listening in the background until stop()."""
         await self._open()
-        self._task = asyncio.create_task(self._keep(), name="pg-listener")
+        self._task = start_task(self._keep(), name="pg-listener")
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # Only a cancel ends it (_keep retries every error), so a stop cannot fail with a stale outage's error.
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Only a cancel ends it (_keep retries every error), so a stop cannot fail with a stale outage's error.
+        await cancel_and_wait(task)
         await self._close()
 
     async def _open(self) -> None:
