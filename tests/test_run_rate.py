@@ -6,28 +6,15 @@ here two replicas share one PostgreSQL database (a SQLite file belongs to one pr
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterable
 from typing import Any
 
-from facilitair.client import FacilitairError, RunEvent, StatusCode
+from facilitair.client import StatusCode
 from tests.fakes.providers import FakeOpenAI
-from tests.harness.events import RUN_TIMEOUT, RunStream, collect, kind
+from tests.harness.events import RunStream, collect, kind, refusal
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 
 TASK = "Write a function that reverses a string"
-
-
-async def refusal(events: AsyncIterable[RunEvent]) -> FacilitairError:
-    """The error a client stream fails with; fails the test if it yields any event."""
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT):
-            async for event in events:
-                raise AssertionError(f"the call was not refused: got {kind(event)}")
-    except FacilitairError as err:
-        return err
-    raise AssertionError("the stream ended without an error")
 
 
 async def test_the_rate_holds_across_replicas_and_counts_only_the_runs_created(
