@@ -200,7 +200,7 @@ class EventLog:
 
     async def _write(self, batch: Batch) -> set[str]:
         """Write a batch, trying again with backoff while the store cannot: events must not be dropped."""
-        retry = STORE_RETRY.start()
+        retry = None  # made at the first failure: a batch written at once (nearly all) costs nothing more
         while True:
             try:
                 refused = await self.store.write_batch(batch)
@@ -213,6 +213,7 @@ class EventLog:
             else:
                 self.health.succeeded()
                 return refused
+            retry = retry or STORE_RETRY.start()
             retry.failed()
             await asyncio.sleep(retry.delay)
 
