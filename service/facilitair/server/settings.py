@@ -219,7 +219,9 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(default=None, description="require client certificates from this CA (mTLS)")
     max_runs: int = _in_file(default=64, ge=1, description="most runs in flight on this server")
     max_runs_per_principal: int = _in_file(default=8, ge=1, description="most runs in flight per caller")
-    runs_per_minute: float = _in_file(default=30.0, gt=0, description="most new runs per caller per minute")
+    runs_per_minute: float = _in_file(
+        default=30.0, gt=0, description="most new runs per caller in any 60 s, counted by the store (replicas share it)"
+    )
 
     # `local:` models (the `local` extra). Threads: llama.cpp's threads spin while they wait for each other, and
     # on a core shared with this server or anything else they slowed down 20-fold here, hence half the CPUs.

@@ -29,14 +29,15 @@ from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
 from facilitair.server.events.wire import TERMINAL_PAYLOADS, RunEvent, stored_event
+from facilitair.server.retrying import RetryPolicy
 from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
 READ_PAGE = 1000
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 2.0
+# Writes and probes while the store cannot write: soon after a blip, then every 2 s for as long as it takes.
+STORE_RETRY = RetryPolicy(base=0.05, cap=2.0)
 
 
 class EventLog:
@@ -70,7 +71,7 @@ class EventLog:
             await self.store.probe()
         except StoreUnavailable as exc:
             self.health.failed(str(exc))  # the writer probes on until the store takes writes again
-        self._writer = asyncio.create_task(self._write_loop(), name="eventlog-writer")
+        self._writer = start_task(self._write_loop(), name="eventlog-writer")
 
     async def stop(self, *, wait: float) -> int:
         """Write what is pending (for at most `wait` seconds), stop the writer; return the events not written.
@@ -203,7 +204,7 @@ class EventLog:
 
     async def _write(self, batch: Batch) -> set[str]:
         """Write a batch, trying again with backoff while the store cannot: events must not be dropped."""
-        delay = BACKOFF_FIRST
+        retry = None  # made at the first failure: a batch written at once (nearly all) costs nothing more
         while True:
             try:
                 refused = await self.store.write_batch(batch)
@@ -216,12 +217,13 @@ class EventLog:
             else:
                 self.health.succeeded()
                 return refused
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+            retry = retry or STORE_RETRY.start()
+            retry.failed()
+            await asyncio.sleep(retry.delay)
 
     async def _probe_until_healthy(self) -> None:
         """While the store cannot write and nothing is pending, try a small write now and then."""
-        delay = BACKOFF_FIRST
+        retry = STORE_RETRY.start()
         wake = self._wake
         while not self.health.healthy and not self._pending():
             try:
@@ -233,11 +235,11 @@ class EventLog:
             else:
                 self.health.succeeded()
                 return
+            retry.failed()
             if wake is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(retry.delay):
                         await asyncio.shield(wake)
-            delay = min(delay * 2, BACKOFF_MAX)
 
     def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]]) -> None:
         by_channel: dict[RunChannel, list[RunEvent]] = {}

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -36,6 +35,7 @@ from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
+from facilitair.server.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ class RunService:
         )
         self._queries = RunQueries(store, self.events)
         self._retention = Retention(settings, store)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSupervisor("runs")  # cancels that notifications and lease renewals asked for
         self._stopping = False
 
     # -- life of the service --------------------------------------------------------------------
@@ -119,6 +119,8 @@ class RunService:
         seen by a client, and the runs resume from what was.
         """
         self._stopping = True
+        await self._starter.creations.close()
+        await self._background.close()
         await self._retention.stop()
         await self._leases.stop()
         await self.lifecycle.interrupt_all(wait=STOP_WAIT)
@@ -225,20 +227,9 @@ class RunService:
         """A cancel was requested on some replica (the store's listener): cancel the run if it is driven here."""
         if self.lifecycle.is_live(run_id):
             log.info("cancel_noticed", run_id=run_id, via="notification")
-            self._in_background(self._cancel_with_stored_reason(run_id))
+            self._background.spawn(self._cancel_with_stored_reason(run_id), name=f"cancel-{run_id}")
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
         row = await self._store.get_run(run_id)
         reason = row.cancel_reason if row is not None and row.cancel_reason else "cancelled by a client request"
         self.lifecycle.cancel(run_id, reason)
-
-    def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("background_cancel_failed")
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

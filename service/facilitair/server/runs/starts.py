@@ -32,6 +32,7 @@ from facilitair.server.runs.idempotency import IdempotencyKeys, check_same_reque
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow
+from facilitair.server.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +59,8 @@ class RunStarter:
         self._admission = admission
         self._supervisor = supervisor
         self._keys = IdempotencyKeys(store)
-        self._background: set[asyncio.Future[str]] = set()
+        # Creations a caller waits for (its errors are the caller's): a caller that leaves does not end them.
+        self.creations = TaskSupervisor("run-creations")
 
     # -- new runs -------------------------------------------------------------------------------------------
 
@@ -83,9 +85,9 @@ class RunStarter:
         # Storing the run, starting to drive it and its first commit belong to the run, not to this caller: a
         # caller that leaves meanwhile (deadline, disconnect) must neither orphan the run nor hide it from a
         # retry with the same key, which waits for this creation instead of starting another run.
-        creation = asyncio.ensure_future(self._create(run_id, spec, planned.plan, principal))
-        self._background.add(creation)
-        creation.add_done_callback(self._background.discard)
+        creation = self.creations.spawn(
+            self._create(run_id, spec, planned.plan, principal), name=f"create-{run_id}", awaited=True
+        )
         if spec.client_request_id:
             self._keys.creating(key, creation)
         return await asyncio.shield(creation)

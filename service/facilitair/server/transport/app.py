@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -29,6 +29,7 @@ from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.store.sqlite_lock import SqliteFileLock
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
@@ -82,16 +83,14 @@ class RunningServer:
     metrics: MetricsServer | None = None
     lock: SqliteFileLock | None = None
     loop_lag: LoopLagMonitor | None = None
+    tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("server"))
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
-        pending: set[asyncio.Task[None]] = set()
 
         def changed(healthy: bool) -> None:
             status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
-            task = asyncio.get_running_loop().create_task(self._set_health(status))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            self.tasks.spawn(self._set_health(status), name="set-health")
 
         self.runs.events.health.subscribe(changed)
         if not self.runs.events.health.healthy:
@@ -109,6 +108,7 @@ class RunningServer:
         try:
             await self.server.stop(grace)
         finally:
+            await self.tasks.close()  # what calls handed off (a cancel on disconnect): the runs are handed over
             if self.loop_lag is not None:
                 await self.loop_lag.stop()
             try:
@@ -156,14 +156,17 @@ async def create_server(
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
         runs = RunService(settings, store, providers, config, status_number)
-        await runs.start()
+        # Before the start: one that fails midway (the store opened, its writer started, then listening
+        # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
+        await runs.start()
         info = server_info(
             settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
         )
-        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
+        tasks = TaskSupervisor("server")
+        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info, tasks))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
-    running = RunningServer(server, port, runs, health, providers, metrics_server, lock)
+    running = RunningServer(server, port, runs, health, providers, metrics_server, lock, tasks=tasks)
     running.follow_store_health()
     running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
     running.loop_lag.start()
@@ -314,16 +317,27 @@ async def until_signalled() -> None:
             return
 
 
+async def usable_providers(settings: Settings, config: PipelineConfig) -> ProviderRegistry:
+    """The providers `settings` configure; ConfigError, with nothing left open, when every run would fail.
+
+    Said at start, naming what to install or set (requests.check_default_models), by `serve` and by the parent
+    of `serve --workers` before any worker: a worker that refused to start would be restarted forever.
+    """
+    settings = settings.with_file(config)
+    providers = ProviderRegistry.from_settings(settings, config)
+    try:
+        check_default_models(providers, settings, config)
+    except BaseException:
+        await providers.aclose()
+        raise
+    return providers
+
+
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format, replica=settings.replica_id)
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
-    providers = ProviderRegistry.from_settings(settings.with_file(config), config)
-    try:
-        check_default_models(providers, settings.with_file(config), config)
-    except ConfigError:
-        await providers.aclose()
-        raise
+    providers = await usable_providers(settings, config)
     running = await create_server(settings, providers=providers, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]

@@ -1,9 +1,10 @@
 """The one table from domain errors to gRPC statuses, and the rich status every error is sent with.
 
-Every error a caller sees, during setup or in the middle of a stream, from the servicer or the guard, is
-built here: the status code of its reason, its caller-safe message, a google.rpc.ErrorInfo with the stable
-reason (domain "facilitair.v1"), and a BadRequest or RetryInfo detail where one applies. Anything that is not
-a FacilitairError is INTERNAL with a generic message; its traceback goes to the log, never to the caller.
+Every error a caller sees, during setup or in the middle of a stream, is built here and sent by the guard
+(guard.py), the one place errors become statuses (the servicer maps none): the status code of its reason,
+its caller-safe message, a google.rpc.ErrorInfo with the stable reason (domain "facilitair.v1"), and a
+BadRequest or RetryInfo detail where one applies. Anything that is not a FacilitairError is INTERNAL with a
+generic message; its traceback goes to the log, never to the caller.
 """
 
 from __future__ import annotations
