@@ -82,9 +82,12 @@ async def test_login_sets_an_httponly_strict_cookie_and_state_changes_need_the_c
             assert response.status == 200
             login = await response.json()
             set_cookie = response.headers["Set-Cookie"]
-        assert login["principal"] == "alice" and login["csrfHeader"] == CSRF_HEADER
+        assert login["principal"] == "alice"
+        assert login["csrfHeader"] == CSRF_HEADER
         morsel = SimpleCookie(set_cookie)[SESSION_COOKIE]
-        assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/"
+        assert morsel["httponly"]
+        assert morsel["samesite"] == "Strict"
+        assert morsel["path"] == "/"
         assert morsel["max-age"] == str(SESSION_SECONDS)
         assert not morsel["secure"]  # no TLS here: a Secure cookie would never be sent back
         assert ALICE not in set_cookie
@@ -102,9 +105,8 @@ async def test_login_sets_an_httponly_strict_cookie_and_state_changes_need_the_c
         cookie = morsel.value
     # Another replica with the same keys accepts the cookie (a server of its own on another file here).
     other = await make_server(openai=fake, api_keys=KEYS, db=tmp_path / "other.db")
-    async with browser(other, {SESSION_COOKIE: cookie}) as http:
-        async with http.get("/v1/session") as response:
-            assert (await response.json())["principal"] == "alice"
+    async with browser(other, {SESSION_COOKIE: cookie}) as http, http.get("/v1/session") as response:
+        assert (await response.json())["principal"] == "alice"
     tampered = cookie[:-2] + ("AA" if not cookie.endswith("AA") else "BB")
     async with browser(server, {SESSION_COOKIE: tampered}) as http:
         async with http.get("/v1/runs") as response:
@@ -123,4 +125,5 @@ async def test_query_strings_and_keys_never_reach_the_log(server: Harness) -> No
                 assert response.status == 200
     text = repr(logs.entries)
     assert logs.of("http_request")
-    assert secret not in text and ALICE not in text
+    assert secret not in text
+    assert ALICE not in text

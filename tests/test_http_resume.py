@@ -18,7 +18,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, kind
 from tests.harness.http import Message, events_of, messages
-from tests.harness.processes import ServerProcess, clean_environment, free_port, server_processes
+from tests.harness.processes import clean_environment, free_port, server_processes
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.stores import Target
 from tests.harness.team import TASK
@@ -55,6 +55,12 @@ async def read_until_coder(response: aiohttp.ClientResponse) -> list[Message]:
     raise AssertionError("the stream ended before the coder streamed")
 
 
+async def collect_into(got: list[Message], response: aiohttp.ClientResponse) -> None:
+    """Append the stream's messages to `got` until it ends (or breaks)."""
+    async for message in messages(response):
+        got.append(message)
+
+
 @pytest.mark.both_stores
 async def test_a_stream_resumed_after_the_server_was_killed_gets_every_seq_once(store_target: Target) -> None:
     coder, _never = held(default_replies()["coder"], after=2)
@@ -70,9 +76,8 @@ async def test_a_stream_resumed_after_the_server_was_killed_gets_every_seq_once(
             async with http.get(f"/v1/runs/{run_id}/events") as response:
                 before = await read_until_coder(response)
                 await proc.kill()  # mid-stage, the coder's reply held
-                with pytest.raises(aiohttp.ClientError):
-                    async for message in messages(response):
-                        before.append(message)
+                with pytest.raises(aiohttp.ClientError):  # the connection breaks: whatever came before is kept
+                    await collect_into(before, response)
             await proc.start()
             last_id = [m.id for m in before if m.id is not None][-1]
             async with http.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": last_id}) as response:
@@ -82,7 +87,8 @@ async def test_a_stream_resumed_after_the_server_was_killed_gets_every_seq_once(
     received = [m.run_event() for m in before + after if m.data]
     assert [e.seq for e in received] == list(range(1, len(received) + 1))  # every seq once, in order
     assert received == whole
-    assert [kind(e) for e in received].count("run_completed") == 1 and kind(received[-1]) == "run_completed"
+    assert [kind(e) for e in received].count("run_completed") == 1
+    assert kind(received[-1]) == "run_completed"
     assert after[0].retry is not None
 
 
