@@ -55,10 +55,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-NO_MTLS = (
-    "--http-listen: the HTTP gateway authenticates callers by API key only, and only client certificates are "
-    "configured (--tls-client-ca): configure API keys too, or give --http-listen off"
-)
 NOT_LOCAL = "refused: the Host header does not name this machine (a server with no keys answers only local names)"
 
 
@@ -81,7 +77,7 @@ class BoundGateway:
         self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
     ) -> Gateway:
         """Serve the gateway on the bound socket."""
-        sessions = Sessions(self.keys, secure=self.context is not None)
+        sessions = Sessions(self.keys, secure=self.context is not None, mtls=settings.tls_client_ca is not None)
         gateway = Gateway(Api(runs, settings, config, info, sessions), sessions, settings)
         await gateway.start(self.sock, self.context)
         return gateway
@@ -91,8 +87,6 @@ def bind_gateway(settings: Settings, keys: Mapping[str, str]) -> BoundGateway | 
     """Bind the gateway's port (None with --http-listen off); ConfigError when it cannot serve as configured."""
     if not settings.http_enabled:
         return None
-    if settings.tls_client_ca is not None and not keys:
-        raise ConfigError(NO_MTLS)
     context = tls_context(settings)
     sock = bind(settings)
     return BoundGateway(sock, context, url_of(settings, sock, tls=context is not None), keys)
