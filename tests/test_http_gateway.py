@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 
 from facilitair.server.gateway import sse
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.harness.events import covered, kind, read_until
 from tests.harness.http import events_of, messages
+from tests.harness.logs import captured_logs
 from tests.harness.servers import Env, serving
 from tests.harness.stores import Target
 from tests.harness.team import EVENTS_PER_RUN, at_hold, collaborate_request, expected_texts, stage_texts
@@ -107,6 +109,24 @@ async def test_a_live_run_streams_as_it_happens_and_the_stream_ends_after_its_en
         rest = [m.run_event() async for m in stream]
     assert kind(rest[-1]) == "run_completed"
     assert [e.seq for e in live + rest] == list(range(1, EVENTS_PER_RUN + 1))
+    call.cancel()
+
+
+async def test_a_client_that_goes_away_releases_its_watcher_at_once(env: Env, http: aiohttp.ClientSession) -> None:
+    release = env.team.hold_next("Coder")
+    call = env.stub.Collaborate(collaborate_request())
+    before = await read_until(call, at_hold)
+    watchers = REGISTRY.get_sample_value("facilitair_watchers_active")
+    with captured_logs() as logs:
+        response = await http.get(f"/v1/runs/{before[0].run_id}/events")
+        stream = messages(response)
+        assert (await anext(stream)).retry == sse.RETRY_MS
+        assert (await anext(stream)).id == "1"  # attached: it waits for the held run's next event
+        assert REGISTRY.get_sample_value("facilitair_watchers_active") == watchers + 1
+        response.close()  # the connection goes; nothing more is written to it
+        await logs.until("stream_closed", complete=False)  # released without waiting for a write
+    assert REGISTRY.get_sample_value("facilitair_watchers_active") == watchers
+    release.set()
     call.cancel()
 
 
