@@ -117,6 +117,7 @@ async def test_a_client_that_goes_away_releases_its_watcher_at_once(env: Env, ht
     call = env.stub.Collaborate(collaborate_request())
     before = await read_until(call, at_hold)
     watchers = REGISTRY.get_sample_value("facilitair_watchers_active")
+    assert watchers is not None
     with captured_logs() as logs:
         response = await http.get(f"/v1/runs/{before[0].run_id}/events")
         stream = messages(response)
