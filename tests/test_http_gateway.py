@@ -271,9 +271,13 @@ async def test_info_names_the_gateway_and_pages_carry_the_security_headers(
 @pytest.mark.sqlite_only  # no store involved
 async def test_a_local_server_refuses_other_sites(env: Env, http: aiohttp.ClientSession) -> None:
     task = {"task": "Write a function that reverses a string"}
-    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
-        async with http.post("/v1/runs", json=task, headers=headers) as response:
-            assert response.status == 403
-            assert (await response.json())["reason"] == "CSRF_REFUSED"
+    for path in ("/v1/runs", "/v1/login", "/v1/runs/last:cancel"):
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            async with http.post(path, json=task, headers=headers) as response:
+                assert response.status == 403
+                assert (await response.json())["reason"] == "CSRF_REFUSED"
+    same_site = {"Origin": f"http://127.0.0.1:{env.server.http_port}", "Sec-Fetch-Site": "same-origin"}
+    async with http.post("/v1/runs", json=task, headers=same_site) as response:
+        assert response.status == 201  # the page itself
     async with http.get("/v1/runs", headers={"Host": "evil.example:80"}) as response:
         assert response.status == 403  # DNS rebinding: a name that is not this machine's

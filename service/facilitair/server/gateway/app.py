@@ -26,7 +26,7 @@ from aiohttp import web
 
 from facilitair.server.errors import FacilitairError, NotFound, Reason
 from facilitair.server.gateway.api import CALLER, Api
-from facilitair.server.gateway.auth import Sessions
+from facilitair.server.gateway.auth import Sessions, refuse_cross_site
 from facilitair.server.gateway.bodies import MAX_BODY_BYTES, json_response
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
@@ -193,6 +193,7 @@ class Gateway:
         try:
             if self._local_only and not _local_name(request.url.host):
                 raise FacilitairError(NOT_LOCAL, reason=Reason.CSRF_REFUSED)
+            refuse_cross_site(request)
             if request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
                 caller = self._sessions.caller(request)
                 self._sessions.check_csrf(request, caller)

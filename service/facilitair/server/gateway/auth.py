@@ -90,11 +90,9 @@ class Sessions:
         return Caller(principal, by_cookie=True)
 
     def check_csrf(self, request: web.Request, caller: Caller) -> None:
-        """Refuse a state-changing request a browser may have been tricked into sending."""
+        """Refuse a state-changing request made with the session cookie but without its CSRF token."""
         if request.method in SAFE_METHODS:
             return
-        if _cross_site(request):
-            raise FacilitairError(CROSS_SITE, reason=Reason.CSRF_REFUSED)
         if caller.by_cookie:
             sent = request.headers.get(CSRF_HEADER, "").encode()
             expected = self.csrf_token(request.cookies.get(SESSION_COOKIE, "")).encode()
@@ -138,6 +136,12 @@ class Sessions:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def refuse_cross_site(request: web.Request) -> None:
+    """Refuse any state-changing request (a login too) that a browser says another site's page sent."""
+    if request.method not in SAFE_METHODS and _cross_site(request):
+        raise FacilitairError(CROSS_SITE, reason=Reason.CSRF_REFUSED)
 
 
 def _cross_site(request: web.Request) -> bool:
