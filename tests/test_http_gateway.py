@@ -7,6 +7,7 @@ messages and the same error table as gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zipfile
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from facilitair.server.gateway import sse
+from facilitair.server.gateway import bodies, sse
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.harness.events import covered, kind, read_until
 from tests.harness.http import events_of, messages
@@ -281,3 +282,16 @@ async def test_a_local_server_refuses_other_sites(env: Env, http: aiohttp.Client
         assert response.status == 201  # the page itself
     async with http.get("/v1/runs", headers={"Host": "evil.example:80"}) as response:
         assert response.status == 403  # DNS rebinding: a name that is not this machine's
+
+
+@pytest.mark.sqlite_only  # request parsing: no store is reached
+async def test_a_body_that_never_arrives_is_refused(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bodies, "BODY_SECONDS", 0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.server.http_port)
+    writer.write(b"POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"task\": ")
+    await writer.drain()
+    answer = await reader.read(4096)  # the rest of the body is never sent
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"field":"body"' in answer
+    assert b"did not arrive" in answer

@@ -8,6 +8,7 @@ BadRequest detail, as over gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -23,6 +24,8 @@ M = TypeVar("M", bound=Message)
 
 # The largest body accepted: gRPC's limit on a request message (transport/app.py, server_options).
 MAX_BODY_BYTES = 1024 * 1024
+# A body must arrive within this long: a client that sends a few bytes a minute holds no handler forever.
+BODY_SECONDS = 30.0
 # A parse error's text is cut to this (json_format lists every field a message has).
 MAX_WHY_CHARS = 200
 JSON_TYPE = "application/json"
@@ -33,9 +36,12 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidArgument("body", f"is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
     try:
-        raw = await request.read()  # the app's client_max_size bounds a body sent without a length
+        async with asyncio.timeout(BODY_SECONDS):
+            raw = await request.read()  # the app's client_max_size bounds a body sent without a length
     except web.HTTPRequestEntityTooLarge:
         raise InvalidArgument("body", f"is larger than the limit of {MAX_BODY_BYTES} bytes") from None
+    except TimeoutError:
+        raise InvalidArgument("body", f"did not arrive within {BODY_SECONDS:g} s") from None
     if not raw.strip():
         return {}
     try:
