@@ -295,3 +295,25 @@ async def test_a_body_that_never_arrives_is_refused(env: Env, monkeypatch: pytes
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b'"field":"body"' in answer
     assert b"did not arrive" in answer
+
+
+async def test_a_live_run_has_no_files_yet_and_a_cancelled_one_has_those_it_stored(
+    env: Env, http: aiohttp.ClientSession
+) -> None:
+    env.team.hold_next("Coder")
+    call = env.stub.Collaborate(collaborate_request())
+    before = await read_until(call, at_hold)
+    run_id = before[0].run_id
+    async with http.get(f"/v1/runs/{run_id}/files") as response:
+        assert response.status == 400
+        assert (await response.json())["reason"] == "FAILED_PRECONDITION"
+    async with http.post(f"/v1/runs/{run_id}:cancel") as response:
+        assert response.status == 200
+        assert (await response.json())["run"]["state"] == "RUN_STATE_CANCELLED"
+    async with http.get(f"/v1/runs/{run_id}/files") as response:
+        assert response.status == 200
+        archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+    stored = [e.artifact_produced.artifact for e in before if kind(e) == "artifact_produced"]
+    assert stored  # the architect's design, before the coder was held
+    assert {name: archive.read(name).decode() for name in archive.namelist()} == {a.path: a.content for a in stored}
+    call.cancel()

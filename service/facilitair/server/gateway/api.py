@@ -10,6 +10,7 @@ import zipfile
 
 from aiohttp import web
 
+from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import FailedPrecondition
 from facilitair.server.gateway import sse
 from facilitair.server.gateway.auth import CSRF_HEADER, SESSION_COOKIE, SESSION_SECONDS, Caller, Sessions
@@ -93,13 +94,25 @@ class Api:
         return await sse.stream_events(request, self._runs, self._principal(request))
 
     async def files(self, request: web.Request) -> web.Response:
-        """GET /v1/runs/{id}/files: a completed run's files as one zip."""
-        run = await self._runs.get_run(requests.run_id_of(request.match_info["run_id"]), self._principal(request))
-        if run.state != pb.RUN_STATE_COMPLETED:
-            raise FailedPrecondition(f"run {run.run_id} has not completed: only a completed run has files")
+        """GET /v1/runs/{id}/files: a finished run's files as one zip (as `facilitair files` writes them)."""
+        principal = self._principal(request)
+        run = await self._runs.get_run(requests.run_id_of(request.match_info["run_id"]), principal)
+        if run.state == pb.RUN_STATE_COMPLETED:
+            artifacts = list(run.result.artifacts)
+        elif run.state in FINISHED_STATES:
+            # Ended early: no result, but its artifact_produced events hold every file it stored (the latest
+            # version of each path, in the order the paths were first written).
+            latest: dict[str, pb.Artifact] = {}
+            async for batch in await self._runs.watch(run.run_id, 0, principal):
+                for event in batch:
+                    if event.WhichOneof("payload") == "artifact_produced":
+                        latest[event.artifact_produced.artifact.path] = event.artifact_produced.artifact
+            artifacts = list(latest.values())
+        else:
+            raise FailedPrecondition(f"run {run.run_id} has not finished: its files come when it ends")
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for artifact in run.result.artifacts:
+            for artifact in artifacts:
                 archive.writestr(artifact.path, artifact.content)
         name = f"facilitair-{run.run_id[:8]}.zip"
         return web.Response(
