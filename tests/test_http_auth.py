@@ -127,3 +127,17 @@ async def test_query_strings_and_keys_never_reach_the_log(server: Harness) -> No
     assert logs.of("http_request")
     assert secret not in text
     assert ALICE not in text
+
+
+async def test_a_rate_limited_call_is_429_with_its_retry_delay(make_server: ServerFactory, fake: FakeOpenAI) -> None:
+    h = await make_server(openai=fake, runs_per_minute=1, thinking_interval=60, heartbeat_interval=60)
+    async with aiohttp.ClientSession(base(h)) as http:
+        async with http.post("/v1/runs", json={"task": TASK}) as response:
+            assert response.status == 201
+        async with http.post("/v1/runs", json={"task": TASK}) as response:
+            assert response.status == 429
+            assert int(response.headers["Retry-After"]) >= 1
+            error = await response.json()
+    assert error["reason"] == "RATE_LIMITED"
+    [retry] = [d for d in error["details"] if d["@type"].endswith("RetryInfo")]
+    assert retry["retryDelay"].endswith("s")
