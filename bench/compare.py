@@ -128,6 +128,9 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
     if "sse_cpu" in results:
         c = results["sse_cpu"]
         out[f"SSE watcher of {c['events']} events: sse_cpu_ratio"] = c.get("ratio")
+    if "sse_live_cpu" in results:
+        c = results["sse_live_cpu"]
+        out[f"{c['watchers']} SSE watchers of a live {c['events']}-event run: sse_cpu_ratio"] = c.get("ratio")
     if "replay" in results:
         r = results["replay"]
         name = f"replay of {r['events']} events"
@@ -228,7 +231,7 @@ def comparison_table(rows: list[Compared], recorded_from: str) -> str:
 
 
 # What a recorded result keeps: its medians, not every pass and sample behind them.
-_NOT_RECORDED = frozenset({"passes", "samples", "samples_s", "samples_ms", "processes"})
+_NOT_RECORDED = frozenset({"passes", "samples", "samples_s", "samples_ms", "samples_us", "cpu_s", "processes"})
 
 
 def _medians(value: Any) -> Any:
