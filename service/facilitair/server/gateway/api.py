@@ -49,7 +49,8 @@ class Api:
             web.get("/v1/runs", self.list_runs),
             web.get("/v1/runs/{run_id:[^/:]+}", self.get_run),
             web.post("/v1/runs/{run_id:[^/:]+}:cancel", self.cancel_run),
-            web.get("/v1/runs/{run_id:[^/:]+}/events", self.events),
+            # No HEAD: a stream has no head to give without following the run to its end.
+            web.get("/v1/runs/{run_id:[^/:]+}/events", self.events, allow_head=False),
             web.get("/v1/runs/{run_id:[^/:]+}/files", self.files),
             web.get("/v1/info", self.info),
             web.post("/v1/login", self.login),
