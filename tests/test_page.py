@@ -124,11 +124,10 @@ async def test_tokens_appear_as_the_provider_streams_them_and_end_byte_for_byte(
             changes = await first.changes()
             for tab in (first, second, small):
                 await assert_shows_the_whole_run(tab, events)
-    # The Coder's text grew in several steps while the stage ran, each a prefix of what it ended as.
+    # The Coder's text grew in several steps while the stage ran (the last step may land with the stage's end).
     growing = [c["length"] for c in changes if c["stage"] == CODER and c["running"]]
     assert len(set(growing)) >= 4, growing
-    assert growing == sorted(growing)
-    assert growing[-1] == len("".join(CODER_CHUNKS))
+    assert growing == sorted(set(growing))
     assert shown[0] == shown[1] == shown[2]  # two live tabs and a replay show the run identically
     assert "Run completed" in shown[0]
     assert overflow <= 0
@@ -226,7 +225,7 @@ async def test_model_output_with_markup_is_shown_as_text_and_never_runs(store_ta
             dialogs: list[str] = []
             tab.page.on("dialog", lambda d: dialogs.append(d.message))
             await tab.until_ended()
-            await tab.page.locator(".file-list summary").first.click()  # open the file's view
+            await tab.page.locator("li[data-path='page.html'] summary").click()  # open the file's view
             await tab.page.goto(base + "/")
             listed = await tab.page.locator(f"li[data-run='{events[0].run_id}'] .task").text_content()
             await tab.page.go_back()
@@ -236,7 +235,7 @@ async def test_model_output_with_markup_is_shown_as_text_and_never_runs(store_ta
                 "document.querySelectorAll('main script, main img, main iframe, main a[href^=\"javascript\"]').length"
             )
             task = await tab.page.locator(".task").first.text_content()
-            file_text = await tab.page.locator("pre.file").first.text_content()
+            file_text = await tab.page.locator("li[data-path='page.html'] pre.file").text_content()
             verdict = await tab.page.locator("section.stage[data-stage='3'] .verdict").text_content()
             await assert_shows_the_whole_run(tab, events)
     assert (pwned, markup, dialogs) == (None, 0, [])

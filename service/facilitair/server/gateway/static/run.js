@@ -145,9 +145,14 @@ export class RunView {
 
   summary(run) {
     fill(this.task, run.task || "");
-    const replica = run.replicaId ? ` · driven by ${run.replicaId}` : "";
-    fill(this.meta, `Started ${when(run.createdAt)}${replica}`);
+    this.createdAt = run.createdAt;
+    this.showMeta(run.replicaId);
     this.setRunState(stateName(run.state));
+  }
+
+  /** When the run started and, while it runs, the replica driving it. */
+  showMeta(replica) {
+    fill(this.meta, `Started ${when(this.createdAt)}${replica ? ` · driven by ${replica}` : ""}`);
   }
 
   setRunState(state) {
@@ -388,6 +393,7 @@ export class RunView {
 
   end(state, line, usage) {
     this.setRunState(state);
+    this.showMeta(""); // an ended run has no replica driving it
     for (const stage of this.stages.values()) if (!stage.done) this.quiet(stage);
     this.result.hidden = false;
     fill(this.result, el("h2", {}, "Result"), el("p", { class: `outcome ${state}` }, line));
