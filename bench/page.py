@@ -35,8 +35,7 @@ CHROMIUM = "/usr/bin/chromium"
 CODER_STAGE = 2
 GOAL_P50_MS = 20.0
 # Each change of the Coder's text: when it landed, and the latency of every stamped token it added.
-RECORDER = (
-    """
+RECORDER = """
 (() => {
   const latencies = [];
   const seen = new Map();
@@ -45,7 +44,7 @@ RECORDER = (
     const at = performance.timeOrigin + performance.now();
     for (const r of records) {
       const pre = r.target.parentElement;
-      if (!pre || !pre.matches || !pre.matches("pre.text[data-stage-text='%d']")) continue;
+      if (!pre || !pre.matches || !pre.matches("pre.text[data-stage-text='STAGE']")) continue;
       const before = seen.get(r.target) || 0;
       const added = r.target.data.slice(before);
       seen.set(r.target, r.target.data.length);
@@ -56,9 +55,7 @@ RECORDER = (
     observer.observe(document.body, {characterData: true, subtree: true});
   });
 })();
-"""
-    % CODER_STAGE
-)
+""".replace("STAGE", str(CODER_STAGE))
 
 
 async def one_run(page: Any, base: str, stub: pb_grpc.OrchestratorServiceStub, directive: Directive) -> list[float]:

@@ -95,7 +95,8 @@ class RunPage:
         eval() inside the page, which the page's content-security-policy (no 'unsafe-eval') rightly refuses.
         """
         async with asyncio.timeout(PAGE_GUARD):
-            while not (value := await self.page.evaluate(expression, arg)):
+            # The page's state, read from outside: there is nothing to await, so it is asked again.
+            while not (value := await self.page.evaluate(expression, arg)):  # noqa: ASYNC110
                 await asyncio.sleep(POLL)
         return value
 
