@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facilitair.server.domain import chain_text
+from facilitair.server.gateway.app import BoundGateway, Gateway, bind_gateway
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.pipeline_file import PipelineConfig
@@ -82,6 +83,9 @@ class RunningServer:
     metrics: MetricsServer | None = None
     lock: SqliteFileLock | None = None
     loop_lag: LoopLagMonitor | None = None
+    http: Gateway | None = None  # the HTTP gateway (None with --http-listen off)
+    http_port: int = 0
+    http_url: str = ""
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -107,7 +111,10 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.runs.refuse_new_runs()
         try:
-            await self.server.stop(grace)
+            if self.http is not None:  # both servers end their streams after the same grace
+                await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+            else:
+                await self.server.stop(grace)
         finally:
             if self.loop_lag is not None:
                 await self.loop_lag.stop()
@@ -138,7 +145,8 @@ async def create_server(
     """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
-    keys = ApiKeys(settings.load_api_keys())
+    key_names = settings.load_api_keys()
+    keys = ApiKeys(key_names)
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
@@ -150,6 +158,9 @@ async def create_server(
             undo.callback(metrics_server.stop)
         server, port = _bound_server(settings, keys, credentials)
         undo.push_async_callback(_unbind, server)
+        http: BoundGateway | None = bind_gateway(settings, key_names)
+        if http is not None:
+            undo.callback(http.sock.close)
         lock = None
         if isinstance(store, SqliteStore):
             lock = SqliteFileLock(store.path)
@@ -161,9 +172,15 @@ async def create_server(
         info = server_info(
             settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
         )
+        info.http_url = http.url if http is not None else ""
+        gateway = await http.start(runs, settings, config, info) if http is not None else None
+        if gateway is not None:
+            undo.push_async_callback(gateway.stop, 0.0)
         health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
     running = RunningServer(server, port, runs, health, providers, metrics_server, lock)
+    if http is not None:
+        running.http, running.http_port, running.http_url = gateway, http.port, http.url
     running.follow_store_health()
     running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
     running.loop_lag.start()
@@ -351,6 +368,8 @@ async def serve(settings: Settings, config: PipelineConfig | None = None) -> Non
         db=str(settings.db) if running.runs.store.kind == "sqlite" else None,
         healthy=running.runs.events.health.healthy,
         providers=running.providers.names(),
+        http=running.http_url or None,
+        http_port=running.http_port or None,
         default_model=chain_text(defaults),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         **note,
