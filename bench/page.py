@@ -60,11 +60,11 @@ RECORDER = """
 
 async def one_run(page: Any, base: str, stub: pb_grpc.OrchestratorServiceStub, directive: Directive) -> list[float]:
     """Start a run, open its page, and return the latency (ms) of each of the Coder's tokens."""
-    call = stub.Collaborate(pb.CollaborateRequest(task=directive.task()))
-    first = await anext(aiter(call))
+    call: Any = stub.Collaborate(pb.CollaborateRequest(task=directive.task()))
+    first = await call.read()
     await page.goto(f"{base}/runs/{first.event.run_id}")
     async for _ in call:
-        pass  # the run's end, over gRPC
+        pass  # on to the run's end, over gRPC
     await page.wait_for_function("window.__facilitair && window.__facilitair.connection === 'ended'", timeout=60_000)
     latencies: list[float] = await page.evaluate("window.__latencies")
     return latencies
