@@ -61,9 +61,10 @@ RECORDER = """
 async def one_run(page: Any, base: str, stub: pb_grpc.OrchestratorServiceStub, directive: Directive) -> list[float]:
     """Start a run, open its page, and return the latency (ms) of each of the Coder's tokens."""
     call: Any = stub.Collaborate(pb.CollaborateRequest(task=directive.task()))
-    first = await call.read()
+    events = aiter(call)
+    first = await anext(events)
     await page.goto(f"{base}/runs/{first.event.run_id}")
-    async for _ in call:
+    async for _ in events:
         pass  # on to the run's end, over gRPC
     await page.wait_for_function("window.__facilitair && window.__facilitair.connection === 'ended'", timeout=60_000)
     latencies: list[float] = await page.evaluate("window.__latencies")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from facilitair.client import Client, RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI, Reply
@@ -94,6 +96,7 @@ async def assert_shows_the_whole_run(tab: RunPage, events: Sequence[RunEvent]) -
         assert (await tab.text(stage)).encode() == final_text(events, stage).encode()
 
 
+@pytest.mark.both_stores
 async def test_tokens_appear_as_the_provider_streams_them_and_end_byte_for_byte(store_target: Target) -> None:
     coder, release = coder_reply()
     async with FakeOpenAI(scripted(coder=coder)) as fake:
@@ -133,6 +136,7 @@ async def test_tokens_appear_as_the_provider_streams_them_and_end_byte_for_byte(
     assert overflow <= 0
 
 
+@pytest.mark.both_stores
 async def test_a_killed_and_restarted_server_is_caught_up_with_every_seq_once(store_target: Target) -> None:
     coder, _release = coder_reply()
     # The restarted server asks the Coder again (a new attempt); that reply streams to the end.
@@ -157,6 +161,7 @@ async def test_a_killed_and_restarted_server_is_caught_up_with_every_seq_once(st
     assert counters["reconnects"] >= 1
 
 
+@pytest.mark.both_stores
 async def test_a_browser_offline_for_a_while_is_caught_up_with_every_seq_once(store_target: Target) -> None:
     coder, release = coder_reply()
     async with FakeOpenAI(scripted(coder=coder)) as fake:
@@ -298,6 +303,7 @@ async def test_login_cookie_and_other_principals_runs(store_target: Target) -> N
     assert outcome.startswith("Run completed")
 
 
+@pytest.mark.both_stores
 async def test_cancel_from_the_page_ends_the_run(store_target: Target) -> None:
     coder, _release = coder_reply()  # never released: only the cancel ends the run
     async with FakeOpenAI(scripted(coder=coder)) as fake:
