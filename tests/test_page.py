@@ -16,7 +16,7 @@ import pytest
 
 from facilitair.client import Client, RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
-from tests.fakes.providers import FakeOpenAI, Reply
+from tests.fakes.providers import FakeOpenAI, Fault, Reply
 from tests.harness.browser import RunPage, chromium, new_context, open_run
 from tests.harness.events import RunStream, collect, kind
 from tests.harness.processes import clean_environment, free_port, server_processes
@@ -43,19 +43,18 @@ CODER_CHUNKS = [
 def server_env(store: Target, fake: FakeOpenAI, **settings: str) -> tuple[dict[str, str], str]:
     """A server's environment with both ports fixed (a restart keeps its address), and the page's base URL."""
     http = free_port()
-    env = clean_environment(
-        FACILITAIR_LISTEN=f"127.0.0.1:{free_port()}",
-        FACILITAIR_HTTP_LISTEN=f"127.0.0.1:{http}",
-        # No thinking or heartbeat events: a run's log is then fully scripted.
-        FACILITAIR_THINKING_INTERVAL="60",
-        FACILITAIR_HEARTBEAT_INTERVAL="60",
-        FACILITAIR_MODEL=MODEL,
-        OPENAI_API_KEY=fake.api_key,
-        OPENAI_BASE_URL=fake.base_url,
+    given = {
+        "FACILITAIR_LISTEN": f"127.0.0.1:{free_port()}",
+        "FACILITAIR_HTTP_LISTEN": f"127.0.0.1:{http}",
+        # No thinking or heartbeat events unless asked for: a run's log is then fully scripted.
+        "FACILITAIR_THINKING_INTERVAL": "60",
+        "FACILITAIR_HEARTBEAT_INTERVAL": "60",
+        "FACILITAIR_MODEL": MODEL,
+        "OPENAI_API_KEY": fake.api_key,
+        "OPENAI_BASE_URL": fake.base_url,
         **store.environment(),
-        **settings,
-    )
-    return env, f"http://127.0.0.1:{http}"
+    }
+    return clean_environment(**(given | settings)), f"http://127.0.0.1:{http}"
 
 
 def coder_reply(chunks: Sequence[str] = CODER_CHUNKS, hold_after: int = 2) -> tuple[Reply, Any]:
@@ -327,3 +326,65 @@ async def test_cancel_from_the_page_ends_the_run(store_target: Target) -> None:
     assert outcome is not None
     assert outcome.startswith("Run cancelled")
     assert applied == list(range(1, events[-1].seq + 1))
+
+
+async def test_waits_and_retries_say_so_while_nothing_streams(store_target: Target) -> None:
+    overloaded = Reply(chunks=["x"], fault=Fault.http_status(503, retry_after=2))
+    stalled = Reply(chunks=list(CODER_CHUNKS), fault=Fault.stall(after_chunks=2, seconds=2.5))
+    async with FakeOpenAI(scripted(coder=[overloaded, stalled])) as fake:
+        env, base = server_env(
+            store_target, fake, FACILITAIR_PROVIDER_ATTEMPTS="3", FACILITAIR_HEARTBEAT_INTERVAL="0.2"
+        )
+        async with server_processes(env) as (server,), chromium() as browser:
+            await server.start()
+            async with Client(server.target) as client:
+                live = await RunStream(client.collaborate(TASK)).until(lambda e: kind(e) == "stage_started")
+                tab = await open_run(await new_context(browser), base, live.run_id)
+                status = f"section.stage[data-stage='{CODER}'] .status"
+                retrying = await tab.until(
+                    "(s) => { const t = document.querySelector(s)?.textContent || ''; "
+                    "return t.startsWith('retrying in') && t; }",
+                    status,
+                )
+                waiting = await tab.until(
+                    "(s) => { const t = document.querySelector(s)?.textContent || ''; "
+                    "return t.startsWith('waiting for the model (') && t; }",
+                    status,
+                )
+                await tab.until_ended()
+                after = await tab.page.locator(status).text_content()
+                notes = await tab.page.locator(f"section.stage[data-stage='{CODER}'] .notes").inner_text()
+                text = await tab.text(CODER)
+    assert retrying in ("retrying in 2s", "retrying in 1s")
+    assert waiting in ("waiting for the model (0s)", "waiting for the model (1s)", "waiting for the model (2s)")
+    assert after == ""
+    assert "attempt 2 in 2.0s: openai overloaded" in notes
+    assert text == "".join(CODER_CHUNKS)
+
+
+async def test_the_runs_list_shows_states_as_they_change(store_target: Target) -> None:
+    coder, release = coder_reply()
+    async with FakeOpenAI(scripted(coder=coder)) as fake:
+        env, base = server_env(store_target, fake)
+        async with server_processes(env) as (server,), chromium() as browser:
+            await server.start()
+            page = await (await new_context(browser)).new_page()
+            await page.goto(base + "/")
+            home = RunPage(page)
+            empty = await home.until("() => document.querySelector('.runs')?.textContent")
+            async with Client(server.target) as client:
+                started = RunStream(client.collaborate(TASK))
+                live = await started.until(coder_streaming)
+                row = f"li[data-run='{live.run_id}']"
+                running = await home.until("(row) => document.querySelector(row)?.dataset.state", row)
+                release.set()
+                await started.to_end(within=HANG_GUARD)
+            done = await home.until(
+                "(row) => document.querySelector(row)?.dataset.state === 'completed' && 'completed'", row
+            )
+            await page.locator(f"{row} a").click()  # into the run, without reloading the page
+            await home.until_ended()
+            url = page.url
+    assert empty == "No runs yet."
+    assert (running, done) == ("running", "completed")
+    assert url == f"{base}/runs/{live.run_id}"

@@ -33,6 +33,7 @@ class Stage {
     this.done = false;
     this.waitingFrom = null; // {waited, at}: "waiting for the model (12s)" counts on from here
     this.retryAt = null; // performance.now() of the next attempt: "retrying in 8s"
+    this.lastToken = null; // server time of the latest token, as sent
     this.text = document.createTextNode("");
     this.label = el("span", { class: "agent" }, this.title());
     this.model = el("span", { class: "model" }, model);
@@ -223,6 +224,7 @@ export class RunView {
       if (stage) {
         if (stage.waitingFrom || stage.retryAt) this.quiet(stage);
         stage.text.appendData(delta.text || "");
+        stage.lastToken = event.time; // kept as sent: parsed only if a heartbeat says the model went quiet
       }
     } else {
       this.applyOther(event);
@@ -234,6 +236,7 @@ export class RunView {
     if (event.runStarted) this.started(event);
     else if (event.stageStarted) this.stageStarted(event);
     else if (event.thinking) this.thinking(event.thinking);
+    else if (event.heartbeat) this.heartbeat(event);
     else if (event.stageCompleted) this.stageCompleted(event.stageCompleted);
     else if (event.reviewVerdict) this.verdict(event.reviewVerdict);
     else if (event.artifactProduced) this.artifact(event.artifactProduced.artifact || {});
@@ -289,12 +292,23 @@ export class RunView {
     this.showWaiting(stage);
   }
 
+  /** A heartbeat for a stage that has streamed: the model has been silent since its last token. */
+  heartbeat(event) {
+    const stage = this.stage(event.heartbeat.stage);
+    if (!stage || stage.done || !stage.lastToken || stage.retryAt !== null) return;
+    const waited = (Date.parse(event.time) - Date.parse(stage.lastToken)) / 1000;
+    stage.waitingFrom = { waited: Math.max(0, waited), at: performance.now() };
+    stage.setState("waiting");
+    this.showWaiting(stage);
+  }
+
   reset(r) {
     const stage = this.stage(r.stage);
     if (!stage) return;
     const delay = durationSeconds(r.delay);
     const discarded = stage.text.length > 0;
     stage.text.data = ""; // the attempt's text is void: the next attempt streams the stage's text again
+    stage.lastToken = null;
     stage.note(`attempt ${r.attempt || "?"}${delay >= 0.05 ? ` in ${seconds(delay)}` : ""}: ${r.reason || ""}`
       + `${r.model ? ` (${r.model})` : ""}${discarded ? "; the partial output was discarded" : ""}`);
     stage.waitingFrom = null;
