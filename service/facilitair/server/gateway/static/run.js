@@ -184,6 +184,7 @@ export class RunView {
     if (state === "open") {
       // Live once everything stored when the stream opened has been applied.
       this.setConnection(this.stream.lastSeq ? "open" : "connecting");
+      this.caughtUpAt = Infinity; // not live before the run's last seq is known (the events may come first)
       try {
         this.caughtUpAt = Number((await call("GET", runPath(this.runId))).run.lastSeq || 0);
       } catch {
