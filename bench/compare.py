@@ -46,6 +46,7 @@ MARGINS: dict[str, Margin] = {
     "first_event_p50_ratio": Margin(LOWER, relative=0.5),
     "replay_ratio": Margin(LOWER, relative=0.25),
     "replay_coalesced_ratio": Margin(LOWER, relative=0.5, absolute=0.01),
+    "sse_cpu_ratio": Margin(LOWER, relative=0.25),
     # Of what was offered: every token, or a fixed share of them when the machine cannot relay them all.
     "delivered_fraction": Margin(HIGHER, absolute=0.03),
     "tokens_missing": Margin(LOWER, relative=0.25),
@@ -121,6 +122,12 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         name = f"first event, {f['calls']} calls one at a time"
         out[f"{name}: first_event_p50_ms"] = f.get("server_p50_ms")
         out[f"{name}: first_event_p50_ratio"] = f.get("ratio_p50")
+    if "sse_watchers" in results:
+        w = results["sse_watchers"]
+        out[f"idle SSE watchers, {w['watchers']}: kib_per_watcher"] = w.get("kib_per_watcher")
+    if "sse_cpu" in results:
+        c = results["sse_cpu"]
+        out[f"SSE watcher of {c['events']} events: sse_cpu_ratio"] = c.get("ratio")
     if "replay" in results:
         r = results["replay"]
         name = f"replay of {r['events']} events"
