@@ -303,6 +303,12 @@ async def test_login_cookie_and_other_principals_runs(store_target: Target) -> N
             tab = RunPage(page)
             await tab.until_ended()
             outcome = await page.locator(".result .outcome").text_content()
+            # The session ends under an open page (the cookie gone, as when it expires): the list's next
+            # refresh is refused, and the page asks for the key again.
+            await page.locator("a[data-nav]", has_text="All runs").click()
+            await page.locator(".runs li[data-run]").first.wait_for()
+            await context.clear_cookies()
+            await page.locator("#key").wait_for()
     assert refused == "Wrong key."
     assert cookies_after_refusal == []
     assert len(cookies) == 1
@@ -389,16 +395,19 @@ async def test_the_runs_list_shows_states_as_they_change(store_target: Target) -
                 live = await started.until(coder_streaming)
                 row = f"li[data-run='{live.run_id}']"
                 running = await home.until("(row) => document.querySelector(row)?.dataset.state", row)
+                await page.locator(f"{row} a").focus()  # a keyboard user on the row while its state changes
                 release.set()
                 await started.to_end(within=HANG_GUARD)
             done = await home.until(
                 "(row) => document.querySelector(row)?.dataset.state === 'completed' && 'completed'", row
             )
-            await page.locator(f"{row} a").click()  # into the run, without reloading the page
+            focused = await page.evaluate("document.activeElement?.closest('li')?.dataset.run")
+            await page.keyboard.press("Enter")  # into the run, without reloading the page
             await home.until_ended()
             url = page.url
     assert empty == "No runs yet."
     assert (running, done) == ("running", "completed")
+    assert focused == live.run_id  # the row was updated in place: the focus stayed on it
     assert url == f"{base}/runs/{live.run_id}"
 
 

@@ -46,8 +46,16 @@ export async function call(method, path, body = undefined) {
     credentials: "same-origin",
     cache: "no-store",
   });
-  if (!response.ok) throw await errorOf(response);
+  if (!response.ok) {
+    if (response.status === 401 && !path.startsWith("/v1/login") && !path.startsWith("/v1/session")) sessionEnded();
+    throw await errorOf(response);
+  }
   return response.status === 204 ? null : response.json();
+}
+
+/** The session cookie expired (or the keys changed): app.js shows the login form, then the same view again. */
+export function sessionEnded() {
+  window.dispatchEvent(new Event("facilitair:login"));
 }
 
 /** Who the page is; false when it must log in first. */

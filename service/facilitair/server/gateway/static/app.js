@@ -43,6 +43,17 @@ async function boot() {
     navigate(link.getAttribute("href"));
   });
   window.addEventListener("popstate", route);
+  window.addEventListener("facilitair:login", () => {
+    if (main.querySelector("form.login")) return; // already asking
+    if (view) view.close();
+    view = null;
+    session.principal = "";
+    showWho();
+    loginView(main, () => {
+      showWho();
+      route();
+    });
+  });
   document.getElementById("logout").addEventListener("click", async () => {
     await logout().catch(() => {});
     location.assign("/");

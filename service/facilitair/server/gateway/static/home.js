@@ -12,6 +12,7 @@ export class HomeView {
     this.root = root;
     this.navigate = navigate;
     this.pages = 1;
+    this.rows = new Map(); // run id -> its row in the list
     this.timer = null;
     this.closed = false;
     this.build();
@@ -29,13 +30,20 @@ export class HomeView {
     this.submit = el("button", { type: "submit" }, "Start run");
     this.form = el("form", { class: "new-run", "aria-label": "Start a run" },
       el("h2", {}, "Start a run"),
-      el("label", { for: "task" }, "Task"), this.task,
+      el("label", { for: "task" }, "Task ", el("span", { class: "muted" }, "(Ctrl+Enter starts the run)")), this.task,
       el("label", { for: "context" }, "Context (optional JSON object)"), this.context,
       el("label", { for: "model" }, "Model (optional, provider:model)"), this.model, this.models,
       this.formError, this.submit);
     this.form.addEventListener("submit", (e) => {
       e.preventDefault();
       this.start();
+    });
+    // Enter writes a new line in the task; Ctrl+Enter (or Cmd+Enter) starts the run from the keyboard.
+    this.form.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+        e.preventDefault();
+        this.form.requestSubmit();
+      }
     });
     this.list = el("ul", { class: "runs", "aria-live": "polite" });
     this.more = el("button", { type: "button", class: "more", hidden: true }, "Show more");
@@ -97,20 +105,47 @@ export class HomeView {
     if (!this.closed) this.timer = setTimeout(() => this.refresh(), document.hidden ? REFRESH_MS * 5 : REFRESH_MS);
   }
 
+  /** Show the runs in order, updating the rows already there in place: a row that has the keyboard's focus
+   * keeps it while the states change under it. */
   show(runs) {
     if (!runs.length) {
+      this.rows.clear();
       fill(this.list, el("li", { class: "muted" }, "No runs yet."));
       return;
     }
-    fill(this.list, ...runs.map((run) => {
-      const state = stateName(run.state);
-      const stage = !FINISHED.has(state) && run.currentAgent ? ` · ${agentName(run.currentAgent)}` : "";
-      return el("li", { "data-run": run.runId, "data-state": state },
-        el("a", { href: `/runs/${encodeURIComponent(run.runId)}`, "data-nav": "" },
-          el("code", {}, run.runId.slice(0, 8)), " ", el("span", { class: "task" }, run.task || "")),
-        el("span", { class: "state", "data-state": state }, state + stage),
-        el("span", { class: "muted" }, `${when(run.createdAt)} · ${money(run.usage)}`));
-    }));
+    const wanted = new Set(runs.map((run) => run.runId));
+    for (const child of [...this.list.children]) {
+      if (!wanted.has(child.dataset.run || "")) child.remove();
+    }
+    for (const id of [...this.rows.keys()]) if (!wanted.has(id)) this.rows.delete(id);
+    let next = this.list.firstElementChild;
+    for (const run of runs) {
+      const row = this.rows.get(run.runId) || this.row(run);
+      this.update(row, run);
+      if (row === next) next = next.nextElementSibling;
+      else this.list.insertBefore(row, next); // only a new or moved row is (re)placed
+    }
+  }
+
+  row(run) {
+    const row = el("li", { "data-run": run.runId },
+      el("a", { href: `/runs/${encodeURIComponent(run.runId)}`, "data-nav": "" },
+        el("code", {}, run.runId.slice(0, 8)), " ", el("span", { class: "task" }, run.task || "")),
+      el("span", { class: "state" }),
+      el("span", { class: "muted" }));
+    this.rows.set(run.runId, row);
+    return row;
+  }
+
+  update(row, run) {
+    const state = stateName(run.state);
+    const stage = !FINISHED.has(state) && run.currentAgent ? ` · ${agentName(run.currentAgent)}` : "";
+    row.dataset.state = state;
+    const [, badge, meta] = row.children;
+    badge.dataset.state = state;
+    if (badge.textContent !== state + stage) fill(badge, state + stage);
+    const about = `${when(run.createdAt)} · ${money(run.usage)}`;
+    if (meta.textContent !== about) fill(meta, about);
   }
 
   async start() {

@@ -7,7 +7,7 @@
 // `after_seq` = the last seq applied (the server resumes from max(after_seq, Last-Event-ID)). An event at or
 // below that seq is never applied twice; seqs are 1, 2, 3, ... with no gap, which the page checks.
 
-import { ApiError, errorOf, runPath } from "./api.js";
+import { ApiError, errorOf, runPath, sessionEnded } from "./api.js";
 
 // Backoff between attempts: doubles from the first to the most, never more.
 const FIRST_DELAY_MS = 250;
@@ -98,7 +98,10 @@ export class RunStream {
       this.ended = true; // nothing past lastSeq and the run has finished
       return;
     }
-    if (!response.ok) throw await errorOf(response);
+    if (!response.ok) {
+      if (response.status === 401) sessionEnded();
+      throw await errorOf(response);
+    }
     this._opened = true;
     this.onState("open", this.lastSeq);
     await this._read(response.body, controller);
