@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cluster import Served
 from bench.fake import Directive
 from bench.lab import Lab
 from bench.lifecycle import SETTLE_SECONDS
@@ -66,6 +67,69 @@ async def sse_cpu(lab: Lab, *, events: int, size: int, repeats: int) -> dict[str
         "us_per_event": m,
         "samples_us": us,
         "ratio": ratio(m["sse"], m["watchrun"]),
+    }
+
+
+# Seconds each stage of the live run waits before its first token: time for the watchers to attach.
+LIVE_HOLD = 1.0
+
+
+async def _live_run_cpu(
+    server: Served, channels: Channels, http: aiohttp.ClientSession, kind: str, *, watchers: int, directive: Directive
+) -> tuple[float, int]:
+    """Server CPU seconds over one live run with `watchers` watchers of `kind` attached, and its events."""
+    call = channels.stub().Collaborate(collaborate_request(directive))
+    first: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    starter = asyncio.create_task(follow(call, stamped=False, on_first=first.set_result))
+    run_id = await first
+    attached = [asyncio.Event() for _ in range(watchers if kind != "none" else 0)]
+
+    async def watch(flag: asyncio.Event) -> None:
+        if kind == "sse":
+            async with http.get(f"/v1/runs/{run_id}/events") as response:
+                async for line in response.content:
+                    if line.startswith(b"id: "):
+                        flag.set()
+        else:
+            async for _ in channels.stub().WatchRun(pb.WatchRunRequest(run_id=run_id)):
+                flag.set()
+
+    tasks = [asyncio.create_task(watch(flag)) for flag in attached]
+    for flag in attached:
+        await flag.wait()
+    before = cpu_seconds(server.pid)
+    run = await starter
+    await asyncio.gather(*tasks)
+    return cpu_seconds(server.pid) - before, run.last_seq
+
+
+async def sse_live_cpu(lab: Lab, *, tokens: int, size: int, watchers: int, repeats: int) -> dict[str, Any]:
+    """Server CPU per event per watcher on a live run streamed as fast as possible: (the run's CPU with
+    `watchers` watchers of one kind - its CPU with none) / (watchers x events), for SSE and for WatchRun."""
+    port = free_port()
+    directive = Directive(tokens={"coder": tokens}, size=size, hold=LIVE_HOLD)
+    cpu: dict[str, list[float]] = {"none": [], "watchrun": [], "sse": []}
+    events = 0
+    async with lab.server("sse-live", FACILITAIR_HTTP_LISTEN=f"127.0.0.1:{port}") as server:
+        channels = Channels(server.target, watchers + 2)
+        await channels.ready()
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=aiohttp.TCPConnector(limit=0)) as http:
+            for _ in range(repeats):
+                for kind, samples in cpu.items():
+                    spent, events = await _live_run_cpu(
+                        server, channels, http, kind, watchers=watchers, directive=directive
+                    )
+                    samples.append(spent)
+        await channels.close()
+    m = {k: median(v) for k, v in cpu.items()}
+    per = {k: max(0.0, m[k] - m["none"]) * 1e6 / (watchers * events) for k in ("watchrun", "sse")}
+    return {
+        "events": events,
+        "watchers": watchers,
+        "repeats": repeats,
+        "cpu_s": cpu,
+        "us_per_event_per_watcher": per,
+        "ratio": ratio(per["sse"], per["watchrun"]),
     }
 
 

@@ -110,6 +110,17 @@ def _lifecycle(res: dict[str, Any]) -> list[Row]:
                 _goal(_ok(c["ratio"], lambda v: v <= 1.5), "<= 1.5x"),
             )
         )
+    if "sse_live_cpu" in res:
+        c = res["sse_live_cpu"]
+        rows.append(
+            (
+                f"23. same, live run of {c['events']} events, {c['watchers']} watchers (us per event per watcher)",
+                _f(c["us_per_event_per_watcher"]["sse"], digits=1),
+                _f(c["us_per_event_per_watcher"]["watchrun"], digits=1),
+                _f(c["ratio"], "x", 2),
+                _goal(_ok(c["ratio"], lambda v: v <= 1.5), "<= 1.5x"),
+            )
+        )
     if "sse_watchers" in res:
         w = res["sse_watchers"]
         rows.append(

@@ -33,7 +33,7 @@ import grpc
 
 from bench.cluster import Postgres, postgres
 from bench.compare import RECORDED, compare, comparison_table, figures, read_recorded, record, regressed
-from bench.gateway import sse_cpu, sse_idle_watchers
+from bench.gateway import sse_cpu, sse_idle_watchers, sse_live_cpu
 from bench.lab import open_lab
 from bench.lifecycle import first_event, idle_watchers, replay
 from bench.patches import PATCHES
@@ -115,6 +115,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "loads": loads,
         "load_seconds": args.load_seconds or (2.0 if q else 20.0),
         "watchers": args.watchers or (5 if q else 1000),
+        "sse_live_watchers": 2 if q else 20,
         "calls": args.calls or (3 if q else 100),
         "replay_events": args.replay_events or (100 if q else 10_000),
         "sqlite_seconds": 0.2 if q else 2.0,
@@ -180,6 +181,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["replay"] = await replay(lab, events=params["replay_events"], size=size, repeats=reps)
             if "sse-cpu" in only:
                 res["sse_cpu"] = await sse_cpu(lab, events=params["replay_events"], size=size, repeats=reps)
+                res["sse_live_cpu"] = await sse_live_cpu(
+                    lab, tokens=params["tokens"] // 4, size=size, watchers=params["sse_live_watchers"], repeats=reps
+                )
             if "sse-watchers" in only:
                 res["sse_watchers"] = await sse_idle_watchers(lab, watchers=params["watchers"])
             if pg is not None:

@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 
 from facilitair.server.gateway import sse
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.harness.events import covered, kind, read_until
 from tests.harness.http import events_of, messages
+from tests.harness.logs import captured_logs
 from tests.harness.servers import Env, serving
 from tests.harness.stores import Target
 from tests.harness.team import EVENTS_PER_RUN, at_hold, collaborate_request, expected_texts, stage_texts
@@ -107,6 +109,25 @@ async def test_a_live_run_streams_as_it_happens_and_the_stream_ends_after_its_en
         rest = [m.run_event() async for m in stream]
     assert kind(rest[-1]) == "run_completed"
     assert [e.seq for e in live + rest] == list(range(1, EVENTS_PER_RUN + 1))
+    call.cancel()
+
+
+async def test_a_client_that_goes_away_releases_its_watcher_at_once(env: Env, http: aiohttp.ClientSession) -> None:
+    release = env.team.hold_next("Coder")
+    call = env.stub.Collaborate(collaborate_request())
+    before = await read_until(call, at_hold)
+    watchers = REGISTRY.get_sample_value("facilitair_watchers_active")
+    assert watchers is not None
+    with captured_logs() as logs:
+        response = await http.get(f"/v1/runs/{before[0].run_id}/events")
+        stream = messages(response)
+        assert (await anext(stream)).retry == sse.RETRY_MS
+        assert (await anext(stream)).id == "1"  # attached: it waits for the held run's next event
+        assert REGISTRY.get_sample_value("facilitair_watchers_active") == watchers + 1
+        response.close()  # the connection goes; nothing more is written to it
+        await logs.until("stream_closed", complete=False)  # released without waiting for a write
+    assert REGISTRY.get_sample_value("facilitair_watchers_active") == watchers
+    release.set()
     call.cancel()
 
 
@@ -250,9 +271,13 @@ async def test_info_names_the_gateway_and_pages_carry_the_security_headers(
 @pytest.mark.sqlite_only  # no store involved
 async def test_a_local_server_refuses_other_sites(env: Env, http: aiohttp.ClientSession) -> None:
     task = {"task": "Write a function that reverses a string"}
-    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
-        async with http.post("/v1/runs", json=task, headers=headers) as response:
-            assert response.status == 403
-            assert (await response.json())["reason"] == "CSRF_REFUSED"
+    for path in ("/v1/runs", "/v1/login", "/v1/runs/last:cancel"):
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            async with http.post(path, json=task, headers=headers) as response:
+                assert response.status == 403
+                assert (await response.json())["reason"] == "CSRF_REFUSED"
+    same_site = {"Origin": f"http://127.0.0.1:{env.server.http_port}", "Sec-Fetch-Site": "same-origin"}
+    async with http.post("/v1/runs", json=task, headers=same_site) as response:
+        assert response.status == 201  # the page itself
     async with http.get("/v1/runs", headers={"Host": "evil.example:80"}) as response:
         assert response.status == 403  # DNS rebinding: a name that is not this machine's

@@ -18,7 +18,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, kind
 from tests.harness.http import Message, events_of, messages
-from tests.harness.processes import clean_environment, free_port, server_processes
+from tests.harness.processes import ServerProcess, clean_environment, free_port, server_processes
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.stores import Target
 from tests.harness.team import TASK
@@ -122,3 +122,28 @@ async def test_a_run_driven_by_replica_a_streams_through_replica_b(pg_url: str, 
     ]
     assert kind(through_b[-1]) == "run_completed"
     assert b.records("run_created") == []
+
+
+async def test_every_worker_serves_the_gateway_on_one_port(pg_url: str, tmp_path: Path) -> None:
+    store = Target("postgresql", tmp_path / "unused.db", pg_url)
+    async with FakeOpenAI(scripted()) as fake:
+        env = environment(store, fake, 0)  # port 0: `serve --workers` picks one port for all its workers
+        workers = ServerProcess(env, args=("--workers", "2"))
+        try:
+            await workers.start()
+            await workers.until_logged("serving", count=2)
+            serving = workers.records("serving")
+            assert {r["http_port"] for r in serving} == {workers.http_port} != {0}
+            # Each new connection goes to either worker (the kernel's choice): a fresh connection per request.
+            seen: set[str] = set()
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{workers.http_port}", connector=connector) as http:
+                for _ in range(200):
+                    async with http.get("/v1/info") as response:
+                        seen.add((await response.json())["replicaId"])
+                    if len(seen) == 2:
+                        break
+            assert seen == {r["replica"] for r in serving}
+            assert await workers.terminate() == 0
+        finally:
+            await workers.kill()

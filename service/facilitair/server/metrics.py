@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RUNS_FINISHED = Counter("facilitair_runs_finished_total", "Runs that ended, by state", ["state"])
 RUNS_ACTIVE = Gauge("facilitair_runs_active", "Runs in flight in this process")
-WATCHERS_ACTIVE = Gauge("facilitair_watchers_active", "Open Collaborate and WatchRun streams")
+WATCHERS_ACTIVE = Gauge("facilitair_watchers_active", "Open Collaborate, WatchRun and HTTP event streams")
 EVENTS_COMMITTED = Counter("facilitair_events_committed_total", "Events made durable, by payload", ["kind"])
 MESSAGES_SENT = Counter("facilitair_messages_sent_total", "Event messages sent to clients", ["rpc"])
 FIRST_TOKEN = Histogram(

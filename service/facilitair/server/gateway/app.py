@@ -26,7 +26,7 @@ from aiohttp import web
 
 from facilitair.server.errors import FacilitairError, NotFound, Reason
 from facilitair.server.gateway.api import CALLER, Api
-from facilitair.server.gateway.auth import Sessions
+from facilitair.server.gateway.auth import Sessions, refuse_cross_site
 from facilitair.server.gateway.bodies import MAX_BODY_BYTES, json_response
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
@@ -55,10 +55,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-NO_MTLS = (
-    "--http-listen: the HTTP gateway authenticates callers by API key only, and only client certificates are "
-    "configured (--tls-client-ca): configure API keys too, or give --http-listen off"
-)
 NOT_LOCAL = "refused: the Host header does not name this machine (a server with no keys answers only local names)"
 
 
@@ -81,7 +77,7 @@ class BoundGateway:
         self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
     ) -> Gateway:
         """Serve the gateway on the bound socket."""
-        sessions = Sessions(self.keys, secure=self.context is not None)
+        sessions = Sessions(self.keys, secure=self.context is not None, mtls=settings.tls_client_ca is not None)
         gateway = Gateway(Api(runs, settings, config, info, sessions), sessions, settings)
         await gateway.start(self.sock, self.context)
         return gateway
@@ -91,8 +87,6 @@ def bind_gateway(settings: Settings, keys: Mapping[str, str]) -> BoundGateway | 
     """Bind the gateway's port (None with --http-listen off); ConfigError when it cannot serve as configured."""
     if not settings.http_enabled:
         return None
-    if settings.tls_client_ca is not None and not keys:
-        raise ConfigError(NO_MTLS)
     context = tls_context(settings)
     sock = bind(settings)
     return BoundGateway(sock, context, url_of(settings, sock, tls=context is not None), keys)
@@ -199,6 +193,7 @@ class Gateway:
         try:
             if self._local_only and not _local_name(request.url.host):
                 raise FacilitairError(NOT_LOCAL, reason=Reason.CSRF_REFUSED)
+            refuse_cross_site(request)
             if request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
                 caller = self._sessions.caller(request)
                 self._sessions.check_csrf(request, caller)

@@ -7,8 +7,9 @@ so a cookie one replica issued is accepted by all of them, and changing the keys
 cookie is HttpOnly (no script reads it) and SameSite=Strict; since the page cannot read it, a state-changing
 request with a cookie must also send `X-CSRF-Token`, a second MAC of the same cookie that login (and
 `GET /v1/session`) hand to the page. With no keys configured there is nothing to log in with: every request is
-the principal "local", and a state-changing one sent by a page of another site (its Origin or Sec-Fetch-Site
-says so) is refused, so a page on the web cannot start or cancel runs on a local server through a browser.
+the principal "local" (or, under client-certificate TLS, whom the certificate names, as over gRPC), and a
+state-changing one sent by a page of another site (its Origin or Sec-Fetch-Site says so) is refused, so a page
+on the web cannot start or cancel runs on a local server through a browser.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from facilitair.server.errors import FacilitairError, Reason, Unauthenticated
-from facilitair.server.transport.guard import NO_KEY, ApiKeys
+from facilitair.server.gateway.certs import peer_identity
+from facilitair.server.transport.guard import NO_IDENTITY, NO_KEY, ApiKeys
 
 SESSION_COOKIE = "facilitair_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -51,8 +53,9 @@ class Caller:
 class Sessions:
     """Turns requests into principals, and keys into session cookies."""
 
-    def __init__(self, keys: Mapping[str, str], *, secure: bool) -> None:
+    def __init__(self, keys: Mapping[str, str], *, secure: bool, mtls: bool = False) -> None:
         self._keys = ApiKeys(keys)
+        self._mtls = mtls  # with no keys, the client certificate names the principal (as over gRPC)
         self._principals = frozenset(keys)
         self.secure = secure  # under TLS: the cookie is Secure
         material = "\0".join(f"{name}:{key}" for name, key in sorted(keys.items()))
@@ -66,7 +69,14 @@ class Sessions:
     def caller(self, request: web.Request) -> Caller:
         """Who sent `request`; Unauthenticated when keys are configured and it carries none that is valid."""
         if not self.required:
-            return Caller(LOCAL)
+            if not self._mtls:
+                return Caller(LOCAL)
+            transport = request.transport
+            ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+            who = peer_identity(ssl_object.getpeercert() if ssl_object is not None else None)
+            if who is None:
+                raise Unauthenticated(NO_IDENTITY)
+            return Caller(who)
         header = request.headers.get("Authorization")
         if header is not None:
             principal = self._keys.principal([("authorization", header)])
@@ -80,11 +90,9 @@ class Sessions:
         return Caller(principal, by_cookie=True)
 
     def check_csrf(self, request: web.Request, caller: Caller) -> None:
-        """Refuse a state-changing request a browser may have been tricked into sending."""
+        """Refuse a state-changing request made with the session cookie but without its CSRF token."""
         if request.method in SAFE_METHODS:
             return
-        if _cross_site(request):
-            raise FacilitairError(CROSS_SITE, reason=Reason.CSRF_REFUSED)
         if caller.by_cookie:
             sent = request.headers.get(CSRF_HEADER, "").encode()
             expected = self.csrf_token(request.cookies.get(SESSION_COOKIE, "")).encode()
@@ -128,6 +136,12 @@ class Sessions:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def refuse_cross_site(request: web.Request) -> None:
+    """Refuse any state-changing request (a login too) that a browser says another site's page sent."""
+    if request.method not in SAFE_METHODS and _cross_site(request):
+        raise FacilitairError(CROSS_SITE, reason=Reason.CSRF_REFUSED)
 
 
 def _cross_site(request: web.Request) -> bool:
