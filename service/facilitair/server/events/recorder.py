@@ -15,6 +15,8 @@ from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.watchdog import SilenceWatchdog
 from facilitair.server.store.base import Checkpoint, RunRow
+from facilitair.server.webhooks.config import RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+from facilitair.server.webhooks.outbox import Outbox
 from facilitair.v1 import orchestrator_pb2 as pb
 
 
@@ -29,8 +31,10 @@ class RunRecorder:
         *,
         thinking_interval: float,
         heartbeat_interval: float,
+        outbox: Outbox | None = None,
     ) -> None:
         self.event_log = log
+        self._outbox = outbox
         self.channel = channel
         self.run_id = row.run_id
         self.summary = pb.RunSummary.FromString(row.summary)
@@ -161,6 +165,7 @@ class RunRecorder:
         self.summary.result.CopyFrom(message)
         self._emit(event)
         self._set_state(pb.RUN_STATE_COMPLETED, finished=True)
+        self.webhook(RUN_COMPLETED, event.seq)
 
     def failed(self, code: int, reason: str, message: str, *, retryable: bool) -> None:
         """Terminal: the run ended with an error (`code` is the gRPC status number, `reason` the stable reason)."""
@@ -173,13 +178,32 @@ class RunRecorder:
             usage=wire.usage(self.usage),
         )
         self.summary.failure.CopyFrom(failure)
-        self._emit(pb.RunEvent(run_failed=failure))
+        event = pb.RunEvent(run_failed=failure)
+        self._emit(event)
         self._set_state(pb.RUN_STATE_FAILED, finished=True)
+        self.webhook(RUN_FAILED, event.seq, failure)
 
     def cancelled(self, reason: str) -> None:
         """Terminal: the run was cancelled."""
-        self._emit(pb.RunEvent(run_cancelled=pb.RunCancelled(reason=reason, usage=wire.usage(self.usage))))
+        event = pb.RunEvent(run_cancelled=pb.RunCancelled(reason=reason, usage=wire.usage(self.usage)))
+        self._emit(event)
         self._set_state(pb.RUN_STATE_CANCELLED, finished=True)
+        self.webhook(RUN_CANCELLED, event.seq)
+
+    def webhook(self, event_type: str, seq: int, failure: pb.RunFailed | None = None) -> None:
+        """Queue the webhooks of the event just appended (seq), in its commit: call with no await in between."""
+        if self._outbox is None:
+            return
+        deliveries = self._outbox.deliveries(
+            event_type,
+            run_id=self.run_id,
+            principal=self._row.principal,
+            seq=seq,
+            summary=self.summary,
+            failure=failure,
+        )
+        if deliveries:
+            self.event_log.outbox(deliveries)
 
     def interrupted(self) -> None:
         """The server is stopping mid-run: no terminal event; the run resumes at the next start."""

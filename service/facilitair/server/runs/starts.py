@@ -31,6 +31,7 @@ from facilitair.server.runs.idempotency import check_same_request
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow, StoreUnavailable
+from facilitair.server.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +53,10 @@ class RunStarter:
         events: EventLog,
         admission: Admission,
         supervisor: Supervisor,
+        outbox: Outbox | None = None,
     ) -> None:
         self._settings = settings
+        self._outbox = outbox  # the webhooks of runs' ends (None: no endpoint is configured)
         self._store = store
         self._providers = providers
         self._estimator = estimator
@@ -232,4 +235,5 @@ class RunStarter:
             row,
             thinking_interval=self._settings.thinking_interval,
             heartbeat_interval=self._settings.heartbeat_interval,
+            outbox=self._outbox,
         )
