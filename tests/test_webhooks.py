@@ -183,9 +183,10 @@ async def test_a_receiver_that_does_not_answer_times_out_and_is_retried(
     async with Receiver(secret, [HANG]) as receiver, FakeOpenAI(scripted()) as fake:
         settings = hooks(tmp_path, {"url": receiver.url, "secret": secret}, webhook_timeout=0.5)
         h = await make_server(openai=fake, **settings)
-        with on_log("webhook_attempt_failed", error="no answer within 0.5 s") as timed_out, on_log(
-            "webhook_delivered"
-        ) as delivered:
+        with (
+            on_log("webhook_attempt_failed", error="no answer within 0.5 s") as timed_out,
+            on_log("webhook_delivered") as delivered,
+        ):
             events = await h.run("task")
             await asyncio.wait_for(timed_out.wait(), GUARD)
             await asyncio.wait_for(delivered.wait(), GUARD)
@@ -202,9 +203,7 @@ async def test_private_and_loopback_targets_are_refused_unless_allowed(
     secret = new_secret()
     async with Receiver(secret) as receiver, FakeOpenAI(scripted()) as fake:
         by_name = f"http://localhost:{receiver.port}/hook"  # resolves to loopback: the address is what is checked
-        settings = hooks(
-            tmp_path, {"url": receiver.url, "secret": secret}, {"url": by_name, "secret": secret}
-        )
+        settings = hooks(tmp_path, {"url": receiver.url, "secret": secret}, {"url": by_name, "secret": secret})
         settings.pop("webhook_allow_hosts")
         h = await make_server(openai=fake, **settings)
         with on_log("webhook_failed", host="127.0.0.1") as literal, on_log("webhook_failed", host="localhost") as name:
@@ -228,9 +227,11 @@ async def test_failed_and_cancelled_runs_are_told_to_the_endpoints_that_asked(
 ) -> None:
     secret = new_secret()
     architect, release = held(default_replies()["architect"], after=1)
-    async with Receiver(secret) as everything, Receiver(secret) as only_failed, FakeOpenAI(
-        scripted(architect=[architect, default_replies()["architect"]])
-    ) as fake:
+    async with (
+        Receiver(secret) as everything,
+        Receiver(secret) as only_failed,
+        FakeOpenAI(scripted(architect=[architect, default_replies()["architect"]])) as fake,
+    ):
         settings = hooks(
             tmp_path,
             {"url": everything.url, "secret": secret},
