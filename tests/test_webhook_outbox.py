@@ -64,10 +64,10 @@ async def test_two_replicas_claiming_at_once_never_take_the_same_delivery(stores
         assert await one.write_batch(batch) == set()
     claims = await asyncio.gather(*(s.webhooks.claim(f"{name}/{k}", 60, 7) for k in range(5) for name, s in
                                     (("one", one), ("two", two))))  # fmt: skip
-    taken = [row.id for claim in claims for row in claim]
-    assert len(taken) == 60
-    assert len(set(taken)) == 60
-    # Claimed rows are not claimed again while the lease lasts; one that ran out is.
+    ids = [row.id for claim in claims for row in claim]
+    assert len(ids) == 60
+    assert len(set(ids)) == 60
+    # Claimed rows are not claimed again while the lease lasts.
     assert await two.webhooks.claim("late", 60, 100) == []
     first = claims[0][0]
     assert await one.webhooks.record(first.id, "someone-else", AttemptResult("delivered", 1, 0, 200, None)) is False
