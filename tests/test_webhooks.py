@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from facilitair.server.store.base import DeliveryRow
@@ -41,6 +42,11 @@ def hooks(tmp_path: Path, *tables: dict[str, Any], schedule: str = FAST, **more:
         "webhook_retry_schedule": schedule,
         **more,
     }
+
+
+def attempts_counted(outcome: str) -> float:
+    """facilitair_webhook_attempts_total{outcome} in this process so far."""
+    return REGISTRY.get_sample_value("facilitair_webhook_attempts_total", {"outcome": outcome}) or 0.0
 
 
 async def rows(h: Harness, run_id: str) -> list[DeliveryRow]:
@@ -123,6 +129,7 @@ async def test_500s_then_success_retry_with_the_same_webhook_id_and_honour_retry
 ) -> None:
     secret = new_secret()
     answers = [Answer(500), Answer(503, {"Retry-After": "1"}), Answer(200)]
+    before = {o: attempts_counted(o) for o in ("failed", "delivered")}
     async with Receiver(secret, answers) as receiver, FakeOpenAI(scripted()) as fake:
         h = await make_server(openai=fake, **hooks(tmp_path, {"url": receiver.url, "secret": secret}))
         with on_log("webhook_delivered") as delivered:
@@ -137,6 +144,8 @@ async def test_500s_then_success_retry_with_the_same_webhook_id_and_honour_retry
         [row] = await rows(h, events[0].run_id)
         assert (row.state, row.attempts, row.last_status, row.id) == ("delivered", 3, 200, got[0].id)
         assert len(receiver.requests) == 3
+        # The Prometheus counters counted each attempt by its outcome.
+        assert {o: attempts_counted(o) - n for o, n in before.items()} == {"failed": 2, "delivered": 1}
 
 
 async def test_410_disables_the_endpoint_and_later_deliveries_are_not_sent(
