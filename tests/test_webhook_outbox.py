@@ -70,17 +70,17 @@ async def test_two_replicas_claiming_at_once_never_take_the_same_delivery(stores
     # Claimed rows are not claimed again while the lease lasts.
     assert await two.webhooks.claim("late", 60, 100) == []
     first = claims[0][0]
-    assert await one.webhooks.record(first.id, "someone-else", AttemptResult("delivered", 1, 0, 200, None)) is False
-    assert await one.webhooks.record(first.id, "one/0", AttemptResult("pending", 1, 0, 500, "HTTP 500")) is True
+    assert await one.webhooks.record(first.id, "someone-else", AttemptResult("delivered", 1, 0.0, 200, None)) is False
+    assert await one.webhooks.record(first.id, "one/0", AttemptResult("pending", 1, 0.0, 500, "HTTP 500")) is True
     [again] = await two.webhooks.claim("retry", 60, 100)
     assert (again.id, again.attempts, again.last_status, again.owner) == (first.id, 1, 500, "retry")
     # Sent again from the first attempt (redeliver): the claim is dropped, so its holder can no longer record.
     assert await one.webhooks.redeliver(first.run_id) == 3
-    assert await one.webhooks.record(first.id, "retry", AttemptResult("delivered", 2, 0, 200, None)) is False
+    assert await one.webhooks.record(first.id, "retry", AttemptResult("delivered", 2, 0.0, 200, None)) is False
     # A claim whose lease ran out (a replica that died mid-attempt) is taken over; its old owner cannot record.
     stale = await one.webhooks.claim("stale", -1, 100)
     assert len(stale) == 3
     taken = await two.webhooks.claim("fresh", 60, 100)
     assert sorted(r.id for r in taken) == sorted(r.id for r in stale)
     assert {r.attempts for r in taken} == {0}
-    assert await one.webhooks.record(stale[0].id, "stale", AttemptResult("delivered", 1, 0, 200, None)) is False
+    assert await one.webhooks.record(stale[0].id, "stale", AttemptResult("delivered", 1, 0.0, 200, None)) is False

@@ -153,7 +153,9 @@ class AttemptResult:
 
     state: str
     attempts: int
-    next_attempt_at: float
+    # Seconds from now until the next attempt (pending only), so each store adds it to its own clock: PostgreSQL
+    # compares due times with the database's now(), whatever the replicas' clocks say.
+    wait: float
     status: int | None
     error: str | None
 

@@ -127,9 +127,9 @@ SELECT array(SELECT run_id FROM accepted) AS accepted, (SELECT count(*) FROM not
 """
 # The webhook outbox rows of accepted runs, in the same statement (and transaction) as their terminal events;
 # the same batch again inserts nothing twice (the ids are stable).
-_DELIVERIES = """, wh AS (
+_DELIVERIES = f""", wh AS (
     INSERT INTO webhook_deliveries (id, run_id, event_type, url, payload, next_attempt_at, created_at, updated_at)
-    SELECT d.id, d.run_id, d.event_type, d.url, d.payload, d.created_at, d.created_at, d.created_at
+    SELECT d.id, d.run_id, d.event_type, d.url, d.payload, {NOW}, d.created_at, d.created_at
     FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::bytea[], $20::float8[])
         AS d(id, run_id, event_type, url, payload, created_at)
     WHERE d.run_id IN (SELECT run_id FROM accepted)

@@ -34,7 +34,8 @@ FROM due WHERE w.id = due.id
 RETURNING {W_COLUMNS}
 """
 RECORD = f"""
-UPDATE webhook_deliveries SET state = $3, attempts = $4, next_attempt_at = $5, last_status = $6, last_error = $7,
+UPDATE webhook_deliveries SET state = $3, attempts = $4, next_attempt_at = {NOW} + $5::float8, last_status = $6,
+    last_error = $7,
     owner = '', lease_expires_at = NULL, updated_at = {NOW}
 WHERE id = $1 AND owner = $2
 RETURNING id
@@ -76,7 +77,7 @@ class PgWebhooks:
                 owner,
                 result.state,
                 result.attempts,
-                result.next_attempt_at,
+                result.wait,
                 result.status,
                 result.error,
             )

@@ -68,7 +68,7 @@ class SqliteWebhooks:
                 (
                     result.state,
                     result.attempts,
-                    result.next_attempt_at,
+                    time.time() + result.wait,
                     result.status,
                     result.error,
                     time.time(),

@@ -144,25 +144,26 @@ class WebhookDispatcher:
         fields = {"webhook_id": row.id, "run_id": row.run_id, "event_type": row.event_type, "host": _host(row.url)}
         metrics.WEBHOOK_ATTEMPTS.labels(attempt.outcome.value).inc()
         if attempt.outcome is Outcome.DELIVERED:
-            result = AttemptResult("delivered", attempts, now, attempt.status, None)
+            result = AttemptResult("delivered", attempts, 0.0, attempt.status, None)
         elif attempt.outcome is Outcome.GONE:
-            result = AttemptResult("disabled", attempts, now, attempt.status, attempt.error)
+            result = AttemptResult("disabled", attempts, 0.0, attempt.status, attempt.error)
             await self._store.disable_endpoint(row.url, attempt.error or "410 Gone")
         elif attempt.outcome is Outcome.REFUSED:
-            result = AttemptResult("failed", attempts, now, None, attempt.error)
+            result = AttemptResult("failed", attempts, 0.0, None, attempt.error)
         else:
             wait = next_wait(self._config.schedule, attempts, attempt.retry_after)
             if wait is None:
-                result = AttemptResult("failed", attempts, now, attempt.status, attempt.error)
+                result = AttemptResult("failed", attempts, 0.0, attempt.status, attempt.error)
             else:
-                result = AttemptResult("pending", attempts, now + wait, attempt.status, attempt.error)
-                self._due = min(self._due or result.next_attempt_at, result.next_attempt_at)
+                result = AttemptResult("pending", attempts, wait, attempt.status, attempt.error)
+                due = now + wait
+                self._due = min(self._due or due, due)
         if not await self._store.record(row.id, owner, result):
             log.warning("webhook_claim_lost", attempt=attempts, **fields)
             return
         if result.state == "pending":
-            log.info("webhook_attempt_failed", attempt=attempts, error=attempt.error,
-                     retry_in=round(result.next_attempt_at - now, 3), **fields)  # fmt: skip
+            log.info("webhook_attempt_failed", attempt=attempts, error=attempt.error, retry_in=round(result.wait, 3),
+                     **fields)  # fmt: skip
             self._wake.set()
             return
         metrics.WEBHOOK_DELIVERIES.labels(result.state).inc()
