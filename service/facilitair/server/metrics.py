@@ -34,6 +34,15 @@ EVENT_LOOP_LAG = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+WEBHOOK_ATTEMPTS = Counter(
+    "facilitair_webhook_attempts_total",
+    "Webhook delivery attempts, by outcome (delivered, gone, failed, refused)",
+    ["outcome"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "facilitair_webhook_deliveries_total", "Webhook deliveries that ended, by state (delivered, failed, disabled)",
+    ["state"],
+)
 
 def count_events(kinds: Tally[str]) -> None:
     """Add one batch's events by payload kind."""

@@ -230,6 +230,26 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="most new runs per caller in any 60 s, counted by the store (replicas share it)"
     )
 
+    # Webhooks (webhooks/): endpoints in a TOML file, so their secrets never sit on a command line.
+    webhooks_file: Path | None = Field(
+        default=None,
+        description="webhook endpoints (TOML, one [[endpoint]] table each: url, events, secret, previous_secret, "
+        "principal) told when runs end",
+    )
+    webhook_allow_hosts: str | None = Field(
+        default=None,
+        description="host names, addresses or networks (CIDR), comma-separated, that webhooks may target although "
+        "they are private, loopback or link-local (refused otherwise)",
+    )
+    webhook_timeout: float = Field(
+        default=15.0, gt=0, le=120, description="longest one webhook attempt may take, connecting included, seconds"
+    )
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="seconds to wait before each retry of a failed webhook, comma-separated (jittered; a longer "
+        "Retry-After wins); the default is the Standard Webhooks schedule: 5s, 5m, 30m, 2h, 5h, 10h, 10h",
+    )
+
     # `local:` models (the `local` extra). Threads: llama.cpp's threads spin while they wait for each other, and
     # on a core shared with this server or anything else they slowed down 20-fold here, hence half the CPUs.
     local_models_dir: Path = Field(

@@ -38,6 +38,7 @@ from facilitair.server.transport.loop_lag import LoopLagMonitor
 from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
+from facilitair.server.webhooks.config import WebhookConfig
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -149,6 +150,7 @@ async def create_server(
     keys = ApiKeys(key_names)
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
+    webhooks = WebhookConfig.from_settings(settings)  # the webhooks file read and checked before anything starts
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
     async with contextlib.AsyncExitStack() as undo:
@@ -166,7 +168,7 @@ async def create_server(
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number)
+        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks)
         # Before the start: one that fails midway (the store opened, its writer started, then listening
         # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
