@@ -393,3 +393,24 @@ async def test_a_bad_decision_is_refused_with_the_field_named(make_server: Serve
     assert "pause_after" in (bad_agent.value.details() or "")
     # A waiting run is cancelled like any other: its one terminal event.
     assert kinds(rest) == ["run_cancelled"]
+
+
+async def test_a_waiting_run_writes_no_heartbeat_and_its_timeout_does_not_count_the_wait(
+    make_server: ServerFactory,
+) -> None:
+    script = scripted()
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(script) as fake:
+        # Heartbeats after 0.2 s of silence; the gate waits 6 s, longer than the whole run may take (5 s).
+        h = await make_server(openai=fake, model=MINI, thinking_interval=60, heartbeat_interval=0.2, run_timeout=5)
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            call, head = await paused(
+                stub, approval_timeout=Duration(seconds=6), on_approval_timeout=pb.ON_APPROVAL_TIMEOUT_APPROVE
+            )
+            rest = await read_rest(call)
+    waited = rest[0].approval_decided.decided_at.seconds - head[-1].approval_requested.approval.requested_at.seconds
+    assert waited >= 5
+    # The gate's two events are neighbours: nothing was written while the run waited.
+    assert rest[0].seq == head[-1].seq + 1
+    assert rest[0].approval_decided.timed_out
+    assert kind(rest[-1]) == "run_completed"
