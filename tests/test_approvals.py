@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
+from facilitair.server.settings import ConfigError
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
@@ -414,3 +416,40 @@ async def test_a_waiting_run_writes_no_heartbeat_and_its_timeout_does_not_count_
     assert rest[0].seq == head[-1].seq + 1
     assert rest[0].approval_decided.timed_out
     assert kind(rest[-1]) == "run_completed"
+
+
+async def test_the_pipeline_file_sets_gates_per_agent_and_a_request_wins(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(
+        '[agents.coder]\npause_after = true\napproval_timeout = 1\non_approval_timeout = "approve"\n', encoding="utf-8"
+    )
+    script = scripted()
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(script) as fake:
+        h = await server(make_server, fake, pipeline=pipeline)
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            by_file = await read_rest(stub.Collaborate(pb.CollaborateRequest(task=TASK)))
+            call, head = await paused(stub)  # the request's pause_after wins: the Architect's gate, not the Coder's
+            await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, gate_run(head)))
+            by_request = head + await read_rest(call)
+    gates = [e.approval_requested.approval for e in by_file if kind(e) == "approval_requested"]
+    assert [(g.stage, g.agent, g.on_timeout) for g in gates] == [(2, pb.AGENT_CODER, pb.ON_APPROVAL_TIMEOUT_APPROVE)]
+    assert gates[0].expires_at.ToNanoseconds() - gates[0].requested_at.ToNanoseconds() == 1_000_000_000
+    assert kind(by_file[-1]) == "run_completed"
+    gates = [e.approval_requested.approval for e in by_request if kind(e) == "approval_requested"]
+    assert [g.agent for g in gates] == [pb.AGENT_ARCHITECT]
+    assert kind(by_request[-1]) == "run_completed"
+
+
+async def test_a_keys_line_with_an_unknown_role_is_named_without_its_key(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"alice:{ALICE_KEY}\ncarol:{CAROL_KEY} admin\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        await make_server(api_keys_file=keys)
+    assert f"{keys} line 2" in str(err.value)
+    assert "approver" in str(err.value)
+    assert CAROL_KEY[:12] not in str(err.value)
