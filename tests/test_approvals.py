@@ -57,7 +57,7 @@ async def server(make_server: ServerFactory, fake: FakeOpenAI, **settings: Any) 
 
 
 async def paused(
-    stub: pb_grpc.OrchestratorServiceStub, metadata: Metadata = (), **fields: Any
+    stub: pb_grpc.OrchestratorServiceAsyncStub, metadata: Metadata = (), **fields: Any
 ) -> tuple[EventCall, list[pb.RunEvent]]:
     """Start a run that pauses after the Architect (unless told otherwise); read it up to its gate."""
     fields.setdefault("pause_after", [pb.AGENT_ARCHITECT])
