@@ -22,7 +22,7 @@ from facilitair.server.store.base import Batch
 from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.fakes.providers import FakeOpenAI
+from tests.fakes.providers import FakeOpenAI, Reply
 from tests.harness.events import EventCall, kind, read_rest, read_until, wire
 from tests.harness.scripts import default_replies, prompt_of, scripted, text_of
 from tests.harness.servers import Harness, ServerFactory, quiet_settings
@@ -493,3 +493,20 @@ async def test_the_gate_commits_in_one_transaction_with_its_stage(stores: Stores
     assert row.approval_id == head[-1].approval_requested.approval.approval_id
     assert [c.stage for c in held.checkpoints] == [1]
     assert kind(rest[-1]) == "run_completed"
+
+
+async def test_a_refinement_rounds_refiner_pauses_again_after_a_gated_coder(make_server: ServerFactory) -> None:
+    rejecting = Reply(chunks=['```json\n{"approved": false, "summary": "no", "issues": []}\n```'])
+    script = scripted(reviewer=[rejecting, default_replies()["reviewer"]])
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(script) as fake:
+        h = await server(make_server, fake)
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            call, events = await paused(stub, pause_after=[pb.AGENT_CODER], max_refinements=1)
+            await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, gate_run(events)))
+            events += await read_until(call, at("approval_requested"))
+            await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, gate_run(events)))
+            events += await read_rest(call)
+    gates = [e.approval_requested.approval for e in events if kind(e) == "approval_requested"]
+    assert [(g.stage, g.agent, g.round) for g in gates] == [(2, pb.AGENT_CODER, 0), (4, pb.AGENT_REFINER, 1)]
+    assert kind(events[-1]) == "run_completed"
