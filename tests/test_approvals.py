@@ -378,6 +378,11 @@ async def test_a_bad_decision_is_refused_with_the_field_named(make_server: Serve
                 decide(pb.APPROVAL_DECISION_REVISE, run_id),
                 decide(pb.APPROVAL_DECISION_EDIT, run_id),
                 decide(pb.APPROVAL_DECISION_APPROVE, run_id, edited_text="x"),
+                decide(99, run_id),
+                decide(pb.APPROVAL_DECISION_REJECT, run_id, comment="no\x00"),
+                decide(pb.APPROVAL_DECISION_APPROVE, run_id, approval_id="x" * 65),
+                decide(pb.APPROVAL_DECISION_APPROVE, ""),
+                decide(pb.APPROVAL_DECISION_REJECT, run_id, comment="x" * 8_001),
             ]
             codes = []
             for request in bad:
@@ -393,6 +398,11 @@ async def test_a_bad_decision_is_refused_with_the_field_named(make_server: Serve
         (grpc.StatusCode.INVALID_ARGUMENT, "comment"),
         (grpc.StatusCode.INVALID_ARGUMENT, "edited_text"),
         (grpc.StatusCode.INVALID_ARGUMENT, "edited_text"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "decision"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "comment"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "approval_id"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "run_id"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "comment"),
     ]
     assert bad_agent.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pause_after" in (bad_agent.value.details() or "")
