@@ -339,12 +339,19 @@ async def test_only_the_runs_principal_and_approvers_see_and_decide(
                     await attempt
                 refusals.append(refused.value)
             seen = (await stub.GetRun(pb.GetRunRequest(run_id=run_id), metadata=as_(CAROL_KEY))).run
+            waiting = pb.ListRunsRequest(state=pb.RUN_STATE_AWAITING_APPROVAL)
+            to_carol = await stub.ListRuns(waiting, metadata=as_(CAROL_KEY))
+            to_bob = await stub.ListRuns(waiting, metadata=as_(BOB_KEY))
+            all_of_carols = await stub.ListRuns(pb.ListRunsRequest(), metadata=as_(CAROL_KEY))
             response = await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, run_id), metadata=as_(CAROL_KEY))
             rest = await read_rest(call)
     # Bob is told what a missing run gets: the same code, and nothing of the run.
     assert [r.code() for r in refusals] == [grpc.StatusCode.NOT_FOUND] * 3
     assert "not found" in (refusals[1].details() or "")
     assert seen.pending_approval.approval_id == head[-1].approval_requested.approval.approval_id
+    assert [r.run_id for r in to_carol.runs] == [run_id]  # an approver is shown every run waiting for a decision
+    assert list(to_bob.runs) == []
+    assert list(all_of_carols.runs) == []  # and only those: her own runs otherwise
     assert response.decided.principal == "carol"
     assert rest[0].approval_decided.principal == "carol"
     assert kind(rest[-1]) == "run_completed"

@@ -18,7 +18,7 @@ import uuid
 
 import structlog
 
-from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, why_unstorable
+from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, RunState, why_unstorable
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -116,7 +116,9 @@ class RunQueries:
             raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
         before = decode_page_token(page_token) if page_token else None
-        rows = await self._store.list_runs(principal, state or None, before, size + 1)
+        # An approver asking for the runs that wait for a decision is shown everyone's: those are the runs to decide.
+        everyone = state == RunState.AWAITING_APPROVAL and principal in self._approvers
+        rows = await self._store.list_runs(None if everyone else principal, state or None, before, size + 1)
         page = [await self.summary(r, with_result=False) for r in rows[:size]]
         token = encode_page_token(rows[size - 1]) if len(rows) > size else ""
         return page, token

@@ -358,9 +358,10 @@ class EventStore(Protocol):
         ...
 
     async def list_runs(
-        self, principal: str, state: int | None, before: tuple[float, str] | None, limit: int
+        self, principal: str | None, state: int | None, before: tuple[float, str] | None, limit: int
     ) -> list[RunRow]:
-        """Runs of a principal, newest first, strictly before (created_at, run_id) when given."""
+        """Runs of a principal (of every principal: None), newest first, strictly before (created_at, run_id) when
+        given."""
         ...
 
     async def unfinished_runs(self) -> list[RunRow]:

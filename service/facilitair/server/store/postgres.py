@@ -435,11 +435,11 @@ class PostgresStore:
         return [decision_of(list(r.values())) for r in rows]
 
     async def list_runs(
-        self, principal: str, state: int | None, before: tuple[float, str] | None, limit: int
+        self, principal: str | None, state: int | None, before: tuple[float, str] | None, limit: int
     ) -> list[RunRow]:
-        """A page of runs, newest first (keyset pagination on created_at, run_id)."""
-        sql = f"SELECT {pg_sql.RUN_COLUMNS} FROM runs WHERE principal = $1"
-        args: list[object] = [principal]
+        """A page of runs (of every principal when None), newest first (keyset pagination on created_at, run_id)."""
+        sql = f"SELECT {pg_sql.RUN_COLUMNS} FROM runs WHERE " + ("principal = $1" if principal is not None else "true")
+        args: list[object] = [principal] if principal is not None else []
         if state is not None:
             args.append(state)
             sql += f" AND state = ${len(args)}"

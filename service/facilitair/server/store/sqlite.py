@@ -428,11 +428,11 @@ class SqliteStore:
         return await self._reader.run(read)
 
     async def list_runs(
-        self, principal: str, state: int | None, before: tuple[float, str] | None, limit: int
+        self, principal: str | None, state: int | None, before: tuple[float, str] | None, limit: int
     ) -> list[RunRow]:
-        """A page of runs, newest first (keyset pagination on created_at, run_id)."""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE principal=?"
-        args: list[object] = [principal]
+        """A page of runs (of every principal when None), newest first (keyset pagination on created_at, run_id)."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE " + ("principal=?" if principal is not None else "1")
+        args: list[object] = [principal] if principal is not None else []
         if state is not None:
             sql += " AND state=?"
             args.append(state)
