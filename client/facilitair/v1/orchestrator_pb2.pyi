@@ -110,6 +110,11 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     """The server stopped while the run was in flight; it resumes when the
     server starts again.
     """
+    RUN_STATE_AWAITING_APPROVAL: _RunState.ValueType  # 7
+    """A stage finished and the run waits for a person to approve, revise, edit
+    or reject its output (SubmitApproval). Not terminal; the run holds no
+    replica while it waits. In ListRunsRequest.state it lists waiting runs.
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """RunState is where a run is in its life."""
@@ -130,7 +135,78 @@ RUN_STATE_INTERRUPTED: RunState.ValueType  # 6
 """The server stopped while the run was in flight; it resumes when the
 server starts again.
 """
+RUN_STATE_AWAITING_APPROVAL: RunState.ValueType  # 7
+"""A stage finished and the run waits for a person to approve, revise, edit
+or reject its output (SubmitApproval). Not terminal; the run holds no
+replica while it waits. In ListRunsRequest.state it lists waiting runs.
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
+class _OnApprovalTimeout:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OnApprovalTimeoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnApprovalTimeout.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ON_APPROVAL_TIMEOUT_UNSPECIFIED: _OnApprovalTimeout.ValueType  # 0
+    """Not set: the server treats it as ON_APPROVAL_TIMEOUT_REJECT."""
+    ON_APPROVAL_TIMEOUT_REJECT: _OnApprovalTimeout.ValueType  # 1
+    """Fail closed: the run ends with run_cancelled."""
+    ON_APPROVAL_TIMEOUT_APPROVE: _OnApprovalTimeout.ValueType  # 2
+    """The stage's output is approved as it is and the run goes on."""
+
+class OnApprovalTimeout(_OnApprovalTimeout, metaclass=_OnApprovalTimeoutEnumTypeWrapper):
+    """OnApprovalTimeout says what an approval gate decides by itself when nobody
+    answered before it expired.
+    """
+
+ON_APPROVAL_TIMEOUT_UNSPECIFIED: OnApprovalTimeout.ValueType  # 0
+"""Not set: the server treats it as ON_APPROVAL_TIMEOUT_REJECT."""
+ON_APPROVAL_TIMEOUT_REJECT: OnApprovalTimeout.ValueType  # 1
+"""Fail closed: the run ends with run_cancelled."""
+ON_APPROVAL_TIMEOUT_APPROVE: OnApprovalTimeout.ValueType  # 2
+"""The stage's output is approved as it is and the run goes on."""
+Global___OnApprovalTimeout: _TypeAlias = OnApprovalTimeout  # noqa: Y015
+
+class _ApprovalDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_DECISION_UNSPECIFIED: _ApprovalDecision.ValueType  # 0
+    """Not set; never valid in a request."""
+    APPROVAL_DECISION_APPROVE: _ApprovalDecision.ValueType  # 1
+    """The stage's output is accepted as it is; the run goes on."""
+    APPROVAL_DECISION_REVISE: _ApprovalDecision.ValueType  # 2
+    """The stage runs again with the comment in its prompt, then asks again
+    (at most as many times as the run's refinement bound).
+    """
+    APPROVAL_DECISION_EDIT: _ApprovalDecision.ValueType  # 3
+    """The edited text or files become the stage's output that later stages
+    read (edited files are new versions of their paths); the run goes on.
+    """
+    APPROVAL_DECISION_REJECT: _ApprovalDecision.ValueType  # 4
+    """The run ends with run_cancelled, naming who rejected it and why."""
+
+class ApprovalDecision(_ApprovalDecision, metaclass=_ApprovalDecisionEnumTypeWrapper):
+    """ApprovalDecision is a person's answer to an approval gate."""
+
+APPROVAL_DECISION_UNSPECIFIED: ApprovalDecision.ValueType  # 0
+"""Not set; never valid in a request."""
+APPROVAL_DECISION_APPROVE: ApprovalDecision.ValueType  # 1
+"""The stage's output is accepted as it is; the run goes on."""
+APPROVAL_DECISION_REVISE: ApprovalDecision.ValueType  # 2
+"""The stage runs again with the comment in its prompt, then asks again
+(at most as many times as the run's refinement bound).
+"""
+APPROVAL_DECISION_EDIT: ApprovalDecision.ValueType  # 3
+"""The edited text or files become the stage's output that later stages
+read (edited files are new versions of their paths); the run goes on.
+"""
+APPROVAL_DECISION_REJECT: ApprovalDecision.ValueType  # 4
+"""The run ends with run_cancelled, naming who rejected it and why."""
+Global___ApprovalDecision: _TypeAlias = ApprovalDecision  # noqa: Y015
 
 class _ArtifactKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -224,6 +300,9 @@ class CollaborateRequest(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
+    PAUSE_AFTER_FIELD_NUMBER: _builtins.int
+    APPROVAL_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ON_APPROVAL_TIMEOUT_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """The coding task in plain language. Required, not blank."""
     model: _builtins.str
@@ -255,6 +334,8 @@ class CollaborateRequest(_message.Message):
     """When true, several token_delta events of one stage that are ready at
     once are sent as one message (see RunEvent.first_seq).
     """
+    on_approval_timeout: Global___OnApprovalTimeout.ValueType
+    """What a gate decides when it expires unanswered. Default: reject."""
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """Optional JSON object with background for the agents, for example
@@ -267,6 +348,20 @@ class CollaborateRequest(_message.Message):
         ("architect", "coder", "reviewer", "refiner", "tester", "documenter"),
         each value "provider:model" or a comma-separated fallback list. These
         win over `model`.
+        """
+
+    @_builtins.property
+    def pause_after(self) -> _containers.RepeatedScalarFieldContainer[Global___Agent.ValueType]:
+        """Optional agents after whose stage the run waits for a person
+        (AGENT_ARCHITECT, AGENT_CODER, AGENT_REVIEWER, AGENT_TESTER; every
+        refinement round's stage of that agent pauses again). Empty: the
+        pipeline file's defaults (none unless it sets pause_after).
+        """
+
+    @_builtins.property
+    def approval_timeout(self) -> _duration_pb2.Duration:
+        """Optional: how long a gate waits for a decision (at most 7 days). Unset:
+        the pipeline file's default, else 24 hours.
         """
 
     def __init__(
@@ -282,10 +377,13 @@ class CollaborateRequest(_message.Message):
         max_cost_usd: _builtins.float | None = ...,
         max_tokens: _builtins.int | None = ...,
         coalesce_tokens: _builtins.bool = ...,
+        pause_after: _abc.Iterable[Global___Agent.ValueType] | None = ...,
+        approval_timeout: _duration_pb2.Duration | None = ...,
+        on_approval_timeout: Global___OnApprovalTimeout.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "approval_timeout", b"approval_timeout", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "approval_timeout", b"approval_timeout", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_approval_timeout", b"on_approval_timeout", "on_disconnect", b"on_disconnect", "pause_after", b"pause_after", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
@@ -564,6 +662,7 @@ class RunSummary(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     REPLICA_ID_FIELD_NUMBER: _builtins.int
+    PENDING_APPROVAL_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     state: Global___RunState.ValueType
@@ -609,6 +708,12 @@ class RunSummary(_message.Message):
     def failure(self) -> Global___RunFailed:
         """Why the run failed; set once it failed."""
 
+    @_builtins.property
+    def pending_approval(self) -> Global___PendingApproval:
+        """The approval gate the run waits at; set only while its state is
+        RUN_STATE_AWAITING_APPROVAL.
+        """
+
     def __init__(
         self,
         *,
@@ -626,10 +731,11 @@ class RunSummary(_message.Message):
         result: Global___RunResult | None = ...,
         failure: Global___RunFailed | None = ...,
         replica_id: _builtins.str = ...,
+        pending_approval: Global___PendingApproval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure", b"failure", "finished_at", b"finished_at", "plan", b"plan", "result", b"result", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "failure", b"failure", "finished_at", b"finished_at", "pending_approval", b"pending_approval", "plan", b"plan", "result", b"result", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_agent", b"current_agent", "current_stage", b"current_stage", "failure", b"failure", "finished_at", b"finished_at", "last_seq", b"last_seq", "plan", b"plan", "replica_id", b"replica_id", "result", b"result", "run_id", b"run_id", "state", b"state", "task", b"task", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_agent", b"current_agent", "current_stage", b"current_stage", "failure", b"failure", "finished_at", b"finished_at", "last_seq", b"last_seq", "pending_approval", b"pending_approval", "plan", b"plan", "replica_id", b"replica_id", "result", b"result", "run_id", b"run_id", "state", b"state", "task", b"task", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -658,6 +764,8 @@ class RunEvent(_message.Message):
     RUN_CANCELLED_FIELD_NUMBER: _builtins.int
     ATTEMPT_RESET_FIELD_NUMBER: _builtins.int
     MODEL_FALLBACK_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUESTED_FIELD_NUMBER: _builtins.int
+    APPROVAL_DECIDED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run this event belongs to."""
     seq: _builtins.int
@@ -723,6 +831,14 @@ class RunEvent(_message.Message):
     def model_fallback(self) -> Global___ModelFallback:
         """A stage moves on to the next model of its fallback list."""
 
+    @_builtins.property
+    def approval_requested(self) -> Global___ApprovalRequested:
+        """A stage finished and the run waits for a person's decision."""
+
+    @_builtins.property
+    def approval_decided(self) -> Global___ApprovalDecided:
+        """An approval gate was decided (by a person, or by its timeout)."""
+
     def __init__(
         self,
         *,
@@ -743,12 +859,14 @@ class RunEvent(_message.Message):
         run_cancelled: Global___RunCancelled | None = ...,
         attempt_reset: Global___AttemptReset | None = ...,
         model_fallback: Global___ModelFallback | None = ...,
+        approval_requested: Global___ApprovalRequested | None = ...,
+        approval_decided: Global___ApprovalDecided | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "approval_requested", b"approval_requested", "artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "approval_requested", b"approval_requested", "artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback", "approval_requested", "approval_decided"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1674,3 +1792,259 @@ class ServerLimits(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens_limit) -> _WhichOneofReturnType__max_tokens_limit | None: ...
 
 Global___ServerLimits: _TypeAlias = ServerLimits  # noqa: Y015
+
+@_typing.final
+class PendingApproval(_message.Message):
+    """PendingApproval is an approval gate: what a person is asked to approve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    approval_id: _builtins.str
+    """The gate's id (unique within the server), for SubmitApproval."""
+    stage: _builtins.int
+    """The stage whose output is to be approved."""
+    agent: Global___Agent.ValueType
+    """The agent of that stage."""
+    round: _builtins.int
+    """Refinement round of that stage (0 before any refinement)."""
+    text: _builtins.str
+    """The stage's text output (the Architect's design, the Reviewer's
+    review, ...).
+    """
+    on_timeout: Global___OnApprovalTimeout.ValueType
+    """What the gate decides at expires_at."""
+    revisions: _builtins.int
+    """How many times this stage was already revised at a gate (0 first)."""
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """The files the stage produced, at the versions it produced them."""
+
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gate opened."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gate decides by itself (see on_timeout)."""
+
+    def __init__(
+        self,
+        *,
+        approval_id: _builtins.str = ...,
+        stage: _builtins.int = ...,
+        agent: Global___Agent.ValueType = ...,
+        round: _builtins.int = ...,
+        text: _builtins.str = ...,
+        artifacts: _abc.Iterable[Global___Artifact] | None = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        on_timeout: Global___OnApprovalTimeout.ValueType = ...,
+        revisions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "requested_at", b"requested_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_id", b"approval_id", "artifacts", b"artifacts", "expires_at", b"expires_at", "on_timeout", b"on_timeout", "requested_at", b"requested_at", "revisions", b"revisions", "round", b"round", "stage", b"stage", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingApproval: _TypeAlias = PendingApproval  # noqa: Y015
+
+@_typing.final
+class ApprovalRequested(_message.Message):
+    """ApprovalRequested says a run waits for a person's decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> Global___PendingApproval:
+        """The gate."""
+
+    def __init__(
+        self,
+        *,
+        approval: Global___PendingApproval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRequested: _TypeAlias = ApprovalRequested  # noqa: Y015
+
+@_typing.final
+class ApprovalDecided(_message.Message):
+    """ApprovalDecided records the decision of an approval gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    EDITED_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    approval_id: _builtins.str
+    """The gate decided."""
+    stage: _builtins.int
+    """The stage the gate followed."""
+    agent: Global___Agent.ValueType
+    """The agent of that stage."""
+    decision: Global___ApprovalDecision.ValueType
+    """The decision."""
+    principal: _builtins.str
+    """The principal who decided; empty when the gate timed out."""
+    comment: _builtins.str
+    """The person's comment (the revision request, the rejection reason)."""
+    edited: _builtins.bool
+    """True when the decision replaced the stage's text or files (EDIT)."""
+    timed_out: _builtins.bool
+    """True when nobody answered in time and on_timeout decided."""
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """When the decision was recorded."""
+
+    def __init__(
+        self,
+        *,
+        approval_id: _builtins.str = ...,
+        stage: _builtins.int = ...,
+        agent: Global___Agent.ValueType = ...,
+        decision: Global___ApprovalDecision.ValueType = ...,
+        principal: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        edited: _builtins.bool = ...,
+        timed_out: _builtins.bool = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_id", b"approval_id", "comment", b"comment", "decided_at", b"decided_at", "decision", b"decision", "edited", b"edited", "principal", b"principal", "stage", b"stage", "timed_out", b"timed_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecided: _TypeAlias = ApprovalDecided  # noqa: Y015
+
+@_typing.final
+class EditedFile(_message.Message):
+    """EditedFile is one file a person rewrote at an approval gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Relative path, forward slashes, no "..": a file the stage produced."""
+    content: _builtins.str
+    """The new content."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditedFile: _TypeAlias = EditedFile  # noqa: Y015
+
+@_typing.final
+class SubmitApprovalRequest(_message.Message):
+    """SubmitApprovalRequest answers a run's approval gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    EDITED_TEXT_FIELD_NUMBER: _builtins.int
+    EDITED_FILES_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run: its id, an unambiguous prefix (at least 4 characters) or
+    "last", as in GetRunRequest.
+    """
+    approval_id: _builtins.str
+    """The gate answered; empty: the gate the run waits at now."""
+    decision: Global___ApprovalDecision.ValueType
+    """The decision. Required."""
+    comment: _builtins.str
+    """The reason or request (REVISE requires one; at most 8,000 characters)."""
+    edited_text: _builtins.str
+    """EDIT only: the stage's new text (the Architect's design); empty keeps
+    the text.
+    """
+    client_request_id: _builtins.str
+    """Optional idempotency key (at most 128 characters): the same key again
+    returns the decision it recorded.
+    """
+    @_builtins.property
+    def edited_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___EditedFile]:
+        """EDIT only: new contents of files the stage produced."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        approval_id: _builtins.str = ...,
+        decision: Global___ApprovalDecision.ValueType = ...,
+        comment: _builtins.str = ...,
+        edited_text: _builtins.str = ...,
+        edited_files: _abc.Iterable[Global___EditedFile] | None = ...,
+        client_request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "client_request_id", b"client_request_id", "comment", b"comment", "decision", b"decision", "edited_files", b"edited_files", "edited_text", b"edited_text", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitApprovalRequest: _TypeAlias = SubmitApprovalRequest  # noqa: Y015
+
+@_typing.final
+class SubmitApprovalResponse(_message.Message):
+    """SubmitApprovalResponse gives the decision recorded for the gate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECIDED_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decided(self) -> Global___ApprovalDecided:
+        """The recorded decision (this request's, or the same key's earlier one)."""
+
+    @_builtins.property
+    def run(self) -> Global___RunSummary:
+        """The run as it is after the decision."""
+
+    def __init__(
+        self,
+        *,
+        decided: Global___ApprovalDecided | None = ...,
+        run: Global___RunSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided", b"decided", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided", b"decided", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitApprovalResponse: _TypeAlias = SubmitApprovalResponse  # noqa: Y015

@@ -71,6 +71,11 @@ class OrchestratorServiceStub:
                 request_serializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.SubmitApproval = channel.unary_unary(
+                '/facilitair.v1.OrchestratorService/SubmitApproval',
+                request_serializer=facilitair_dot_v1_dot_orchestrator__pb2.SubmitApprovalRequest.SerializeToString,
+                response_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.SubmitApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -134,6 +139,18 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitApproval(self, request, context):
+        """SubmitApproval answers a run that waits at an approval gate
+        (RUN_STATE_AWAITING_APPROVAL): approve, revise, edit or reject the
+        stage's output. The first decision recorded wins; a different later one
+        is FAILED_PRECONDITION naming the recorded one; the same
+        client_request_id again gets the same answer. Only the run's principal
+        and approver principals may decide; anyone else gets NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +183,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoRequest.FromString,
                     response_serializer=facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'SubmitApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitApproval,
+                    request_deserializer=facilitair_dot_v1_dot_orchestrator__pb2.SubmitApprovalRequest.FromString,
+                    response_serializer=facilitair_dot_v1_dot_orchestrator__pb2.SubmitApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -337,6 +359,33 @@ class OrchestratorService:
             '/facilitair.v1.OrchestratorService/GetServerInfo',
             facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoRequest.SerializeToString,
             facilitair_dot_v1_dot_orchestrator__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facilitair.v1.OrchestratorService/SubmitApproval',
+            facilitair_dot_v1_dot_orchestrator__pb2.SubmitApprovalRequest.SerializeToString,
+            facilitair_dot_v1_dot_orchestrator__pb2.SubmitApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,14 @@ class OrchestratorServiceStub:
     it has credentials for, the models a run gets when the request names
     none, its limits and budgets, and its store.
     """
+    SubmitApproval: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.SubmitApprovalRequest, _orchestrator_pb2.SubmitApprovalResponse]
+    """SubmitApproval answers a run that waits at an approval gate
+    (RUN_STATE_AWAITING_APPROVAL): approve, revise, edit or reject the
+    stage's output. The first decision recorded wins; a different later one
+    is FAILED_PRECONDITION naming the recorded one; the same
+    client_request_id again gets the same answer. Only the run's principal
+    and approver principals may decide; anyone else gets NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -104,6 +112,14 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """GetServerInfo says what this server offers: its version, the providers
     it has credentials for, the models a run gets when the request names
     none, its limits and budgets, and its store.
+    """
+    SubmitApproval: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.SubmitApprovalRequest, _orchestrator_pb2.SubmitApprovalResponse]  # type: ignore[assignment]
+    """SubmitApproval answers a run that waits at an approval gate
+    (RUN_STATE_AWAITING_APPROVAL): approve, revise, edit or reject the
+    stage's output. The first decision recorded wins; a different later one
+    is FAILED_PRECONDITION naming the recorded one; the same
+    client_request_id again gets the same answer. Only the run's principal
+    and approver principals may decide; anyone else gets NOT_FOUND.
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -176,6 +192,20 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetServerInfo says what this server offers: its version, the providers
         it has credentials for, the models a run gets when the request names
         none, its limits and budgets, and its store.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitApproval(
+        self,
+        request: _orchestrator_pb2.SubmitApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.SubmitApprovalResponse, _abc.Awaitable[_orchestrator_pb2.SubmitApprovalResponse]]:
+        """SubmitApproval answers a run that waits at an approval gate
+        (RUN_STATE_AWAITING_APPROVAL): approve, revise, edit or reject the
+        stage's output. The first decision recorded wins; a different later one
+        is FAILED_PRECONDITION naming the recorded one; the same
+        client_request_id again gets the same answer. Only the run's principal
+        and approver principals may decide; anyone else gets NOT_FOUND.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

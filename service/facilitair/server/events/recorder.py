@@ -10,7 +10,18 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, RunState, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    Artifact,
+    Decision,
+    Gate,
+    ModelRef,
+    Plan,
+    RunOutcome,
+    RunState,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.server.events import wire
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.eventlog import EventLog
@@ -134,6 +145,25 @@ class RunRecorder:
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
         self._save()
 
+    def approval_requested(self, gate: Gate) -> None:
+        """The run waits at a gate: its event, the summary's pending approval, the row's gate and state commit
+        together with the stage's stage_completed and checkpoint, appended just before (no await between)."""
+        self._emit(wire.approval_requested(self.summary.wait_at(gate)))
+        self._row = dataclasses.replace(self._row, approval_id=gate.approval_id, approval_due_at=gate.expires_at)
+        self._set_state(RunState.AWAITING_APPROVAL)
+
+    def approval_decided(self, decision: Decision) -> None:
+        """The gate the run waited at was decided: said once, and the run is running again."""
+        self._emit(wire.approval_decided_event(decision))
+        self.summary.gate_decided()
+        self._row = dataclasses.replace(self._row, approval_id=None, approval_due_at=None)
+        self._set_state(RunState.RUNNING)
+
+    @property
+    def pending_gate(self) -> Gate | None:
+        """The gate the run waits at (or waited at, its decision not yet said), from the stored summary."""
+        return self.summary.gate
+
     def cut_off(self, spent: UsageTotals) -> None:
         """What a stage consumed before it was cut off (cancelled, failed, stopped): it counts in the run's usage.
 
@@ -227,6 +257,8 @@ class RunRecorder:
         await self.channel.until_committed(self.last_seq)
 
     def _set_state(self, state: RunState, *, finished: bool = False) -> None:
+        if finished:
+            self._row = dataclasses.replace(self._row, approval_id=None, approval_due_at=None)
         self.summary.set_state(state, time.time_ns() if finished else None)
         self._save(finished_at=time.time() if finished else None)
 

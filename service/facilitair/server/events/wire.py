@@ -13,9 +13,14 @@ saves a call of its own in exchange: RunRecorder.token).
 
 from __future__ import annotations
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from facilitair.server.domain import (
     AgentRole,
     Artifact,
+    ArtifactKind,
+    Decision,
+    Gate,
     ModelRef,
     Plan,
     RunOutcome,
@@ -220,6 +225,91 @@ def heartbeat(stage: int) -> pb.RunEvent:
     return pb.RunEvent(heartbeat=pb.Heartbeat(stage=stage))
 
 
+# -- approval gates ----------------------------------------------------------------------------------
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def pending_approval(gate: Gate) -> pb.PendingApproval:
+    """An approval gate as its message."""
+    return pb.PendingApproval(
+        approval_id=gate.approval_id,
+        stage=gate.stage,
+        agent=agent(gate.role),
+        round=gate.round,
+        text=gate.text,
+        artifacts=[artifact(a) for a in gate.artifacts],
+        requested_at=_timestamp(gate.requested_at),
+        expires_at=_timestamp(gate.expires_at),
+        on_timeout=pb.ON_APPROVAL_TIMEOUT_APPROVE if gate.approve_on_timeout else pb.ON_APPROVAL_TIMEOUT_REJECT,
+        revisions=gate.revisions,
+    )
+
+
+def artifact_of(message: pb.Artifact) -> Artifact:
+    """A file back from its message."""
+    return Artifact(
+        message.path, ArtifactKind(message.kind), message.content, message.stage, message.version,
+        message.requested_path,
+    )  # fmt: skip
+
+
+def pending_gate(stored_summary: bytes) -> Gate | None:
+    """The gate a stored summary says the run waits at, or None."""
+    summary = pb.RunSummary.FromString(stored_summary)
+    return gate_of(summary.pending_approval) if summary.HasField("pending_approval") else None
+
+
+def gate_of(message: pb.PendingApproval) -> Gate:
+    """A stored gate back from its message."""
+    return Gate(
+        approval_id=message.approval_id,
+        stage=message.stage,
+        role=AgentRole(message.agent),
+        round=message.round,
+        text=message.text,
+        artifacts=[artifact_of(a) for a in message.artifacts],
+        requested_at=message.requested_at.ToNanoseconds() / 1e9,
+        expires_at=message.expires_at.ToNanoseconds() / 1e9,
+        approve_on_timeout=message.on_timeout == pb.ON_APPROVAL_TIMEOUT_APPROVE,
+        revisions=message.revisions,
+    )
+
+
+def approval_decided(decision: Decision) -> pb.ApprovalDecided:
+    """A gate's recorded decision as its message."""
+    return pb.ApprovalDecided(
+        approval_id=decision.approval_id,
+        stage=decision.stage,
+        agent=agent(decision.role),
+        decision=pb.ApprovalDecision.ValueType(int(decision.decision)),
+        principal=decision.principal,
+        comment=decision.comment,
+        edited=decision.edited,
+        timed_out=decision.timed_out,
+        decided_at=_timestamp(decision.decided_at),
+    )
+
+
+def approval_requested(gate: pb.PendingApproval) -> pb.RunEvent:
+    """The run waits at a gate (the summary's pending approval, the same message)."""
+    return pb.RunEvent(approval_requested=pb.ApprovalRequested(approval=gate))
+
+
+def approval_decided_event(decision: Decision) -> pb.RunEvent:
+    """The gate the run waited at was decided."""
+    return pb.RunEvent(approval_decided=approval_decided(decision))
+
+
+def decision_name(decision: int) -> str:
+    """The enum name of a decision ("APPROVAL_DECISION_APPROVE"), as errors and logs show it."""
+    return pb.ApprovalDecision.Name(pb.ApprovalDecision.ValueType(decision))
+
+
 # -- summaries -----------------------------------------------------------------------------------------
 
 
@@ -298,10 +388,27 @@ class Summary:
         """Why the run failed."""
         self._message.failure.CopyFrom(failure)
 
+    def wait_at(self, gate: Gate) -> pb.PendingApproval:
+        """The gate the run waits at now, as its message (which the approval_requested event carries too)."""
+        self._message.pending_approval.CopyFrom(pending_approval(gate))
+        return self._message.pending_approval
+
+    @property
+    def gate(self) -> Gate | None:
+        """The gate the run waits at (or waited at, its decision not yet said), or None."""
+        if not self._message.HasField("pending_approval"):
+            return None
+        return gate_of(self._message.pending_approval)
+
+    def gate_decided(self) -> None:
+        """The run waits at no gate any more."""
+        self._message.ClearField("pending_approval")
+
     def set_state(self, state: RunState, finished_ns: int | None = None) -> None:
-        """The run's new state; a finished run (`finished_ns`) runs no stage any more."""
+        """The run's new state; a finished run (`finished_ns`) runs no stage any more and waits at no gate."""
         self._message.state = pb.RunState.ValueType(state)
         if finished_ns is not None:
+            self._message.ClearField("pending_approval")
             self._message.current_stage = 0
             self._message.current_agent = pb.AGENT_UNSPECIFIED
             self._message.finished_at.FromNanoseconds(finished_ns)
@@ -343,6 +450,11 @@ def list_runs_response(runs: list[pb.RunSummary], next_page_token: str) -> pb.Li
 def cancel_run_response(run: pb.RunSummary) -> pb.CancelRunResponse:
     """CancelRun's answer."""
     return pb.CancelRunResponse(run=run)
+
+
+def submit_approval_response(decision: Decision, run: pb.RunSummary) -> pb.SubmitApprovalResponse:
+    """SubmitApproval's answer: the gate's recorded decision and the run as it is now."""
+    return pb.SubmitApprovalResponse(decided=approval_decided(decision), run=run)
 
 
 def server_info(

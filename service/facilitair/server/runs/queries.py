@@ -3,7 +3,8 @@ may start.
 
 A caller names a run by its id, by a unique prefix of it (like git), or as "last" (their newest run). Only
 the caller's own runs are looked at: a run that belongs to someone else is answered exactly like one that
-does not exist (NOT_FOUND), so run ids cannot be probed.
+does not exist (NOT_FOUND), so run ids cannot be probed. The approver principals of the keys file (who decide
+approval gates) are the exception: they see any run they name by its full id.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 
 import structlog
 
-from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, why_unstorable
+from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, RunState, why_unstorable
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -42,9 +43,10 @@ _HEX = frozenset("0123456789abcdef")
 class RunQueries:
     """Reads runs for one caller at a time."""
 
-    def __init__(self, store: EventStore, events: EventLog) -> None:
+    def __init__(self, store: EventStore, events: EventLog, approvers: frozenset[str] = frozenset()) -> None:
         self._store = store
         self._events = events
+        self._approvers = approvers
 
     async def owned(self, run_id: str, principal: str) -> RunRow:
         """The caller's run that `run_id` names: its id, a unique prefix of it, or "last".
@@ -65,7 +67,7 @@ class RunQueries:
             return newest[0]
         if looks_like_run_id(run_id):
             row = await self._store.get_run(str(uuid.UUID(run_id)))  # any spelling of a UUID: the stored one
-            if row is None or row.principal != principal:
+            if row is None or (row.principal != principal and principal not in self._approvers):
                 raise NotFound(f"run {run_id[:64]!r} not found")
             return row
         prefix = run_id.lower()
@@ -113,7 +115,9 @@ class RunQueries:
             raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
         before = decode_page_token(page_token) if page_token else None
-        rows = await self._store.list_runs(principal, state or None, before, size + 1)
+        # An approver asking for the runs that wait for a decision is shown everyone's: those are the runs to decide.
+        everyone = state == RunState.AWAITING_APPROVAL and principal in self._approvers
+        rows = await self._store.list_runs(None if everyone else principal, state or None, before, size + 1)
         page = [await self.summary(r, with_result=False) for r in rows[:size]]
         token = encode_page_token(rows[size - 1]) if len(rows) > size else ""
         return page, token

@@ -174,6 +174,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
         return wire.cancel_run_response(run)
 
+    async def SubmitApproval(self, request: pb.SubmitApprovalRequest, context: Context) -> pb.SubmitApprovalResponse:
+        """Decide a run's approval gate (the first decision wins; the same request again gets the same answer)."""
+        structlog.contextvars.bind_contextvars(rpc="SubmitApproval", run_id=request.run_id[:64])
+        decision, run = await self._runs.submit_approval(requests.approval_request(request), current_principal())
+        return wire.submit_approval_response(decision, run)
+
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: Context) -> pb.GetServerInfoResponse:
         """What this server offers: version, providers, models, limits, store, replica."""
         structlog.contextvars.bind_contextvars(rpc="GetServerInfo")
