@@ -16,11 +16,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+from facilitair.cli.approvals import LineReader, Prompt, decision_commands
 from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, make_client, make_renderer
 from facilitair.cli.inputs import agent_models, build_context, read_task
 from facilitair.cli.output import OutputDir
 from facilitair.cli.render import Renderer, plural
-from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, event_kind
+from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, OnApprovalTimeout, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # Files named one by one at the end of a run; more are counted.
@@ -29,6 +30,15 @@ _LISTED_FILES = 8
 CANCEL_GRACE = 2.0
 # How long quitting waits for a CancelRun already sent to reach the server (closing the channel would drop it).
 CANCEL_SEND_TIMEOUT = 5.0
+
+
+def _interactive(args: argparse.Namespace) -> bool:
+    """A person at a terminal can answer an approval gate in place; otherwise the CLI prints the commands."""
+    return args.format != "jsonl" and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _on_timeout(choice: str | None) -> OnApprovalTimeout | None:
+    return OnApprovalTimeout[choice.upper()] if choice else None
 
 
 def _coalesce(args: argparse.Namespace) -> bool:
@@ -49,6 +59,7 @@ class Follower:
         cancel_on_interrupt: bool,
         cancel_on_close: bool = False,
         run_id: str = "",
+        ask: bool = False,
     ) -> None:
         self.client = client
         self.renderer = renderer
@@ -60,6 +71,9 @@ class Follower:
         self.last_seq = 0
         self._lost: tuple[float, str] | None = None
         self._cancel_sent = False
+        # The question at an approval gate, when a person can answer here; the task asking it, with its gate's id.
+        self._prompt = Prompt(client, renderer, LineReader().line) if ask else None
+        self._gate: tuple[str, asyncio.Task[None]] | None = None
         client.on_reconnect = self._reconnecting
 
     def _reconnecting(self, attempt: int, delay: float, error: FacilitairError) -> None:
@@ -83,6 +97,39 @@ class Follower:
             self.last_seq = event.seq
             if self.output is not None:
                 self.output.event(event)
+            kind = event_kind(event)
+            if kind is EventKind.APPROVAL_REQUESTED:
+                self._stop_asking()
+                gate_id = event.approval_requested.approval.approval_id
+                self._gate = (gate_id, asyncio.ensure_future(self._at_gate(event.run_id, gate_id)))
+            elif kind is EventKind.APPROVAL_DECIDED and self._asking(event.approval_decided.approval_id):
+                self._stop_asking()
+
+    async def _at_gate(self, run_id: str, gate_id: str) -> None:
+        """Ask the person here, or print the commands; nothing for a gate decided already (a replayed event)."""
+        try:
+            gate = await self.client.pending_approval(run_id)
+            if gate is None or gate.approval_id != gate_id:
+                return
+            if self._prompt is None:
+                self.renderer.note(f"Run {run_id} waits for a decision; answer with one of:")
+                for line in decision_commands(run_id):
+                    self.renderer.note(line)
+                return
+            await self._prompt.run(gate, streamed=self.renderer.view.shown.get(gate.stage, 0) > 0)
+        except FacilitairError as err:  # the run goes on being followed; the person can still use the commands
+            self.renderer.note(f"could not ask about the pause: {err.code.name}: {err.message}", warning=True)
+            for line in decision_commands(run_id):
+                self.renderer.note(line)
+
+    def _asking(self, gate_id: str) -> bool:
+        return self._gate is not None and self._gate[0] == gate_id
+
+    def _stop_asking(self) -> None:
+        """The gate was decided (here or elsewhere) or the run ended: no question stays open."""
+        if self._gate is not None:
+            self._gate[1].cancel()
+            self._gate = None
 
     async def follow(self, events: AsyncIterator[pb.RunEvent]) -> int:
         """Follow to the end (or Ctrl-C, or closed output); return the exit code."""
@@ -135,6 +182,7 @@ class Follower:
             )
             return EXIT_UNAVAILABLE
         finally:
+            self._stop_asking()
             loop.remove_signal_handler(signal.SIGINT)
             if cancelling is not None and not cancelling.done() and not self._cancel_sent:
                 cancelling.cancel()  # the run ended by itself during the grace: nothing to cancel
@@ -231,6 +279,9 @@ async def run_command(args: argparse.Namespace) -> int:
             cancel_on_disconnect=args.on_disconnect == "cancel",
             client_request_id=args.request_id,
             coalesce_tokens=_coalesce(args),
+            pause_after=args.pause_after,
+            approval_timeout=args.approval_timeout,
+            on_approval_timeout=_on_timeout(args.on_approval_timeout),
         )
         if args.detach:
             first = await anext(events)
@@ -245,6 +296,7 @@ async def run_command(args: argparse.Namespace) -> int:
             require_approval=args.require_approval,
             cancel_on_interrupt=True,
             cancel_on_close=args.on_disconnect == "cancel",
+            ask=_interactive(args),
         )
         return await follower.follow(events)
 
@@ -261,6 +313,7 @@ async def watch_command(args: argparse.Namespace) -> int:
             require_approval=args.require_approval,
             cancel_on_interrupt=False,
             run_id=args.run_id,
+            ask=_interactive(args),
         )
         follower.last_seq = args.after
         return await follower.follow(events)
