@@ -132,6 +132,7 @@ class RunState(enum.IntEnum):
     FAILED = 4
     CANCELLED = 5
     INTERRUPTED = 6  # the server stopped mid-run; the run resumes at the next start
+    AWAITING_APPROVAL = 7  # waits at an approval gate for a person's decision; no replica holds it meanwhile
 
 
 # The one definition of which states are final, used by the Python code and by both stores' SQL (and the
@@ -140,6 +141,56 @@ class RunState(enum.IntEnum):
 # Sets of int, so that the plain numbers of a stored row or a wire message can be looked up in them.
 FINISHED_STATES: frozenset[int] = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
 UNFINISHED_STATES: frozenset[int] = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED})
+# A run waiting at an approval gate is neither: not finished (it still counts against its caller's limit of runs in
+# flight), but no replica drives it, so it is not one of the claimable UNFINISHED_STATES either.
+ACTIVE_STATES: frozenset[int] = UNFINISHED_STATES | {RunState.AWAITING_APPROVAL}
+
+
+class ApprovalDecision(enum.IntEnum):
+    """A person's answer at an approval gate; values match the `facilitair.v1.ApprovalDecision` enum numbers."""
+
+    APPROVE = 1
+    REVISE = 2
+    EDIT = 3
+    REJECT = 4
+
+
+# The agents after whose stage a run may wait for a person. The Refiner rewrites the Coder's code, so a run that
+# pauses after the Coder pauses after every refinement round's Refiner too (and after every round's Reviewer).
+GATED_AGENTS = (AgentRole.ARCHITECT, AgentRole.CODER, AgentRole.REVIEWER, AgentRole.TESTER)
+DEFAULT_APPROVAL_TIMEOUT = 24 * 3600.0
+MAX_APPROVAL_TIMEOUT = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """How an agent's approval gate waits: for how long, and what it decides by itself then."""
+
+    timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    approve_on_timeout: bool = False  # fail closed: an unanswered gate rejects
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A recorded decision of one approval gate (by a person, or by its timeout when `timed_out`)."""
+
+    approval_id: str
+    stage: int
+    role: AgentRole
+    decision: ApprovalDecision
+    principal: str
+    comment: str = ""
+    edited_text: str = ""
+    edited_files: dict[str, str] = field(default_factory=dict)
+    client_request_id: str = ""
+    timed_out: bool = False
+    requested_at: float = 0.0
+    decided_at: float = 0.0
+
+    @property
+    def edited(self) -> bool:
+        """True when the decision replaces the stage's text or files."""
+        return self.decision == ApprovalDecision.EDIT and bool(self.edited_text or self.edited_files)
 
 
 class ArtifactKind(enum.IntEnum):
@@ -161,6 +212,22 @@ class Artifact:
     stage: int
     version: int = 1
     requested_path: str = ""  # the path the stage named, when a file of another kind held it
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """An approval gate: the stage whose output a person is asked to approve, and until when."""
+
+    approval_id: str
+    stage: int
+    role: AgentRole
+    round: int
+    text: str
+    artifacts: list[Artifact]
+    requested_at: float
+    expires_at: float
+    approve_on_timeout: bool
+    revisions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from facilitair.server.domain import AgentRole, ModelRef
+from facilitair.server.domain import GATED_AGENTS, MAX_APPROVAL_TIMEOUT, AgentRole, ModelRef
 from facilitair.server.errors import InvalidArgument
 from facilitair.server.pricing import Price
 from facilitair.server.settings import FILE_SETTINGS, ConfigError, check_model
@@ -32,6 +32,11 @@ class AgentConfig(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     # Replaces the agent's role text; the output contract the parsers need is always appended.
     system_prompt: str | None = Field(default=None, min_length=1, max_length=20_000)
+    # Approval gates (a request's pause_after wins over these): whether a run waits for a person after this
+    # agent's stage, how long at most (seconds; unset: 24 hours) and what an unanswered gate decides then.
+    pause_after: bool = False
+    approval_timeout: float | None = Field(default=None, gt=0, le=MAX_APPROVAL_TIMEOUT)
+    on_approval_timeout: Literal["reject", "approve"] = "reject"
 
     @field_validator("model")
     @classmethod
@@ -82,11 +87,14 @@ class PipelineConfig(BaseModel):
     @field_validator("agents")
     @classmethod
     def _known_agents(cls, v: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
-        for name in v:
+        for name, agent in v.items():
             try:
-                AgentRole.from_label(name, field=f"agents.{name}")
+                role = AgentRole.from_label(name, field=f"agents.{name}")
             except InvalidArgument as exc:
                 raise ValueError(exc.violations[0][1]) from None
+            if agent.pause_after and role not in GATED_AGENTS:
+                gated = ", ".join(r.label for r in GATED_AGENTS)
+                raise ValueError(f"{name}: pause_after is for the agents {gated}")
         return v
 
     @field_validator("prices")

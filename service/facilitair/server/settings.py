@@ -131,8 +131,7 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="run this many server processes on one port, each a replica on the shared store "
-        "(PostgreSQL only)",
+        description="run this many server processes on one port, each a replica on the shared store (PostgreSQL only)",
     )
     model: str = Field(
         default="openai:gpt-4.1-mini",
@@ -283,6 +282,14 @@ class Settings(BaseSettings):
 
     def load_api_keys(self) -> dict[str, str]:
         """The configured keys by principal name; errors name the line, never the key."""
+        return {name: key for name, key, _roles in self._key_entries()}
+
+    def approvers(self) -> frozenset[str]:
+        """The principals the keys name as approvers (`name:key approver`): they may decide any run's gates."""
+        return frozenset(name for name, _key, roles in self._key_entries() if "approver" in roles)
+
+    def _key_entries(self) -> list[tuple[str, str, frozenset[str]]]:
+        """Each `name:key [role ...]` entry of FACILITAIR_API_KEYS and the keys file."""
         entries: list[tuple[str, str]] = []
         if self.api_keys is not None:
             raw = self.api_keys.get_secret_value()
@@ -297,15 +304,19 @@ class Settings(BaseSettings):
                 for n, line in enumerate(lines, start=1)
                 if line.strip() and not line.lstrip().startswith("#")
             ]
-        keys: dict[str, str] = {}
+        keys: dict[str, tuple[str, frozenset[str]]] = {}
         for where, entry in entries:
-            name, sep, key = entry.strip().partition(":")
-            if not sep or not name.strip() or len(key.strip()) < 16:
+            name, sep, rest = entry.strip().partition(":")
+            key, *roles = rest.split() or [""]
+            if not sep or not name.strip() or len(key) < 16:
                 raise ConfigError(f"{where} is not name:key with a key of at least 16 characters")
             if name.strip() in keys:
                 raise ConfigError(f"{where} repeats the principal name {name.strip()!r}")
-            keys[name.strip()] = key.strip()
-        return keys
+            unknown = [r for r in roles if r not in KEY_ROLES]
+            if unknown:
+                raise ConfigError(f"{where} names an unknown role after the key; the roles are: {', '.join(KEY_ROLES)}")
+            keys[name.strip()] = (key, frozenset(roles))
+        return [(name, key, roles) for name, (key, roles) in keys.items()]
 
     def check_exposure(self, has_keys: bool) -> None:
         """Secure by default: off loopback, callers must authenticate (keys or mTLS) unless --insecure."""
@@ -330,6 +341,9 @@ class Settings(BaseSettings):
             return [ModelRef("local", DEFAULT_LOCAL_MODEL)]
         return parse_chain(self.model, field="FACILITAIR_MODEL")
 
+
+# What a key's line may say after the key: `approver` lets its principal decide any run's approval gates.
+KEY_ROLES = ("approver",)
 
 # The settings the pipeline file's [settings] table may set: those declared with _in_file.
 FILE_SETTINGS = frozenset(

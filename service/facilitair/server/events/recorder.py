@@ -9,7 +9,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    Artifact,
+    Decision,
+    Gate,
+    ModelRef,
+    Plan,
+    RunOutcome,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.server.events import wire
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.eventlog import EventLog
@@ -145,6 +155,29 @@ class RunRecorder:
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
         self._save()
 
+    def approval_requested(self, gate: Gate) -> None:
+        """The run waits at a gate: its event, the summary's pending approval, the row's gate and state commit
+        together with the stage's stage_completed and checkpoint, appended just before (no await between)."""
+        message = wire.pending_approval(gate)
+        self.summary.pending_approval.CopyFrom(message)
+        self._emit(pb.RunEvent(approval_requested=pb.ApprovalRequested(approval=message)))
+        self._row = dataclasses.replace(self._row, approval_id=gate.approval_id, approval_expires_at=gate.expires_at)
+        self._set_state(pb.RUN_STATE_AWAITING_APPROVAL)
+
+    def approval_decided(self, decision: Decision) -> None:
+        """The gate the run waited at was decided: said once, and the run is running again."""
+        self._emit(pb.RunEvent(approval_decided=wire.approval_decided(decision)))
+        self.summary.ClearField("pending_approval")
+        self._row = dataclasses.replace(self._row, approval_id=None, approval_expires_at=None)
+        self._set_state(pb.RUN_STATE_RUNNING)
+
+    @property
+    def pending_gate(self) -> Gate | None:
+        """The gate the run waits at (or waited at, its decision not yet said), from the stored summary."""
+        if not self.summary.HasField("pending_approval"):
+            return None
+        return wire.gate_of(self.summary.pending_approval)
+
     def cut_off(self, spent: UsageTotals) -> None:
         """What a stage consumed before it was cut off (cancelled, failed, stopped): it counts in the run's usage.
 
@@ -226,6 +259,8 @@ class RunRecorder:
     def _set_state(self, state: int, *, finished: bool = False) -> None:
         self.summary.state = state  # type: ignore[assignment]
         if finished:
+            self.summary.ClearField("pending_approval")
+            self._row = dataclasses.replace(self._row, approval_id=None, approval_expires_at=None)
             self.summary.current_stage = 0
             self.summary.current_agent = pb.AGENT_UNSPECIFIED
             self.summary.finished_at.FromNanoseconds(time.time_ns())

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
+from facilitair.server.domain import RunState
 from facilitair.server.errors import FacilitairError, NotFound, Reason, Unavailable
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.store.base import EventStore, StoreUnavailable
@@ -84,11 +85,12 @@ class RemoteFeed:
         row = await self._store.get_run(self.channel.run_id)
         if row is None:
             self.channel.close(error=NotFound(f"run {self.channel.run_id!r} not found"))
+        elif row.state == RunState.AWAITING_APPROVAL:
+            return  # waits for a person, held by no replica on purpose: its watchers wait with it
         elif row.lease_expires_at is not None and row.lease_expires_at < time.time():
             self.channel.close(
                 error=Unavailable(
-                    "no replica is driving this run right now; it goes on when one takes it over: watch it again "
-                    "later",
+                    "no replica is driving this run right now; it goes on when one takes it over: watch it again later",
                     reason=Reason.RUN_NOT_DRIVEN,
                 )
             )

@@ -6,7 +6,19 @@ run lifecycle builds summaries here, so no other module of the pipeline imports 
 
 from __future__ import annotations
 
-from facilitair.server.domain import AgentRole, Artifact, Plan, RunOutcome, UsageTotals, Verdict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from facilitair.server.domain import (
+    AgentRole,
+    Artifact,
+    ArtifactKind,
+    Decision,
+    Gate,
+    Plan,
+    RunOutcome,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # The events that end a run, each setting one of domain.FINISHED_STATES.
@@ -80,6 +92,78 @@ def result(outcome: RunOutcome) -> pb.RunResult:
     return pb.RunResult(
         artifacts=[artifact(a) for a in outcome.artifacts], approved=outcome.approved, refinements=outcome.refinements
     )
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def pending_approval(gate: Gate) -> pb.PendingApproval:
+    """An approval gate as its message."""
+    return pb.PendingApproval(
+        approval_id=gate.approval_id,
+        stage=gate.stage,
+        agent=agent(gate.role),
+        round=gate.round,
+        text=gate.text,
+        artifacts=[artifact(a) for a in gate.artifacts],
+        requested_at=_timestamp(gate.requested_at),
+        expires_at=_timestamp(gate.expires_at),
+        on_timeout=pb.ON_APPROVAL_TIMEOUT_APPROVE if gate.approve_on_timeout else pb.ON_APPROVAL_TIMEOUT_REJECT,
+        revisions=gate.revisions,
+    )
+
+
+def artifact_of(message: pb.Artifact) -> Artifact:
+    """A file back from its message."""
+    return Artifact(
+        message.path, ArtifactKind(message.kind), message.content, message.stage, message.version,
+        message.requested_path,
+    )  # fmt: skip
+
+
+def pending_gate(stored_summary: bytes) -> Gate | None:
+    """The gate a stored summary says the run waits at, or None."""
+    summary = pb.RunSummary.FromString(stored_summary)
+    return gate_of(summary.pending_approval) if summary.HasField("pending_approval") else None
+
+
+def gate_of(message: pb.PendingApproval) -> Gate:
+    """A stored gate back from its message."""
+    return Gate(
+        approval_id=message.approval_id,
+        stage=message.stage,
+        role=AgentRole(message.agent),
+        round=message.round,
+        text=message.text,
+        artifacts=[artifact_of(a) for a in message.artifacts],
+        requested_at=message.requested_at.ToNanoseconds() / 1e9,
+        expires_at=message.expires_at.ToNanoseconds() / 1e9,
+        approve_on_timeout=message.on_timeout == pb.ON_APPROVAL_TIMEOUT_APPROVE,
+        revisions=message.revisions,
+    )
+
+
+def approval_decided(decision: Decision) -> pb.ApprovalDecided:
+    """A gate's recorded decision as its message."""
+    return pb.ApprovalDecided(
+        approval_id=decision.approval_id,
+        stage=decision.stage,
+        agent=agent(decision.role),
+        decision=pb.ApprovalDecision.ValueType(int(decision.decision)),
+        principal=decision.principal,
+        comment=decision.comment,
+        edited=decision.edited,
+        timed_out=decision.timed_out,
+        decided_at=_timestamp(decision.decided_at),
+    )
+
+
+def decision_name(decision: int) -> str:
+    """The enum name of a decision ("APPROVAL_DECISION_APPROVE"), as errors and logs show it."""
+    return pb.ApprovalDecision.Name(pb.ApprovalDecision.ValueType(decision))
 
 
 def new_summary(run_id: str, task: str, created_ns: int) -> pb.RunSummary:

@@ -8,18 +8,32 @@ completed stages from them and never asks a provider twice.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import uuid
 from collections.abc import Callable
 
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, ArtifactKind, ModelRef, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    ApprovalDecision,
+    Artifact,
+    ArtifactKind,
+    Decision,
+    Gate,
+    ModelRef,
+    RunOutcome,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts
 from facilitair.server.pipeline.attempts import StageRunner
 from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
+from facilitair.server.pipeline.gates import EDITED_KIND, AwaitingApproval, Rejected, rejection_reason
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
@@ -47,6 +61,8 @@ class Pipeline:
         checkpoints: dict[int, StageOutput] | None = None,
         interrupted_stage: int = 0,
         history: StageHistory | None = None,
+        decisions: dict[int, Decision] | None = None,
+        pending: Gate | None = None,
     ) -> None:
         self.spec = spec
         self.rec = recorder
@@ -56,6 +72,9 @@ class Pipeline:
         self.interrupted_stage = interrupted_stage
         self.runner = runner
         self.history = history  # learns each completed stage's time and length, for the plans of later runs
+        # The decisions of the run's approval gates by stage, and the gate whose decision is still to be said.
+        self.decisions = decisions or {}
+        self.pending = pending
         self.files = FileSet()
         self.verdict = Verdict(approved=False, summary="")
         self._stage_count = 0
@@ -130,6 +149,64 @@ class Pipeline:
         return total
 
     async def _stage(self, role: AgentRole, rounds: int, inputs: prompts.StageInputs, derive: _Derive) -> str:
+        """Run one stage (or replay it) and, when its agent is gated, its approval gate; return its output text.
+
+        A gate without a decision stops the run (AwaitingApproval); REVISE runs the stage again with the
+        person's comment and gates it again; EDIT makes the person's text or files its output (gates.py).
+        """
+        text = await self._one_stage(role, rounds, inputs, derive)
+        policy = self.spec.gate(role)
+        revisions = 0
+        while policy is not None:
+            stage = self._stage_count
+            decision = self.decisions.get(stage)
+            if decision is None:
+                now = time.time()
+                gate = Gate(
+                    str(uuid.uuid4()), stage, role, rounds, text, self._artifacts_of(stage), now,
+                    now + policy.timeout, policy.approve_on_timeout, revisions,
+                )  # fmt: skip
+                self.rec.approval_requested(gate)
+                raise AwaitingApproval(gate)
+            announce = self.pending is not None and self.pending.approval_id == decision.approval_id
+            if announce:
+                self.rec.approval_decided(decision)
+                self.pending = None
+            if decision.decision == ApprovalDecision.REJECT:
+                raise Rejected(rejection_reason(decision, role))
+            if decision.decision == ApprovalDecision.EDIT:
+                return self._edit(role, rounds, stage, text, decision, announce=announce)
+            if decision.decision == ApprovalDecision.APPROVE:
+                return text
+            revisions += 1
+            again = dataclasses.replace(inputs, previous=text, revision=decision.comment)
+            text = await self._one_stage(role, rounds, again, derive)
+        return text
+
+    def _artifacts_of(self, stage: int) -> list[Artifact]:
+        """The files a stage produced, at the versions it produced them."""
+        return [a for a in self.files.by_path.values() if a.stage == stage]
+
+    def _edit(self, role: AgentRole, rounds: int, stage: int, text: str, decision: Decision, *, announce: bool) -> str:
+        """A person's edit becomes the stage's output: a new verdict, or new versions of its files."""
+        if role == AgentRole.REVIEWER:
+            text = decision.edited_text or text
+            self.verdict = parse_verdict(text)
+            if announce:
+                self.rec.verdict(stage, rounds, self.verdict)
+            return text
+        kind = EDITED_KIND[role]
+        if kind == ArtifactKind.DESIGN:
+            text = decision.edited_text or decision.edited_files.get("DESIGN.md", text)
+            files = [ParsedFile("DESIGN.md", text)]
+        else:
+            files = [ParsedFile(path, content) for path, content in decision.edited_files.items()]
+        added = self.files.add(files, kind, stage)
+        if announce:
+            self.rec.artifacts(added)
+        return text
+
+    async def _one_stage(self, role: AgentRole, rounds: int, inputs: prompts.StageInputs, derive: _Derive) -> str:
         """Run one stage, or replay it from its checkpoint, and return its output text.
 
         The stage's own events (verdict, files) go out before stage_completed, which commits together

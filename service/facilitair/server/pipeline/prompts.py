@@ -97,6 +97,9 @@ class StageInputs:
     review: str = ""
     tests: str = ""
     shortened: frozenset[str] = frozenset()
+    # A stage run again at a person's request (an approval gate's REVISE): its answer before, and what to change.
+    previous: str = ""
+    revision: str = ""
 
     def with_part(self, key: str, text: str) -> StageInputs:
         """A copy whose part `key` ("design", "code", "review", "tests") is `text`, marked as shortened."""
@@ -133,4 +136,7 @@ def user_prompt(role: AgentRole, inputs: StageInputs) -> str:
             parts.append(f"# {heading} ({SHORTENED})\n{text}")
         else:
             parts.append(f"# {heading} ({LEFT_OUT})")
+    if inputs.revision:
+        parts.append(f"# Your previous answer\n{inputs.previous}")
+        parts.append(f"# A person reviewed your previous answer and asks for these changes\n{inputs.revision}")
     return "\n\n".join(parts)

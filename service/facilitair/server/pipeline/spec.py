@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain
+from facilitair.server.domain import MAX_APPROVAL_TIMEOUT, AgentRole, GatePolicy, ModelRef, chain_text, parse_chain
 from facilitair.server.errors import FacilitairError, InvalidArgument, Reason
 
 T = TypeVar("T")
 
-# Version 1 (before versions were written) had the same keys as version 2 without "version".
-SPEC_VERSION = 2
+# Version 1 (before versions were written) had the same keys as version 2 without "version"; version 3 added
+# "gates" (approval gates: none in older versions).
+SPEC_VERSION = 3
 CHECKPOINT_VERSION = 2
 
 
@@ -40,6 +41,12 @@ class RunSpec:
     client_request_id: str = ""
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    # The agents after whose stages the run waits for a person, with how each gate waits.
+    gates: dict[AgentRole, GatePolicy] = field(default_factory=dict)
+
+    def gate(self, role: AgentRole) -> GatePolicy | None:
+        """The gate after a stage of `role`, if any (the Refiner's is the Coder's: it rewrites the code)."""
+        return self.gates.get(AgentRole.CODER if role == AgentRole.REFINER else role)
 
     def to_json(self) -> str:
         """Serialize for the run row."""
@@ -54,6 +61,10 @@ class RunSpec:
                 "client_request_id": self.client_request_id,
                 "budget_usd": self.budget_usd,
                 "budget_tokens": self.budget_tokens,
+                "gates": {
+                    r.label: {"timeout": g.timeout, "approve_on_timeout": g.approve_on_timeout}
+                    for r, g in self.gates.items()
+                },
             }
         )
 
@@ -74,6 +85,10 @@ class RunSpec:
                 client_request_id=_typed(data.get("client_request_id", ""), str),
                 budget_usd=_budget(data.get("budget_usd"), float, "budget_usd"),
                 budget_tokens=_budget(data.get("budget_tokens"), int, "budget_tokens"),
+                gates={
+                    AgentRole.from_label(k, field="gates"): _gate(_typed(v, dict))
+                    for k, v in _typed(data.get("gates", {}), dict).items()
+                },
             )
             if spec.max_refinements < 0:
                 raise ValueError(f"max_refinements is {spec.max_refinements}")
@@ -160,6 +175,13 @@ def _budget(value: object, kind: type[float] | type[int], name: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0 or not math.isfinite(kind(value)):
         raise ValueError(f"{name} is {str(value)[:40]!r}, not a positive number")
     return kind(value)
+
+
+def _gate(data: dict[str, Any]) -> GatePolicy:
+    timeout = data["timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_APPROVAL_TIMEOUT:
+        raise ValueError(f"a gate's timeout is {str(timeout)[:40]!r}")
+    return GatePolicy(float(timeout), _typed(data["approve_on_timeout"], bool))
 
 
 def _what(exc: BaseException) -> str:

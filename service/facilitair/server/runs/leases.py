@@ -10,6 +10,11 @@ lifecycle hands a run over, when another replica released leases, and when the s
 The lease keeper asks the run lifecycle (lifecycle.py) what it holds and tells it what it learnt; the lifecycle
 decides what becomes of the runs.
 
+The same loop sweeps approval gates: runs waiting for a person are claimed (and resumed) once their gate is
+decided, expired or a cancel was asked, so a gate's timeout fires within APPROVAL_SWEEP_SECONDS of its expiry, once
+(the claim's compare-and-set picks one replica), from whichever replica looks first. A decision also wakes the loop
+(on a shared store, every replica's, through the store's notification of released leases).
+
 On one process (SQLite) the same loop runs: at start it takes over every unfinished run (the previous process
 is gone), and later it picks up runs that were interrupted while the store could not write.
 """
@@ -30,6 +35,9 @@ from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
+
+# How often runs waiting at an approval gate are looked at for an expired gate (a claim query, no renewal).
+APPROVAL_SWEEP_SECONDS = 2.0
 
 
 class LeaseKeeper:
@@ -86,14 +94,18 @@ class LeaseKeeper:
     async def _loop(self) -> None:
         period = self.lease_seconds / 3
         work = self._lifecycle.lease_work
+        renew_due = 0.0
         while True:
+            woken = False
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
-                    await work.wait()
+                async with asyncio.timeout(min(period, APPROVAL_SWEEP_SECONDS)):
+                    woken = await work.wait()
             work.clear()
             await self._release()
             try:
-                await self._renew()
+                if woken or time.monotonic() >= renew_due:
+                    renew_due = time.monotonic() + period
+                    await self._renew()
                 await self._claim(ignore_leases=False)
             except StoreUnavailable as exc:
                 # The leases may run out meanwhile; then another replica takes the runs over and this one's

@@ -17,11 +17,11 @@ the store refused). The supervisor, which drives the run, asks `why` once its ta
 
 Nothing here calls back into the objects that ask it: they hold it, it holds none of them.
 
-Extension point, a run that waits (issue 22, approval gates): a run that stops here to wait for a person is one
-more ending that hands its lease over. Add it to `Ending` and to `HANDS_OVER`; the supervisor records it (no
-terminal event) and releases the run's capacity as for any ending; the lease keeper gives its lease back; the
-store decides when it may be claimed again (once decided); and the replica that claims it resumes it from its
-checkpoints, as after any handover.
+A run that waits (approval gates, issue 22) is one more ending that hands its lease over: `Waiting`. Its gate is
+stored with the stage that opened it (no terminal event); the supervisor releases the run's capacity as for any
+ending; the lease keeper gives its lease back; the store makes it claimable again once its gate is decided,
+expired or a cancel is asked; and the replica that claims it resumes it from its checkpoints, as after any
+handover.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from facilitair.server.domain import RunOutcome
+from facilitair.server.domain import Gate, RunOutcome
 from facilitair.server.errors import FacilitairError, Reason, Unavailable
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.tasks import cancel_and_wait
@@ -73,12 +73,19 @@ class Failed:
     error: BaseException
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The run waits at an approval gate for a person's decision: no replica holds it meanwhile."""
+
+    gate: Gate
+
+
 #: Why a run stops before its pipeline ends: what others ask for.
 Stop = Cancel | Interrupt | Lost
 #: How a run's time here ends: exactly one of these.
-Ending = Cancel | Interrupt | Lost | Completed | Failed
+Ending = Cancel | Interrupt | Lost | Completed | Failed | Waiting
 #: Endings without a terminal event whose lease is given back once they are stored, for another claim.
-HANDS_OVER: tuple[type[Interrupt], ...] = (Interrupt,)
+HANDS_OVER: tuple[type[Interrupt] | type[Waiting], ...] = (Interrupt, Waiting)
 
 
 class Phase(enum.Enum):

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from facilitair.server.domain import FINISHED_STATES
+from facilitair.server.domain import FINISHED_STATES, Decision
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.health import StoreHealth
@@ -27,6 +27,7 @@ from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import Admission
+from facilitair.server.runs.approvals import ApprovalDesk, ApprovalRequest
 from facilitair.server.runs.leases import LeaseKeeper
 from facilitair.server.runs.lifecycle import RunLifecycle
 from facilitair.server.runs.queries import RunQueries
@@ -97,7 +98,8 @@ class RunService:
             admission=self._admission,
             starter=self._starter,
         )
-        self._queries = RunQueries(store, self.events)
+        self._queries = RunQueries(store, self.events, settings.approvers())
+        self._approvals = ApprovalDesk(store, self._queries, wake=self._leases.claim_soon)
         self._retention = Retention(settings, store)
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -183,6 +185,13 @@ class RunService:
         """One page of the principal's runs, newest first, and the next page's token."""
         return await self._queries.list_runs(principal, state, page_size, page_token)
 
+    # -- approval gates -------------------------------------------------------------------------
+
+    async def submit_approval(self, request: ApprovalRequest, principal: str) -> tuple[Decision, pb.RunSummary]:
+        """Record a decision at a run's approval gate (or find the one recorded); return it and the run now."""
+        decision, row = await self._approvals.submit(request, principal)
+        return decision, await self._queries.summary(row, with_result=True)
+
     # -- cancelling runs ------------------------------------------------------------------------
 
     async def cancel_run(
@@ -196,9 +205,12 @@ class RunService:
         elif row.state in FINISHED_STATES:
             ended = True
         else:
-            # Driven by another replica (or by none right now): the request is stored, and the owner (or whoever
-            # claims the run next) cancels it.
-            ended = not await self._store.request_cancel(run_id, reason) or await self._ended(run_id)
+            # Driven by another replica (or by none right now, as a run waiting at an approval gate): the request is
+            # stored, and the owner (or whoever claims the run next, here at once if it can) cancels it.
+            requested = await self._store.request_cancel(run_id, reason)
+            if requested:
+                self._leases.claim_soon()
+            ended = not requested or await self._ended(run_id)
         if not ended and not self.events.health.healthy:
             raise Unavailable(
                 f"the run is cancelled, but the server cannot store that now ({self.events.health.cause}); "
@@ -221,6 +233,8 @@ class RunService:
         if self.lifecycle.is_live(run_id):
             log.info("cancel_noticed", run_id=run_id, via="notification")
             self._in_background(self._cancel_with_stored_reason(run_id))
+        else:
+            self._leases.claim_soon()  # a run nobody drives (one waiting at a gate) is claimed and cancelled now
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
         row = await self._store.get_run(run_id)

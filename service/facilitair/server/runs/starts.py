@@ -17,7 +17,7 @@ import uuid
 import structlog
 from google.protobuf.message import DecodeError
 
-from facilitair.server.domain import Plan, chain_text
+from facilitair.server.domain import ApprovalDecision, Decision, Gate, Plan, chain_text
 from facilitair.server.errors import DataCorrupt, FacilitairError, FailedPrecondition, Reason, ResourceLimited
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
@@ -30,7 +30,7 @@ from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admissio
 from facilitair.server.runs.idempotency import check_same_request
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
-from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow, StoreUnavailable
+from facilitair.server.store.base import Claim, DecideOutcome, EventStore, InsertOutcome, RunRow, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -202,9 +202,19 @@ class RunStarter:
             for model in spec.all_models():
                 self._providers.check(model)
             checkpoints = {c.stage: StageOutput.from_json(c.data) for c in await self._store.checkpoints(row.run_id)}
+            decisions = {d.stage: d for d in await self._store.decisions(row.run_id)}
         except (UnreadableRecord, FailedPrecondition) as exc:
             self._fail_unresumable(rec, exc)
             return await self._events.flush()
+        pending = rec.pending_gate
+        if pending is not None and pending.stage not in decisions:
+            decided = await self._timed_out(row, pending)
+            if decided is None:
+                # Claimed with nothing to do (its gate was neither decided nor expired): it waits on, held by none.
+                log.warning("run_claimed_while_waiting", run_id=row.run_id, approval_id=pending.approval_id)
+                self._events.close_channel(rec.channel)
+                return await self._store.release_leases(self._settings.replica_id, {row.run_id: row.epoch})
+            decisions[decided.stage] = decided
         current = rec.current_stage
         interrupted = current if current and current not in checkpoints else 0
         if last_seq == 0:
@@ -215,7 +225,25 @@ class RunStarter:
             rec.resumed()
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
         self._admission.resumed(row.run_id, row.principal)
-        self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)
+        self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted, decisions=decisions, pending=pending)
+
+    async def _timed_out(self, row: RunRow, gate: Gate) -> Decision | None:
+        """The decision of a gate that expired unanswered (its policy's), recorded as the first one; None if the gate
+        has not expired. A person who decided at the same moment wins if theirs was stored first."""
+        now = time.time()
+        if gate.expires_at > now:
+            return None
+        policy = ApprovalDecision.APPROVE if gate.approve_on_timeout else ApprovalDecision.REJECT
+        decision = Decision(
+            gate.approval_id, gate.stage, gate.role, policy, principal="",
+            comment="no decision before the approval expired", timed_out=True, requested_at=gate.requested_at,
+            decided_at=now,
+        )  # fmt: skip
+        result = await self._store.decide(row.run_id, decision)
+        if result.outcome is DecideOutcome.NOT_PENDING or result.recorded is None:
+            return None
+        log.info("approval_timed_out", run_id=row.run_id, approval_id=gate.approval_id, decision=policy.name)
+        return result.recorded
 
     def _fail_unresumable(self, rec: RunRecorder, exc: FacilitairError) -> None:
         reason = exc.reason if exc.reason is not Reason.STORED_DATA_CORRUPT else Reason.RUN_NOT_RESUMABLE

@@ -18,11 +18,13 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
+from facilitair.server.domain import Decision, Gate
 from facilitair.server.errors import FacilitairError, RunDeadlineExceeded
 from facilitair.server.events import wire
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
+from facilitair.server.pipeline.gates import AwaitingApproval, Rejected
 from facilitair.server.pipeline.orchestrator import Pipeline
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
@@ -30,7 +32,16 @@ from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import Admission
-from facilitair.server.runs.lifecycle import Cancel, Completed, Ending, Failed, Interrupt, Lost, RunLifecycle
+from facilitair.server.runs.lifecycle import (
+    Cancel,
+    Completed,
+    Ending,
+    Failed,
+    Interrupt,
+    Lost,
+    RunLifecycle,
+    Waiting,
+)
 from facilitair.server.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -70,9 +81,14 @@ class Supervisor:
         principal: str,
         checkpoints: dict[int, StageOutput] | None = None,
         interrupted_stage: int = 0,
+        *,
+        decisions: dict[int, Decision] | None = None,
+        pending: Gate | None = None,
     ) -> None:
-        """Start driving a run: from its start, or from its checkpoints after a restart."""
-        deadline = self._deadline(rec)
+        """Start driving a run: from its start, or from its checkpoints (and its gates' decisions) after a restart."""
+        # The run's timeout does not count the time it waited for people at its gates.
+        waited = sum(max(d.decided_at - d.requested_at, 0.0) for d in (decisions or {}).values())
+        deadline = self._deadline(rec) + waited
         policy = AttemptPolicy(
             attempts_per_model=self._settings.provider_attempts,
             retry_wait_max=self._settings.retry_wait_max,
@@ -90,6 +106,8 @@ class Supervisor:
             checkpoints=checkpoints,
             interrupted_stage=interrupted_stage,
             history=self._history,
+            decisions=decisions,
+            pending=pending,
         )
         # A fresh context: the run outlives the RPC that started it and must not log as that RPC.
         task = asyncio.create_task(
@@ -121,6 +139,11 @@ class Supervisor:
             self._record(rec, ending)
             await rec.event_log.flush()
             stored = ending
+            if isinstance(ending, Waiting):
+                # Its gate is stored: watchers follow the run from the store now, wherever it goes on.
+                rec.event_log.close_channel(rec.channel)
+                log.info("run_waiting", approval_id=ending.gate.approval_id, stage=ending.gate.stage)
+                return
             u = rec.usage
             log.info(
                 "run_finished",
@@ -144,6 +167,10 @@ class Supervisor:
         try:
             async with asyncio.timeout_at(deadline) as timeout:
                 return Completed(await pipeline.run())
+        except AwaitingApproval as waiting:
+            return Waiting(waiting.gate)
+        except Rejected as rejected:
+            return Cancel(rejected.reason)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:

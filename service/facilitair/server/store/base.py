@@ -13,11 +13,19 @@ with now, so an owner whose run was taken over can never write to it again.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from facilitair.server.domain import UNFINISHED_STATES
+from facilitair.server.domain import (
+    ACTIVE_STATES,
+    UNFINISHED_STATES,
+    AgentRole,
+    ApprovalDecision,
+    Decision,
+    RunState,
+)
 from facilitair.server.errors import Reason, Unavailable
 
 # domain.UNFINISHED_STATES as the SQL predicate both stores filter on ("state IN (1, 2, 6)"), its values in
@@ -25,6 +33,10 @@ from facilitair.server.errors import Reason, Unavailable
 # most of all) use such an index only for a query whose predicate is written the same way. The schemas' past
 # migrations build their indexes from it too: a change to the set needs a new migration that remakes them.
 UNFINISHED_SQL = f"state IN ({', '.join(str(int(s)) for s in sorted(UNFINISHED_STATES))})"
+# The runs that count against their caller's limit of runs in flight: the unfinished ones and those waiting at an
+# approval gate (domain.ACTIVE_STATES).
+ACTIVE_SQL = f"state IN ({', '.join(str(int(s)) for s in sorted(ACTIVE_STATES))})"
+AWAITING_SQL = f"state = {int(RunState.AWAITING_APPROVAL)}"
 # The NOTIFY channels of the PostgreSQL store.
 COMMITS_CHANNEL = "facilitair_commits"
 CANCEL_CHANNEL = "facilitair_cancel"
@@ -87,6 +99,10 @@ class RunRow:
     lease_expires_at: float | None = None
     # Why a cancel was requested (by any replica), or None when none was.
     cancel_reason: str | None = None
+    # The approval gate the run waits at (state AWAITING_APPROVAL) and when it decides by itself; None otherwise.
+    # Written with the run's row in a batch, so they commit with the gate's approval_requested event.
+    approval_id: str | None = None
+    approval_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +143,52 @@ class Batch:
         ids.update(r.run_id for r in self.runs)
         ids.update(c.run_id for c in self.checkpoints)
         return ids
+
+
+class DecideOutcome(enum.Enum):
+    """What `decide` did."""
+
+    RECORDED = "recorded"  # this decision is the gate's: the first one
+    EXISTING = "existing"  # the gate was decided before: that decision, unchanged
+    NOT_PENDING = "not_pending"  # the run does not wait at this gate (and it was never decided): nothing stored
+
+
+@dataclass(frozen=True, slots=True)
+class DecideResult:
+    """The outcome of `decide` and the gate's recorded decision (None when NOT_PENDING)."""
+
+    outcome: DecideOutcome
+    recorded: Decision | None
+
+
+def edit_json(decision: Decision) -> str:
+    """The edited text and files of a decision, as the approvals table keeps them."""
+    return json.dumps({"text": decision.edited_text, "files": decision.edited_files})
+
+
+def decision_of(columns: Sequence[Any]) -> Decision:
+    """A decision from its stored columns, in DECISION_COLUMNS order (both stores keep the same ones)."""
+    approval_id, stage, agent, decision, principal, comment, edit, request_id, timed_out, requested, decided = columns
+    edited = json.loads(edit)
+    return Decision(
+        str(approval_id), int(stage), AgentRole(agent), ApprovalDecision(decision), str(principal), str(comment),
+        str(edited.get("text", "")), {str(k): str(v) for k, v in dict(edited.get("files", {})).items()},
+        str(request_id), bool(timed_out), float(requested), float(decided),
+    )  # fmt: skip
+
+
+DECISION_COLUMNS = (
+    "approval_id, stage, agent, decision, principal, comment, edit, client_request_id, timed_out, requested_at, "
+    "decided_at"
+)
+
+
+def decision_values(d: Decision) -> tuple[object, ...]:
+    """A decision's values in DECISION_COLUMNS order."""
+    return (
+        d.approval_id, d.stage, int(d.role), int(d.decision), d.principal, d.comment, edit_json(d), d.client_request_id,
+        d.timed_out, d.requested_at, d.decided_at,
+    )  # fmt: skip
 
 
 class InsertOutcome(enum.Enum):
@@ -249,7 +311,8 @@ class EventStore(Protocol):
     async def claim_expired(
         self, owner: str, lease_seconds: float, limit: int, *, ignore_leases: bool = False
     ) -> list[Claim]:
-        """Take over up to `limit` unfinished runs whose lease ran out (or every unfinished run: ignore_leases)."""
+        """Take over up to `limit` unfinished runs whose lease ran out (or every unfinished run: ignore_leases), and
+        waiting runs with something to do: their gate decided or expired, or a cancel requested."""
         ...
 
     async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
@@ -257,7 +320,17 @@ class EventStore(Protocol):
         ...
 
     async def count_active(self, principal: str) -> int:
-        """How many unfinished runs the principal has."""
+        """How many runs the principal has in flight (unfinished or waiting at an approval gate)."""
+        ...
+
+    async def decide(self, run_id: str, decision: Decision) -> DecideResult:
+        """Record the first decision of the gate the run waits at, atomically: a gate decided before keeps its
+        decision (EXISTING), one the run does not wait at is NOT_PENDING. A recorded decision makes the run
+        claimable (and, on a shared store, tells the other replicas to claim it now)."""
+        ...
+
+    async def decisions(self, run_id: str) -> Sequence[Decision]:
+        """Every recorded decision of a run's gates, by stage."""
         ...
 
     async def read_events(self, run_id: str, after_seq: int, limit: int) -> list[bytes]:

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import asyncpg
 
-from facilitair.server.store.base import CANCEL_CHANNEL, COMMITS_CHANNEL, LEASES_CHANNEL, UNFINISHED_SQL, SchemaError
+from facilitair.server.store.base import (
+    AWAITING_SQL,
+    CANCEL_CHANNEL,
+    COMMITS_CHANNEL,
+    DECISION_COLUMNS,
+    LEASES_CHANNEL,
+    UNFINISHED_SQL,
+    SchemaError,
+)
 
 V1 = f"""
 CREATE TABLE runs (
@@ -46,7 +54,30 @@ CREATE TABLE checkpoints (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1,)
+# Approval gates (issue 22): the gate a run waits at, on its row (written with the run's batches), and every gate's
+# first decision, kept by approval id (the primary key is what makes the first decision win).
+APPROVALS = f"""
+ALTER TABLE runs ADD COLUMN approval_id text;
+ALTER TABLE runs ADD COLUMN approval_expires_at double precision;
+CREATE INDEX runs_awaiting ON runs (principal) WHERE {AWAITING_SQL};
+CREATE TABLE approvals (
+    approval_id text PRIMARY KEY,
+    run_id text NOT NULL,
+    stage integer NOT NULL,
+    agent integer NOT NULL,
+    decision integer NOT NULL,
+    principal text NOT NULL,
+    comment text NOT NULL,
+    edit text NOT NULL,
+    client_request_id text NOT NULL,
+    timed_out boolean NOT NULL,
+    requested_at double precision NOT NULL,
+    decided_at double precision NOT NULL
+);
+CREATE INDEX approvals_by_run ON approvals (run_id, stage);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, APPROVALS)
 VERSION = len(MIGRATIONS)
 # Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
 LOCK_CLASS = 0x46414331
@@ -55,7 +86,7 @@ SCHEMA_LOCK = 1
 NOW = "extract(epoch from now())::float8"
 RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason"
+    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_expires_at"
 )
 R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 
@@ -76,9 +107,10 @@ WITH wanted AS (
     WHERE e.run_id IN (SELECT run_id FROM accepted)
     RETURNING run_id, seq
 ), upd AS (
-    UPDATE runs r SET state = u.state, updated_at = u.updated_at, finished_at = u.finished_at, summary = u.summary
-    FROM unnest($6::text[], $7::integer[], $8::float8[], $9::float8[], $10::bytea[])
-        AS u(run_id, state, updated_at, finished_at, summary)
+    UPDATE runs r SET state = u.state, updated_at = u.updated_at, finished_at = u.finished_at, summary = u.summary,
+        approval_id = u.approval_id, approval_expires_at = u.approval_expires_at
+    FROM unnest($6::text[], $7::integer[], $8::float8[], $9::float8[], $10::bytea[], $15::text[], $16::float8[])
+        AS u(run_id, state, updated_at, finished_at, summary, approval_id, approval_expires_at)
     WHERE r.run_id = u.run_id AND u.run_id IN (SELECT run_id FROM accepted)
     RETURNING r.run_id
 ), cp AS (
@@ -107,14 +139,15 @@ GROUP BY v.run_id
 EPOCHS = "SELECT run_id, epoch FROM runs WHERE run_id = ANY($1::text[])"
 
 FIND_AND_COUNT = f"""
-SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}) AS active,
+SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL})
+       + (SELECT count(*) FROM runs WHERE principal = $1 AND {AWAITING_SQL}) AS active,
        (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing,
        (SELECT count(*) FROM runs WHERE principal = $1 AND created_at > $3) AS recent,
        (SELECT min(created_at) FROM runs WHERE principal = $1 AND created_at > $3) AS oldest_recent
 """
 INSERT_RUN = f"""
 INSERT INTO runs ({RUN_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL, NULL, NULL)
 ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}
 """
@@ -135,7 +168,8 @@ ORDER BY run_id LIMIT $3
 
 REQUEST_CANCEL = f"""
 WITH c AS (
-    UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2) WHERE run_id = $1 AND {UNFINISHED_SQL} RETURNING run_id
+    UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2)
+    WHERE run_id = $1 AND ({UNFINISHED_SQL} OR {AWAITING_SQL}) RETURNING run_id
 )
 SELECT pg_notify('{CANCEL_CHANNEL}', run_id) FROM c
 """
@@ -168,9 +202,15 @@ def claim_sql(ignore_leases: bool) -> str:
     """Take over runs: pick unlocked candidates (SKIP LOCKED: two claimers never wait on or share one), then
     bump each one's epoch in a compare-and-set on the epoch read."""
     expired = "" if ignore_leases else f" AND (lease_expires_at IS NULL OR lease_expires_at < {NOW})"
+    # A waiting run is claimed (as its lease allows) once it has something to do: its gate decided or expired, or
+    # a cancel requested.
+    due = (
+        f"(cancel_reason IS NOT NULL OR approval_expires_at < {NOW} "
+        "OR EXISTS (SELECT 1 FROM approvals a WHERE a.approval_id = runs.approval_id))"
+    )
     return f"""
 WITH c AS (
-    SELECT run_id, epoch FROM runs WHERE {UNFINISHED_SQL}{expired}
+    SELECT run_id, epoch FROM runs WHERE ({UNFINISHED_SQL}{expired}) OR ({AWAITING_SQL}{expired} AND {due})
     ORDER BY created_at, run_id LIMIT $3 FOR UPDATE SKIP LOCKED
 )
 UPDATE runs r SET owner = $1, epoch = r.epoch + 1, lease_expires_at = {NOW} + $2::float8
@@ -190,9 +230,25 @@ WITH doomed AS (
     DELETE FROM events e USING doomed d WHERE e.run_id = d.run_id
 ), cp AS (
     DELETE FROM checkpoints c USING doomed d WHERE c.run_id = d.run_id
+), ap AS (
+    DELETE FROM approvals a USING doomed d WHERE a.run_id = d.run_id
 )
 DELETE FROM runs r USING doomed d WHERE r.run_id = d.run_id RETURNING r.run_id
 """
+
+
+# The first decision of a gate: under the lock of the run's row (two deciders queue on it), the gate's decision if
+# it has one, else this one if the run waits at that gate; a recorded one tells the replicas to claim the run.
+DECISION_OF = f"SELECT {DECISION_COLUMNS} FROM approvals WHERE approval_id = $1 AND run_id = $2"
+LOCK_WAITING = f"SELECT approval_id FROM runs WHERE run_id = $1 AND {AWAITING_SQL} FOR UPDATE"
+INSERT_DECISION = f"""
+WITH ins AS (
+    INSERT INTO approvals (run_id, {DECISION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT DO NOTHING RETURNING run_id
+)
+SELECT pg_notify('{LEASES_CHANNEL}', '1') FROM ins
+"""
+DECISIONS = f"SELECT {DECISION_COLUMNS} FROM approvals WHERE run_id = $1 ORDER BY stage"
 
 
 async def migrate(conn: asyncpg.Connection) -> int:

@@ -19,14 +19,18 @@ from typing import TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from facilitair.server.domain import Decision
 from facilitair.server.store import pg_sql
 from facilitair.server.store.base import (
+    AWAITING_SQL,
     DELETE_BATCH,
     RATE_WINDOW,
     UNFINISHED_SQL,
     Batch,
     Checkpoint,
     Claim,
+    DecideOutcome,
+    DecideResult,
     InsertOutcome,
     InsertResult,
     OnCancel,
@@ -35,6 +39,8 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    decision_of,
+    decision_values,
     id_prefix_bounds,
     rate_limited,
 )
@@ -259,6 +265,7 @@ class PostgresStore:
             [r.finished_at for r in runs], [r.summary for r in runs],
             [c.run_id for c in checkpoints], [c.stage for c in checkpoints], [c.data for c in checkpoints],
             self.tag,
+            [r.approval_id for r in runs], [r.approval_expires_at for r in runs],
         )  # fmt: skip
         assert result is not None
         return ids - set(result["accepted"])
@@ -396,13 +403,36 @@ class PostgresStore:
         return await self._many(pg_sql.RUNS_BY_PREFIX, principal, low, high, limit)
 
     async def count_active(self, principal: str) -> int:
-        """The principal's unfinished runs."""
+        """The principal's runs in flight: unfinished, or waiting at an approval gate."""
         value = await self._on_pool(
             lambda conn: conn.fetchval(
-                f"SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}", principal
+                f"SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}) "
+                f"+ (SELECT count(*) FROM runs WHERE principal = $1 AND {AWAITING_SQL})",
+                principal,
             )
         )
         return int(value)
+
+    async def decide(self, run_id: str, decision: Decision) -> DecideResult:
+        """One transaction under the lock of the run's row; a recorded decision notifies every replica."""
+
+        async def decide(conn: Conn) -> DecideResult:
+            async with conn.transaction():
+                waiting = await conn.fetchrow(pg_sql.LOCK_WAITING, run_id)
+                found = await conn.fetchrow(pg_sql.DECISION_OF, decision.approval_id, run_id)
+                if found is not None:
+                    return DecideResult(DecideOutcome.EXISTING, decision_of(list(found.values())))
+                if waiting is None or waiting["approval_id"] != decision.approval_id:
+                    return DecideResult(DecideOutcome.NOT_PENDING, None)
+                await conn.execute(pg_sql.INSERT_DECISION, run_id, *decision_values(decision))
+                return DecideResult(DecideOutcome.RECORDED, decision)
+
+        return await self._on_pool(decide)
+
+    async def decisions(self, run_id: str) -> list[Decision]:
+        """A run's recorded decisions, by stage."""
+        rows = await self._on_pool(lambda conn: conn.fetch(pg_sql.DECISIONS, run_id))
+        return [decision_of(list(r.values())) for r in rows]
 
     async def list_runs(
         self, principal: str, state: int | None, before: tuple[float, str] | None, limit: int

@@ -18,14 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from facilitair.server.domain import Decision
 from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
+    AWAITING_SQL,
+    DECISION_COLUMNS,
     DELETE_BATCH,
     RATE_WINDOW,
     UNFINISHED_SQL,
     Batch,
     Checkpoint,
     Claim,
+    DecideOutcome,
+    DecideResult,
     InsertOutcome,
     InsertResult,
     OnCancel,
@@ -34,6 +39,8 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    decision_of,
+    decision_values,
     id_prefix_bounds,
     rate_limited,
 )
@@ -43,7 +50,12 @@ T = TypeVar("T")
 
 _RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason"
+    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_expires_at"
+)
+# The runs a principal has in flight: unfinished, or waiting at an approval gate (each count on its partial index).
+_ACTIVE_COUNT = (
+    f"SELECT (SELECT count(*) FROM runs WHERE principal=:p AND {UNFINISHED_SQL}) "
+    f"+ (SELECT count(*) FROM runs WHERE principal=:p AND {AWAITING_SQL})"
 )
 
 # SQLite errors that mean "cannot write now" and what to say about them (SQLite's own words hold no path).
@@ -63,6 +75,14 @@ def unavailable_cause(exc: sqlite3.Error) -> str | None:
         if needle in text:
             return f"the SQLite store cannot write: {cause}"
     return None
+
+
+# A waiting run (claimed as its lease allows) has something to do: its gate was decided or expired, or a cancel was
+# requested.
+_GATE_DUE = (
+    "(cancel_reason IS NOT NULL OR approval_expires_at < :now "
+    "OR EXISTS (SELECT 1 FROM approvals a WHERE a.approval_id = runs.approval_id))"
+)
 
 
 def _row(values: Sequence[object]) -> RunRow:
@@ -176,11 +196,7 @@ class SqliteStore:
                     ).fetchone()
                     if found is not None:
                         return InsertResult(InsertOutcome.EXISTING, _row(found), 0)
-                active = int(
-                    conn.execute(
-                        f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (row.principal,)
-                    ).fetchone()[0]
-                )
+                active = int(conn.execute(_ACTIVE_COUNT, {"p": row.principal}).fetchone()[0])
                 if active >= max_active_per_principal:
                     return InsertResult(InsertOutcome.LIMITED, None, active)
                 recent, oldest = conn.execute(
@@ -193,7 +209,7 @@ class SqliteStore:
                 stored = dataclasses.replace(
                     row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
                 )
-                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(13)})", dataclasses.astuple(stored))
+                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(15)})", dataclasses.astuple(stored))
                 return InsertResult(InsertOutcome.CREATED, stored, active)
 
         return await self._writer.run(insert)
@@ -214,11 +230,12 @@ class SqliteStore:
         """Nothing to do: one process writes and watches, and it knows its own commits."""
 
     async def request_cancel(self, run_id: str, reason: str) -> bool:
-        """Record the reason (the first one stays) on an unfinished run."""
+        """Record the reason (the first one stays) on an unfinished or waiting run."""
 
         def mark(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
-                f"UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? AND {UNFINISHED_SQL}",
+                "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?) WHERE run_id=? "
+                f"AND ({UNFINISHED_SQL} OR {AWAITING_SQL})",
                 (reason, run_id),
             )
             return cur.rowcount > 0
@@ -250,13 +267,13 @@ class SqliteStore:
 
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             now = time.time()
-            expired = "" if ignore_leases else " AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+            expired = "" if ignore_leases else " AND (lease_expires_at IS NULL OR lease_expires_at < :now)"
             rows: list[RunRow] = []
             with immediate(conn):
                 candidates = conn.execute(
-                    f"SELECT run_id, epoch FROM runs WHERE {UNFINISHED_SQL}{expired} "
-                    "ORDER BY created_at, run_id LIMIT ?",
-                    (limit,) if ignore_leases else (now, limit),
+                    f"SELECT run_id, epoch FROM runs WHERE ({UNFINISHED_SQL}{expired}) OR ({AWAITING_SQL}{expired} "
+                    f"AND {_GATE_DUE}) ORDER BY created_at, run_id LIMIT :limit",
+                    {"now": now, "limit": limit},
                 ).fetchall()
                 for run_id, epoch in candidates:
                     got = conn.execute(
@@ -309,7 +326,7 @@ class SqliteStore:
                         (cutoff, batch_size),
                     )
                 ]
-                for table in ("events", "checkpoints", "runs"):
+                for table in ("events", "checkpoints", "approvals", "runs"):
                     conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks(len(ids))})", ids)
             return len(ids)
 
@@ -370,13 +387,42 @@ class SqliteStore:
         return await self._many(sql, tuple(args))
 
     async def count_active(self, principal: str) -> int:
-        """The principal's unfinished runs."""
-        return await self._reader.run(
-            lambda conn: int(
-                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,))
-                .fetchone()[0]
-            )
-        )
+        """The principal's runs in flight: unfinished, or waiting at an approval gate."""
+        return await self._reader.run(lambda conn: int(conn.execute(_ACTIVE_COUNT, {"p": principal}).fetchone()[0]))
+
+    async def decide(self, run_id: str, decision: Decision) -> DecideResult:
+        """Under the write lock: the gate's decision if it has one, else this one if the run waits at the gate."""
+
+        def decide(conn: sqlite3.Connection) -> DecideResult:
+            with immediate(conn):
+                found = conn.execute(
+                    f"SELECT {DECISION_COLUMNS} FROM approvals WHERE approval_id=? AND run_id=?",
+                    (decision.approval_id, run_id),
+                ).fetchone()
+                if found is not None:
+                    return DecideResult(DecideOutcome.EXISTING, decision_of(found))
+                waiting = conn.execute(
+                    f"SELECT 1 FROM runs WHERE run_id=? AND {AWAITING_SQL} AND approval_id=?",
+                    (run_id, decision.approval_id),
+                ).fetchone()
+                if waiting is None:
+                    return DecideResult(DecideOutcome.NOT_PENDING, None)
+                conn.execute(
+                    f"INSERT INTO approvals (run_id, {DECISION_COLUMNS}) VALUES ({marks(12)})",
+                    (run_id, *decision_values(decision)),
+                )
+                return DecideResult(DecideOutcome.RECORDED, decision)
+
+        return await self._writer.run(decide)
+
+    async def decisions(self, run_id: str) -> list[Decision]:
+        """A run's recorded decisions, by stage."""
+
+        def read(conn: sqlite3.Connection) -> list[Decision]:
+            cur = conn.execute(f"SELECT {DECISION_COLUMNS} FROM approvals WHERE run_id=? ORDER BY stage", (run_id,))
+            return [decision_of(r) for r in cur]
+
+        return await self._reader.run(read)
 
     async def list_runs(
         self, principal: str, state: int | None, before: tuple[float, str] | None, limit: int

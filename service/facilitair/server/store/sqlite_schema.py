@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from facilitair.server.store.base import UNFINISHED_SQL, SchemaError
+from facilitair.server.store.base import AWAITING_SQL, UNFINISHED_SQL, SchemaError
 
 V1 = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,7 +52,30 @@ CREATE INDEX runs_active_by_principal ON runs (principal) WHERE {UNFINISHED_SQL}
 CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# Approval gates (issue 22): the gate a run waits at, on its row (written with the run's batches), and every gate's
+# first decision, kept by approval id (the primary key is what makes the first decision win).
+APPROVALS = f"""
+ALTER TABLE runs ADD COLUMN approval_id TEXT;
+ALTER TABLE runs ADD COLUMN approval_expires_at REAL;
+CREATE INDEX runs_awaiting ON runs (principal) WHERE {AWAITING_SQL};
+CREATE TABLE approvals (
+    approval_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    agent INTEGER NOT NULL,
+    decision INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    edit TEXT NOT NULL,
+    client_request_id TEXT NOT NULL,
+    timed_out INTEGER NOT NULL,
+    requested_at REAL NOT NULL,
+    decided_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX approvals_by_run ON approvals (run_id, stage);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, APPROVALS)
 VERSION = len(MIGRATIONS)
 
 

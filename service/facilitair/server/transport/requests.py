@@ -10,11 +10,23 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain, why_unstorable
+from facilitair.server.domain import (
+    DEFAULT_APPROVAL_TIMEOUT,
+    GATED_AGENTS,
+    MAX_APPROVAL_TIMEOUT,
+    AgentRole,
+    ApprovalDecision,
+    GatePolicy,
+    ModelRef,
+    chain_text,
+    parse_chain,
+    why_unstorable,
+)
 from facilitair.server.errors import FailedPrecondition, InvalidArgument
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
+from facilitair.server.runs.approvals import ApprovalRequest
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -132,6 +144,7 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
             problems += exc.violations
 
     budget_usd, budget_tokens = _budgets(request, settings, problems)
+    gates = _gates(request, config, problems)
 
     if request.HasField("max_refinements") and request.max_refinements > MAX_REFINEMENTS:
         problems.append(("max_refinements", f"must be at most {MAX_REFINEMENTS}"))
@@ -154,6 +167,63 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         client_request_id=request.client_request_id,
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
+        gates=gates,
+    )
+
+
+def _gates(
+    request: pb.CollaborateRequest, config: PipelineConfig, problems: list[tuple[str, str]]
+) -> dict[AgentRole, GatePolicy]:
+    """The run's approval gates: the request's pause_after (else the pipeline file's), each with its timeout."""
+    asked: set[AgentRole] = set()
+    for value in request.pause_after:
+        if value not in {int(r) for r in GATED_AGENTS}:
+            gated = ", ".join(r.label for r in GATED_AGENTS)
+            problems.append(("pause_after", f"{pb.Agent.Name(value) if value in pb.Agent.values() else value} "
+                                            f"cannot pause a run; these can: {gated}"))  # fmt: skip
+        else:
+            asked.add(AgentRole(value))
+    timeout: float | None = None
+    if request.HasField("approval_timeout"):
+        timeout = request.approval_timeout.ToNanoseconds() / 1e9
+        if not 0 < timeout <= MAX_APPROVAL_TIMEOUT:
+            problems.append(
+                ("approval_timeout", f"must be more than 0 and at most {MAX_APPROVAL_TIMEOUT:g} s (7 days)")
+            )
+    if request.on_approval_timeout not in pb.OnApprovalTimeout.values():
+        problems.append(("on_approval_timeout", f"unknown value {request.on_approval_timeout}"))
+    roles = asked if request.pause_after else {r for r in GATED_AGENTS if config.agent(r).pause_after}
+    gates = {}
+    for role in sorted(roles):
+        agent = config.agent(role)
+        approve = (
+            request.on_approval_timeout == pb.ON_APPROVAL_TIMEOUT_APPROVE
+            if request.on_approval_timeout
+            else agent.on_approval_timeout == "approve"
+        )
+        gates[role] = GatePolicy(timeout or agent.approval_timeout or DEFAULT_APPROVAL_TIMEOUT, approve)
+    return gates
+
+
+def approval_request(request: pb.SubmitApprovalRequest) -> ApprovalRequest:
+    """A SubmitApprovalRequest as the run service takes it (its decision checked there)."""
+    files: dict[str, str] = {}
+    for edited in request.edited_files:
+        if edited.path in files:
+            raise InvalidArgument("edited_files", f"{edited.path[:80]!r} is given twice")
+        files[edited.path] = edited.content
+    if request.decision not in {int(d) for d in ApprovalDecision}:
+        raise InvalidArgument("decision", "is required: APPROVE, REVISE, EDIT or REJECT")
+    if len(request.approval_id) > 64:
+        raise InvalidArgument("approval_id", "is longer than any approval id")
+    return ApprovalRequest(
+        run_id=run_id_of(request.run_id),
+        approval_id=request.approval_id,
+        decision=ApprovalDecision(request.decision),
+        comment=request.comment,
+        edited_text=request.edited_text,
+        edited_files=files,
+        client_request_id=request.client_request_id,
     )
 
 

@@ -15,6 +15,7 @@ import grpc
 import structlog
 
 from facilitair.server import metrics
+from facilitair.server.events import wire
 from facilitair.server.events.relay import coalesce_tokens
 from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.pipeline_file import PipelineConfig
@@ -189,6 +190,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async def call() -> pb.CancelRunResponse:
             run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
             return pb.CancelRunResponse(run=run)
+
+        return await self._unary(context, call)
+
+    async def SubmitApproval(self, request: pb.SubmitApprovalRequest, context: Context) -> pb.SubmitApprovalResponse:
+        """Decide a run's approval gate (the first decision wins; the same request again gets the same answer)."""
+        structlog.contextvars.bind_contextvars(rpc="SubmitApproval", run_id=request.run_id[:64])
+
+        async def call() -> pb.SubmitApprovalResponse:
+            decision, run = await self._runs.submit_approval(requests.approval_request(request), current_principal())
+            return pb.SubmitApprovalResponse(decided=wire.approval_decided(decision), run=run)
 
         return await self._unary(context, call)
 

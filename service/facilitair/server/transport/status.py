@@ -34,6 +34,8 @@ CODE_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.PROVIDER_NOT_CONFIGURED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.PLAN_OVER_BUDGET: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.REQUEST_ID_REUSED: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.APPROVAL_ALREADY_DECIDED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.NOT_AWAITING_APPROVAL: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.RUN_NOT_RESUMABLE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     Reason.RUN_NOT_DRIVEN: grpc.StatusCode.UNAVAILABLE,
