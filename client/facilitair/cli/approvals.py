@@ -20,6 +20,7 @@ from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
 from facilitair.cli.editor import edit_in_editor
 from facilitair.cli.render import Renderer, agent_name, decided_line, plural, state_name
 from facilitair.client import (
+    DECIDED_ALREADY,
     Approval,
     ApprovalRequest,
     ApprovalResult,
@@ -27,13 +28,10 @@ from facilitair.client import (
     Decision,
     FacilitairError,
     RunState,
-    StatusCode,
     approval_request,
 )
 
 _DECISIONS = {"approve": Decision.APPROVE, "revise": Decision.REVISE, "reject": Decision.REJECT}
-# SubmitApproval's answer when the gate was decided first by someone else (or by its timeout).
-_TOO_LATE = (StatusCode.FAILED_PRECONDITION, StatusCode.ALREADY_EXISTS)
 
 
 def decision_commands(run_id: str) -> list[str]:
@@ -193,5 +191,5 @@ class Prompt:
                 return
             except FacilitairError as err:
                 self.renderer.note(f"Not sent: {err.code.name}: {err.message}", warning=True)
-                if err.code in _TOO_LATE:
+                if err.reason in DECIDED_ALREADY:
                     return  # decided already: the run's events say how

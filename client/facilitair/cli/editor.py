@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 from facilitair.cli.common import CommandFailed
 from facilitair.client import Agent, Approval, ApprovalRequest
 
+# Agents whose output is a text, edited as such (the server takes their edits as edited_text).
+_TEXT_AGENTS = (Agent.ARCHITECT, Agent.REVIEWER)
 # A bound on how long the editor may stay open: a person editing a design takes minutes; a day is a stuck one.
 EDITOR_TIMEOUT = 24 * 3600.0
 
@@ -36,13 +38,19 @@ def _text_name(gate: ApprovalRequest) -> str:
 
 
 def _chosen(gate: ApprovalRequest, paths: Sequence[str]) -> dict[str, str]:
-    """path -> content of the files to edit: those named, else all the stage's files; {} for its text."""
+    """path -> content of the files to edit: those named, else all the stage's files; {} for its text.
+
+    The Architect's and the Reviewer's output is a text (a file the Architect wrote is that design again), so
+    without PATHs their text is edited; the Coder's and the Tester's is files.
+    """
     files = {a.path: a.content for a in gate.files}
     unknown = [p for p in paths if p not in files]
     if unknown:
         have = ", ".join(files) or "none"
         raise CommandFailed(f"the stage did not produce {', '.join(unknown)} (its files: {have})")
-    return {p: files[p] for p in paths} if paths else files
+    if paths:
+        return {p: files[p] for p in paths}
+    return {} if gate.agent in _TEXT_AGENTS else files
 
 
 def _place(root: Path, relative: str) -> Path:

@@ -16,6 +16,7 @@ answer with `submit_approval`, or decide in `run(..., on_approval=...)`::
 
 from facilitair.client._client import (
     CHANNEL_OPTIONS,
+    DECIDED_ALREADY,
     RECONNECT_GAVE_UP,
     TERMINAL,
     ApprovalCallback,
@@ -48,6 +49,7 @@ from facilitair.v1.orchestrator_pb2 import GetServerInfoResponse as ServerInfo
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "DECIDED_ALREADY",
     "DEFAULT_PORT",
     "RECONNECT_GAVE_UP",
     "TERMINAL",

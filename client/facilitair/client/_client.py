@@ -70,9 +70,9 @@ EventCallback = Callable[[pb.RunEvent], Awaitable[None] | None]
 #: Called when a run waits at an approval gate; returns the Approval to submit, or None to leave the gate to
 #: someone else (`facilitair approve`, another client). May be a coroutine function.
 ApprovalCallback = Callable[[ApprovalRequest], Awaitable[Approval | None] | Approval | None]
-# What SubmitApproval answers when the gate was decided already (by someone else, or by its timeout): the
-# decision that won comes in the run's events, so a callback that lost the race is not an error of the run.
-_DECIDED_ALREADY = (StatusCode.FAILED_PRECONDITION, StatusCode.ALREADY_EXISTS)
+#: The reasons SubmitApproval gives when the gate was decided already (by someone else, or by its timeout): the
+#: decision that won comes in the run's events, so a callback that lost the race is not an error of the run.
+DECIDED_ALREADY = ("APPROVAL_ALREADY_DECIDED", "NOT_AWAITING_APPROVAL")
 
 
 class Client:
@@ -312,7 +312,7 @@ class Client:
         try:
             await self._submit(event.run_id, answer, approval_id=gate.approval_id)
         except FacilitairError as err:
-            if err.code not in _DECIDED_ALREADY:
+            if err.reason not in DECIDED_ALREADY:
                 raise
 
     async def pending_approval(self, run_id: str) -> ApprovalRequest | None:
