@@ -72,7 +72,7 @@ async def test_submit_approval_records_the_decision_and_the_run_goes_on(make_ser
     assert kinds.count("approval_decided") == 1
     assert kinds[-1] == "run_completed"
     decided = next(e.approval_decided for e in rest if kind(e) == "approval_decided")
-    assert (decided.decision, decided.comment) == (Decision.APPROVE, "fine")
+    assert (Decision(decided.decision), decided.comment) == (Decision.APPROVE, "fine")
     assert len(prompts_of(fake, "architect")) == 1, "an approved stage is not asked again"
 
 
@@ -136,6 +136,11 @@ async def test_on_approval_none_leaves_the_gate_to_someone_else(make_server: Ser
 def _sync_calls(target: str) -> tuple[FacilitairError, FacilitairError, RunCancelled, list[str]]:
     """The blocking client, on a thread of its own (the server runs on the test's loop)."""
     seen: list[str] = []
+
+    def reject(gate: ApprovalRequest) -> Approval:
+        seen.append(gate.agent.name)
+        return Approval.reject("not this design")
+
     with SyncClient(target) as client:
         with pytest.raises(FacilitairError) as bad:
             client.submit_approval("last", Decision.APPROVE, edited_text="x")
@@ -145,7 +150,7 @@ def _sync_calls(target: str) -> tuple[FacilitairError, FacilitairError, RunCance
             client.run(
                 TASK,
                 pause_after=["architect"],
-                on_approval=lambda gate: seen.append(gate.agent.name) or Approval.reject("not this design"),
+                on_approval=reject,
             )
     return bad.value, nobody.value, cancelled.value, seen
 
