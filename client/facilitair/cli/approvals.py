@@ -141,7 +141,7 @@ class Prompt:
     def _show(self, gate: ApprovalRequest, streamed: bool) -> None:
         """What is to be approved: the text when this view did not stream it, and the files."""
         who = f"{agent_name(gate.agent)}'s output (stage {gate.stage})"
-        self.renderer.note(f"Run {gate.run_id} waits for your decision on the {who}.")
+        self.renderer.note(f"Waiting for your decision on the {who}.")
         if gate.text and not streamed:
             for line in gate.text.splitlines():
                 self.renderer.note(f"  | {line}")
