@@ -84,7 +84,8 @@ async def test_in_a_terminal_revise_asks_what_to_change_and_asks_again(make_serv
     assert code == 0
     assert "What should change? name it reverse_string" in lines
     assert any(line.startswith("?? [1] sent back for revision by local: name it reverse_string") for line in lines)
-    assert any(line.startswith("?? [2] Architect's output waits for a decision, 1 file, revised 1 time") for line in lines)
+    again = "?? [2] Architect's output waits for a decision, 1 file, revised 1 time"
+    assert any(line.startswith(again) for line in lines)
     first, second = prompts_of(fake, "architect")
     assert "name it reverse_string" not in first
     assert "name it reverse_string" in second
