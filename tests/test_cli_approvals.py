@@ -262,3 +262,19 @@ async def test_reject_ends_the_run_cancelled_with_the_reason(make_server: Server
     cancelled = next(line for line in out.splitlines() if line.startswith("Run cancelled: "))
     assert "rejected by local: too risky" in cancelled
     assert prompts_of(fake, "coder") == []
+
+
+async def test_in_a_terminal_a_decision_made_elsewhere_closes_the_question(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        async with terminal(h.target, "run", TASK, "--pause-after", "architect") as term:
+            await term.wait_for(lambda s: QUESTION in s)
+            elsewhere = await cli(h.target, "approve", "last", "--comment", "from my phone")
+            code = await term.wait_exit()
+    lines = term.lines()
+    assert elsewhere[0] == 0
+    assert code == 0
+    question = term.row_of(QUESTION)
+    assert lines[question] == f"{QUESTION} (decided elsewhere)"
+    assert lines[question + 1] == "?? [1] approved by local: from my phone"
+    assert "Run completed" in lines[term.row_of("Run completed")]

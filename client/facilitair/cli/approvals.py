@@ -133,10 +133,22 @@ class Prompt:
         self.client = client
         self.renderer = renderer
         self._read = read
+        self._open = False  # a question is on the screen, waiting for its answer
 
     async def _ask(self, question: str) -> str | None:
         self.renderer.prompt(question)
-        return await self._read()
+        self._open = True
+        try:
+            return await self._read()
+        finally:
+            self._open = False
+
+    def abandon(self, why: str) -> None:
+        """No answer is wanted any more (decided elsewhere, the run ended): end an open question's row saying
+        why, before anything else is written there (called before the task asking is cancelled)."""
+        if self._open:
+            self._open = False
+            self.renderer.note(f"({why})")
 
     def _show(self, gate: ApprovalRequest, streamed: bool) -> None:
         """What is to be approved: the text when this view did not stream it, and the files."""

@@ -93,17 +93,17 @@ class Follower:
                 since, error = self._lost
                 self._lost = None
                 self.renderer.connection_back(time.monotonic() - since, error)
+            kind = event_kind(event)
+            if kind is EventKind.APPROVAL_DECIDED and self._asking(event.approval_decided.approval_id):
+                self._stop_asking("decided elsewhere")  # first: an open question's row ends before the decision
             self.renderer.event(event)
             self.last_seq = event.seq
             if self.output is not None:
                 self.output.event(event)
-            kind = event_kind(event)
             if kind is EventKind.APPROVAL_REQUESTED:
                 self._stop_asking()
                 gate_id = event.approval_requested.approval.approval_id
                 self._gate = (gate_id, asyncio.ensure_future(self._at_gate(event.run_id, gate_id)))
-            elif kind is EventKind.APPROVAL_DECIDED and self._asking(event.approval_decided.approval_id):
-                self._stop_asking()
 
     async def _at_gate(self, run_id: str, gate_id: str) -> None:
         """Ask the person here, or print the commands; nothing for a gate decided already (a replayed event)."""
@@ -125,9 +125,11 @@ class Follower:
     def _asking(self, gate_id: str) -> bool:
         return self._gate is not None and self._gate[0] == gate_id
 
-    def _stop_asking(self) -> None:
+    def _stop_asking(self, why: str = "not answered") -> None:
         """The gate was decided (here or elsewhere) or the run ended: no question stays open."""
         if self._gate is not None:
+            if self._prompt is not None:
+                self._prompt.abandon(why)
             self._gate[1].cancel()
             self._gate = None
 
