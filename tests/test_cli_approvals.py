@@ -189,10 +189,10 @@ async def test_without_a_terminal_the_commands_are_printed_and_approve_by_prefix
     first = run.err.index(f"Run {run_id} waits for a decision; answer with one of:")
     assert run.err[first : first + 5] == [
         f"Run {run_id} waits for a decision; answer with one of:",
-        f"  facilitair approve {run_id} [--comment TEXT]",
+        f"  facilitair approve {run_id}",
         f'  facilitair revise {run_id} "what to change"',
         f"  facilitair edit {run_id}",
-        f'  facilitair reject {run_id} ["why"]',
+        f'  facilitair reject {run_id} "why"',
     ]
     assert listed[0] == 0
     [row] = [r for r in listed[1].splitlines() if r.startswith(run_id)]

@@ -35,12 +35,12 @@ _DECISIONS = {"approve": Decision.APPROVE, "revise": Decision.REVISE, "reject": 
 
 
 def decision_commands(run_id: str) -> list[str]:
-    """The commands that answer a paused run, as printed when the CLI cannot ask."""
+    """The commands that answer a paused run, as printed when the CLI cannot ask: each runs as it is."""
     return [
-        f"  facilitair approve {run_id} [--comment TEXT]",
+        f"  facilitair approve {run_id}",
         f'  facilitair revise {run_id} "what to change"',
         f"  facilitair edit {run_id}",
-        f'  facilitair reject {run_id} ["why"]',
+        f'  facilitair reject {run_id} "why"',
     ]
 
 
