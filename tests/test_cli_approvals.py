@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from facilitair.client import Decision
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.cli import cli
 from tests.harness.scripts import agent_of, prompt_of, scripted
@@ -278,3 +279,27 @@ async def test_in_a_terminal_a_decision_made_elsewhere_closes_the_question(make_
     assert lines[question] == f"{QUESTION} (decided elsewhere)"
     assert lines[question + 1] == "?? [1] approved by local: from my phone"
     assert "Run completed" in lines[term.row_of("Run completed")]
+
+
+async def test_watch_in_a_terminal_asks_only_about_the_gate_the_run_waits_at(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        events = h.client.collaborate(TASK, pause_after=["architect"])
+        gates = 0
+        async with asyncio.timeout(60):
+            async for event in events:  # the first gate revised by the library, then the second one left open
+                if event.WhichOneof("payload") == "approval_requested":
+                    gates += 1
+                    if gates == 2:
+                        break
+                    await h.client.submit_approval(event.run_id, Decision.REVISE, comment="name it reverse_string")
+        await events.aclose()
+        async with terminal(h.target, "watch", "last") as term:
+            await term.wait_for(lambda s: QUESTION in s)
+            term.type("a\n")
+            code = await term.wait_exit()
+    lines = term.lines()
+    assert code == 0
+    assert sum(QUESTION in line for line in lines) == 1, "the replayed gate, decided long ago, is not asked about"
+    assert term.row_of("?? [1] sent back for revision by local") < term.row_of(QUESTION)
+    assert term.row_of(QUESTION) < term.row_of("?? [2] approved by local") < term.row_of("Run completed")
