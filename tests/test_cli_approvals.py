@@ -303,3 +303,19 @@ async def test_watch_in_a_terminal_asks_only_about_the_gate_the_run_waits_at(mak
     assert sum(QUESTION in line for line in lines) == 1, "the replayed gate, decided long ago, is not asked about"
     assert term.row_of("?? [1] sent back for revision by local") < term.row_of(QUESTION)
     assert term.row_of(QUESTION) < term.row_of("?? [2] approved by local") < term.row_of("Run completed")
+
+
+async def test_ctrl_c_at_the_question_ends_its_row_and_cancels_the_run(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        async with terminal(h.target, "run", TASK, "--pause-after", "architect") as term:
+            await term.wait_for(lambda s: QUESTION in s)
+            term.interrupt()
+            code = await term.wait_exit()
+    lines = term.lines()
+    assert code == 130
+    question = term.row_of(QUESTION)
+    assert lines[question] == f"{QUESTION} (interrupted)"
+    assert lines[question + 1].startswith("cancelling run ")
+    assert term.row_of("Run cancelled:") > question + 1
+    assert prompts_of(fake, "coder") == []

@@ -143,6 +143,7 @@ class Follower:
         def on_sigint() -> None:
             nonlocal presses, cancelling
             presses += 1
+            self._stop_asking("interrupted")  # an open question's row ends before the note below
             if self.cancel_on_interrupt and presses == 1 and self.current:
                 # The cancel is sent after a short grace, so that a second Ctrl-C can still leave the run going,
                 # as the note promises (sent at once, the run was cancelled whatever the user did next).
