@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, RunState
+from facilitair.server.domain import ACTIVE_STATES, FINISHED_STATES, UNFINISHED_STATES, RunState
 from facilitair.server.store import sqlite_schema
-from facilitair.server.store.base import UNFINISHED_SQL
+from facilitair.server.store.base import AWAITING_SQL, UNFINISHED_SQL
 from facilitair.v1 import orchestrator_pb2 as pb
 
 
@@ -17,9 +17,12 @@ def test_the_run_states_are_the_wire_enum_without_its_prefix() -> None:
     assert {s.name: s.value for s in RunState} == wire
 
 
-def test_every_state_is_finished_or_unfinished_never_both() -> None:
-    assert set(RunState) == FINISHED_STATES | UNFINISHED_STATES
+def test_every_state_is_finished_unfinished_or_waiting_for_a_person_only_one() -> None:
+    waiting = {RunState.AWAITING_APPROVAL}  # not finished, yet driven by no replica: not claimable as unfinished
+    assert set(RunState) == FINISHED_STATES | UNFINISHED_STATES | waiting
     assert not FINISHED_STATES & UNFINISHED_STATES
+    assert not waiting & (FINISHED_STATES | UNFINISHED_STATES)
+    assert UNFINISHED_STATES | waiting == ACTIVE_STATES  # what counts against a caller's limit of runs in flight
     assert pb.RUN_STATE_INTERRUPTED in UNFINISHED_STATES  # plain ints (a row's state) are found too
     assert pb.RUN_STATE_CANCELLED in FINISHED_STATES
 
@@ -42,6 +45,7 @@ def test_sqlite_can_answer_the_unfinished_queries_from_the_partial_indexes() -> 
         "runs_active_by_principal": (
             f"SELECT count(*) FROM runs INDEXED BY runs_active_by_principal WHERE principal='p' AND {UNFINISHED_SQL}"
         ),
+        "runs_awaiting": f"SELECT count(*) FROM runs INDEXED BY runs_awaiting WHERE principal='p' AND {AWAITING_SQL}",
     }
     for index, query in queries.items():
         plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))

@@ -62,6 +62,11 @@ class ApprovalDesk:
         gate = _pending(row)
         approval_id = request.approval_id or (gate.approval_id if gate is not None else "")
         if not approval_id:
+            # Not waiting now: a request for "the gate" is about its last one, so a late answer is told what was
+            # decided there (a person, or the timeout) rather than only that nothing waits.
+            decided = await self._store.decisions(row.run_id)
+            approval_id = decided[-1].approval_id if decided else ""
+        if not approval_id:
             raise FailedPrecondition(
                 f"run {row.run_id} is not waiting for an approval (it is {wire.state_name(row.state)})",
                 reason=Reason.NOT_AWAITING_APPROVAL,

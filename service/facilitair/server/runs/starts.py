@@ -210,7 +210,7 @@ class RunStarter:
         if pending is not None and pending.stage not in decisions:
             decided = await self._timed_out(row, pending)
             if decided is None:
-                # Claimed with nothing to do (its gate was neither decided nor expired): it waits on, held by none.
+                # Claimed with nothing to do (its row no longer names this gate): held by none, it is left as it is.
                 log.warning("run_claimed_while_waiting", run_id=row.run_id, approval_id=pending.approval_id)
                 self._events.close_channel(rec.channel)
                 return await self._store.release_leases(self._settings.replica_id, {row.run_id: row.epoch})
@@ -228,11 +228,10 @@ class RunStarter:
         self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted, decisions=decisions, pending=pending)
 
     async def _timed_out(self, row: RunRow, gate: Gate) -> Decision | None:
-        """The decision of a gate that expired unanswered (its policy's), recorded as the first one; None if the gate
-        has not expired. A person who decided at the same moment wins if theirs was stored first."""
+        """The decision of a gate claimed undecided: the store found it expired (by its own clock, which every replica
+        shares), so its policy decides, recorded as the first decision. A person who decided at the same moment wins
+        if theirs was stored first; None if the run does not wait at the gate after all."""
         now = time.time()
-        if gate.expires_at > now:
-            return None
         policy = ApprovalDecision.APPROVE if gate.approve_on_timeout else ApprovalDecision.REJECT
         decision = Decision(
             gate.approval_id, gate.stage, gate.role, policy, principal="",
