@@ -185,7 +185,8 @@ async def test_without_a_terminal_the_commands_are_printed_and_approve_by_prefix
             await run.printed("  facilitair approve ")  # the Coder's gate
             coded = await cli(h.target, "approve", "last")
             code, out, _ = await run.end()
-        late = await cli(h.target, "approve", run_id)
+        late = await cli(h.target, "approve", run_id)  # the same answer, late: told what was recorded
+        refused = await cli(h.target, "reject", run_id, "too late")
     assert code == 0
     first = run.err.index(f"Run {run_id} waits for a decision; answer with one of:")
     assert run.err[first : first + 5] == [
@@ -210,9 +211,10 @@ async def test_without_a_terminal_the_commands_are_printed_and_approve_by_prefix
         next(x for x in lines if x.startswith("?? [2] Coder's output waits for a decision, 1 file (until ")),
         "?? [2] approved by local",
     ]
-    assert late[0] == 1
-    assert "FAILED_PRECONDITION" in late[2]
-    assert "is not waiting for an approval" in late[2]
+    assert late == (0, f"run {run_id}: approved by local\n", "")
+    assert refused[0] == 1
+    assert refused[2].startswith("facilitair: FAILED_PRECONDITION: ")
+    assert "already decided: APPROVAL_DECISION_APPROVE by local" in refused[2], "the refusal names the recorded one"
 
 
 async def test_revise_with_last_runs_the_stage_again_with_the_comment(make_server: ServerFactory) -> None:
