@@ -243,9 +243,16 @@ async def test_edit_opens_the_coders_files_and_sends_what_changed(
         async with following(h.target, "--pause-after", "coder") as run:
             line = await run.printed("  facilitair approve ")
             run_id = line.split()[2]
-            edited = await cli(h.target, "edit", run_id, env={**os.environ, **editor})
+            unchanged = await cli(h.target, "edit", run_id, env={**os.environ, "EDITOR": "true"})
+            failed = await cli(h.target, "edit", run_id, env={**os.environ, "EDITOR": "false"})
+            unknown = await cli(h.target, "edit", run_id, "src/nope.py", env={**os.environ, **editor})
+            edited = await cli(h.target, "edit", run_id, "src/rev.py", env={**os.environ, **editor})
             code, out, _ = await run.end()
     assert code == 0
+    assert unchanged == (1, "", f"facilitair: nothing changed; run {run_id} still waits "
+                         f"(facilitair approve {run_id} takes it as it is)\n")  # fmt: skip
+    assert failed == (1, "", "facilitair: the editor 'false' exited with 1; nothing was sent\n")
+    assert unknown == (1, "", "facilitair: the stage did not produce src/nope.py (its files: src/rev.py)\n")
     assert edited == (0, f"run {run_id}: edited by local\n", "")
     assert "?? [2] edited by local" in out.splitlines()
     [reviewer] = prompts_of(fake, "reviewer")
