@@ -26,10 +26,13 @@ from facilitair.client import (
     ApprovalResult,
     Client,
     Decision,
+    EventKind,
     FacilitairError,
     RunState,
     approval_request,
+    event_kind,
 )
+from facilitair.v1 import orchestrator_pb2 as pb
 
 _DECISIONS = {"approve": Decision.APPROVE, "revise": Decision.REVISE, "reject": Decision.REJECT}
 
@@ -205,3 +208,54 @@ class Prompt:
                 self.renderer.note(f"Not sent: {err.code.name}: {err.message}", warning=True)
                 if err.reason in DECIDED_ALREADY:
                     return  # decided already: the run's events say how
+
+
+class Gates:
+    """What a followed run's approval gates do in the CLI: ask the person here, or print the commands.
+
+    Each approval_requested starts a task that first checks the gate is the one the run waits at now (a `watch`
+    replays gates decided long ago), then asks or prints; the gate's approval_decided (from here or anywhere
+    else) ends the question before the decision's line is shown.
+    """
+
+    def __init__(self, client: Client, renderer: Renderer, *, ask: bool) -> None:
+        self.client = client
+        self.renderer = renderer
+        self._prompt = Prompt(client, renderer, LineReader().line) if ask else None
+        self._open: tuple[str, asyncio.Task[None]] | None = None  # the gate being handled, and its task
+
+    def before(self, event: pb.RunEvent) -> None:
+        """Before the renderer shows `event`: a decision of the gate asked about ends the question."""
+        decided = event_kind(event) is EventKind.APPROVAL_DECIDED
+        if decided and self._open is not None and self._open[0] == event.approval_decided.approval_id:
+            self.stop("decided elsewhere")
+
+    def after(self, event: pb.RunEvent) -> None:
+        """After the renderer showed `event`: a gate opened starts its question (or its printed commands)."""
+        if event_kind(event) is EventKind.APPROVAL_REQUESTED:
+            self.stop("not answered")
+            gate_id = event.approval_requested.approval.approval_id
+            self._open = (gate_id, asyncio.ensure_future(self._handle(event.run_id, gate_id)))
+
+    def stop(self, why: str) -> None:
+        """No question stays open: the gate was decided, the run ended, or Ctrl-C."""
+        if self._open is not None:
+            if self._prompt is not None:
+                self._prompt.abandon(why)
+            self._open[1].cancel()
+            self._open = None
+
+    async def _handle(self, run_id: str, gate_id: str) -> None:
+        try:
+            gate = await self.client.pending_approval(run_id)
+            if gate is None or gate.approval_id != gate_id:
+                return  # decided already: a replayed event
+            if self._prompt is not None:
+                streamed = self.renderer.view.shown.get(gate.stage, 0) > 0
+                await self._prompt.run(gate, streamed=streamed)
+                return
+            self.renderer.note(f"Run {run_id} waits for a decision; answer with one of:")
+        except FacilitairError as err:  # following goes on; the commands still work
+            self.renderer.note(f"could not ask about the pause: {err.code.name}: {err.message}", warning=True)
+        for line in decision_commands(run_id):
+            self.renderer.note(line)

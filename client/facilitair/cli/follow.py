@@ -1,5 +1,8 @@
 """`facilitair run` and `facilitair watch`: follow a run to its end and say how it ended.
 
+A run that pauses at an approval gate is asked about in place when a person is at the terminal, and
+otherwise the commands that answer it are printed (approvals.py's Gates); following goes on either way.
+
 Ctrl-C in `run` cancels the run after CANCEL_GRACE seconds (a second one before then quits and leaves it going);
 in `watch` it detaches.
 Output closed early (`run | head`): the run is cancelled when --on-disconnect says so, and otherwise
@@ -16,7 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-from facilitair.cli.approvals import LineReader, Prompt, decision_commands
+from facilitair.cli.approvals import Gates
 from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, make_client, make_renderer
 from facilitair.cli.inputs import agent_models, build_context, read_task
 from facilitair.cli.output import OutputDir
@@ -71,9 +74,7 @@ class Follower:
         self.last_seq = 0
         self._lost: tuple[float, str] | None = None
         self._cancel_sent = False
-        # The question at an approval gate, when a person can answer here; the task asking it, with its gate's id.
-        self._prompt = Prompt(client, renderer, LineReader().line) if ask else None
-        self._gate: tuple[str, asyncio.Task[None]] | None = None
+        self._gates = Gates(client, renderer, ask=ask)
         client.on_reconnect = self._reconnecting
 
     def _reconnecting(self, attempt: int, delay: float, error: FacilitairError) -> None:
@@ -93,45 +94,12 @@ class Follower:
                 since, error = self._lost
                 self._lost = None
                 self.renderer.connection_back(time.monotonic() - since, error)
-            kind = event_kind(event)
-            if kind is EventKind.APPROVAL_DECIDED and self._asking(event.approval_decided.approval_id):
-                self._stop_asking("decided elsewhere")  # first: an open question's row ends before the decision
+            self._gates.before(event)
             self.renderer.event(event)
             self.last_seq = event.seq
             if self.output is not None:
                 self.output.event(event)
-            if kind is EventKind.APPROVAL_REQUESTED:
-                self._stop_asking()
-                gate_id = event.approval_requested.approval.approval_id
-                self._gate = (gate_id, asyncio.ensure_future(self._at_gate(event.run_id, gate_id)))
-
-    async def _at_gate(self, run_id: str, gate_id: str) -> None:
-        """Ask the person here, or print the commands; nothing for a gate decided already (a replayed event)."""
-        try:
-            gate = await self.client.pending_approval(run_id)
-            if gate is None or gate.approval_id != gate_id:
-                return
-            if self._prompt is None:
-                self.renderer.note(f"Run {run_id} waits for a decision; answer with one of:")
-                for line in decision_commands(run_id):
-                    self.renderer.note(line)
-                return
-            await self._prompt.run(gate, streamed=self.renderer.view.shown.get(gate.stage, 0) > 0)
-        except FacilitairError as err:  # the run goes on being followed; the person can still use the commands
-            self.renderer.note(f"could not ask about the pause: {err.code.name}: {err.message}", warning=True)
-            for line in decision_commands(run_id):
-                self.renderer.note(line)
-
-    def _asking(self, gate_id: str) -> bool:
-        return self._gate is not None and self._gate[0] == gate_id
-
-    def _stop_asking(self, why: str = "not answered") -> None:
-        """The gate was decided (here or elsewhere) or the run ended: no question stays open."""
-        if self._gate is not None:
-            if self._prompt is not None:
-                self._prompt.abandon(why)
-            self._gate[1].cancel()
-            self._gate = None
+            self._gates.after(event)
 
     async def follow(self, events: AsyncIterator[pb.RunEvent]) -> int:
         """Follow to the end (or Ctrl-C, or closed output); return the exit code."""
@@ -143,7 +111,7 @@ class Follower:
         def on_sigint() -> None:
             nonlocal presses, cancelling
             presses += 1
-            self._stop_asking("interrupted")  # an open question's row ends before the note below
+            self._gates.stop("interrupted")  # an open question's row ends before the note below
             if self.cancel_on_interrupt and presses == 1 and self.current:
                 # The cancel is sent after a short grace, so that a second Ctrl-C can still leave the run going,
                 # as the note promises (sent at once, the run was cancelled whatever the user did next).
@@ -185,7 +153,7 @@ class Follower:
             )
             return EXIT_UNAVAILABLE
         finally:
-            self._stop_asking()
+            self._gates.stop("not answered")
             loop.remove_signal_handler(signal.SIGINT)
             if cancelling is not None and not cancelling.done() and not self._cancel_sent:
                 cancelling.cancel()  # the run ended by itself during the grace: nothing to cancel
