@@ -223,7 +223,10 @@ def _approval_commands(sub: Any) -> None:
     )
     edit.add_argument("run_id", metavar="RUN", help=run_help)
     edit.add_argument(
-        "paths", nargs="*", metavar="PATH", help="the stage's files to edit (default: all of them, or its text)"
+        "paths",
+        nargs="*",
+        metavar="RUN_PATH",  # a path among the stage's files, not a local one (no file-name completion)
+        help="the stage's files to edit (default: all of them, or its text)",
     )
     edit.add_argument("--comment", default="", metavar="TEXT", help="a note recorded with the edit")
     reject = sub.add_parser("reject", help="reject the paused stage's output: the run ends, cancelled")
