@@ -201,7 +201,8 @@ async def test_without_a_terminal_the_commands_are_printed_and_approve_by_prefix
     assert "awaiting-approval" in row
     assert status[0] == 0
     assert "state    awaiting-approval" in status[1]
-    assert "waits    [1] Architect's output waits for a decision" in status[1]
+    assert "gate     [1] Architect's output waits for a decision" in status[1]
+    assert f'  facilitair reject {run_id} "why"' in status[1]
     assert approved == (0, f"run {run_id}: approved by local: design ok\n", "")
     assert coded == (0, f"run {run_id}: approved by local\n", "")
     lines = out.splitlines()

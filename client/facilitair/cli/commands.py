@@ -37,7 +37,7 @@ def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
         print(f"stage    {run.current_stage} ({agent_name(run.current_agent)})")
     print(f"events   {run.last_seq}\nusage    {tokens(run.usage)}, {money(run.usage)}")
     if run.HasField("pending_approval"):
-        print(f"waits    {requested_line(run.pending_approval).removeprefix('?? ')}")
+        print(f"gate     {requested_line(run.pending_approval).removeprefix('?? ')}")
         print("\n".join(["answer   with one of:", *decision_commands(run.run_id)]))
     if run.HasField("failure"):
         print(f"failure  {run.failure.message}")
