@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -265,11 +266,14 @@ async def test_reject_ends_the_run_cancelled_with_the_reason(make_server: Server
         h = await make_server(openai=fake)
         async with following(h.target, "--pause-after", "architect", "--format", "plain") as run:
             await run.printed("  facilitair approve ")
-            rejected = await cli(h.target, "reject", "last", "too risky")
+            rejected = await cli(h.target, "reject", "last", "too risky", "--json")
             code, out, _ = await run.end()
     assert code == 1
     assert rejected[0] == 0
-    assert rejected[1].endswith(": rejected by local: too risky\n")
+    answer = json.loads(rejected[1])
+    assert answer["decided"]["decision"] == "APPROVAL_DECISION_REJECT"
+    assert (answer["decided"]["principal"], answer["decided"]["comment"]) == ("local", "too risky")
+    assert f"Run {answer['run']['runId']}" in out.splitlines(), "the answer names the run followed"
     cancelled = next(line for line in out.splitlines() if line.startswith("Run cancelled: "))
     assert "rejected by local: too risky" in cancelled
     assert prompts_of(fake, "coder") == []

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 from collections.abc import Awaitable, Callable
 
-from google.protobuf import json_format
-
 from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
 from facilitair.cli.editor import edit_in_editor
-from facilitair.cli.render import Renderer, agent_name, decided_line, plural, state_name
+from facilitair.cli.render import Renderer, agent_name, decided_line, json_of, plural, state_name
 from facilitair.client import (
     DECIDED_ALREADY,
     Approval,
@@ -56,21 +53,10 @@ async def _gate(client: Client, run_ref: str) -> ApprovalRequest:
 
 def _print_result(result: ApprovalResult, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"decided": _decided_dict(result), "run": json_format.MessageToDict(result.run)}, indent=2))
+        print(json_of(pb.SubmitApprovalResponse(decided=result.decided, run=result.run)))
         return
     line = decided_line(result.decision, result.principal, result.comment, result.timed_out, result.edited)
     print(f"run {result.run_id}: {line}")
-
-
-def _decided_dict(result: ApprovalResult) -> dict[str, object]:
-    return {
-        "approvalId": result.approval_id,
-        "decision": result.decision.name,
-        "principal": result.principal,
-        "comment": result.comment,
-        "edited": result.edited,
-        "timedOut": result.timed_out,
-    }
 
 
 async def approval_command(args: argparse.Namespace) -> int:

@@ -213,6 +213,8 @@ class ApprovalResult:
     timed_out: bool
     #: The run as it is after the decision.
     run: pb.RunSummary
+    #: The approval_decided record itself.
+    decided: pb.ApprovalDecided
 
 
 def approval_result(response: pb.SubmitApprovalResponse) -> ApprovalResult:
@@ -227,6 +229,7 @@ def approval_result(response: pb.SubmitApprovalResponse) -> ApprovalResult:
         edited=decided.edited,
         timed_out=decided.timed_out,
         run=response.run,
+        decided=decided,
     )
 
 
