@@ -168,3 +168,28 @@ async def test_the_sync_client_decides_in_on_approval_and_refuses_a_bad_answer_b
     assert seen == ["ARCHITECT"]
     assert "not this design" in cancelled.cancel_reason
     assert prompts_of(fake, "coder") == [], "a rejected design is never coded"
+
+
+async def test_wait_asks_on_approval_only_about_the_gate_the_run_waits_at(make_server: ServerFactory) -> None:
+    asked: list[ApprovalRequest] = []
+
+    def approve(gate: ApprovalRequest) -> Approval:
+        asked.append(gate)
+        return Approval.approve("second look ok")
+
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        events = h.client.collaborate(TASK, pause_after=["architect"])
+        gates = []
+        async with asyncio.timeout(60):
+            async for event in events:  # the first gate revised here, the second left open
+                if event_kind(event) is EventKind.APPROVAL_REQUESTED:
+                    gates.append(event.approval_requested.approval.approval_id)
+                    if len(gates) == 2:
+                        break
+                    await h.client.submit_approval(event.run_id, Decision.REVISE, comment="shorter")
+            await events.aclose()
+            done = await h.client.wait(event.run_id, on_approval=approve)
+    assert done.approved
+    assert [g.approval_id for g in asked] == [gates[1]], "the replayed gate, decided already, is not asked about"
+    assert asked[0].revisions == 1
