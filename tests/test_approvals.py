@@ -18,12 +18,15 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from facilitair.server.settings import ConfigError
+from facilitair.server.store.base import Batch
+from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
-from tests.fakes.providers import FakeOpenAI
+from tests.fakes.providers import FakeOpenAI, Reply
 from tests.harness.events import EventCall, kind, read_rest, read_until, wire
 from tests.harness.scripts import default_replies, prompt_of, scripted, text_of
-from tests.harness.servers import Harness, ServerFactory
+from tests.harness.servers import Harness, ServerFactory, quiet_settings
+from tests.harness.stores import CommitGate, Stores, Target
 
 pytestmark = pytest.mark.both_stores
 
@@ -453,3 +456,57 @@ async def test_a_keys_line_with_an_unknown_role_is_named_without_its_key(
     assert f"{keys} line 2" in str(err.value)
     assert "approver" in str(err.value)
     assert CAROL_KEY[:12] not in str(err.value)
+
+
+class RecordingGate(CommitGate):
+    """A commit gate that keeps the batch it held (the one with the stage's checkpoint)."""
+
+    held: Batch | None = None
+
+    async def passing(self, batch: Batch) -> None:
+        if self.held is None and any(c.stage == self.stage for c in batch.checkpoints):
+            self.held = batch
+        await super().passing(batch)
+
+
+async def test_the_gate_commits_in_one_transaction_with_its_stage(stores: Stores, store_target: Target) -> None:
+    gate = RecordingGate(stage=1)
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(scripted()) as fake:
+        running = await create_server(quiet_settings(store_target, fake.base_url), store=stores.gated(gate))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                call: EventCall = stub.Collaborate(pb.CollaborateRequest(task=TASK, pause_after=[pb.AGENT_ARCHITECT]))
+                await gate.reached.wait()
+                held = gate.held
+                gate.opened.set()
+                head = await read_until(call, at("approval_requested"))
+                await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, gate_run(head)))
+                rest = await read_rest(call)
+        finally:
+            await running.stop(0)
+    assert held is not None
+    in_batch = [kind(pb.RunEvent.FromString(e.data)) for e in held.events]
+    assert in_batch[-2:] == ["stage_completed", "approval_requested"]
+    (row,) = held.runs
+    assert row.state == pb.RUN_STATE_AWAITING_APPROVAL
+    assert row.approval_id == head[-1].approval_requested.approval.approval_id
+    assert [c.stage for c in held.checkpoints] == [1]
+    assert kind(rest[-1]) == "run_completed"
+
+
+async def test_a_refinement_rounds_refiner_pauses_again_after_a_gated_coder(make_server: ServerFactory) -> None:
+    rejecting = Reply(chunks=['```json\n{"approved": false, "summary": "no", "issues": []}\n```'])
+    script = scripted(reviewer=[rejecting, default_replies()["reviewer"]])
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(script) as fake:
+        h = await server(make_server, fake)
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            call, events = await paused(stub, pause_after=[pb.AGENT_CODER], max_refinements=1)
+            await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, gate_run(events)))
+            events += await read_until(call, at("approval_requested"))
+            await stub.SubmitApproval(decide(pb.APPROVAL_DECISION_APPROVE, gate_run(events)))
+            events += await read_rest(call)
+    gates = [e.approval_requested.approval for e in events if kind(e) == "approval_requested"]
+    assert [(g.stage, g.agent, g.round) for g in gates] == [(2, pb.AGENT_CODER, 0), (4, pb.AGENT_REFINER, 1)]
+    assert kind(events[-1]) == "run_completed"

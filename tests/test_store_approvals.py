@@ -21,7 +21,7 @@ async def waiting(store: EventStore, *, expires_in: float = 3600.0) -> RunRow:
     row = await new_run(store)
     gated = dataclasses.replace(
         row, state=int(RunState.AWAITING_APPROVAL), approval_id=f"gate-{row.run_id}",
-        approval_expires_at=time.time() + expires_in,
+        approval_due_at=time.time() + expires_in,
     )  # fmt: skip
     assert await store.write_batch(Batch([], [gated], [], {row.run_id: row.epoch})) == set()
     await store.release_leases("A", {row.run_id: row.epoch})

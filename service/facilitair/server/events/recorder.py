@@ -161,14 +161,14 @@ class RunRecorder:
         message = wire.pending_approval(gate)
         self.summary.pending_approval.CopyFrom(message)
         self._emit(pb.RunEvent(approval_requested=pb.ApprovalRequested(approval=message)))
-        self._row = dataclasses.replace(self._row, approval_id=gate.approval_id, approval_expires_at=gate.expires_at)
+        self._row = dataclasses.replace(self._row, approval_id=gate.approval_id, approval_due_at=gate.expires_at)
         self._set_state(pb.RUN_STATE_AWAITING_APPROVAL)
 
     def approval_decided(self, decision: Decision) -> None:
         """The gate the run waited at was decided: said once, and the run is running again."""
         self._emit(pb.RunEvent(approval_decided=wire.approval_decided(decision)))
         self.summary.ClearField("pending_approval")
-        self._row = dataclasses.replace(self._row, approval_id=None, approval_expires_at=None)
+        self._row = dataclasses.replace(self._row, approval_id=None, approval_due_at=None)
         self._set_state(pb.RUN_STATE_RUNNING)
 
     @property
@@ -260,7 +260,7 @@ class RunRecorder:
         self.summary.state = state  # type: ignore[assignment]
         if finished:
             self.summary.ClearField("pending_approval")
-            self._row = dataclasses.replace(self._row, approval_id=None, approval_expires_at=None)
+            self._row = dataclasses.replace(self._row, approval_id=None, approval_due_at=None)
             self.summary.current_stage = 0
             self.summary.current_agent = pb.AGENT_UNSPECIFIED
             self.summary.finished_at.FromNanoseconds(time.time_ns())

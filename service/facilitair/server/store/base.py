@@ -99,10 +99,11 @@ class RunRow:
     lease_expires_at: float | None = None
     # Why a cancel was requested (by any replica), or None when none was.
     cancel_reason: str | None = None
-    # The approval gate the run waits at (state AWAITING_APPROVAL) and when it decides by itself; None otherwise.
-    # Written with the run's row in a batch, so they commit with the gate's approval_requested event.
+    # The approval gate the run waits at (state AWAITING_APPROVAL) and when the run has something to do again: the
+    # gate's expiry, brought forward to the moment a decision is recorded; None otherwise. Written with the run's
+    # row in a batch, so they commit with the gate's approval_requested event; claim_expired looks at them alone.
     approval_id: str | None = None
-    approval_expires_at: float | None = None
+    approval_due_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ CREATE TABLE checkpoints (
 # first decision, kept by approval id (the primary key is what makes the first decision win).
 APPROVALS = f"""
 ALTER TABLE runs ADD COLUMN approval_id text;
-ALTER TABLE runs ADD COLUMN approval_expires_at double precision;
+ALTER TABLE runs ADD COLUMN approval_due_at double precision;
 CREATE INDEX runs_awaiting ON runs (principal) WHERE {AWAITING_SQL};
 CREATE TABLE approvals (
     approval_id text PRIMARY KEY,
@@ -86,7 +86,7 @@ SCHEMA_LOCK = 1
 NOW = "extract(epoch from now())::float8"
 RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_expires_at"
+    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_due_at"
 )
 R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 
@@ -108,9 +108,9 @@ WITH wanted AS (
     RETURNING run_id, seq
 ), upd AS (
     UPDATE runs r SET state = u.state, updated_at = u.updated_at, finished_at = u.finished_at, summary = u.summary,
-        approval_id = u.approval_id, approval_expires_at = u.approval_expires_at
+        approval_id = u.approval_id, approval_due_at = u.approval_due_at
     FROM unnest($6::text[], $7::integer[], $8::float8[], $9::float8[], $10::bytea[], $15::text[], $16::float8[])
-        AS u(run_id, state, updated_at, finished_at, summary, approval_id, approval_expires_at)
+        AS u(run_id, state, updated_at, finished_at, summary, approval_id, approval_due_at)
     WHERE r.run_id = u.run_id AND u.run_id IN (SELECT run_id FROM accepted)
     RETURNING r.run_id
 ), cp AS (
@@ -202,16 +202,20 @@ def claim_sql(ignore_leases: bool) -> str:
     """Take over runs: pick unlocked candidates (SKIP LOCKED: two claimers never wait on or share one), then
     bump each one's epoch in a compare-and-set on the epoch read."""
     expired = "" if ignore_leases else f" AND (lease_expires_at IS NULL OR lease_expires_at < {NOW})"
-    # A waiting run is claimed (as its lease allows) once it has something to do: its gate decided or expired, or
-    # a cancel requested.
-    due = (
-        f"(cancel_reason IS NOT NULL OR approval_expires_at < {NOW} "
-        "OR EXISTS (SELECT 1 FROM approvals a WHERE a.approval_id = runs.approval_id))"
-    )
+    # A waiting run is claimed (as its lease allows) once it has something to do: its gate due (expired, or decided:
+    # a decision makes it due at once), or a cancel requested.
+    due = f"(cancel_reason IS NOT NULL OR approval_due_at <= {NOW})"
+    # Two candidate lists, each on its own partial index (an OR of the two would scan the whole table).
     return f"""
-WITH c AS (
-    SELECT run_id, epoch FROM runs WHERE ({UNFINISHED_SQL}{expired}) OR ({AWAITING_SQL}{expired} AND {due})
+WITH u AS (
+    SELECT run_id, epoch, created_at FROM runs WHERE {UNFINISHED_SQL}{expired}
     ORDER BY created_at, run_id LIMIT $3 FOR UPDATE SKIP LOCKED
+), w AS (
+    SELECT run_id, epoch, created_at FROM runs WHERE {AWAITING_SQL}{expired} AND {due}
+    ORDER BY created_at, run_id LIMIT $3 FOR UPDATE SKIP LOCKED
+), c AS (
+    SELECT run_id, epoch FROM (SELECT * FROM u UNION ALL SELECT * FROM w) both_kinds
+    ORDER BY created_at, run_id LIMIT $3
 )
 UPDATE runs r SET owner = $1, epoch = r.epoch + 1, lease_expires_at = {NOW} + $2::float8
 FROM c WHERE r.run_id = c.run_id AND r.epoch = c.epoch
@@ -245,8 +249,10 @@ INSERT_DECISION = f"""
 WITH ins AS (
     INSERT INTO approvals (run_id, {DECISION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT DO NOTHING RETURNING run_id
+), due AS (
+    UPDATE runs r SET approval_due_at = {NOW} FROM ins WHERE r.run_id = ins.run_id RETURNING r.run_id
 )
-SELECT pg_notify('{LEASES_CHANNEL}', '1') FROM ins
+SELECT pg_notify('{LEASES_CHANNEL}', '1') FROM due
 """
 DECISIONS = f"SELECT {DECISION_COLUMNS} FROM approvals WHERE run_id = $1 ORDER BY stage"
 

@@ -265,7 +265,7 @@ class PostgresStore:
             [r.finished_at for r in runs], [r.summary for r in runs],
             [c.run_id for c in checkpoints], [c.stage for c in checkpoints], [c.data for c in checkpoints],
             self.tag,
-            [r.approval_id for r in runs], [r.approval_expires_at for r in runs],
+            [r.approval_id for r in runs], [r.approval_due_at for r in runs],
         )  # fmt: skip
         assert result is not None
         return ids - set(result["accepted"])

@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 _RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_expires_at"
+    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_due_at"
 )
 # The runs a principal has in flight: unfinished, or waiting at an approval gate (each count on its partial index).
 _ACTIVE_COUNT = (
@@ -77,12 +77,9 @@ def unavailable_cause(exc: sqlite3.Error) -> str | None:
     return None
 
 
-# A waiting run (claimed as its lease allows) has something to do: its gate was decided or expired, or a cancel was
-# requested.
-_GATE_DUE = (
-    "(cancel_reason IS NOT NULL OR approval_expires_at < :now "
-    "OR EXISTS (SELECT 1 FROM approvals a WHERE a.approval_id = runs.approval_id))"
-)
+# A waiting run (claimed as its lease allows) has something to do: its gate is due (expired, or decided: a decision
+# makes it due at once), or a cancel was requested.
+_GATE_DUE = "(cancel_reason IS NOT NULL OR approval_due_at <= :now)"
 
 
 def _row(values: Sequence[object]) -> RunRow:
@@ -270,11 +267,16 @@ class SqliteStore:
             expired = "" if ignore_leases else " AND (lease_expires_at IS NULL OR lease_expires_at < :now)"
             rows: list[RunRow] = []
             with immediate(conn):
-                candidates = conn.execute(
-                    f"SELECT run_id, epoch FROM runs WHERE ({UNFINISHED_SQL}{expired}) OR ({AWAITING_SQL}{expired} "
-                    f"AND {_GATE_DUE}) ORDER BY created_at, run_id LIMIT :limit",
-                    {"now": now, "limit": limit},
-                ).fetchall()
+                # Two candidate lists, each on its own partial index (an OR of the two would scan the whole table).
+                found = [
+                    conn.execute(
+                        f"SELECT created_at, run_id, epoch FROM runs WHERE {where} ORDER BY created_at, run_id "
+                        "LIMIT :limit",
+                        {"now": now, "limit": limit},
+                    ).fetchall()
+                    for where in (f"{UNFINISHED_SQL}{expired}", f"{AWAITING_SQL}{expired} AND {_GATE_DUE}")
+                ]
+                candidates = [(run_id, epoch) for _, run_id, epoch in sorted(found[0] + found[1])[:limit]]
                 for run_id, epoch in candidates:
                     got = conn.execute(
                         f"UPDATE runs SET owner=?, epoch=epoch+1, lease_expires_at=? WHERE run_id=? AND epoch=? "
@@ -411,6 +413,7 @@ class SqliteStore:
                     f"INSERT INTO approvals (run_id, {DECISION_COLUMNS}) VALUES ({marks(12)})",
                     (run_id, *decision_values(decision)),
                 )
+                conn.execute("UPDATE runs SET approval_due_at=? WHERE run_id=?", (time.time(), run_id))
                 return DecideResult(DecideOutcome.RECORDED, decision)
 
         return await self._writer.run(decide)

@@ -141,8 +141,8 @@ def _write_transaction(conn: sqlite3.Connection, batch: Batch) -> set[str]:
             if r.run_id not in refused:
                 conn.execute(
                     "UPDATE runs SET state=?, updated_at=?, finished_at=?, summary=?, approval_id=?, "
-                    "approval_expires_at=? WHERE run_id=?",
-                    (r.state, r.updated_at, r.finished_at, r.summary, r.approval_id, r.approval_expires_at, r.run_id),
+                    "approval_due_at=? WHERE run_id=?",
+                    (r.state, r.updated_at, r.finished_at, r.summary, r.approval_id, r.approval_due_at, r.run_id),
                 )
         insert_rows(
             conn,

@@ -56,7 +56,7 @@ CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 # first decision, kept by approval id (the primary key is what makes the first decision win).
 APPROVALS = f"""
 ALTER TABLE runs ADD COLUMN approval_id TEXT;
-ALTER TABLE runs ADD COLUMN approval_expires_at REAL;
+ALTER TABLE runs ADD COLUMN approval_due_at REAL;
 CREATE INDEX runs_awaiting ON runs (principal) WHERE {AWAITING_SQL};
 CREATE TABLE approvals (
     approval_id TEXT PRIMARY KEY,
