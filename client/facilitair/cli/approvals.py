@@ -210,6 +210,11 @@ class Gates:
         self._prompt = Prompt(client, renderer, LineReader().line) if ask else None
         self._open: tuple[str, asyncio.Task[None]] | None = None  # the gate being handled, and its task
 
+    @property
+    def asking(self) -> bool:
+        """A gate is being handled (its question may be open)."""
+        return self._open is not None
+
     def before(self, event: pb.RunEvent) -> None:
         """Before the renderer shows `event`: a decision of the gate asked about ends the question."""
         decided = event_kind(event) is EventKind.APPROVAL_DECIDED

@@ -94,12 +94,17 @@ class Follower:
                 since, error = self._lost
                 self._lost = None
                 self.renderer.connection_back(time.monotonic() - since, error)
-            self._gates.before(event)
+            # Gates look only at events that open or close one (no work per token): while a question is open, and
+            # when the view's pending gate changed.
+            if self._gates.asking:
+                self._gates.before(event)
+            waiting = self.renderer.view.awaiting
             self.renderer.event(event)
             self.last_seq = event.seq
             if self.output is not None:
                 self.output.event(event)
-            self._gates.after(event)
+            if self.renderer.view.awaiting is not waiting:
+                self._gates.after(event)
 
     async def follow(self, events: AsyncIterator[pb.RunEvent]) -> int:
         """Follow to the end (or Ctrl-C, or closed output); return the exit code."""
