@@ -333,3 +333,18 @@ async def test_ctrl_c_at_the_question_ends_its_row_and_cancels_the_run(make_serv
     assert lines[question + 1].startswith("cancelling run ")
     assert term.row_of("Run cancelled:") > question + 1
     assert prompts_of(fake, "coder") == []
+
+
+async def test_a_gate_nobody_answers_decides_by_its_timeout_policy(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        flags = ("--pause-after", "architect", "--approval-timeout", "1s", "--on-approval-timeout", "approve")
+        async with following(h.target, *flags) as run:
+            code, out, err = await run.end()
+    assert code == 0
+    lines = out.splitlines()
+    [gate] = [line for line in lines if line.startswith("?? [1] Architect's output waits")]
+    assert gate.endswith(", then approved)")
+    assert "?? [1] approved (nobody answered in time)" in lines
+    assert "facilitair approve " in err, "the commands were printed while it waited"
+    assert len(prompts_of(fake, "coder")) == 1

@@ -412,7 +412,7 @@ def requested_line(gate: pb.PendingApproval) -> str:
 
 
 def decided_line(decision: int, principal: str, comment: str, timed_out: bool, edited: bool = False) -> str:
-    """ "approved by alice: looks good"; "rejected: nobody answered in time"."""
+    """ "approved by alice: looks good"; "rejected (nobody answered in time)"."""
     verb = {
         Decision.APPROVE: "approved",
         Decision.REVISE: "sent back for revision",
@@ -421,7 +421,9 @@ def decided_line(decision: int, principal: str, comment: str, timed_out: bool, e
     }.get(Decision(decision) if decision in Decision._value2member_map_ else Decision.UNSPECIFIED, "decided")
     if edited and decision != Decision.EDIT:
         verb += " with edits"
-    who = " (nobody answered in time)" if timed_out else f" by {principal}" if principal else ""
+    if timed_out:  # the server's comment then says the same as these words
+        return f"{verb} (nobody answered in time)"
+    who = f" by {principal}" if principal else ""
     return f"{verb}{who}" + (f": {comment}" if comment else "")
 
 
