@@ -348,3 +348,20 @@ async def test_a_gate_nobody_answers_decides_by_its_timeout_policy(make_server: 
     assert "?? [1] approved (nobody answered in time)" in lines
     assert "facilitair approve " in err, "the commands were printed while it waited"
     assert len(prompts_of(fake, "coder")) == 1
+
+
+async def test_in_a_terminal_the_plain_format_asks_too(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        async with terminal(h.target, "run", TASK, "--pause-after", "coder", "--format", "plain") as term:
+            await term.wait_for(lambda s: QUESTION in s)
+            term.type("x\n")  # not an answer: asked again
+            await term.wait_for(lambda s: s.count(QUESTION) == 2)
+            term.type("a\n")
+            code = await term.wait_exit()
+    lines = term.lines()
+    assert code == 0
+    assert f"{QUESTION} x" in lines
+    assert "Answer a (approve), r (revise), e (edit), j (reject) or w (wait)." in lines
+    assert f"{QUESTION} a" in lines
+    assert term.row_of("?? [2] Coder's output waits") < term.row_of("?? [2] approved by local")
