@@ -20,8 +20,10 @@ from facilitair.client import (
     ArtifactKind,
     Client,
     CompletedRun,
+    Decision,
     EventKind,
     FacilitairError,
+    OnApprovalTimeout,
     OnDisconnect,
     RunCancelled,
     RunEvent,
@@ -223,6 +225,8 @@ def test_the_enums_match_the_proto() -> None:
         (ArtifactKind, pb.ArtifactKind, "ARTIFACT_KIND_"),
         (OnDisconnect, pb.OnDisconnect, "ON_DISCONNECT_"),
         (StoreKind, pb.StoreKind, "STORE_KIND_"),
+        (Decision, pb.ApprovalDecision, "APPROVAL_DECISION_"),
+        (OnApprovalTimeout, pb.OnApprovalTimeout, "ON_APPROVAL_TIMEOUT_"),
     ):
         assert {m.name: m.value for m in ours} == {name.removeprefix(prefix): value for name, value in theirs.items()}
     payloads = {f.name for f in pb.RunEvent.DESCRIPTOR.oneofs_by_name["payload"].fields}

@@ -101,6 +101,12 @@ SHELLS = [
         (("runs", "--state", "c"), ["cancelled", "completed"]),
         (("status", ""), []),  # a run id: not a file
         (("files", "some-run", ""), [FILES]),
+        (("re",), ["reject", "revise"]),
+        (("runs", "--state", "a"), ["awaiting-approval"]),
+        (("run", "--on-approval-timeout", ""), ["approve", "reject"]),
+        (("run", "--pause-after", ""), []),  # agents, not files
+        (("edit", "some-run", ""), []),  # a path among the paused stage's files, not a local one
+        (("approve", "--c"), ["--ca", "--cert", "--comment"]),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, tuple) else None,
 )

@@ -16,7 +16,7 @@ import signal
 import struct
 import sys
 import termios
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import pyte
 
@@ -33,6 +33,7 @@ class Terminal:
         self.proc: asyncio.subprocess.Process | None = None
         self.raw = bytearray()
         self.closed = False
+        self.master = -1
 
     def feed(self, data: bytes) -> None:
         """Apply output to the screen."""
@@ -81,6 +82,10 @@ class Terminal:
                 await self._changed.wait()
         return code
 
+    def type(self, text: str) -> None:
+        """What a person types at the keyboard (a line ends with "\\n", as Enter sends it in cooked mode)."""
+        os.write(self.master, text.encode())
+
     def interrupt(self) -> None:
         """What Ctrl-C does: SIGINT to the process."""
         assert self.proc is not None
@@ -88,14 +93,19 @@ class Terminal:
 
 
 @contextlib.asynccontextmanager
-async def terminal(target: str, *args: str, rows: int = 80, cols: int = 100) -> AsyncIterator[Terminal]:
-    """Run `facilitair ARGS --target TARGET` in a pty of rows x cols; kill it if the test leaves early."""
+async def terminal(
+    target: str, *args: str, rows: int = 80, cols: int = 100, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Terminal]:
+    """Run `facilitair ARGS --target TARGET` in a pty of rows x cols (with `env` added to the environment); kill
+    it if the test leaves early."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     term = Terminal(rows, cols)
+    term.master = master
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR")},
         "TERM": "xterm-256color",
+        **(env or {}),
     }
     loop = asyncio.get_running_loop()
     os.set_blocking(master, False)

@@ -1,4 +1,5 @@
-"""The client commands' flags: run, watch, files, status, cancel, runs, info, completion.
+"""The client commands' flags: run, watch, files, status, cancel, runs, info, completion, and the approval
+gates' approve, revise, edit and reject.
 
 Numbers are checked here, so a bad one is a usage error (exit 2) with a sentence, never a traceback.
 """
@@ -11,10 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from facilitair.client import RunState
+from facilitair.client import Agent, RunState
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-STATES = [s.name.lower() for s in RunState if s is not RunState.UNSPECIFIED]
+# As people type them: "awaiting-approval" for RUN_STATE_AWAITING_APPROVAL.
+STATES = [s.name.lower().replace("_", "-") for s in RunState if s is not RunState.UNSPECIFIED]
+# The agents a run may pause after (the server's rule; the Refiner is reviewed anyway, the Documenter ends the run).
+PAUSABLE = ("architect", "coder", "reviewer", "tester")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _number(kind: str, low: float, text: str) -> float:
@@ -43,6 +48,28 @@ def amount(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
+
+
+def agents(text: str) -> list[Agent]:
+    """--pause-after architect,coder: a comma-separated list of the agents a run may pause after."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"name at least one agent: {', '.join(PAUSABLE)}")
+    for name in names:
+        if name not in PAUSABLE:
+            raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(PAUSABLE)}")
+    return [Agent[name.upper()] for name in dict.fromkeys(names)]
+
+
+def duration(text: str) -> float:
+    """Seconds, or a number with s, m, h or d: "90", "30m", "2h", "7d"."""
+    unit = text[-1:].lower()
+    scale = _UNITS.get(unit, 1)
+    try:
+        return amount(text[:-1] if unit in _UNITS else text) * scale
+    except argparse.ArgumentTypeError:
+        why = f"{text!r} is not a duration: seconds, or a number with s, m, h or d"
+        raise argparse.ArgumentTypeError(why) from None
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -123,6 +150,25 @@ def add_client_commands(sub: Any) -> None:
         default="continue",
         help="if this command stops following (killed, output closed): the run goes on (default) or is cancelled",
     )
+    run.add_argument(
+        "--pause-after",
+        type=agents,
+        default=[],
+        metavar="AGENT[,AGENT...]",
+        help="wait for a person after these agents' stages (architect, coder, reviewer, tester): in a terminal "
+        "you answer in place, otherwise the approve/revise/edit/reject commands are printed",
+    )
+    run.add_argument(
+        "--approval-timeout",
+        type=duration,
+        metavar="DURATION",
+        help="how long a pause waits for an answer: seconds, or 30m, 2h, 7d (default 24h, at most 7d)",
+    )
+    run.add_argument(
+        "--on-approval-timeout",
+        choices=("reject", "approve"),
+        help="what a pause nobody answered decides: reject ends the run (default), approve goes on",
+    )
     run.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
     run.add_argument("--request-id", metavar="ID", help="idempotency key: retrying with it attaches to the same run")
 
@@ -153,9 +199,39 @@ def add_client_commands(sub: Any) -> None:
     )
     runs.add_argument("--json", action="store_true", help="print JSON")
 
+    _approval_commands(sub)
+
     info = sub.add_parser("info", help="what the server offers: version, providers, models, limits, store")
     _client_args(info)
     info.add_argument("--json", action="store_true", help="print the server's answer as JSON")
 
     completion = sub.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+
+
+def _approval_commands(sub: Any) -> None:
+    """approve, revise, edit, reject: answer a run that waits at an approval gate (run --pause-after)."""
+    run_help = "the run: its id, a unique prefix of it, or last"
+    approve = sub.add_parser("approve", help="approve the output a paused run waits on; the run goes on")
+    approve.add_argument("run_id", metavar="RUN", help=run_help)
+    approve.add_argument("--comment", default="", metavar="TEXT", help="a note recorded with the approval")
+    revise = sub.add_parser("revise", help="run the paused stage again with your comment in its prompt")
+    revise.add_argument("run_id", metavar="RUN", help=run_help)
+    revise.add_argument("comment", metavar="COMMENT", help="what to change")
+    edit = sub.add_parser(
+        "edit", help="edit the paused stage's design or files in $EDITOR; later stages read your version"
+    )
+    edit.add_argument("run_id", metavar="RUN", help=run_help)
+    edit.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_PATH",  # a path among the stage's files, not a local one (no file-name completion)
+        help="the stage's files to edit (default: all of them, or its text)",
+    )
+    edit.add_argument("--comment", default="", metavar="TEXT", help="a note recorded with the edit")
+    reject = sub.add_parser("reject", help="reject the paused stage's output: the run ends, cancelled")
+    reject.add_argument("run_id", metavar="RUN", help=run_help)
+    reject.add_argument("comment", nargs="?", default="", metavar="WHY", help="the reason, recorded with the run")
+    for p in (approve, revise, edit, reject):
+        _client_args(p)
+        p.add_argument("--json", action="store_true", help="print the recorded decision as JSON")

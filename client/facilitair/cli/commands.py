@@ -9,20 +9,17 @@ import sys
 
 from google.protobuf import json_format
 
+from facilitair.cli.approvals import decision_commands
 from facilitair.cli.common import EXIT_OK, CommandFailed, make_client
 from facilitair.cli.info import print_info
 from facilitair.cli.output import make_folder, write_files
-from facilitair.cli.render import agent_name, json_of, money, plural, tokens
+from facilitair.cli.render import agent_name, json_of, money, plural, requested_line, state_name, tokens
 from facilitair.client import ArtifactKind, Client, EventKind, RunState, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 _PAGE_MAX = 100  # the server's largest page
 _DEFAULT_LIMIT = 20
-
-
-def state_name(state: int) -> str:
-    """ "completed" for RUN_STATE_COMPLETED."""
-    return RunState(state).name.lower() if state in RunState._value2member_map_ else str(state)
+_UNFINISHED = (RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED, RunState.AWAITING_APPROVAL)
 
 
 def one_line(text: str, width: int) -> str:
@@ -39,6 +36,9 @@ def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
     if run.current_stage:
         print(f"stage    {run.current_stage} ({agent_name(run.current_agent)})")
     print(f"events   {run.last_seq}\nusage    {tokens(run.usage)}, {money(run.usage)}")
+    if run.HasField("pending_approval"):
+        print(f"gate     {requested_line(run.pending_approval).removeprefix('?? ')}")
+        print("\n".join(["answer   with one of:", *decision_commands(run.run_id)]))
     if run.HasField("failure"):
         print(f"failure  {run.failure.message}")
     if run.result.artifacts:
@@ -48,7 +48,7 @@ def _print_summary(run: pb.RunSummary, as_json: bool) -> None:
 
 
 async def _runs(client: Client, args: argparse.Namespace) -> None:
-    state = RunState[args.state.upper()] if args.state else None
+    state = RunState[args.state.upper().replace("-", "_")] if args.state else None
     runs: list[pb.RunSummary] = []
     token = args.page_token
     while True:  # pages of at most 100 until --limit runs or the last page
@@ -64,12 +64,15 @@ async def _runs(client: Client, args: argparse.Namespace) -> None:
     if not runs:
         print(f"no runs{' in state ' + args.state if args.state else ''}")
         return
-    head = f"{'RUN':<36}  {'CREATED':<19}  {'STATE':<11}  {'COST':>9}  "
+    # The state column as wide as the longest state shown ("awaiting-approval" only when one is listed).
+    wide = max(11, *(len(state_name(r.state)) for r in runs))
+    head = f"{'RUN':<36}  {'CREATED':<19}  {'STATE':<{wide}}  {'COST':>9}  "
     width = max(shutil.get_terminal_size((120, 24)).columns - len(head), 20) if sys.stdout.isatty() else 60
     print(head + "TASK")
     for r in runs:
         created = r.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{r.run_id:<36}  {created}  {state_name(r.state):<11}  {money(r.usage):>9}  {one_line(r.task, width)}")
+        shown = state_name(r.state)
+        print(f"{r.run_id:<36}  {created}  {shown:<{wide}}  {money(r.usage):>9}  {one_line(r.task, width)}")
     if token:
         more = f"facilitair runs --page-token {token}"
         more += f" --state {args.state}" if args.state else ""
@@ -93,7 +96,7 @@ async def _produced(client: Client, run_id: str) -> list[pb.Artifact]:
 async def _files(client: Client, args: argparse.Namespace) -> None:
     run = await client.get_run(args.run_id)
     state = state_name(run.state)
-    if RunState(run.state) in (RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED):
+    if RunState(run.state) in _UNFINISHED:
         raise CommandFailed(
             f"run {run.run_id} is {state}; its files come when it completes: facilitair watch {run.run_id}"
         )

@@ -1,5 +1,8 @@
 """`facilitair run` and `facilitair watch`: follow a run to its end and say how it ended.
 
+A run that pauses at an approval gate is asked about in place when a person is at the terminal, and
+otherwise the commands that answer it are printed (approvals.py's Gates); following goes on either way.
+
 Ctrl-C in `run` cancels the run after CANCEL_GRACE seconds (a second one before then quits and leaves it going);
 in `watch` it detaches.
 Output closed early (`run | head`): the run is cancelled when --on-disconnect says so, and otherwise
@@ -16,11 +19,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+from facilitair.cli.approvals import Gates
 from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, make_client, make_renderer
 from facilitair.cli.inputs import agent_models, build_context, read_task
 from facilitair.cli.output import OutputDir
 from facilitair.cli.render import Renderer, plural
-from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, event_kind
+from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, OnApprovalTimeout, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # How long the run's page URL is waited for (GetServerInfo) before the events are shown without it.
@@ -44,6 +48,15 @@ async def page_url(client: Client, run_id: str) -> str:
     return f"{base}/runs/{run_id}" if base else ""
 
 
+def _interactive(args: argparse.Namespace) -> bool:
+    """A person at a terminal can answer an approval gate in place; otherwise the CLI prints the commands."""
+    return args.format != "jsonl" and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _on_timeout(choice: str | None) -> OnApprovalTimeout | None:
+    return OnApprovalTimeout[choice.upper()] if choice else None
+
+
 def _coalesce(args: argparse.Namespace) -> bool:
     """Text views ask for coalesced tokens (less work for everyone); jsonl and --output-dir keep every event."""
     return args.format != "jsonl" and args.output_dir is None
@@ -62,6 +75,7 @@ class Follower:
         cancel_on_interrupt: bool,
         cancel_on_close: bool = False,
         run_id: str = "",
+        ask: bool = False,
     ) -> None:
         self.client = client
         self.renderer = renderer
@@ -74,6 +88,7 @@ class Follower:
         self._page_told = False
         self._lost: tuple[float, str] | None = None
         self._cancel_sent = False
+        self._gates = Gates(client, renderer, ask=ask)
         client.on_reconnect = self._reconnecting
 
     def _reconnecting(self, attempt: int, delay: float, error: FacilitairError) -> None:
@@ -102,10 +117,17 @@ class Follower:
                 since, error = self._lost
                 self._lost = None
                 self.renderer.connection_back(time.monotonic() - since, error)
+            # Gates look only at events that open or close one (no work per token): while a question is open, and
+            # when the view's pending gate changed.
+            if self._gates.asking:
+                self._gates.before(event)
+            waiting = self.renderer.view.awaiting
             self.renderer.event(event)
             self.last_seq = event.seq
             if self.output is not None:
                 self.output.event(event)
+            if self.renderer.view.awaiting is not waiting:
+                self._gates.after(event)
 
     async def follow(self, events: AsyncIterator[pb.RunEvent]) -> int:
         """Follow to the end (or Ctrl-C, or closed output); return the exit code."""
@@ -117,6 +139,7 @@ class Follower:
         def on_sigint() -> None:
             nonlocal presses, cancelling
             presses += 1
+            self._gates.stop("interrupted")  # an open question's row ends before the note below
             if self.cancel_on_interrupt and presses == 1 and self.current:
                 # The cancel is sent after a short grace, so that a second Ctrl-C can still leave the run going,
                 # as the note promises (sent at once, the run was cancelled whatever the user did next).
@@ -158,6 +181,7 @@ class Follower:
             )
             return EXIT_UNAVAILABLE
         finally:
+            self._gates.stop("not answered")
             loop.remove_signal_handler(signal.SIGINT)
             if cancelling is not None and not cancelling.done() and not self._cancel_sent:
                 cancelling.cancel()  # the run ended by itself during the grace: nothing to cancel
@@ -254,6 +278,9 @@ async def run_command(args: argparse.Namespace) -> int:
             cancel_on_disconnect=args.on_disconnect == "cancel",
             client_request_id=args.request_id,
             coalesce_tokens=_coalesce(args),
+            pause_after=args.pause_after,
+            approval_timeout=args.approval_timeout,
+            on_approval_timeout=_on_timeout(args.on_approval_timeout),
         )
         if args.detach:
             first = await anext(events)
@@ -271,6 +298,7 @@ async def run_command(args: argparse.Namespace) -> int:
             require_approval=args.require_approval,
             cancel_on_interrupt=True,
             cancel_on_close=args.on_disconnect == "cancel",
+            ask=_interactive(args),
         )
         return await follower.follow(events)
 
@@ -287,6 +315,7 @@ async def watch_command(args: argparse.Namespace) -> int:
             require_approval=args.require_approval,
             cancel_on_interrupt=False,
             run_id=args.run_id,
+            ask=_interactive(args),
         )
         follower.last_seq = args.after
         return await follower.follow(events)

@@ -1,4 +1,5 @@
-"""The `facilitair` command: run, watch, files, status, runs, cancel, info, completion; `serve` and `config`
+"""The `facilitair` command: run, watch, files, status, runs, cancel, info, completion, and approve, revise, edit
+and reject for runs paused at an approval gate; `serve` and `config`
 come from the server package when it is installed (server_commands.py).
 
 Exit codes: 0 completed, 1 run failed or cancelled (or the server refused the request, or
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
 
+from facilitair.cli.approvals import approval_command
 from facilitair.cli.args import add_client_commands
 from facilitair.cli.commands import unary_command
 from facilitair.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandFailed, exit_code_for
@@ -115,6 +117,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return asyncio.run(run_command(args))
         if args.command == "watch":
             return asyncio.run(watch_command(args))
+        if args.command in ("approve", "revise", "edit", "reject"):
+            return asyncio.run(approval_command(args))
         return asyncio.run(unary_command(args))
     except UsageError as exc:
         print(f"facilitair: {exc}", file=sys.stderr)

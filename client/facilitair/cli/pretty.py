@@ -20,7 +20,7 @@ from rich.text import Text
 
 from facilitair.cli.render import RunView, describe, reset_line, same_terminal, seconds
 from facilitair.cli.screen import Screen
-from facilitair.client import EventKind, event_kind
+from facilitair.client import Decision, EventKind, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -51,6 +51,8 @@ class PrettyRenderer:
 
     def _status(self) -> Text | None:
         now = time.monotonic()
+        if self.view.awaiting is not None and self._lost is None:
+            return None  # the run waits for a person: the gate's lines say so, and a question may be on the row
         if self._lost is not None:
             attempt, error, since = self._lost
             # The count first: gRPC's reasons are long, and the line is cut at the terminal's width.
@@ -119,12 +121,23 @@ class PrettyRenderer:
         elif kind is EventKind.STAGE_COMPLETED:
             self._waiting_since = None
             self._lines(event, "dim")
+        elif kind in (EventKind.APPROVAL_REQUESTED, EventKind.APPROVAL_DECIDED):
+            self._gate(event)
         elif kind is EventKind.RUN_COMPLETED:
             self._finish(event, "bold green" if event.run_completed.result.approved else "bold yellow")
         elif kind in (EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self._finish(event, "bold red")
         else:
             self._lines(event, "dim")
+
+    def _gate(self, event: pb.RunEvent) -> None:
+        """A pause for a person, or its decision: a line that stands out; no status line while it waits."""
+        if event_kind(event) is EventKind.APPROVAL_REQUESTED:
+            self._waiting_since = self._retry_until = None
+            self._lines(event, "bold magenta")
+        else:
+            rejected = int(event.approval_decided.decision) == Decision.REJECT
+            self._lines(event, "bold red" if rejected else "bold green")
 
     def _lines(self, event: pb.RunEvent, style: str) -> None:
         lines = describe(event, self.view)
@@ -168,6 +181,13 @@ class PrettyRenderer:
         """The status line turns into one line that stays."""
         self._lost = None
         self.note(f"reconnected after {seconds(after)} (connection lost: {error})", warning=True)
+
+    def prompt(self, text: str) -> None:
+        """A question on a row of its own; the person's answer is echoed after it."""
+        if self._notes_on_screen:
+            self.screen.prompt(text)
+        else:
+            print(text, end="", file=self._err, flush=True)
 
     def close(self) -> None:
         """Take the status line away and end on a fresh row."""

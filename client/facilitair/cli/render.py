@@ -17,7 +17,7 @@ from typing import IO, Any, Protocol
 
 from google.protobuf import json_format
 
-from facilitair.client import Agent, EventKind, StatusCode, event_kind
+from facilitair.client import Agent, Decision, EventKind, OnApprovalTimeout, RunState, StatusCode, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # Said of a stage whose model stopped at max_tokens (StageCompleted.truncated).
@@ -36,6 +36,11 @@ def agent_name(agent: int) -> str:
     if agent not in Agent._value2member_map_ or agent == 0:
         return "?"
     return Agent(agent).name.capitalize()
+
+
+def state_name(state: int) -> str:
+    """ "completed" for RUN_STATE_COMPLETED, "awaiting-approval" for RUN_STATE_AWAITING_APPROVAL."""
+    return RunState(state).name.lower().replace("_", "-") if state in RunState._value2member_map_ else str(state)
 
 
 def plural(count: int, word: str) -> str:
@@ -117,6 +122,7 @@ class RunView:
     shown: dict[int, int] = field(default_factory=dict)  # characters shown of each stage's current attempt
     discarded: bool = False  # the latest attempt_reset voided text that was shown
     files: dict[str, str] = field(default_factory=dict)  # the kind of each file announced, by path
+    awaiting: pb.PendingApproval | None = None  # the gate the run waits at (approval_requested, not yet decided)
 
     @property
     def total(self) -> int:
@@ -167,9 +173,15 @@ class RunView:
         elif kind is EventKind.ARTIFACT_PRODUCED:
             produced = event.artifact_produced.artifact
             self.files[produced.path] = kind_name(produced.kind)
+        elif kind is EventKind.APPROVAL_REQUESTED:
+            self.awaiting = event.approval_requested.approval
+            self.current = 0
+        elif kind is EventKind.APPROVAL_DECIDED:
+            self.awaiting = None
         elif kind in (EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self.final = event
             self.current = 0
+            self.awaiting = None
 
     def cost_so_far(self) -> str:
         """The cost of the stages completed so far, as text."""
@@ -212,6 +224,10 @@ class Renderer(Protocol):
         """The stream is back after `after` seconds."""
         ...
 
+    def prompt(self, text: str) -> None:
+        """Ask the person at the terminal something; the cursor stays after the question for the answer."""
+        ...
+
     def close(self) -> None:
         """Finish the output."""
         ...
@@ -242,6 +258,14 @@ class _Notes:
 
     def connection_back(self, after: float, error: str) -> None:
         """The text going on says it."""
+
+    def prompt(self, text: str) -> None:
+        """The question on stdout, on a row of its own (the CLI asks only when stdout is a terminal)."""
+        if not self.at_line_start:
+            self._out.write("\n")
+        self._out.write(text)
+        self._out.flush()
+        self.at_line_start = True  # the answer's Enter ends the row
 
 
 class JsonlRenderer(_Notes):
@@ -360,6 +384,11 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
     elif kind is EventKind.MODEL_FALLBACK:
         fb = event.model_fallback
         lines = [f"!! [{fb.stage}] giving up on {fb.from_model} ({fb.reason}); falling back to {fb.to_model}"]
+    elif kind is EventKind.APPROVAL_REQUESTED:
+        lines = [requested_line(event.approval_requested.approval)]
+    elif kind is EventKind.APPROVAL_DECIDED:
+        d = event.approval_decided
+        lines = [f"?? [{d.stage}] " + decided_line(d.decision, d.principal, d.comment, d.timed_out, d.edited)]
     elif kind is EventKind.RUN_COMPLETED:
         lines = [completed_line(event.run_completed)]
     elif kind is EventKind.RUN_FAILED:
@@ -370,6 +399,32 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
     elif kind is EventKind.RUN_CANCELLED:
         lines = [f"Run cancelled: {event.run_cancelled.reason} ({spent(event.run_cancelled.usage)})"]
     return lines
+
+
+def requested_line(gate: pb.PendingApproval) -> str:
+    """ "?? [1] Architect's output waits for a decision (until 2026-12-08 20:51 UTC, then rejected)"."""
+    then = "approved" if int(gate.on_timeout) == OnApprovalTimeout.APPROVE else "rejected"
+    until = gate.expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")
+    files = f", {plural(len(gate.artifacts), 'file')}" if gate.artifacts else ""
+    again = f", revised {plural(gate.revisions, 'time')}" if gate.revisions else ""
+    what = f"{agent_name(gate.agent)}'s output waits for a decision{files}{again}"
+    return f"?? [{gate.stage}] {what} (until {until}, then {then})"
+
+
+def decided_line(decision: int, principal: str, comment: str, timed_out: bool, edited: bool = False) -> str:
+    """ "approved by alice: looks good"; "rejected (nobody answered in time)"."""
+    verb = {
+        Decision.APPROVE: "approved",
+        Decision.REVISE: "sent back for revision",
+        Decision.EDIT: "edited",
+        Decision.REJECT: "rejected",
+    }.get(Decision(decision) if decision in Decision._value2member_map_ else Decision.UNSPECIFIED, "decided")
+    if edited and decision != Decision.EDIT:
+        verb += " with edits"
+    if timed_out:  # the server's comment then says the same as these words
+        return f"{verb} (nobody answered in time)"
+    who = f" by {principal}" if principal else ""
+    return f"{verb}{who}" + (f": {comment}" if comment else "")
 
 
 def kind_name(kind: int) -> str:

@@ -200,6 +200,16 @@ class Screen:
             self._draw_status()
             self.console.file.flush()
 
+    def prompt(self, text: str) -> None:
+        """Write a question on a fresh row and leave the cursor after it: the terminal echoes the answer there,
+        and its Enter brings the cursor back to the start of the next row, where the screen expects it."""
+        with self._lock:
+            self._hide_status()
+            if self._col or self._line:
+                self._newline()
+            self.console.print(text, end="", markup=False, highlight=False)
+            self.console.file.flush()
+
     # ----- the status line ------------------------------------------------------------------------------------
 
     def status(self, render: Callable[[], Text | None] | None) -> None:

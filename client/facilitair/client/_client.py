@@ -13,15 +13,31 @@ import asyncio
 import inspect
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
 
 from facilitair.client._errors import FacilitairError, ServerUnreachable, StatusCode
-from facilitair.client._request import collaborate_request, count, invalid
+from facilitair.client._request import collaborate_request, count, invalid, submit_approval_request
 from facilitair.client._target import parse_target
-from facilitair.client._types import TERMINAL_KINDS, CompletedRun, RunState, is_terminal, result_of
+from facilitair.client._types import (
+    TERMINAL_KINDS,
+    Agent,
+    Approval,
+    ApprovalRequest,
+    ApprovalResult,
+    CompletedRun,
+    Decision,
+    EventKind,
+    OnApprovalTimeout,
+    RunState,
+    approval_request,
+    approval_result,
+    event_kind,
+    is_terminal,
+    result_of,
+)
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
@@ -51,6 +67,12 @@ _RECONNECT_CAP = 2.0
 
 #: Called with each event as it arrives; may be a coroutine function.
 EventCallback = Callable[[pb.RunEvent], Awaitable[None] | None]
+#: Called when a run waits at an approval gate; returns the Approval to submit, or None to leave the gate to
+#: someone else (`facilitair approve`, another client). May be a coroutine function.
+ApprovalCallback = Callable[[ApprovalRequest], Awaitable[Approval | None] | Approval | None]
+#: The reasons SubmitApproval gives when the gate was decided already (by someone else, or by its timeout): the
+#: decision that won comes in the run's events, so a callback that lost the race is not an error of the run.
+DECIDED_ALREADY = ("APPROVAL_ALREADY_DECIDED", "NOT_AWAITING_APPROVAL")
 
 
 class Client:
@@ -140,11 +162,17 @@ class Client:
         client_request_id: str | None = None,
         resume: bool = True,
         coalesce_tokens: bool = False,
+        pause_after: Iterable[Agent | str] = (),
+        approval_timeout: float | None = None,
+        on_approval_timeout: OnApprovalTimeout | None = None,
     ) -> AsyncGenerator[pb.RunEvent, None]:
         """Start a run and yield its events until the terminal one, resuming across disconnects.
 
         With `coalesce_tokens` the server may join consecutive token deltas of a stage into one event
-        (`first_seq` set, `seq` the last joined one's); the text is the same. Bad arguments raise
+        (`first_seq` set, `seq` the last joined one's); the text is the same. `pause_after` names the agents
+        ("architect", "coder", "reviewer", "tester") after whose stage the run waits for a decision
+        (approval_requested; answer with `submit_approval`); `approval_timeout` (seconds) and
+        `on_approval_timeout` say how long a gate waits and what it decides then. Bad arguments raise
         FacilitairError (INVALID_ARGUMENT) before anything is sent.
         """
         request = collaborate_request(
@@ -158,6 +186,9 @@ class Client:
             cancel_on_disconnect=cancel_on_disconnect,
             client_request_id=client_request_id,
             coalesce_tokens=coalesce_tokens,
+            pause_after=pause_after,
+            approval_timeout=approval_timeout,
+            on_approval_timeout=on_approval_timeout,
         )
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
@@ -202,10 +233,16 @@ class Client:
         max_tokens: int | None = None,
         cancel_on_disconnect: bool = False,
         client_request_id: str | None = None,
+        pause_after: Iterable[Agent | str] = (),
+        approval_timeout: float | None = None,
+        on_approval_timeout: OnApprovalTimeout | None = None,
+        on_approval: ApprovalCallback | None = None,
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
-        `on_event` sees every event first (tokens included), in order. Other arguments as for `collaborate`.
+        `on_event` sees every event first (tokens included), in order. `on_approval` is asked at each gate the
+        run waits at (see `pause_after`) and may decide it: an Approval is submitted, None leaves the gate to
+        someone else. Other arguments as for `collaborate`.
         """
         events = self.collaborate(
             task,
@@ -218,12 +255,107 @@ class Client:
             cancel_on_disconnect=cancel_on_disconnect,
             client_request_id=client_request_id,
             coalesce_tokens=on_event is None,  # nobody looks at single tokens: fewer messages
+            pause_after=pause_after,
+            approval_timeout=approval_timeout,
+            on_approval_timeout=on_approval_timeout,
         )
-        return await _outcome(events, on_event)
+        return await self._outcome(events, on_event, on_approval)
 
-    async def wait(self, run_id: str, *, after_seq: int = 0, on_event: EventCallback | None = None) -> CompletedRun:
-        """Follow a run already started until its end: its CompletedRun, or RunFailed / RunCancelled raised."""
-        return await _outcome(self.watch(run_id, after_seq, coalesce_tokens=on_event is None), on_event)
+    async def wait(
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        on_event: EventCallback | None = None,
+        on_approval: ApprovalCallback | None = None,
+    ) -> CompletedRun:
+        """Follow a run already started until its end: its CompletedRun, or RunFailed / RunCancelled raised.
+
+        `on_approval` as for `run`; it is asked only about the gate the run waits at now, not the ones
+        replayed.
+        """
+        events = self.watch(run_id, after_seq, coalesce_tokens=on_event is None)
+        return await self._outcome(events, on_event, on_approval)
+
+    async def _outcome(
+        self,
+        events: AsyncGenerator[pb.RunEvent, None],
+        on_event: EventCallback | None,
+        on_approval: ApprovalCallback | None,
+    ) -> CompletedRun:
+        """Read a run's events to its terminal one and turn that into a result or an exception."""
+        try:
+            async for event in events:
+                if on_event is not None:
+                    handled = on_event(event)
+                    if inspect.isawaitable(handled):
+                        await handled
+                if on_approval is not None and event_kind(event) is EventKind.APPROVAL_REQUESTED:
+                    await self._ask(event, on_approval)
+                if is_terminal(event):
+                    return result_of(event)
+        finally:
+            await events.aclose()
+        raise FacilitairError(StatusCode.UNAVAILABLE, "the stream ended before the run did")
+
+    async def _ask(self, event: pb.RunEvent, on_approval: ApprovalCallback) -> None:
+        """Let the callback decide the gate `event` opened, if the run still waits at it."""
+        gate = event.approval_requested.approval
+        pending = await self.pending_approval(event.run_id)
+        if pending is None or pending.approval_id != gate.approval_id:
+            return  # decided already: a replayed event (wait from an earlier seq), or someone was quicker
+        answer = on_approval(pending)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer is None:
+            return
+        try:
+            await self._submit(event.run_id, answer, approval_id=gate.approval_id)
+        except FacilitairError as err:
+            if err.reason not in DECIDED_ALREADY:
+                raise
+
+    async def pending_approval(self, run_id: str) -> ApprovalRequest | None:
+        """The gate a run waits at now (GetRun's pending_approval), or None when it waits at none."""
+        run = await self.get_run(run_id)
+        if RunState(run.state) is not RunState.AWAITING_APPROVAL or not run.HasField("pending_approval"):
+            return None
+        return approval_request(run.run_id, run.pending_approval)
+
+    async def submit_approval(
+        self,
+        run_id: str,
+        decision: Decision | Approval,
+        *,
+        comment: str = "",
+        edited_text: str = "",
+        edited_files: Mapping[str, str] | None = None,
+        approval_id: str = "",
+        client_request_id: str | None = None,
+    ) -> ApprovalResult:
+        """Decide the gate a run waits at (or the gate `approval_id`): APPROVE, REVISE (with a `comment`),
+        EDIT (with `edited_text` and/or `edited_files`, path to new content) or REJECT (the comment says why).
+
+        The first decision recorded wins: a different one after it raises FacilitairError FAILED_PRECONDITION
+        naming it; the same `client_request_id` again returns the recorded decision. `run_id` may be a prefix
+        or "last".
+        """
+        if isinstance(decision, Approval):
+            if comment or edited_text or edited_files:
+                raise invalid("decision", "an Approval carries its own comment and edits")
+            approval = decision
+        else:
+            approval = Approval(decision, comment, edited_text, dict(edited_files or {}))
+        return await self._submit(run_id, approval, approval_id=approval_id, client_request_id=client_request_id)
+
+    async def _submit(
+        self, run_id: str, approval: Approval, *, approval_id: str, client_request_id: str | None = None
+    ) -> ApprovalResult:
+        request = submit_approval_request(
+            run_id, approval, approval_id=approval_id, client_request_id=client_request_id
+        )
+        response: pb.SubmitApprovalResponse = await self._unary(self._stub.SubmitApproval, request)
+        return approval_result(response)
 
     async def _follow(
         self, opener: Callable[[int, str], AsyncIterable[Any]], run_id: str, after_seq: int, resume: bool
@@ -315,18 +447,3 @@ class Client:
             return await method(request, timeout=30.0, metadata=self._metadata)
         except grpc.RpcError as err:
             raise FacilitairError.from_rpc_error(err, self.target) from None
-
-
-async def _outcome(events: AsyncGenerator[pb.RunEvent, None], on_event: EventCallback | None) -> CompletedRun:
-    """Read a run's events to its terminal one and turn that into a result or an exception."""
-    try:
-        async for event in events:
-            if on_event is not None:
-                handled = on_event(event)
-                if inspect.isawaitable(handled):
-                    await handled
-            if is_terminal(event):
-                return result_of(event)
-    finally:
-        await events.aclose()
-    raise FacilitairError(StatusCode.UNAVAILABLE, "the stream ended before the run did")

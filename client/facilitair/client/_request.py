@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from facilitair.client._errors import FacilitairError, StatusCode
+from facilitair.client._types import Agent, Approval, Decision, OnApprovalTimeout
 from facilitair.v1 import orchestrator_pb2 as pb
 
 _UINT32_MAX = 2**32 - 1
@@ -86,6 +87,9 @@ def collaborate_request(
     cancel_on_disconnect: bool,
     client_request_id: str | None,
     coalesce_tokens: bool,
+    pause_after: Iterable[Agent | str] = (),
+    approval_timeout: float | None = None,
+    on_approval_timeout: OnApprovalTimeout | None = None,
 ) -> pb.CollaborateRequest:
     """The CollaborateRequest for these arguments; the server checks the rest (blank task, limits)."""
     if not isinstance(task, str):
@@ -121,4 +125,63 @@ def collaborate_request(
         request.max_tokens = count("max_tokens", max_tokens)
         if max_tokens == 0:
             raise invalid("max_tokens", "must be at least 1")
+    _gates(request, pause_after, approval_timeout, on_approval_timeout)
     return request
+
+
+# The agents whose stage may be followed by an approval gate (the Refiner's output is reviewed anyway, and the
+# Documenter's ends the run): the server refuses others too, this names them before sending.
+PAUSABLE = (Agent.ARCHITECT, Agent.CODER, Agent.REVIEWER, Agent.TESTER)
+
+
+def _gates(
+    request: pb.CollaborateRequest,
+    pause_after: Iterable[Agent | str],
+    timeout: float | None,
+    on_timeout: OnApprovalTimeout | None,
+) -> None:
+    """pause_after ("architect" or Agent.ARCHITECT), approval_timeout (seconds), on_approval_timeout."""
+    if isinstance(pause_after, str):
+        raise invalid("pause_after", "must be a list of agents, not a string")
+    names = ", ".join(a.name.lower() for a in PAUSABLE)
+    for item in pause_after:
+        agent = Agent.__members__.get(item.upper()) if isinstance(item, str) else item
+        if agent not in PAUSABLE:
+            raise invalid("pause_after", f"{item!r} is not one of {names}")
+        if int(agent) not in request.pause_after:
+            request.pause_after.append(int(agent))  # type: ignore[arg-type]
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
+            raise invalid("approval_timeout", f"must be a number of seconds, not {timeout!r}")
+        if timeout <= 0:
+            raise invalid("approval_timeout", f"must be more than 0 seconds, not {timeout}")
+        request.approval_timeout.CopyFrom(duration_pb2.Duration(seconds=int(timeout), nanos=int(timeout % 1 * 1e9)))
+    if on_timeout is not None:
+        if on_timeout not in OnApprovalTimeout._value2member_map_:
+            raise invalid("on_approval_timeout", f"{on_timeout!r} is not an OnApprovalTimeout")
+        request.on_approval_timeout = int(on_timeout)  # type: ignore[assignment]
+
+
+def submit_approval_request(
+    run_id: str, approval: Approval, *, approval_id: str, client_request_id: str | None
+) -> pb.SubmitApprovalRequest:
+    """The SubmitApprovalRequest for a decision; the server checks the rest (REVISE's comment, known paths)."""
+    if not isinstance(approval.decision, int) or approval.decision not in Decision._value2member_map_:
+        raise invalid("decision", f"{approval.decision!r} is not a Decision")
+    if approval.decision is Decision.UNSPECIFIED:
+        raise invalid("decision", "is required: APPROVE, REVISE, EDIT or REJECT")
+    if approval.decision != Decision.EDIT and (approval.text or approval.files):
+        raise invalid("decision", "edited text or files go with EDIT only")
+    for path, content in approval.files.items():
+        if not isinstance(path, str) or not isinstance(content, str):
+            raise invalid("edited_files", "maps paths to their new contents (strings)")
+    return pb.SubmitApprovalRequest(
+        run_id=run_id,
+        approval_id=approval_id,
+        decision=int(approval.decision),  # type: ignore[arg-type]
+        comment=approval.comment,
+        edited_text=approval.text,
+        edited_files=[pb.EditedFile(path=path, content=content) for path, content in approval.files.items()],
+        # Retrying the same answer (a lost response) records it once.
+        client_request_id=client_request_id or str(uuid.uuid4()),
+    )

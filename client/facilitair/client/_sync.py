@@ -12,15 +12,26 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from facilitair.client._client import Client
 from facilitair.client._errors import FacilitairError, StatusCode
-from facilitair.client._types import CompletedRun, RunState
+from facilitair.client._types import (
+    Agent,
+    Approval,
+    ApprovalRequest,
+    ApprovalResult,
+    CompletedRun,
+    Decision,
+    OnApprovalTimeout,
+    RunState,
+)
 from facilitair.v1 import orchestrator_pb2 as pb
 
 T = TypeVar("T")
+#: SyncClient's on_approval: a plain function (it runs on the client's thread).
+SyncApprovalCallback = Callable[[ApprovalRequest], Approval | None]
 # A bound on waiting for cancelled work after Ctrl-C: grpc cancels a call in well under a second.
 _CANCEL_WAIT = 5.0
 
@@ -156,6 +167,9 @@ class SyncClient:
         client_request_id: str | None = None,
         resume: bool = True,
         coalesce_tokens: bool = False,
+        pause_after: Iterable[Agent | str] = (),
+        approval_timeout: float | None = None,
+        on_approval_timeout: OnApprovalTimeout | None = None,
     ) -> EventIterator:
         """Start a run and iterate over its events (see Client.collaborate)."""
         return self._iterate(
@@ -171,6 +185,9 @@ class SyncClient:
                 client_request_id=client_request_id,
                 resume=resume,
                 coalesce_tokens=coalesce_tokens,
+                pause_after=pause_after,
+                approval_timeout=approval_timeout,
+                on_approval_timeout=on_approval_timeout,
             )
         )
 
@@ -193,10 +210,14 @@ class SyncClient:
         max_tokens: int | None = None,
         cancel_on_disconnect: bool = False,
         client_request_id: str | None = None,
+        pause_after: Iterable[Agent | str] = (),
+        approval_timeout: float | None = None,
+        on_approval_timeout: OnApprovalTimeout | None = None,
+        on_approval: SyncApprovalCallback | None = None,
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
-        `on_event` runs on the client's thread, once per event, in order.
+        `on_event` and `on_approval` (see Client.run) run on the client's thread, in order.
         """
         return self._call(
             self._client.run(
@@ -210,14 +231,51 @@ class SyncClient:
                 max_tokens=max_tokens,
                 cancel_on_disconnect=cancel_on_disconnect,
                 client_request_id=client_request_id,
+                pause_after=pause_after,
+                approval_timeout=approval_timeout,
+                on_approval_timeout=on_approval_timeout,
+                on_approval=on_approval,
             )
         )
 
     def wait(
-        self, run_id: str, *, after_seq: int = 0, on_event: Callable[[pb.RunEvent], None] | None = None
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        on_event: Callable[[pb.RunEvent], None] | None = None,
+        on_approval: SyncApprovalCallback | None = None,
     ) -> CompletedRun:
         """Follow a run already started until its end (see Client.wait)."""
-        return self._call(self._client.wait(run_id, after_seq=after_seq, on_event=on_event))
+        return self._call(self._client.wait(run_id, after_seq=after_seq, on_event=on_event, on_approval=on_approval))
+
+    def submit_approval(
+        self,
+        run_id: str,
+        decision: Decision | Approval,
+        *,
+        comment: str = "",
+        edited_text: str = "",
+        edited_files: Mapping[str, str] | None = None,
+        approval_id: str = "",
+        client_request_id: str | None = None,
+    ) -> ApprovalResult:
+        """Decide the gate a run waits at (see Client.submit_approval)."""
+        return self._call(
+            self._client.submit_approval(
+                run_id,
+                decision,
+                comment=comment,
+                edited_text=edited_text,
+                edited_files=edited_files,
+                approval_id=approval_id,
+                client_request_id=client_request_id,
+            )
+        )
+
+    def pending_approval(self, run_id: str) -> ApprovalRequest | None:
+        """The gate a run waits at now, or None."""
+        return self._call(self._client.pending_approval(run_id))
 
     def get_run(self, run_id: str) -> pb.RunSummary:
         """The state, progress and result of a run."""

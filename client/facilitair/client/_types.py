@@ -7,10 +7,15 @@ numbers in messages and can be assigned to message fields.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
 
 from facilitair.client._errors import FacilitairError, RunCancelled, RunFailed, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
+
+_E = TypeVar("_E", bound=enum.IntEnum)
 
 
 class EventKind(enum.StrEnum):
@@ -29,6 +34,8 @@ class EventKind(enum.StrEnum):
     RUN_CANCELLED = "run_cancelled"
     ATTEMPT_RESET = "attempt_reset"
     MODEL_FALLBACK = "model_fallback"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_DECIDED = "approval_decided"
     #: A payload this version of the library does not know (a newer server).
     UNKNOWN = "unknown"
 
@@ -60,6 +67,7 @@ class RunState(enum.IntEnum):
     FAILED = 4
     CANCELLED = 5
     INTERRUPTED = 6
+    AWAITING_APPROVAL = 7
 
 
 class Agent(enum.IntEnum):
@@ -98,6 +106,136 @@ class StoreKind(enum.IntEnum):
     UNSPECIFIED = 0
     SQLITE = 1
     POSTGRESQL = 2
+
+
+class Decision(enum.IntEnum):
+    """A person's answer at an approval gate (facilitair.v1.ApprovalDecision without the prefix)."""
+
+    UNSPECIFIED = 0
+    APPROVE = 1
+    REVISE = 2
+    EDIT = 3
+    REJECT = 4
+
+
+class OnApprovalTimeout(enum.IntEnum):
+    """What a gate decides by itself when nobody answered in time (facilitair.v1.OnApprovalTimeout)."""
+
+    UNSPECIFIED = 0
+    REJECT = 1
+    APPROVE = 2
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An answer to an approval gate: what an `on_approval` callback returns.
+
+    Build it with `Approval.approve()`, `.revise(comment)`, `.edit(text=..., files=...)` or `.reject(why)`.
+    """
+
+    decision: Decision
+    #: The revision request, the reason for a rejection, or a note with an approval.
+    comment: str = ""
+    #: EDIT: the stage's new text ("" keeps it).
+    text: str = ""
+    #: EDIT: new contents of files the stage produced, by path.
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def approve(cls, comment: str = "") -> Approval:
+        """Accept the stage's output as it is."""
+        return cls(Decision.APPROVE, comment)
+
+    @classmethod
+    def revise(cls, comment: str) -> Approval:
+        """Run the stage again with `comment` in its prompt."""
+        return cls(Decision.REVISE, comment)
+
+    @classmethod
+    def edit(cls, *, text: str = "", files: Mapping[str, str] | None = None, comment: str = "") -> Approval:
+        """Replace the stage's text and/or files with these; later stages read them."""
+        return cls(Decision.EDIT, comment, text, dict(files or {}))
+
+    @classmethod
+    def reject(cls, why: str = "") -> Approval:
+        """End the run (run_cancelled, naming who and why)."""
+        return cls(Decision.REJECT, why)
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """A gate a run waits at: what `on_approval` is asked about (a typed view of PendingApproval)."""
+
+    run_id: str
+    approval_id: str
+    stage: int
+    agent: Agent
+    #: Refinement round of the stage (0 before any refinement).
+    round: int
+    #: The stage's text output (the Architect's design, ...).
+    text: str
+    #: The files the stage produced, at the versions it produced them.
+    files: list[pb.Artifact]
+    expires_at: datetime
+    #: What the gate decides by itself at expires_at.
+    on_timeout: OnApprovalTimeout
+    #: How many times this stage was already revised at a gate.
+    revisions: int
+
+
+def approval_request(run_id: str, pending: pb.PendingApproval) -> ApprovalRequest:
+    """The typed view of a gate."""
+    return ApprovalRequest(
+        run_id=run_id,
+        approval_id=pending.approval_id,
+        stage=pending.stage,
+        agent=Agent(pending.agent) if pending.agent in Agent._value2member_map_ else Agent.UNSPECIFIED,
+        round=pending.round,
+        text=pending.text,
+        files=list(pending.artifacts),
+        expires_at=pending.expires_at.ToDatetime(),
+        on_timeout=_member(OnApprovalTimeout, pending.on_timeout, OnApprovalTimeout.REJECT),
+        revisions=pending.revisions,
+    )
+
+
+@dataclass(frozen=True)
+class ApprovalResult:
+    """The decision a gate recorded (this request's, or the one that was there first with the same key)."""
+
+    run_id: str
+    approval_id: str
+    decision: Decision
+    #: Who decided; "" when the gate timed out.
+    principal: str
+    comment: str
+    edited: bool
+    timed_out: bool
+    #: The run as it is after the decision.
+    run: pb.RunSummary
+    #: The approval_decided record itself.
+    decided: pb.ApprovalDecided
+
+
+def approval_result(response: pb.SubmitApprovalResponse) -> ApprovalResult:
+    """The typed view of SubmitApproval's answer."""
+    decided = response.decided
+    return ApprovalResult(
+        run_id=response.run.run_id,
+        approval_id=decided.approval_id,
+        decision=_member(Decision, decided.decision, Decision.UNSPECIFIED),
+        principal=decided.principal,
+        comment=decided.comment,
+        edited=decided.edited,
+        timed_out=decided.timed_out,
+        run=response.run,
+        decided=decided,
+    )
+
+
+def _member(kind: type[_E], value: int, default: _E) -> _E:
+    """`kind(value)`, or `default` for a number a newer server sent that this library does not know."""
+    return kind(value) if value in kind._value2member_map_ else default
 
 
 @dataclass(frozen=True)
