@@ -14,6 +14,7 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import structlog
 from prometheus_client import REGISTRY
@@ -21,8 +22,9 @@ from pydantic import SecretStr
 
 from facilitair.server.store.base import DeliveryRow
 from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
-from tests.harness.events import RunStream, kind, payload
+from tests.harness.events import EventCall, RunStream, kind, payload, read_rest, read_until
 from tests.harness.logs import on_log
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import Harness, ServerFactory
@@ -273,6 +275,62 @@ async def test_failed_and_cancelled_runs_are_told_to_the_endpoints_that_asked(
             assert "sk-wrong" not in sent.body.decode()
         assert both[1].id != told.id  # one webhook-id per endpoint
         assert [r.path for r in everything.requests] == ["/hook", "/hook"]  # nothing for someone-else's endpoint
+
+
+async def test_a_run_at_an_approval_gate_is_told_once_as_run_awaiting_approval(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    secret = new_secret()
+    async with (
+        Receiver(secret) as everything,
+        Receiver(secret) as only_gates,
+        FakeOpenAI(scripted()) as fake,
+    ):
+        settings = hooks(
+            tmp_path,
+            {"url": everything.url, "secret": secret},
+            {"url": only_gates.url, "events": ["run.awaiting_approval"], "secret": secret},
+        )
+        h = await make_server(openai=fake, **settings)
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            stub = pb_grpc.OrchestratorServiceStub(channel)
+            request = pb.CollaborateRequest(task="gated; secret-task-text", pause_after=[pb.AGENT_ARCHITECT])
+            call: EventCall = stub.Collaborate(request)
+            events = await read_until(call, lambda got: bool(got) and kind(got[-1]) == "approval_requested")
+            gate = payload(events[-1]).approval
+            [told] = await only_gates.until(1)
+            assert told.verified
+            body = told.json
+            assert body["type"] == "run.awaiting_approval"
+            data = body["data"]
+            assert data["run_id"] == events[0].run_id
+            assert data["state"] == "awaiting_approval"
+            assert data["approval"]["approval_id"] == gate.approval_id
+            assert data["approval"]["stage"] == gate.stage
+            assert data["approval"]["agent"] == "architect"
+            assert "finished_at" not in data  # waiting is not an end
+            # Neither the task nor the stage's text the person decides on.
+            assert "secret-task-text" not in told.body.decode()
+            assert gate.text not in told.body.decode()
+
+            approve = pb.SubmitApprovalRequest(
+                run_id=events[0].run_id, approval_id=gate.approval_id, decision=pb.APPROVAL_DECISION_APPROVE
+            )
+            await stub.SubmitApproval(approve)
+            rest = await read_rest(call)
+        assert kind(rest[-1]) == "run_completed"
+        got = await everything.until(2)
+        assert sorted(g.json["type"] for g in got) == ["run.awaiting_approval", "run.completed"]
+        assert all(g.verified for g in got)
+        stored = await rows(h, events[0].run_id)
+        assert Counter((r.url, r.event_type) for r in stored) == Counter(
+            [
+                (everything.url, "run.awaiting_approval"),
+                (everything.url, "run.completed"),
+                (only_gates.url, "run.awaiting_approval"),
+            ]
+        )
+        assert len(only_gates.requests) == 1
 
 
 # Not parametrised over the stores: replicas share a PostgreSQL database, which the test brings itself.

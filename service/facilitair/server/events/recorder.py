@@ -28,7 +28,7 @@ from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.watchdog import SilenceWatchdog
 from facilitair.server.events.wire import RunEvent, token_delta
 from facilitair.server.store.base import Checkpoint, RunRow
-from facilitair.server.webhooks.config import RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+from facilitair.server.webhooks.config import RUN_AWAITING_APPROVAL, RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
 from facilitair.server.webhooks.outbox import Outbox
 
 
@@ -147,10 +147,13 @@ class RunRecorder:
 
     def approval_requested(self, gate: Gate) -> None:
         """The run waits at a gate: its event, the summary's pending approval, the row's gate and state commit
-        together with the stage's stage_completed and checkpoint, appended just before (no await between)."""
-        self._emit(wire.approval_requested(self.summary.wait_at(gate)))
+        together with the stage's stage_completed and checkpoint, appended just before (no await between), and
+        with the run.awaiting_approval webhooks."""
+        event = wire.approval_requested(self.summary.wait_at(gate))
+        self._emit(event)
         self._row = dataclasses.replace(self._row, approval_id=gate.approval_id, approval_due_at=gate.expires_at)
         self._set_state(RunState.AWAITING_APPROVAL)
+        self.webhook(RUN_AWAITING_APPROVAL, event.seq)
 
     def approval_decided(self, decision: Decision) -> None:
         """The gate the run waited at was decided: said once, and the run is running again."""

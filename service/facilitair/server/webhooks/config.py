@@ -29,9 +29,9 @@ from facilitair.server.settings import ConfigError, Settings
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
-# The events an endpoint may ask for. Approval gates add "run.awaiting_approval" here and have the recorder
-# call its `webhook(...)` with it; nothing else changes.
-EVENT_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+RUN_AWAITING_APPROVAL = "run.awaiting_approval"  # a run stopped at an approval gate (issue 22), not an end
+# The events an endpoint may ask for.
+EVENT_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_AWAITING_APPROVAL})
 SECRET_PREFIX = "whsec_"  # noqa: S105  (the prefix every Standard Webhooks secret starts with, not a secret)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

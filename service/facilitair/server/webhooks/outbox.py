@@ -52,8 +52,19 @@ def body(event_type: str, run_id: str, summary: pb.RunSummary, failure: pb.RunFa
         "cost_usd": usage.cost_usd,
         "cost_unknown": usage.cost_unknown,
         "created_at": iso(summary.created_at.ToNanoseconds() / 1e9),
-        "finished_at": iso(now),
     }
+    if summary.state in _STATES:
+        data["finished_at"] = iso(now)
+    if summary.HasField("pending_approval"):
+        # A run at an approval gate: which gate, and until when a decision is awaited (not its text: the
+        # receiver reads that with GetRun, as the caller may).
+        gate = summary.pending_approval
+        data["approval"] = {
+            "approval_id": gate.approval_id,
+            "stage": gate.stage,
+            "agent": pb.Agent.Name(gate.agent).removeprefix("AGENT_").lower(),
+            "expires_at": iso(gate.expires_at.ToNanoseconds() / 1e9),
+        }
     if summary.HasField("result"):
         result = summary.result
         data["files"] = [a.path for a in result.artifacts]
