@@ -10,10 +10,14 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 
 from facilitair.server.gateway.auth import CSRF_HEADER, SESSION_COOKIE, SESSION_SECONDS
+from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.events import EventCall, kind, read_rest, read_until
 from tests.harness.http import events_of
 from tests.harness.logs import captured_logs
 from tests.harness.servers import Harness, ServerFactory
@@ -141,3 +145,47 @@ async def test_a_rate_limited_call_is_429_with_its_retry_delay(make_server: Serv
     assert error["reason"] == "RATE_LIMITED"
     [retry] = [d for d in error["details"] if d["@type"].endswith("RetryInfo")]
     assert retry["retryDelay"].endswith("s")
+
+
+async def test_an_approver_key_decides_another_principals_gate_over_http(
+    make_server: ServerFactory, fake: FakeOpenAI
+) -> None:
+    carol = "carol-key-0123456789abcdef"
+    h = await make_server(
+        openai=fake, api_keys=f"{KEYS},carol:{carol} approver", thinking_interval=60, heartbeat_interval=60
+    )
+    async with aiohttp.ClientSession(base(h)) as http, grpc.aio.insecure_channel(h.target) as channel:
+        created = {"task": TASK, "pauseAfter": ["AGENT_ARCHITECT"]}
+        async with http.post("/v1/runs", json=created, headers=bearer(ALICE)) as response:
+            assert response.status == 201
+            run_id = (await response.json())["run"]["runId"]
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        call: EventCall = stub.WatchRun(
+            pb.WatchRunRequest(run_id=run_id), metadata=(("authorization", f"Bearer {ALICE}"),)
+        )
+        waiting = await read_until(call, lambda got: bool(got) and kind(got[-1]) == "approval_requested")
+        approval_id = waiting[-1].approval_requested.approval.approval_id
+        approve = {"decision": "APPROVAL_DECISION_APPROVE", "approvalId": approval_id, "comment": "fine"}
+        # Bob is neither the run's principal nor an approver: the run does not exist for him.
+        async with http.post(f"/v1/runs/{run_id}/approvals", json=approve, headers=bearer(BOB)) as response:
+            assert response.status == 404
+            assert (await response.json())["reason"] == "RUN_NOT_FOUND"
+        # Carol's keys line names her an approver: she sees the waiting run and decides it.
+        query = {"state": "RUN_STATE_AWAITING_APPROVAL"}
+        async with http.get("/v1/runs", params=query, headers=bearer(carol)) as response:
+            assert [r["runId"] for r in (await response.json())["runs"]] == [run_id]
+        async with http.get(f"/v1/runs/{run_id}", headers=bearer(carol)) as response:
+            assert (await response.json())["run"]["pendingApproval"]["approvalId"] == approval_id
+        wrong = {**approve, "runId": "another-run"}
+        async with http.post(f"/v1/runs/{run_id}/approvals", json=wrong, headers=bearer(carol)) as response:
+            assert response.status == 400
+            assert (await response.json())["details"][1]["fieldViolations"][0]["field"] == "run_id"
+        async with http.post(f"/v1/runs/{run_id}/approvals", json=approve, headers=bearer(carol)) as response:
+            assert response.status == 200
+            decided = (await response.json())["decided"]
+        assert decided["principal"] == "carol"
+        assert decided["decision"] == "APPROVAL_DECISION_APPROVE"
+        assert decided["comment"] == "fine"
+        rest = await read_rest(call)
+    assert [kind(e) for e in rest].count("approval_decided") == 1
+    assert kind(rest[-1]) == "run_completed"

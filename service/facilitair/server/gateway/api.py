@@ -11,7 +11,8 @@ import zipfile
 from aiohttp import web
 
 from facilitair.server.domain import FINISHED_STATES
-from facilitair.server.errors import FailedPrecondition
+from facilitair.server.errors import FailedPrecondition, InvalidArgument
+from facilitair.server.events import wire
 from facilitair.server.gateway import sse
 from facilitair.server.gateway.auth import CSRF_HEADER, SESSION_COOKIE, SESSION_SECONDS, Caller, Sessions
 from facilitair.server.gateway.bodies import json_response, read_json, respond, to_message
@@ -49,6 +50,7 @@ class Api:
             web.get("/v1/runs", self.list_runs),
             web.get("/v1/runs/{run_id:[^/:]+}", self.get_run),
             web.post("/v1/runs/{run_id:[^/:]+}:cancel", self.cancel_run),
+            web.post("/v1/runs/{run_id:[^/:]+}/approvals", self.submit_approval),
             # No HEAD: a stream has no head to give without following the run to its end.
             web.get("/v1/runs/{run_id:[^/:]+}/events", self.events, allow_head=False),
             web.get("/v1/runs/{run_id:[^/:]+}/files", self.files),
@@ -89,6 +91,16 @@ class Api:
         run_id = requests.run_id_of(request.match_info["run_id"])
         run = await self._runs.cancel_run(run_id, self._principal(request))
         return respond(pb.CancelRunResponse(run=run))
+
+    async def submit_approval(self, request: web.Request) -> web.Response:
+        """POST /v1/runs/{id}/approvals: a SubmitApprovalRequest (the path names the run); SubmitApproval."""
+        message = to_message(await read_json(request), pb.SubmitApprovalRequest)
+        path_id = request.match_info["run_id"]
+        if message.run_id and message.run_id != path_id:
+            raise InvalidArgument("run_id", "differs from the run the path names")
+        message.run_id = path_id
+        decision, run = await self._runs.submit_approval(requests.approval_request(message), self._principal(request))
+        return respond(wire.submit_approval_response(decision, run))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """GET /v1/runs/{id}/events: the SSE stream (gateway/sse.py)."""
