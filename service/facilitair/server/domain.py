@@ -212,3 +212,43 @@ class RunOutcome:
     artifacts: list[Artifact]
     approved: bool
     refinements: int
+    tests: TestReport | None = None  # the last Test run's report; None when the server runs no tests
+
+
+@dataclass(frozen=True, slots=True)
+class TestFailure:
+    """One test that failed or errored: its name, the assertion's message, a bounded traceback excerpt."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    name: str
+    message: str
+    excerpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class TestReport:
+    """What a Test run step found; `executed` False with `not_run_reason` when the tests did not run."""
+
+    __test__ = False
+
+    executed: bool
+    not_run_reason: str = ""
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: tuple[TestFailure, ...] = ()
+    timed_out: bool = False
+    truncated: bool = False  # the output was cut at its cap
+    stopped: str = ""  # a limit that stopped the tests ("CPU time limit of 30 s"), else empty
+
+    @property
+    def ok(self) -> bool:
+        """The tests ran, at least one passed, and none failed, errored or was stopped."""
+        return (
+            self.executed
+            and self.passed > 0
+            and not (self.failed or self.errors or self.timed_out or self.stopped)
+        )
