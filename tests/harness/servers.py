@@ -95,7 +95,9 @@ class Servers:
         self, *, openai: FakeOpenAI | None = None, anthropic: FakeAnthropic | None = None, **overrides: Any
     ) -> Harness:
         """Start a server wired to the given fakes; `overrides` are Settings fields (by name or alias)."""
-        values: dict[str, Any] = {"listen": "127.0.0.1:0", **self.store.settings()}
+        # No Test run step unless a test asks for one (sandbox="bwrap"): the other tests' runs have the team's
+        # stages only, and their event counts say so.
+        values: dict[str, Any] = {"listen": "127.0.0.1:0", "sandbox": "off", **self.store.settings()}
         if openai is not None:
             values |= {"OPENAI_API_KEY": openai.api_key, "OPENAI_BASE_URL": openai.base_url}
         if anthropic is not None:
@@ -128,6 +130,7 @@ def quiet_settings(store: Target, base_url: str, listen: str = "127.0.0.1:0") ->
         thinking_interval=60,
         heartbeat_interval=60,
         model=MODEL,
+        sandbox="off",
         **store.settings(),
     )
 
@@ -139,6 +142,7 @@ def quiet_environment(store: Target, base_url: str, listen: str = "127.0.0.1:0")
         "FACILITAIR_THINKING_INTERVAL": "60",
         "FACILITAIR_HEARTBEAT_INTERVAL": "60",
         "FACILITAIR_MODEL": MODEL,
+        "FACILITAIR_SANDBOX": "off",
         "OPENAI_API_KEY": "test-key",
         "OPENAI_BASE_URL": base_url,
         **store.environment(),

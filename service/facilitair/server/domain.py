@@ -190,6 +190,8 @@ class PlannedStage:
     model: ModelRef
     estimated_seconds: float
     estimated_cost_usd: float | None
+    # The Test run step (no model asked; `role` is the Tester whose tests it runs): the sandbox it runs in.
+    test_run_in: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,7 @@ class RunOutcome:
     artifacts: list[Artifact]
     approved: bool
     refinements: int
-    tests: TestReport | None = None  # the last Test run's report; None when the server runs no tests
+    tests: TestRun | None = None  # the last Test run step; None when the run runs no tests
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +249,15 @@ class TestReport:
     @property
     def ok(self) -> bool:
         """The tests ran, at least one passed, and none failed, errored or was stopped."""
-        return (
-            self.executed
-            and self.passed > 0
-            and not (self.failed or self.errors or self.timed_out or self.stopped)
-        )
+        return self.executed and self.passed > 0 and not (self.failed or self.errors or self.timed_out or self.stopped)
+
+
+@dataclass(frozen=True, slots=True)
+class TestRun:
+    """One Test run step of a run: its stage, the refinement round it tested, what it found."""
+
+    __test__ = False
+
+    stage: int
+    round: int
+    report: TestReport

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, TestRun, UsageTotals, Verdict
 from facilitair.server.events import wire
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.eventlog import EventLog
@@ -143,6 +143,23 @@ class RunRecorder:
         done.duration.FromNanoseconds(int(seconds * 1e9))
         self._emit(pb.RunEvent(stage_completed=done))
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
+        self._save()
+
+    def tests_started(self, stage: int, round_: int, files: list[str], sandbox: str) -> None:
+        """The Test run step starts: the stage running now, so a restart here runs the tests again."""
+        self.summary.current_stage = stage
+        self.summary.current_agent = pb.AGENT_UNSPECIFIED
+        self._emit(pb.RunEvent(tests_started=wire.tests_started(stage, round_, files, sandbox)))
+        self._save()
+
+    def tests_output(self, stage: int, line: str) -> None:
+        """A line the tests printed (the sandbox bounds how many and how long)."""
+        self._emit(pb.RunEvent(tests_output=pb.TestsOutput(stage=stage, line=line)))
+
+    def tests_finished(self, run: TestRun, checkpoint: str) -> None:
+        """The Test run step ends; its results are checkpointed in the same commit, so a replay never reruns it."""
+        self._emit(pb.RunEvent(tests_finished=wire.tests_finished(run)))
+        self.event_log.checkpoint(Checkpoint(self.run_id, run.stage, checkpoint))
         self._save()
 
     def cut_off(self, spent: UsageTotals) -> None:

@@ -6,7 +6,15 @@ run lifecycle builds summaries here, so no other module of the pipeline imports 
 
 from __future__ import annotations
 
-from facilitair.server.domain import AgentRole, Artifact, Plan, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    Artifact,
+    Plan,
+    RunOutcome,
+    TestRun,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # The events that end a run, each setting one of domain.FINISHED_STATES.
@@ -39,6 +47,9 @@ def plan(value: Plan) -> pb.Plan:
         history_stages=value.history_stages,
     )
     for stage in value.stages:
+        if stage.test_run_in is not None:
+            message.stages.add(test_run=True, sandbox=stage.test_run_in, estimated_seconds=stage.estimated_seconds)
+            continue
         planned = message.stages.add(
             agent=agent(stage.role), model=str(stage.model), estimated_seconds=stage.estimated_seconds
         )
@@ -75,11 +86,42 @@ def verdict(stage: int, round_: int, value: Verdict) -> pb.ReviewVerdict:
     )
 
 
+def tests_started(stage: int, round_: int, files: list[str], sandbox: str) -> pb.TestsStarted:
+    """The Test run step's start."""
+    return pb.TestsStarted(stage=stage, round=round_, files=files, sandbox=sandbox, command="python -m pytest")
+
+
+def tests_finished(run: TestRun) -> pb.TestsFinished:
+    """The Test run step's results."""
+    report = run.report
+    message = pb.TestsFinished(
+        stage=run.stage,
+        round=run.round,
+        executed=report.executed,
+        not_run_reason=report.not_run_reason,
+        tests_passed=report.ok,
+        passed=report.passed,
+        failed=report.failed,
+        errors=report.errors,
+        skipped=report.skipped,
+        failures=[pb.TestFailure(name=f.name, message=f.message, excerpt=f.excerpt) for f in report.failures],
+        timed_out=report.timed_out,
+        truncated=report.truncated,
+        stopped=report.stopped,
+    )
+    message.duration.FromNanoseconds(int(report.seconds * 1e9))
+    return message
+
+
 def result(outcome: RunOutcome) -> pb.RunResult:
     """A completed run's result as its message."""
-    return pb.RunResult(
+    message = pb.RunResult(
         artifacts=[artifact(a) for a in outcome.artifacts], approved=outcome.approved, refinements=outcome.refinements
     )
+    if outcome.tests is not None:
+        message.tests_passed = outcome.tests.report.ok
+        message.tests.CopyFrom(tests_finished(outcome.tests))
+    return message
 
 
 def new_summary(run_id: str, task: str, created_ns: int) -> pb.RunSummary:

@@ -42,6 +42,8 @@ READS = {
 # CPU is far slower than a vendor's.
 SPEED = {"openai": (80.0, 1.5), "anthropic": (60.0, 2.0), "local": (15.0, 2.0)}
 DEFAULT_SPEED = (50.0, 3.0)
+# A Test run step: the sandbox's start (about 0.2 s here) and a small generated test suite.
+TEST_RUN_SECONDS = 2.0
 
 
 class PlanEstimator:
@@ -80,14 +82,17 @@ class PlanEstimator:
     def tokens(self, spec: RunSpec) -> int:
         """Input plus output tokens of the planned stages (no refinement), for the token budget check."""
         asked = self.asked_tokens(spec)
-        return sum(
-            self.input_tokens(spec, r, asked) + self.output_tokens(r, spec.models[r][0]) for r in PLANNED_ROLES
-        )
+        return sum(self.input_tokens(spec, r, asked) + self.output_tokens(r, spec.models[r][0]) for r in PLANNED_ROLES)
 
     def plan(self, spec: RunSpec) -> Plan:
         """The planned stages with their estimates; costs None where a model has no known price."""
         asked = self.asked_tokens(spec)
         stages = [self._stage(spec, role, asked) for role in PLANNED_ROLES]
+        if spec.sandbox:
+            # With tests run, the Tester writes them before the review and the Test run step runs them.
+            tester = stages.pop(PLANNED_ROLES.index(AgentRole.TESTER))
+            test_run = PlannedStage(tester.role, tester.model, TEST_RUN_SECONDS, 0.0, test_run_in=spec.sandbox)
+            stages[2:2] = [tester, test_run]
         total: float | None = None
         if all(s.estimated_cost_usd is not None for s in stages):
             total = sum(s.estimated_cost_usd or 0.0 for s in stages)

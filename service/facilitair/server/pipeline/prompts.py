@@ -96,11 +96,12 @@ class StageInputs:
     code: str = ""
     review: str = ""
     tests: str = ""
+    test_results: str = ""  # what the last Test run found (pipeline/testrun.py), when the server runs tests
     shortened: frozenset[str] = frozenset()
 
     def with_part(self, key: str, text: str) -> StageInputs:
-        """A copy whose part `key` ("design", "code", "review", "tests") is `text`, marked as shortened."""
-        if key not in ("design", "code", "review", "tests"):
+        """A copy whose part `key` (a field carried from an earlier stage) is `text`, marked as shortened."""
+        if key not in ("design", "code", "review", "tests", "test_results"):
             raise ValueError(f"{key!r} is not a part carried from an earlier stage")
         changes: dict[str, Any] = {key: text, "shortened": self.shortened | {key}}
         return dataclasses.replace(self, **changes)
@@ -110,8 +111,17 @@ class StageInputs:
 READS: dict[AgentRole, tuple[tuple[str, str], ...]] = {
     AgentRole.ARCHITECT: (),
     AgentRole.CODER: (("design", "Design (from the Architect)"),),
-    AgentRole.REVIEWER: (("design", "Design (from the Architect)"), ("code", "Code")),
-    AgentRole.REFINER: (("design", "Design (from the Architect)"), ("code", "Code"), ("review", "Review to address")),
+    AgentRole.REVIEWER: (
+        ("design", "Design (from the Architect)"),
+        ("code", "Code"),
+        ("test_results", "Test results (the Tester's tests, run in a sandbox)"),
+    ),
+    AgentRole.REFINER: (
+        ("design", "Design (from the Architect)"),
+        ("code", "Code"),
+        ("review", "Review to address"),
+        ("test_results", "Failing tests to fix (the Tester's tests, run in a sandbox)"),
+    ),
     AgentRole.TESTER: (("design", "Design (from the Architect)"), ("code", "Code")),
     AgentRole.DOCUMENTER: (("design", "Design (from the Architect)"), ("code", "Code"), ("tests", "Tests")),
 }

@@ -40,6 +40,9 @@ class RunSpec:
     client_request_id: str = ""
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    # The sandbox the run's tests run in ("bwrap", "unsandboxed"); "" when the server ran no tests when the run
+    # was created. Kept with the run: it decides the order of the stages, which a resumed run must keep.
+    sandbox: str = ""
 
     def to_json(self) -> str:
         """Serialize for the run row."""
@@ -54,6 +57,7 @@ class RunSpec:
                 "client_request_id": self.client_request_id,
                 "budget_usd": self.budget_usd,
                 "budget_tokens": self.budget_tokens,
+                "sandbox": self.sandbox,
             }
         )
 
@@ -74,6 +78,7 @@ class RunSpec:
                 client_request_id=_typed(data.get("client_request_id", ""), str),
                 budget_usd=_budget(data.get("budget_usd"), float, "budget_usd"),
                 budget_tokens=_budget(data.get("budget_tokens"), int, "budget_tokens"),
+                sandbox=_typed(data.get("sandbox", ""), str),
             )
             if spec.max_refinements < 0:
                 raise ValueError(f"max_refinements is {spec.max_refinements}")

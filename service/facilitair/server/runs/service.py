@@ -31,6 +31,7 @@ from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -54,6 +55,8 @@ class RunService:
         providers: ProviderRegistry,
         config: PipelineConfig,
         status_number: StatusNumber,
+        *,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.settings = settings
         self.replica_id = settings.replica_id
@@ -73,6 +76,7 @@ class RunService:
             # A lambda: the handover is made below, once the lease keeper it needs exists.
             on_interrupted=lambda run_id, epoch: self._handover.interrupted(run_id, epoch),  # noqa: PLW0108
             history=history,
+            sandbox=sandbox,
         )
         self._starter = RunStarter(
             settings,

@@ -31,6 +31,7 @@ from facilitair.server.pipeline.spec import RunSpec, StageOutput
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -101,8 +102,10 @@ class Supervisor:
         on_finished: Callable[[str], None],
         on_interrupted: Callable[[str, int], None],
         history: StageHistory | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self._settings = settings
+        self._sandbox = sandbox
         self._history = history
         self._providers = providers
         self._prices = prices
@@ -146,6 +149,7 @@ class Supervisor:
             checkpoints=checkpoints,
             interrupted_stage=interrupted_stage,
             history=self._history,
+            sandbox=self._sandbox,
         )
         live = LiveRun(rec, principal)
         # A fresh context: the run outlives the RPC that started it and must not log as that RPC.

@@ -103,7 +103,10 @@ class Sandbox:
             return self.availability
         started = time.monotonic()
         self.availability = Availability(True, self.kind.value)  # the probe runs through run() like any test run
-        report = await self.run({}, lambda _line: None)
+        try:
+            report = await self.run({}, lambda _line: None)
+        except OSError as exc:  # bubblewrap or the interpreter cannot even be started
+            report = TestReport(executed=False, not_run_reason=str(exc))
         self.probe_seconds = time.monotonic() - started
         if report.not_run_reason or report.stopped or report.timed_out or report.errors:
             self.availability = Availability(False, f"the sandbox does not work here: {_why(report)}")
@@ -233,7 +236,8 @@ class _Output:
             self.truncated = True
             return
         self._lines += 1
-        self._on_line(line[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"))
+        text = line[:MAX_LINE].decode("utf-8", "replace").rstrip("\r")
+        self._on_line(text.replace("\x00", "\ufffd"))  # a NUL is no text a store keeps
 
 
 async def _kill(process: asyncio.subprocess.Process) -> int:

@@ -24,6 +24,7 @@ from facilitair.server.metrics import MetricsServer
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.service import RunService
+from facilitair.server.sandbox import Sandbox, SandboxKind
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
@@ -143,6 +144,9 @@ async def create_server(
     credentials = _tls_credentials(settings)
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
+    # Probed before any run can start or resume here: a run's Test run step reads what was found.
+    sandbox = Sandbox(SandboxKind(settings.sandbox))
+    await sandbox.start()
     async with contextlib.AsyncExitStack() as undo:
         undo.push_async_callback(providers.aclose)
         metrics_server = _metrics_server(settings.metrics_listen)
@@ -155,11 +159,16 @@ async def create_server(
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number)
+        runs = RunService(settings, store, providers, config, status_number, sandbox=sandbox)
         await runs.start()
         undo.push_async_callback(runs.stop)
         info = server_info(
-            settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
+            settings,
+            config,
+            providers=providers.names(),
+            store_kind=runs.store.kind,
+            replica_id=runs.replica_id,
+            sandbox=sandbox,
         )
         health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
@@ -235,8 +244,10 @@ def _why_not_bindable(listen: str) -> str:
                 sock.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return "address already in use (another server listens there; several servers on one port is "\
+                    return (
+                        "address already in use (another server listens there; several servers on one port is "
                         "what --workers is for)"
+                    )
                 return exc.strerror or str(exc)
     return "gRPC refused the address"
 

@@ -11,6 +11,7 @@ from importlib import metadata
 
 from facilitair.server.domain import chain_text
 from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
 from facilitair.server.transport.requests import MAX_REFINEMENTS, default_models
 from facilitair.v1 import orchestrator_pb2 as pb
@@ -27,7 +28,13 @@ def package_version() -> str:
 
 
 def server_info(
-    settings: Settings, config: PipelineConfig, *, providers: list[str], store_kind: str, replica_id: str
+    settings: Settings,
+    config: PipelineConfig,
+    *,
+    providers: list[str],
+    store_kind: str,
+    replica_id: str,
+    sandbox: Sandbox | None = None,
 ) -> pb.GetServerInfoResponse:
     """The GetServerInfo answer for a server with these settings, providers, store and replica id."""
     limits = pb.ServerLimits(
@@ -50,4 +57,9 @@ def server_info(
         limits=limits,
         store=STORE_KINDS.get(store_kind, pb.STORE_KIND_UNSPECIFIED),
         replica_id=replica_id,
+        sandbox=pb.SandboxInfo(
+            kind=settings.sandbox,
+            available=sandbox is not None and sandbox.availability.usable,
+            detail=sandbox.availability.detail if sandbox is not None else "",
+        ),
     )

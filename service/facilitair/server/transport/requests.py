@@ -154,6 +154,7 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         client_request_id=request.client_request_id,
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
+        sandbox="" if settings.sandbox == "off" else settings.sandbox,
     )
 
 
