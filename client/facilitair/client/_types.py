@@ -29,6 +29,9 @@ class EventKind(enum.StrEnum):
     RUN_CANCELLED = "run_cancelled"
     ATTEMPT_RESET = "attempt_reset"
     MODEL_FALLBACK = "model_fallback"
+    TESTS_STARTED = "tests_started"
+    TESTS_OUTPUT = "tests_output"
+    TESTS_FINISHED = "tests_finished"
     #: A payload this version of the library does not know (a newer server).
     UNKNOWN = "unknown"
 

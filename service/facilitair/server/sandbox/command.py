@@ -68,6 +68,8 @@ def pytest_command(python: Path, work: str, limits: Limits) -> list[str]:
         "-p",
         "no:cacheprovider",
         "--color=no",
+        # What a test prints reaches the output as it runs (streamed as events), and the report as well.
+        "--capture=tee-sys",
         f"--rootdir={work}",
         f"--junitxml={work}/{REPORT_NAME}",
         "-o",
@@ -83,6 +85,7 @@ def environment(env_dir: str, work: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "PYTHONPATH": f"{env_dir}:{work}",
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",  # output streams as the tests write it, not at their end
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
     }
 

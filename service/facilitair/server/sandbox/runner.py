@@ -103,13 +103,15 @@ class Sandbox:
             return self.availability
         started = time.monotonic()
         self.availability = Availability(True, self.kind.value)  # the probe runs through run() like any test run
+        said: list[str] = []
         try:
-            report = await self.run({}, lambda _line: None)
+            report = await self.run({}, said.append)
         except OSError as exc:  # bubblewrap or the interpreter cannot even be started
             report = TestReport(executed=False, not_run_reason=str(exc))
         self.probe_seconds = time.monotonic() - started
         if report.not_run_reason or report.stopped or report.timed_out or report.errors:
-            self.availability = Availability(False, f"the sandbox does not work here: {_why(report)}")
+            last = f" ({said[-1][:200]})" if said else ""
+            self.availability = Availability(False, f"the sandbox does not work here: {_why(report)}{last}")
             log.warning("sandbox_unavailable", detail=self.availability.detail)
         else:
             self.availability = Availability(True, self._describe())
