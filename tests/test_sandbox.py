@@ -47,7 +47,7 @@ async def test_a_failing_assert_is_reported_with_its_name_and_message(sandbox_ro
     assert (report.passed, report.failed, report.errors) == (1, 1, 0)
     assert not report.ok
     [failure] = report.failures
-    assert failure.name == "test_rev::test_bad"
+    assert failure.name == "test_rev.py::test_bad"
     assert failure.message.startswith("AssertionError: rev must keep palindromes only")
     assert "assert 'cba' == 'abc'" in failure.message
     assert "test_rev.py:7: AssertionError" in failure.excerpt

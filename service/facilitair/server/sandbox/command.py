@@ -52,6 +52,23 @@ os.execv(sys.executable, [sys.executable, "-S", "-m", "pytest", *sys.argv[6:]])
 """
 
 
+# Drops a root server's rights to `nobody`, then becomes bubblewrap. A process of its own, not Popen's `user=`:
+# that makes Python fork() instead of vfork(), and a fork() of the server runs gRPC's fork handlers in the
+# child, which crashed it (SIGSEGV) while other threads were in gRPC.
+AS_NOBODY = f"""
+import os, sys
+os.setgroups([])
+os.setgid({NOBODY})
+os.setuid({NOBODY})
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def as_nobody(python: Path, args: list[str]) -> list[str]:
+    """`args` run as nobody (for a server running as root)."""
+    return [str(python), "-S", "-I", "-c", AS_NOBODY, *args]
+
+
 def pytest_command(python: Path, work: str, limits: Limits) -> list[str]:
     """The interpreter, the boot script with the limits, then pytest's arguments."""
     return [
@@ -73,7 +90,7 @@ def pytest_command(python: Path, work: str, limits: Limits) -> list[str]:
         f"--rootdir={work}",
         f"--junitxml={work}/{REPORT_NAME}",
         "-o",
-        "junit_family=xunit2",
+        "junit_family=xunit1",  # the family whose test cases name their file
     ]
 
 

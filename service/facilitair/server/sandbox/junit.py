@@ -68,10 +68,12 @@ def read(path: Path) -> Counts | None:
 
 
 def _failure(case: ET.Element, found: ET.Element) -> TestFailure:
-    """A failed test's name (module::name), message and the end of its traceback."""
-    module = case.get("classname", "")
-    name = case.get("name", "")
-    node = f"{module}::{name}" if module else name
+    """A failed test's name as pytest's node id ("tests/test_x.py::TestY::test_z"), message and traceback end."""
+    path = case.get("file", "")
+    dotted = case.get("classname", "")
+    module = path.removesuffix(".py").replace("/", ".")
+    inner = dotted[len(module) + 1 :] if path and dotted.startswith(module + ".") else "" if path else dotted
+    node = "::".join(part for part in (path, *inner.split("."), case.get("name", "")) if part)
     message = (found.get("message") or "").strip()
     text = (found.text or "").strip()
     return TestFailure(node[:300], message[:MAX_MESSAGE], text[-MAX_EXCERPT:])

@@ -167,6 +167,8 @@ class Sandbox:
             args = command.bwrap_command(
                 self._bwrap, python, prefix=prefix, env_dir=self._env, work=work, limits=self.limits
             )
+            if _drops_to_nobody(self.kind):
+                args = command.as_nobody(python, args)
             # bubblewrap itself starts with an empty environment too: its own is what /proc/1/environ shows.
             return args, {"PATH": "/usr/bin:/bin"}, work
         args = command.pytest_command(python, str(work), self.limits)
@@ -174,7 +176,6 @@ class Sandbox:
 
     async def _execute(self, work: Path, on_line: Callable[[str], None]) -> TestReport:
         args, env, cwd = self._command(work)
-        drop = _drops_to_nobody(self.kind)
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             *args,
@@ -184,9 +185,6 @@ class Sandbox:
             env=env,
             cwd=cwd,
             start_new_session=True,
-            user=command.NOBODY if drop else None,
-            group=command.NOBODY if drop else None,
-            extra_groups=[] if drop else None,
         )
         output = _Output(self.limits, on_line)
         timed_out = False
@@ -202,6 +200,7 @@ class Sandbox:
             await asyncio.shield(_kill(process))
             raise
         seconds = time.monotonic() - started
+        log.info("tests_ended", exit_code=code, seconds=round(seconds, 3), timed_out=timed_out)
         return _report(work, code, seconds, timed_out=timed_out, truncated=output.truncated, limits=self.limits)
 
 
