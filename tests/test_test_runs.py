@@ -8,12 +8,15 @@ nothing, GetServerInfo tells where tests run, and CancelRun during a sleeping te
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from facilitair.cli.info import info_lines
+from facilitair.cli.render import PlainRenderer
 from facilitair.client import RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI, Reply
@@ -103,6 +106,23 @@ async def test_failing_tests_are_refined_until_they_pass(make_server: ServerFact
     assert summary.result.tests_passed
     assert summary.result.tests.passed == 1
 
+    # The CLI's plain view shows the step, its output, its results and the failure.
+    out = io.StringIO()
+    renderer = PlainRenderer(out, io.StringIO())
+    for event in events:
+        renderer.event(event)
+    shown = out.getvalue().splitlines()
+    assert shown[1].startswith("Plan: Architect -> Coder -> Tester -> Test run -> Reviewer -> Documenter (up to 2")
+    assert [line for line in shown if line.startswith("== [4/") or line.startswith("-- [4]")] == [
+        "== [4/6] Test run - tests/test_rev.py in " + started[0].sandbox,
+        f"-- [4] tests FAILED: 0 passed, 1 failed, 0 errors, 0 skipped in {first.duration.ToNanoseconds() / 1e9:.1f}s",
+    ]
+    assert f"  x tests/test_rev.py::test_rev: {failure.message.splitlines()[0]}" in shown
+    assert "   | 1 failed in" in "\n".join(shown)
+    assert any(line.startswith("-- [7] tests passed: 1 passed, 0 failed") for line in shown)
+    [completed] = [line for line in shown if line.startswith("Run completed")]
+    assert "review approved: 4 files, 1 refinement, tests passed, " in completed
+
 
 async def test_tests_in_another_language_are_written_but_not_run(make_server: ServerFactory) -> None:
     require_bwrap()
@@ -147,11 +167,15 @@ async def test_server_info_says_where_tests_run(make_server: ServerFactory) -> N
     async with FakeOpenAI(scripted()) as fake:
         on = await make_server(openai=fake, sandbox="bwrap")
         off = await make_server(openai=fake, db=on.settings.db.with_name("off.sqlite3"))
-        found = (await on.client.server_info()).sandbox
-        none = (await off.client.server_info()).sandbox
+        info_on = await on.client.server_info()
+        info_off = await off.client.server_info()
+    found, none = info_on.sandbox, info_off.sandbox
     assert (found.kind, found.available) == ("bwrap", True)
     assert found.detail.startswith("bwrap (")
     assert (none.kind, none.available, none.detail) == ("off", False, "tests are not run (--sandbox off)")
+    shown = info_lines(info_on, "127.0.0.1:1")
+    assert f"tests       run in {found.detail}" in shown
+    assert "tests       not run (--sandbox off)" in info_lines(info_off, "127.0.0.1:1")
 
 
 async def test_cancel_during_a_sleeping_test_kills_the_sandbox(make_server: ServerFactory) -> None:

@@ -119,6 +119,11 @@ class PrettyRenderer:
         elif kind is EventKind.STAGE_COMPLETED:
             self._waiting_since = None
             self._lines(event, "dim")
+        elif kind is EventKind.TESTS_STARTED:
+            self.screen.end_text()
+            self.screen.block(Rule(Text(describe(event, view)[0].removeprefix("== "), style="bold cyan")))
+        elif kind is EventKind.TESTS_FINISHED:
+            self._lines(event, "green" if event.tests_finished.tests_passed else "yellow")
         elif kind is EventKind.RUN_COMPLETED:
             self._finish(event, "bold green" if event.run_completed.result.approved else "bold yellow")
         elif kind in (EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
