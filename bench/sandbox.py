@@ -38,10 +38,16 @@ def _figures(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def overhead(kind: SandboxKind, repeat: int) -> dict[str, float]:
-    """Wall time of a Test run of one empty test, as the pipeline pays it (copy, run, report, clean up)."""
+def _open_root() -> Path:
+    """A sandbox root in the temp directory that `nobody` (a root server's sandbox uid) can pass through."""
     root = Path(tempfile.mkdtemp(prefix="facilitair-bench-sandbox-"))
     root.chmod(0o755)
+    return root
+
+
+async def overhead(kind: SandboxKind, repeat: int) -> dict[str, float]:
+    """Wall time of a Test run of one empty test, as the pipeline pays it (copy, run, report, clean up)."""
+    root = _open_root()
     try:
         sandbox = Sandbox(kind, root=root)
         availability = await sandbox.start()
