@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from facilitair.client import Client
 from facilitair.server.sandbox import Sandbox, SandboxKind
 from facilitair.server.settings import Settings
@@ -72,7 +74,7 @@ async def tester_to_tests_started(runs: int) -> dict[str, float]:
             settings = Settings(
                 listen="127.0.0.1:0",
                 db=Path(data) / "bench.sqlite3",
-                openai_api_key=fake.api_key,
+                openai_api_key=SecretStr(fake.api_key),
                 openai_base_url=fake.base_url,
                 model="openai:gpt-4.1-mini",
                 sandbox="bwrap",
