@@ -1,7 +1,8 @@
 """`python -m bench.sandbox`: what running the Tester's tests costs (issue 24's numbers).
 
 1. The sandbox's own overhead: a Test run of a file with one empty test, under bubblewrap, against the same
-   pytest run unsandboxed (the interpreter and pytest starting, which any test run pays).
+   pytest run unsandboxed (the interpreter and pytest starting, which any test run pays), and bubblewrap
+   alone (its command line running /usr/bin/true).
 2. The time from the Tester's last token to `tests_started`, by the server's event clock, over whole runs of
    an in-process server whose provider is the tests' fake OpenAI (no model time in it).
 
@@ -66,6 +67,27 @@ async def overhead(kind: SandboxKind, repeat: int) -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def bwrap_alone(repeat: int) -> dict[str, float]:
+    """bubblewrap's own start and end: the sandbox's command line running /usr/bin/true instead of pytest."""
+    root = _open_root()
+    try:
+        sandbox = Sandbox(SandboxKind.BWRAP, root=root)
+        await sandbox.start()
+        work = root / "work" / "bench"
+        work.mkdir()
+        args = sandbox.command_for(work)
+        args = [*args[: args.index("--") + 1], "/usr/bin/true"]
+        samples = []
+        for _ in range(repeat):
+            started = time.monotonic()
+            process = await asyncio.create_subprocess_exec(*args, env={"PATH": "/usr/bin:/bin"})
+            assert await process.wait() == 0
+            samples.append(time.monotonic() - started)
+        return _figures(samples)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def tester_to_tests_started(runs: int) -> dict[str, float]:
     """Seconds from the Tester's last token_delta to tests_started, by the events' server times."""
     samples = []
@@ -102,6 +124,7 @@ async def measure(repeat: int, runs: int) -> dict[str, object]:
     return {
         "sandbox_overhead_bwrap": await overhead(SandboxKind.BWRAP, repeat),
         "same_run_unsandboxed": await overhead(SandboxKind.UNSANDBOXED, repeat),
+        "bwrap_running_true": await bwrap_alone(repeat),
         "tester_last_token_to_tests_started": await tester_to_tests_started(runs),
         "goal_ms": 300,
     }

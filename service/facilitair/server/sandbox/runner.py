@@ -160,6 +160,10 @@ class Sandbox:
             for path in [work, *work.rglob("*")]:
                 os.chown(path, command.NOBODY, command.NOBODY, follow_symlinks=False)
 
+    def command_for(self, work: Path) -> list[str]:
+        """The command line a test run in `work` runs (for the benchmark)."""
+        return self._command(work)[0]
+
     def _command(self, work: Path) -> tuple[list[str], dict[str, str], Path]:
         assert self._env is not None
         python, prefix = pyenv.interpreter(other_uid=_drops_to_nobody(self.kind))
