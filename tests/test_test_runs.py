@@ -20,7 +20,7 @@ from facilitair.cli.render import PlainRenderer
 from facilitair.client import RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI, Reply
-from tests.harness.events import kind, of_kind
+from tests.harness.events import RunStream, kind, of_kind
 from tests.harness.sandbox import require_bwrap
 from tests.harness.scripts import prompt_of, scripted
 from tests.harness.servers import ServerFactory
@@ -207,3 +207,41 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.both_stores
+async def test_a_restart_during_a_test_run_runs_the_tests_again(make_server: ServerFactory) -> None:
+    require_bwrap()
+    sleeper = Reply(
+        chunks=[
+            "File: tests/test_slow.py\n```python\nimport time\n\n\n",
+            "def test_slow() -> None:\n    print('sleeping', flush=True)\n    time.sleep(120)\n",
+            "```\n",
+        ]
+    )
+    script = scripted(tester=sleeper)
+    async with FakeOpenAI(script) as fake:
+        first = await make_server(openai=fake, sandbox="bwrap")
+        async with first.stream(TASK) as stream:
+            await stream.until(lambda e: kind(e) == "tests_output" and "sleeping" in e.tests_output.line)
+        before = stream.events
+        [work] = work_dirs_of_this_process()
+        await first.stop()  # the run is interrupted mid test run: the sandbox is killed, its directory removed
+        assert work_dirs_of_this_process() == []
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and str(work) in _cmdline(pid)]
+
+        second = await make_server(openai=fake, sandbox="bwrap")  # the same store: the run resumes
+        run_id = before[0].run_id
+        after = RunStream(second.client.watch(run_id, after_seq=before[-1].seq))
+        await after.until(lambda e: kind(e) == "tests_output" and "sleeping" in e.tests_output.line)
+        await second.client.cancel_run(run_id)
+        rest = await after.to_end()
+
+    events = [*before, *rest]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    # The step ran twice from its start, never recorded a result, and the run ended once.
+    assert [(s.stage, s.round) for s in of_kind(events, "tests_started")] == [(4, 0), (4, 0)]
+    assert not of_kind(events, "tests_finished")
+    assert [kind(e) for e in events if kind(e) in ("run_completed", "run_failed", "run_cancelled")] == ["run_cancelled"]
+    # The Tester was asked once: the second server replayed its checkpoint.
+    assert script.agents().count("tester") == 1
