@@ -3,7 +3,9 @@
 1. The sandbox's own overhead: a Test run of a file with one empty test, under bubblewrap, against the same
    pytest run unsandboxed (the interpreter and pytest starting, which any test run pays), and bubblewrap
    alone (its command line running /usr/bin/true).
-2. The time from the Tester's last token to `tests_started`, by the server's event clock, over whole runs of
+2. How long cancelling a Test run whose test sleeps takes, the sandbox killed and its directory removed
+   (goal: within a second).
+3. The time from the Tester's last token to `tests_started`, by the server's event clock, over whole runs of
    an in-process server whose provider is the tests' fake OpenAI (no model time in it).
 
 Goal (issue 24): the sandbox's overhead under 300 ms on the 2-core machine.
@@ -88,6 +90,34 @@ async def bwrap_alone(repeat: int) -> dict[str, float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def cancel_to_end(repeat: int) -> dict[str, float]:
+    """Seconds from cancelling a Test run whose test sleeps to the run's task having ended, sandbox killed."""
+    root = _open_root()
+    sleeper = {
+        "test_sleep.py": "import time\n\ndef test_sleep():\n    print('sleeping', flush=True)\n    time.sleep(60)\n"
+    }
+    try:
+        sandbox = Sandbox(SandboxKind.BWRAP, root=root)
+        await sandbox.start()
+        samples = []
+        for _ in range(repeat):
+            sleeping = asyncio.Event()
+
+            def heard(line: str, sleeping: asyncio.Event = sleeping) -> None:
+                if "sleeping" in line:
+                    sleeping.set()
+
+            task = asyncio.create_task(sandbox.run(sleeper, heard))
+            await sleeping.wait()
+            started = time.monotonic()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            samples.append(time.monotonic() - started)
+        return _figures(samples)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def tester_to_tests_started(runs: int) -> dict[str, float]:
     """Seconds from the Tester's last token_delta to tests_started, by the events' server times."""
     samples = []
@@ -126,6 +156,7 @@ async def measure(repeat: int, runs: int) -> dict[str, object]:
         "same_run_unsandboxed": await overhead(SandboxKind.UNSANDBOXED, repeat),
         "bwrap_running_true": await bwrap_alone(repeat),
         "tester_last_token_to_tests_started": await tester_to_tests_started(runs),
+        "cancel_to_sandbox_gone": await cancel_to_end(max(repeat // 4, 3)),
         "goal_ms": 300,
     }
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 
 from facilitair.server.sandbox import Sandbox, SandboxKind
 from tests.harness.sandbox import TEST_LIMITS, started
@@ -208,3 +209,17 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+async def test_unsandboxed_runs_only_when_asked_and_says_so(sandbox_root: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        sandbox = Sandbox(SandboxKind.UNSANDBOXED, root=sandbox_root, limits=TEST_LIMITS)
+        availability = await sandbox.start()
+    assert (availability.usable, availability.detail) == (True, "unsandboxed")
+    warnings = [entry for entry in logs if entry["event"] == "tests_run_unsandboxed"]
+    assert [entry["log_level"] for entry in warnings] == ["warning"]
+    files = CODE | {"test_rev.py": "from rev import rev\n\ndef test_rev():\n    assert rev('ab') == 'ab'\n"}
+    report = await sandbox.run(files, lambda _line: None)
+    assert (report.passed, report.failed) == (0, 1)
+    assert report.failures[0].name == "test_rev.py::test_rev"
+    assert leftovers(sandbox_root) == []
