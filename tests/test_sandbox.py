@@ -196,6 +196,12 @@ async def test_work_directories_of_gone_servers_are_swept_at_start(sandbox_root:
     assert leftovers(sandbox_root) == [mine]
 
 
+def _plant_link(link: Path, target: Path) -> Path:
+    target.mkdir(mode=0o755)
+    link.symlink_to(target)
+    return target
+
+
 def _exists(path: str) -> bool:
     return Path(path).exists()
 
@@ -223,3 +229,15 @@ async def test_unsandboxed_runs_only_when_asked_and_says_so(sandbox_root: Path) 
     assert (report.passed, report.failed) == (0, 1)
     assert report.failures[0].name == "test_rev.py::test_rev"
     assert leftovers(sandbox_root) == []
+
+
+async def test_a_root_planted_as_a_link_is_refused(sandbox_root: Path, tmp_path: Path) -> None:
+    elsewhere = _plant_link(sandbox_root, tmp_path / "elsewhere")
+    sandbox = Sandbox(SandboxKind.BWRAP, root=sandbox_root, limits=TEST_LIMITS)
+    availability = await sandbox.start()
+    assert not availability.usable
+    assert availability.detail == (
+        f"the test environment cannot be made: {sandbox_root} is not a directory of this server's user"
+    )
+    assert sorted(elsewhere.iterdir()) == []
+    assert elsewhere.stat().st_mode & 0o777 == 0o755

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -125,6 +127,11 @@ class Sandbox:
 
     def _prepare(self) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
+        # In a shared temp directory the name may have been taken first: only a real directory of our own will do
+        # (a link planted there would have a root server change modes and write where it points).
+        found = self._root.lstat()
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"{self._root} is not a directory of this server's user")
         self._root.chmod(0o711)  # the sandbox's uid passes through to its own work directory, and lists nothing
         work = self._root / "work"
         work.mkdir(exist_ok=True)
