@@ -25,6 +25,8 @@ def sandbox_root_for_test() -> Iterator[Path]:
     """A sandbox root of the test's own in the temp directory (pytest's tmp_path is closed to `nobody`)."""
     root = Path(tempfile.gettempdir()) / f"facilitair-sandbox-test-{secrets.token_hex(6)}"
     yield root
+    if root.is_symlink():
+        root.unlink()
     shutil.rmtree(root, ignore_errors=True)
 
 
