@@ -70,7 +70,8 @@ async def test_concurrent_calls_with_one_request_id_attach_to_one_run(make_serve
         h = await make_server(openai=fake)
         with commits_held(h.settings.db):
             calls = [
-                asyncio.ensure_future(collect(h.client.collaborate(TASK, client_request_id="same"))) for _ in range(2)
+                asyncio.ensure_future(collect(h.client.collaborate(TASK, client_request_id="same")))
+                for _ in range(2)
             ]
             # Keep the run's first commit back for a moment, as a slow disk does, while both calls arrive.
             done, _ = await asyncio.wait(calls, timeout=0.5)

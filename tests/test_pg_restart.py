@@ -79,10 +79,9 @@ async def test_after_a_restart_every_listener_comes_back_and_a_cancel_travels_by
     coder, _release = held(default_replies()["coder"], after=2)
     # A lease longer than the restart: the run stays with its owner, which must hear B's cancel.
     settings = {"FACILITAIR_LEASE_SECONDS": "10"}
-    async with (
-        FakeOpenAI(scripted(coder=coder)) as fake,
-        server_processes(replica(db_url, fake, "a") | settings, replica(db_url, fake, "b") | settings) as (a, b),
-    ):
+    async with FakeOpenAI(scripted(coder=coder)) as fake, server_processes(
+        replica(db_url, fake, "a") | settings, replica(db_url, fake, "b") | settings
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         async with Client(a.target) as on_a, Client(b.target) as on_b:
             started = RunStream(on_a.collaborate(TASK))
@@ -116,10 +115,9 @@ async def test_sigterm_while_the_database_is_down_stops_gracefully_and_the_run_g
     cluster: Throwaway, db_url: str
 ) -> None:
     coder, _release = held(default_replies()["coder"], after=2)
-    async with (
-        FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake,
-        server_processes(replica(db_url, fake, "a"), replica(db_url, fake, "b")) as (a, b),
-    ):
+    async with FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake, server_processes(
+        replica(db_url, fake, "a"), replica(db_url, fake, "b")
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         async with Client(a.target) as on_a:
             started = RunStream(on_a.collaborate(TASK))

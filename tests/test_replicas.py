@@ -77,14 +77,9 @@ async def owner_of(procs: Sequence[ServerProcess], run_id: str) -> tuple[ServerP
 
 async def test_a_run_started_on_one_replica_is_watched_identically_on_the_others(pg_url: str) -> None:
     coder, release = held(default_replies()["coder"], after=2)
-    async with (
-        FakeOpenAI(scripted(coder=coder)) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b"), replica(pg_url, fake, "c")) as (
-            a,
-            b,
-            c,
-        ),
-    ):
+    async with FakeOpenAI(scripted(coder=coder)) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b"), replica(pg_url, fake, "c")
+    ) as (a, b, c):
         await asyncio.gather(a.start(), b.start(), c.start())
         async with Client(a.target) as on_a, Client(b.target) as on_b, Client(c.target) as on_c:
             started = RunStream(on_a.collaborate(TASK))
@@ -105,10 +100,9 @@ async def test_a_run_started_on_one_replica_is_watched_identically_on_the_others
 async def test_a_killed_owner_is_taken_over_and_every_watcher_reaches_the_end(pg_url: str) -> None:
     coder, release = held(default_replies()["coder"], after=2)
     script = scripted(coder=[coder, default_replies()["coder"]])
-    async with (
-        FakeOpenAI(script) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b")) as procs,
-    ):
+    async with FakeOpenAI(script) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as procs:
         await asyncio.gather(*(p.start() for p in procs))
         # The client knows both replicas and is sent to one of them; the one that drives the run dies.
         async with Client(f"ipv4:{procs[0].target},{procs[1].target}", reconnect_timeout=HANG_GUARD) as client:
@@ -138,10 +132,9 @@ async def test_a_killed_owner_is_taken_over_and_every_watcher_reaches_the_end(pg
 async def test_a_paused_owner_taken_over_writes_nothing_once_it_resumes(pg_url: str) -> None:
     coder, release = held(default_replies()["coder"], after=2)
     script = scripted(coder=[coder, default_replies()["coder"]])
-    async with (
-        FakeOpenAI(script) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b")) as (a, b),
-    ):
+    async with FakeOpenAI(script) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         async with Client(a.target) as on_a, Client(b.target) as on_b:
             started = RunStream(on_a.collaborate(TASK))
@@ -166,10 +159,9 @@ async def test_a_paused_owner_taken_over_writes_nothing_once_it_resumes(pg_url: 
 
 async def test_cancel_on_one_replica_stops_the_run_on_its_owner(pg_url: str) -> None:
     coder, _release = held(default_replies()["coder"], after=2)
-    async with (
-        FakeOpenAI(scripted(coder=coder)) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b")) as (a, b),
-    ):
+    async with FakeOpenAI(scripted(coder=coder)) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         async with Client(a.target) as on_a, Client(b.target) as on_b:
             started = RunStream(on_a.collaborate(TASK))
@@ -186,10 +178,9 @@ async def test_cancel_on_one_replica_stops_the_run_on_its_owner(pg_url: str) -> 
 
 async def test_one_request_id_sent_to_two_replicas_at_once_makes_one_run(pg_url: str) -> None:
     script = scripted()
-    async with (
-        FakeOpenAI(script) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b")) as (a, b),
-    ):
+    async with FakeOpenAI(script) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         async with Client(a.target) as on_a, Client(b.target) as on_b:
             first, second = await asyncio.gather(
@@ -205,13 +196,10 @@ async def test_one_request_id_sent_to_two_replicas_at_once_makes_one_run(pg_url:
 
 async def test_the_per_principal_limit_holds_across_replicas(pg_url: str) -> None:
     architect, release = held(default_replies()["architect"], after=1)
-    async with (
-        FakeOpenAI(scripted(architect=architect)) as fake,
-        server_processes(
-            replica(pg_url, fake, "a", FACILITAIR_MAX_RUNS_PER_PRINCIPAL="2"),
-            replica(pg_url, fake, "b", FACILITAIR_MAX_RUNS_PER_PRINCIPAL="2"),
-        ) as (a, b),
-    ):
+    async with FakeOpenAI(scripted(architect=architect)) as fake, server_processes(
+        replica(pg_url, fake, "a", FACILITAIR_MAX_RUNS_PER_PRINCIPAL="2"),
+        replica(pg_url, fake, "b", FACILITAIR_MAX_RUNS_PER_PRINCIPAL="2"),
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         async with Client(a.target) as on_a, Client(b.target) as on_b:
             running = [RunStream(on_a.collaborate(f"{TASK} 1")), RunStream(on_b.collaborate(f"{TASK} 2"))]
@@ -252,10 +240,9 @@ async def test_workers_serve_one_port_as_replicas(pg_url: str) -> None:
 
 async def test_the_cli_given_two_replicas_finishes_the_run_after_its_owner_dies(pg_url: str) -> None:
     coder, release = held(default_replies()["coder"], after=2)
-    async with (
-        FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b")) as procs,
-    ):
+    async with FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as procs:
         await asyncio.gather(*(p.start() for p in procs))
         target = f"ipv4:{procs[0].target},{procs[1].target}"
         cli = await asyncio.create_subprocess_exec(
@@ -287,10 +274,9 @@ async def test_the_cli_given_two_replicas_finishes_the_run_after_its_owner_dies(
 
 async def test_the_cli_given_one_replica_that_dies_says_how_to_follow_the_run_on_another(pg_url: str) -> None:
     coder, release = held(default_replies()["coder"], after=2)
-    async with (
-        FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake,
-        server_processes(replica(pg_url, fake, "a"), replica(pg_url, fake, "b")) as (a, b),
-    ):
+    async with FakeOpenAI(scripted(coder=[coder, default_replies()["coder"]])) as fake, server_processes(
+        replica(pg_url, fake, "a"), replica(pg_url, fake, "b")
+    ) as (a, b):
         await asyncio.gather(a.start(), b.start())
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "facilitair.cli.main", "run", TASK, "--format", "jsonl", "--target", a.target,

@@ -116,7 +116,8 @@ async def test_a_prefix_of_several_runs_is_refused_naming_them(store_kind: str, 
     for err in errors:
         assert err.code == StatusCode.INVALID_ARGUMENT
         assert err.message == (
-            f"run_id: {run_id[:8]!r} is the start of several of your runs ({named[0]}, {named[1]}); give more of the id"
+            f"run_id: {run_id[:8]!r} is the start of several of your runs ({named[0]}, {named[1]}); "
+            "give more of the id"
         )
         assert err.field_violations == [("run_id", err.message.removeprefix("run_id: "))]
     assert longer.run_id == run_id

@@ -78,7 +78,9 @@ def hyphens_ignored(text: str) -> str:
     return text.replace("-", "")
 
 
-@given(run_id=st.uuids().map(str), cut=st.integers(1, 35), other=st.uuids().map(str), shared=st.integers(0, 36))
+@given(
+    run_id=st.uuids().map(str), cut=st.integers(1, 35), other=st.uuids().map(str), shared=st.integers(0, 36)
+)
 def test_prefix_bounds_hold_in_bytewise_and_hyphen_ignoring_orders(
     run_id: str, cut: int, other: str, shared: int
 ) -> None:

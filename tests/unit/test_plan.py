@@ -55,6 +55,7 @@ def test_a_stages_input_is_its_prompt_the_task_and_the_earlier_outputs_it_reads(
     assert estimator().input_tokens(with_context, role) == full + 100
 
 
+
 def test_the_plan_estimates_a_prompt_as_the_context_fitting_and_the_usage_do() -> None:
     # One estimator (pipeline/tokens.py, issue 20 item 8): code takes more tokens than prose of the same length,
     # in the plan as in the window fitting and in the usage of a cut-off attempt.
@@ -63,7 +64,6 @@ def test_the_plan_estimates_a_prompt_as_the_context_fitting_and_the_usage_do() -
     est = estimator()
     grown = est.input_tokens(spec(task=code), A.ARCHITECT) - est.input_tokens(spec(task=prose), A.ARCHITECT)
     assert grown == estimate_tokens(code) - estimate_tokens(prose) > len(code) // 10
-
 
 def test_the_plan_lists_the_five_stages_with_time_and_cost() -> None:
     est = estimator()

@@ -87,7 +87,8 @@ class RemoteFeed:
         elif row.lease_expires_at is not None and row.lease_expires_at < time.time():
             self.channel.close(
                 error=Unavailable(
-                    "no replica is driving this run right now; it goes on when one takes it over: watch it again later",
+                    "no replica is driving this run right now; it goes on when one takes it over: watch it again "
+                    "later",
                     reason=Reason.RUN_NOT_DRIVEN,
                 )
             )

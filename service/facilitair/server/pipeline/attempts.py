@@ -96,7 +96,9 @@ class CutOff:
         output_tokens = report.output_tokens if report is not None else None
         return cls(
             model,
-            input_tokens if input_tokens is not None else request_tokens(request.system, request.prompt),
+            input_tokens
+            if input_tokens is not None
+            else request_tokens(request.system, request.prompt),
             output_tokens if output_tokens is not None else estimate_tokens(text),
             cache_read_tokens=report.cache_read_tokens if report is not None else 0,
             cache_write_tokens=report.cache_write_tokens if report is not None else 0,

@@ -373,9 +373,8 @@ class SqliteStore:
         """The principal's unfinished runs."""
         return await self._reader.run(
             lambda conn: int(
-                conn.execute(
-                    f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,)
-                ).fetchone()[0]
+                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,))
+                .fetchone()[0]
             )
         )
 
