@@ -167,7 +167,7 @@ async def test_a_run_taken_over_is_logged_lost_once(db_url: str) -> None:
                     (claim,) = await other.claim_expired("b", 10, 1, ignore_leases=True)
                     assert claim.row.run_id == live.run_id
                     for _ in range(2):  # the writer's refusal and the renewal's "lost"
-                        server.runs.events.on_refused({live.run_id})
+                        server.runs.lifecycle.lose({live.run_id})
                     async with asyncio.timeout(HANG_GUARD):
                         await fake.wait_disconnect(1)  # a closed the provider's stream: the run stopped here
                     await started.aclose()

@@ -43,12 +43,17 @@ BACKOFF_MAX = 2.0
 class EventLog:
     """Numbers, persists and fans out the events of all runs."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        health: StoreHealth | None = None,
+        on_refused: Callable[[set[str]], None] = lambda _runs: None,
+    ) -> None:
         self.store = store
-        self.health = StoreHealth()
+        self.health = health if health is not None else StoreHealth()  # whether the store takes writes now
         self.remote = RemoteFeeds(store, self._stored, _is_terminal)
-        #: Called with the runs whose writes the store refused: another replica holds them now.
-        self.on_refused: Callable[[set[str]], None] = lambda _runs: None
+        self._on_refused = on_refused  # told the runs whose writes the store refused: another replica holds them
         self._channels: dict[str, RunChannel] = {}
         # Each pending event with its payload kind, read once here for the terminal check and the metrics.
         self._events: list[tuple[RunChannel, RunEvent, str]] = []
@@ -190,7 +195,7 @@ class EventLog:
                 # watchers must not see it either, and this replica must stop driving them.
                 log.warning("event_write_refused", runs=sorted(refused))
                 events = [item for item in events if item[0].run_id not in refused]
-                self.on_refused(refused)
+                self._on_refused(refused)
             metrics.count_events(Tally(kind for _, _, kind in events))
             self._fan_out(events)
             for done in flushed:

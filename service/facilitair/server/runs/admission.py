@@ -32,6 +32,11 @@ class Admission:
         """Runs admitted here and not yet finished."""
         return len(self._in_flight)
 
+    @property
+    def room(self) -> int:
+        """How many more runs this server may drive (its maximum less the runs admitted here)."""
+        return self._settings.max_runs - len(self._in_flight)
+
     def admit(self, run_id: str, principal: str) -> None:
         """Count a run against the limits, or raise ResourceLimited; no await between check and count."""
         s = self._settings

@@ -1,9 +1,14 @@
 """Leases: every unfinished run is driven by one replica, which holds the run's lease and renews it.
 
-Every `lease_seconds / 3` this replica renews the leases of the runs it drives (learning which it lost to
-another replica and which were asked to be cancelled elsewhere), then claims runs whose lease ran out — a
-replica that died, or one that let its runs go when it stopped — and resumes them as a restart does. A claim
-bumps the run's epoch, so the replica that held the run before can never write to it again.
+Every `lease_seconds / 3` this replica gives back the leases of runs it handed over (interrupted: their state
+is stored), renews the leases of the runs it drives (learning which it lost to another replica and which were
+asked to be cancelled elsewhere), then claims runs whose lease ran out — a replica that died, or one that let
+its runs go when it stopped — and resumes them as a restart does. A claim bumps the run's epoch, so the replica
+that held the run before can never write to it again. It does so at once, not at the next tick, when the run
+lifecycle hands a run over, when another replica released leases, and when the store can write again.
+
+The lease keeper asks the run lifecycle (lifecycle.py) what it holds and tells it what it learnt; the lifecycle
+decides what becomes of the runs.
 
 On one process (SQLite) the same loop runs: at start it takes over every unfinished run (the previous process
 is gone), and later it picks up runs that were interrupted while the store could not write.
@@ -14,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from facilitair.server.store.base import Claim, EventStore, StoreUnavailable
+from facilitair.server.events.eventlog import EventLog
+from facilitair.server.runs.admission import Admission
+from facilitair.server.runs.lifecycle import RunLifecycle
+from facilitair.server.runs.starts import RunStarter
+from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
 
 class LeaseKeeper:
-    """Renews this replica's leases and takes over runs nobody holds."""
+    """Renews this replica's leases, gives back those of runs handed over, and takes over runs nobody holds."""
 
     def __init__(
         self,
@@ -33,23 +41,22 @@ class LeaseKeeper:
         replica_id: str,
         lease_seconds: float,
         *,
-        held: Callable[[], Mapping[str, int]],
-        capacity: Callable[[], int],
-        lost: Callable[[set[str]], None],
-        cancel_requested: Callable[[str, str], None],
-        resume: Callable[[Claim], Awaitable[None]],
+        lifecycle: RunLifecycle,
+        events: EventLog,
+        admission: Admission,
+        starter: RunStarter,
     ) -> None:
         self._store = store
         self.replica_id = replica_id
         self.lease_seconds = lease_seconds
-        self._held = held
-        self._capacity = capacity
-        self._lost = lost
-        self._cancel_requested = cancel_requested
-        self._resume = resume
-        self._soon = asyncio.Event()
+        self._lifecycle = lifecycle
+        self._events = events
+        self._admission = admission
+        self._starter = starter
         self._task: asyncio.Task[None] | None = None
         self._failing_since: float | None = None  # the monotonic time renewals began to fail, while they do
+        self._release_failing = False  # said once while giving leases back fails
+        events.health.subscribe(self._health_changed)
 
     async def start(self) -> None:
         """Take over what no replica holds (on a one-process store: every unfinished run), then keep going."""
@@ -64,15 +71,27 @@ class LeaseKeeper:
 
     def claim_soon(self) -> None:
         """Leases were released (a replica stopping) or the store is back: claim now, not at the next tick."""
-        self._soon.set()
+        self._lifecycle.lease_work.set()
+
+    async def release_now(self) -> None:
+        """Give back the leases of the runs handed over, so they are claimed at once (StoreUnavailable if it cannot)."""
+        while epochs := self._lifecycle.take_handed_over():
+            try:
+                await self._store.release_leases(self.replica_id, epochs)
+            except BaseException:
+                self._lifecycle.give_back_failed(epochs)
+                raise
+            log.info("leases_released", runs=len(epochs))
 
     async def _loop(self) -> None:
         period = self.lease_seconds / 3
+        work = self._lifecycle.lease_work
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(period):
-                    await self._soon.wait()
-            self._soon.clear()
+                    await work.wait()
+            work.clear()
+            await self._release()
             try:
                 await self._renew()
                 await self._claim(ignore_leases=False)
@@ -93,22 +112,52 @@ class LeaseKeeper:
                     self._failing_since = None
                     log.info("lease_renewal_recovered", seconds=seconds)
 
+    async def _release(self) -> None:
+        """Give back the leases of runs handed over; if the store cannot, they are tried again at the next tick."""
+        if not self._lifecycle.handing_over:
+            return
+        try:
+            await self.release_now()
+        except StoreUnavailable as exc:
+            if not self._release_failing:
+                self._release_failing = True
+                log.warning("lease_release_failed", cause=str(exc), runs=self._lifecycle.handing_over)
+        except Exception:
+            log.exception("lease_release_failed")
+        else:
+            self._release_failing = False
+
     async def _renew(self) -> None:
-        held = dict(self._held())
+        # Runs driven here, and runs whose writes are still to be stored (a run stopped while it waited to store
+        # its end); the epoch a run is driven under wins over that of older writes.
+        held = self._events.unwritten() | self._lifecycle.held()
         if not held:
             return
         result = await self._store.renew_leases(self.replica_id, held, self.lease_seconds)
         if result.lost:
-            self._lost(set(result.lost))
+            self._lifecycle.lose(set(result.lost))
         for run_id, reason in result.cancel_requested.items():
-            self._cancel_requested(run_id, reason)
+            # Its notification was missed, or is late: the owner cancels the run all the same.
+            log.info("cancel_noticed", run_id=run_id, via="lease_renewal")
+            self._lifecycle.cancel(run_id, reason)
 
     async def _claim(self, *, ignore_leases: bool) -> None:
-        room = self._capacity()
+        room = self._admission.room
         if room <= 0:
             return
         for claim in await self._store.claim_expired(
             self.replica_id, self.lease_seconds, room, ignore_leases=ignore_leases
         ):
-            log.info("run_claimed", run_id=claim.row.run_id, epoch=claim.row.epoch, previous_owner_gone=True)
-            await self._resume(claim)
+            run_id = claim.row.run_id
+            log.info("run_claimed", run_id=run_id, epoch=claim.row.epoch, previous_owner_gone=True)
+            if self._lifecycle.is_live(run_id):
+                # Its lease ran out under this very replica (a loop stalled past it) and was claimed back. What the
+                # old driver numbered but did not commit is refused by the new epoch, so it stops, writing nothing
+                # more, and the run resumes from what is stored, as after a takeover; never driven twice.
+                log.warning("run_lease_retaken", run_id=run_id, epoch=claim.row.epoch)
+                await self._lifecycle.lose_and_wait(run_id)
+            await self._starter.resume(claim)
+
+    def _health_changed(self, healthy: bool) -> None:
+        if healthy:  # leases handed over during the outage are given back now, and runs claimed
+            self.claim_soon()

@@ -1,9 +1,10 @@
 """The run service: what the transport calls to start, watch, describe, list and cancel runs.
 
 It wires the parts of a run's life together and holds none of their logic: admission (admission.py), starting
-and resuming runs (starts.py), the driving of live runs (supervisor.py), leases and takeover (leases.py),
-letting runs go (handover.py), questions about runs (queries.py), retention (retention.py), the event log
-(events/) and the store underneath. Every replica on a shared store runs one of these.
+and resuming runs (starts.py), the driving of live runs (supervisor.py), who drives a run and why it stops
+(lifecycle.py), leases, handover and takeover (leases.py), questions about runs (queries.py), retention
+(retention.py), the event log (events/) and the store underneath. Every replica on a shared store runs one of
+these.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
+from facilitair.server.events.health import StoreHealth
 from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
@@ -25,8 +27,8 @@ from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import Admission
-from facilitair.server.runs.handover import Handover
 from facilitair.server.runs.leases import LeaseKeeper
+from facilitair.server.runs.lifecycle import RunLifecycle
 from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.starts import RunStarter
@@ -61,20 +63,23 @@ class RunService:
         self.settings = settings
         self.replica_id = settings.replica_id
         self._store = store
-        self.events = EventLog(store)
+        health = StoreHealth()
         prices = PriceTable(config.price_overrides())
         history = StageHistory()  # the plan learns from stages driven here and from the store (RunStarter)
         estimator = PlanEstimator(prices, config, history)
+        # Built bottom-up, each part given the parts it asks; none calls back into one built after it. The run
+        # lifecycle is the bottom: the others ask it who drives a run and why one stops, and tell it what they learn.
+        self.lifecycle = RunLifecycle(health, grace_seconds=settings.store_grace_seconds)
+        self.events = EventLog(store, health=health, on_refused=self.lifecycle.lose)
         self._admission = Admission(settings)
-        self._supervisor = Supervisor(
+        supervisor = Supervisor(
             settings,
+            lifecycle=self.lifecycle,
+            admission=self._admission,
             providers=providers,
             prices=prices,
             config=config,
             status_number=status_number,
-            on_finished=self._admission.release,
-            # A lambda: the handover is made below, once the lease keeper it needs exists.
-            on_interrupted=lambda run_id, epoch: self._handover.interrupted(run_id, epoch),  # noqa: PLW0108
             history=history,
             sandbox=sandbox,
         )
@@ -85,24 +90,17 @@ class RunService:
             estimator=estimator,
             events=self.events,
             admission=self._admission,
-            supervisor=self._supervisor,
+            supervisor=supervisor,
         )
         self._leases = LeaseKeeper(
             store,
             settings.replica_id,
             settings.lease_seconds,
-            # Runs driven here, and runs whose writes are still to be stored (a run stopped while it waited to store
-            # its end); the epoch a run is driven under wins over that of older writes.
-            held=lambda: self.events.unwritten() | self._supervisor.held(),
-            capacity=lambda: settings.max_runs - self._admission.in_flight,
-            lost=self._supervisor.lose,
-            cancel_requested=self._cancel_here,
-            resume=self._starter.resume,
+            lifecycle=self.lifecycle,
+            events=self.events,
+            admission=self._admission,
+            starter=self._starter,
         )
-        self._handover = Handover(
-            store, self.events.health, self._supervisor, self._leases, grace_seconds=settings.store_grace_seconds
-        )
-        self.events.on_refused = self._supervisor.lose
         self._queries = RunQueries(store, self.events)
         self._retention = Retention(settings, store)
         self._background: set[asyncio.Task[None]] = set()
@@ -127,11 +125,11 @@ class RunService:
         self._stopping = True
         await self._retention.stop()
         await self._leases.stop()
-        await self._supervisor.interrupt_all(wait=STOP_WAIT)
-        await self._handover.stop()
+        await self.lifecycle.interrupt_all(wait=STOP_WAIT)
+        await self.lifecycle.stop()
         try:
             async with asyncio.timeout(STOP_WAIT):
-                await self._handover.release_now()
+                await self._leases.release_now()
         except (StoreUnavailable, TimeoutError):
             pass  # the leases run out by themselves, and another replica claims the runs then
         except Exception:  # a stop must end whatever the store answers (exit 0, `stopped`)
@@ -156,7 +154,7 @@ class RunService:
     @property
     def active_runs(self) -> int:
         """How many runs are live in this process."""
-        return len(self._supervisor)
+        return len(self.lifecycle)
 
     # -- starting runs --------------------------------------------------------------------------
 
@@ -197,8 +195,8 @@ class RunService:
         """Cancel a run wherever it is driven and wait (bounded) for its end; a finished run is returned as it is."""
         row = await self._queries.owned(run_id, principal)
         run_id = row.run_id  # the full id, whatever the caller named the run by (a prefix, "last")
-        if self._supervisor.is_live(run_id):
-            ended = await self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT)
+        if self.lifecycle.is_live(run_id):
+            ended = await self.lifecycle.cancel_and_wait(run_id, reason, wait=CANCEL_WAIT)
         elif row.state in FINISHED_STATES:
             ended = True
         else:
@@ -224,19 +222,14 @@ class RunService:
 
     def _cancel_noticed(self, run_id: str) -> None:
         """A cancel was requested on some replica (the store's listener): cancel the run if it is driven here."""
-        if self._supervisor.is_live(run_id):
+        if self.lifecycle.is_live(run_id):
             log.info("cancel_noticed", run_id=run_id, via="notification")
             self._in_background(self._cancel_with_stored_reason(run_id))
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
         row = await self._store.get_run(run_id)
         reason = row.cancel_reason if row is not None and row.cancel_reason else "cancelled by a client request"
-        await self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT)
-
-    def _cancel_here(self, run_id: str, reason: str) -> None:
-        """A cancel request the lease renewal found for a run driven here (its notification was missed, or is late)."""
-        log.info("cancel_noticed", run_id=run_id, via="lease_renewal")
-        self._in_background(self._supervisor.cancel(run_id, reason, wait=CANCEL_WAIT))
+        self.lifecycle.cancel(run_id, reason)
 
     def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
         async def run() -> None:

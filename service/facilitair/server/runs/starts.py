@@ -179,18 +179,12 @@ class RunStarter:
     # -- claimed runs ----------------------------------------------------------------------------------------
 
     async def resume(self, claim: Claim) -> None:
-        """Drive a run this replica just claimed, from its last completed stage.
+        """Drive a run this replica just claimed, from its last completed stage (no older driver of it is left here).
 
         Each run stands alone: one that cannot be read (corrupt, or written by an unknown version) ends with
         run_failed, and the server goes on with the others.
         """
         row, last_seq = claim.row, claim.last_seq
-        if self._supervisor.is_live(row.run_id):
-            # Its lease ran out under this very replica (a loop stalled past it) and was claimed back. What the
-            # old driver numbered but did not commit is refused by the new epoch, so it stops, writing nothing
-            # more, and the run resumes from what is stored, as after a takeover; never driven twice.
-            log.warning("run_lease_retaken", run_id=row.run_id, epoch=row.epoch)
-            await self._supervisor.lose_and_wait(row.run_id)
         try:
             rec = self.recorder(row, last_seq)
         except DecodeError:
