@@ -17,7 +17,7 @@ import pytest
 
 from facilitair.cli.info import info_lines
 from facilitair.cli.render import PlainRenderer
-from facilitair.client import RunEvent
+from facilitair.client import RunEvent, result_of
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI, Reply
 from tests.harness.events import RunStream, kind, of_kind
@@ -101,6 +101,11 @@ async def test_failing_tests_are_refined_until_they_pass(make_server: ServerFact
     assert "0 passed, 1 failed, 0 errors, 0 skipped" in prompt_of(first_review)
     assert "1 passed, 0 failed, 0 errors, 0 skipped" in prompt_of(second_review)
     assert work_dirs_of_this_process() == []
+
+    completed = result_of(events[-1])  # the client library's view
+    assert completed.tests_passed
+    assert completed.tests is not None
+    assert (completed.tests.passed, completed.tests.failed) == (1, 0)
 
     summary = await h.client.get_run(events[0].run_id)
     assert summary.result.tests_passed
