@@ -102,10 +102,10 @@ async def test_failing_tests_are_refined_until_they_pass(make_server: ServerFact
     assert "1 passed, 0 failed, 0 errors, 0 skipped" in prompt_of(second_review)
     assert work_dirs_of_this_process() == []
 
-    completed = result_of(events[-1])  # the client library's view
-    assert completed.tests_passed
-    assert completed.tests is not None
-    assert (completed.tests.passed, completed.tests.failed) == (1, 0)
+    outcome = result_of(events[-1])  # the client library's view
+    assert outcome.tests_passed
+    assert outcome.tests is not None
+    assert (outcome.tests.passed, outcome.tests.failed) == (1, 0)
 
     summary = await h.client.get_run(events[0].run_id)
     assert summary.result.tests_passed
