@@ -821,7 +821,7 @@ Global___TestsStarted: _TypeAlias = TestsStarted  # noqa: Y015
 @_typing.final
 class TestsOutput(_message.Message):
     """TestsOutput is one line the tests printed (stdout and stderr together).
-    At most a few hundred lines of a run are sent, each cut at 1,000
+    At most 200 lines of a test run are sent, each cut at 1,000
     characters; TestsFinished.truncated says when some were left out.
     """
 
