@@ -140,6 +140,10 @@ class Sandbox:
             pid = entry.name.partition("-")[0]
             if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
                 _remove(entry)
+        for entry in self._root.glob(".building-*"):  # an environment a crashed server was making
+            pid = entry.name.removeprefix(".building-")
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(entry)
         self._env = pyenv.ensure(self._root)
 
     async def run(self, files: Mapping[str, str], on_line: Callable[[str], None]) -> TestReport:
