@@ -34,6 +34,7 @@ async def test_a_passing_test_is_reported_passed(sandbox_root: Path) -> None:
     assert report.ok
     assert report.failures == ()
     assert any("1 passed" in line for line in lines)
+    assert not [line for line in lines if "Warning" in line]  # the output is the tests', not the harness's
     assert leftovers(sandbox_root) == []
 
 

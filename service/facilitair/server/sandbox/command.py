@@ -49,9 +49,10 @@ for limit, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS,
                      (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NOFILE, (nofile, nofile)),
                      (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_CORE, (0, 0))):
     resource.setrlimit(limit, value)
-sys.argv = ["pytest", *sys.argv[6:]]
+args = sys.argv[6:]
+sys.argv = ["pytest", *args]
 import pytest
-raise SystemExit(pytest.console_main())
+raise SystemExit(int(pytest.main(args)))
 """
 
 
