@@ -250,3 +250,24 @@ async def test_a_restart_during_a_test_run_runs_the_tests_again(make_server: Ser
     assert [kind(e) for e in events if kind(e) in ("run_completed", "run_failed", "run_cancelled")] == ["run_cancelled"]
     # The Tester was asked once: the second server replayed its checkpoint.
     assert script.agents().count("tester") == 1
+
+
+async def test_tests_that_find_nothing_to_test_make_no_round(make_server: ServerFactory) -> None:
+    require_bwrap()
+    skipped = Reply(
+        chunks=[
+            "File: tests/test_rev.py\n```python\nimport pytest\n\n\n",
+            "@pytest.mark.skip(reason='later')\ndef test_rev() -> None:\n    assert False\n",
+            "```\n",
+        ]
+    )
+    script = scripted(tester=skipped)
+    async with FakeOpenAI(script) as fake:
+        h = await make_server(openai=fake, sandbox="bwrap")
+        events = await h.run(TASK, max_refinements=2)
+
+    [finished] = of_kind(events, "tests_finished")
+    assert (finished.executed, finished.tests_passed, finished.passed, finished.skipped) == (True, False, 0, 1)
+    result = events[-1].run_completed.result
+    assert (result.refinements, result.tests_passed, result.approved) == (0, False, True)
+    assert "refiner" not in script.agents()

@@ -264,5 +264,9 @@ class Pipeline:
 
 
 def _failing(report: TestReport) -> bool:
-    """Tests that ran and did not pass: a reason for a refinement round. Tests that did not run are none."""
-    return report.executed and not report.ok
+    """Tests that failed, errored or were stopped: a reason for a refinement round, which changes the code.
+
+    Tests that did not run, or ran and found nothing to test (none collected, all skipped), are none: the
+    Refiner cannot make them pass, and a round would be spent for nothing.
+    """
+    return report.executed and bool(report.failed or report.errors or report.timed_out or report.stopped)
