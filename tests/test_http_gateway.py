@@ -280,8 +280,14 @@ async def test_a_local_server_refuses_other_sites(env: Env, http: aiohttp.Client
     same_site = {"Origin": f"http://127.0.0.1:{env.server.http_port}", "Sec-Fetch-Site": "same-origin"}
     async with http.post("/v1/runs", json=task, headers=same_site) as response:
         assert response.status == 201  # the page itself
-    async with http.get("/v1/runs", headers={"Host": "evil.example:80"}) as response:
-        assert response.status == 403  # DNS rebinding: a name that is not this machine's
+    # DNS rebinding: a name that is not this machine's, even one that starts like a loopback address
+    for host in ("evil.example:80", "127.evil.example", "127.0.0.1.nip.io", "localhost.evil.example"):
+        async with http.get("/v1/runs", headers={"Host": host}) as response:
+            assert response.status == 403, host
+            assert (await response.json())["reason"] == "CSRF_REFUSED"
+    for host in ("localhost", "127.0.0.2:80", "[::1]"):
+        async with http.get("/v1/runs", headers={"Host": host}) as response:
+            assert response.status == 200, host
 
 
 @pytest.mark.sqlite_only  # request parsing: no store is reached
