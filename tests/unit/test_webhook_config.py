@@ -60,6 +60,12 @@ def test_a_wrong_endpoint_is_named_and_its_secret_never_shown(tmp_path: Path, bo
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
         ("0.0.0.0", False),
         ("224.0.0.1", False),
+        ("100.100.100.200", False),  # shared address space (100.64.0.0/10): a cloud's metadata service
+        ("100.64.0.1", False),
+        ("2002:7f00:1::", False),  # 6to4 carrying 127.0.0.1
+        ("2002:a9fe:a9fe::", False),  # 6to4 carrying the metadata address
+        ("2002:5db8:d822::", True),  # 6to4 carrying a public address
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of the metadata address
     ],
 )
 def test_public_addresses(address: str, public: bool) -> None:
