@@ -75,6 +75,17 @@ def _url(value: object, where: str) -> str:
         raise ConfigError(f"{where}: must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise ConfigError(f"{where}: must not hold credentials (sign with the secret instead)")
+    # What the client could not connect to is refused now, not found on every attempt (an empty label, as in
+    # `a..b`, fails only when the resolver encodes the name; a port out of range when the request is made).
+    try:
+        if parts.port == 0:
+            raise ValueError("port 0")
+        try:
+            ipaddress.ip_address(parts.hostname.split("%", 1)[0])
+        except ValueError:
+            parts.hostname.encode("idna")
+    except ValueError:  # UnicodeError included
+        raise ConfigError(f"{where}: its host or port cannot be connected to") from None
     return value
 
 
