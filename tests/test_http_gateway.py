@@ -169,6 +169,12 @@ async def test_unknown_runs_and_bad_positions_are_refused_with_their_reasons(
         assert response.status == 400
         body = await response.json()
     assert body["details"][1]["fieldViolations"][0]["field"] == "after_seq"
+    # Digits Python's str.isdigit takes but int() does not: a 400 naming the field, not a 500.
+    for query, headers, field in (("?after_seq=²", {}, "after_seq"), ("", {"Last-Event-ID": "³"}, "Last-Event-ID")):
+        async with http.get(f"/v1/runs/{run_id}/events{query}", headers=headers) as response:
+            assert response.status == 400, query or headers
+            body = await response.json()
+        assert body["details"][1]["fieldViolations"][0]["field"] == field
     release.set()
     call.cancel()
 

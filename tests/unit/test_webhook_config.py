@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from facilitair.server.settings import ConfigError
+from facilitair.server.webhooks import sender
 from facilitair.server.webhooks.config import AllowList, Endpoint, is_public, load_endpoints, retry_schedule
 from facilitair.server.webhooks.dispatcher import next_wait
 from facilitair.server.webhooks.sender import Outcome, Sender
@@ -111,3 +112,10 @@ async def test_an_attempt_at_a_url_no_request_can_be_made_to_is_refused_not_rais
         await sender.aclose()
     assert attempt.outcome is Outcome.REFUSED
     assert attempt.error == "target refused: the URL's host or port cannot be connected to"
+
+
+def test_a_retry_after_of_other_digits_is_ignored_not_raised() -> None:
+    assert sender._retry_after("120") == 120.0
+    assert sender._retry_after("²") is None  # str.isdigit says yes, float() says no
+    assert sender._retry_after("١٢") is None  # Arabic-Indic digits: not HTTP's DIGIT
+    assert sender._classify(503, {"Retry-After": "²"}) == sender.Attempt(Outcome.FAILED, 503, "HTTP 503", None)
