@@ -112,6 +112,8 @@ class PrettyRenderer:
             self._waiting_since = self._retry_until
         elif kind is EventKind.MODEL_FALLBACK:
             self._lines(event, "yellow")
+        elif kind is EventKind.CACHE_HIT:
+            self._lines(event, "dim")
         elif kind is EventKind.RUN_STARTED:
             self._lines(event, "bold")
         elif kind is EventKind.REVIEW_VERDICT:

@@ -360,6 +360,12 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
     elif kind is EventKind.MODEL_FALLBACK:
         fb = event.model_fallback
         lines = [f"!! [{fb.stage}] giving up on {fb.from_model} ({fb.reason}); falling back to {fb.to_model}"]
+    elif kind is EventKind.CACHE_HIT:
+        hit = event.cache_hit
+        lines = [
+            f"   [{hit.stage}] from the response cache (run {hit.source_run_id}, stage {hit.source_stage}): "
+            f"saved {tokens(hit.saved)}, {money(hit.saved)}"
+        ]
     elif kind is EventKind.RUN_COMPLETED:
         lines = [completed_line(event.run_completed)]
     elif kind is EventKind.RUN_FAILED:

@@ -29,6 +29,7 @@ class EventKind(enum.StrEnum):
     RUN_CANCELLED = "run_cancelled"
     ATTEMPT_RESET = "attempt_reset"
     MODEL_FALLBACK = "model_fallback"
+    CACHE_HIT = "cache_hit"
     #: A payload this version of the library does not know (a newer server).
     UNKNOWN = "unknown"
 

@@ -78,6 +78,7 @@ class RunService:
             config=config,
             status_number=status_number,
             history=history,
+            cache_store=store,
         )
         self._starter = RunStarter(
             settings,
