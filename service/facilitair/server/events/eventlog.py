@@ -30,7 +30,15 @@ from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
 from facilitair.server.events.wire import TERMINAL_PAYLOADS, RunEvent, stored_event
 from facilitair.server.retrying import RetryPolicy
-from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
+from facilitair.server.store.base import (
+    Batch,
+    Checkpoint,
+    EventStore,
+    RunRow,
+    StoredEvent,
+    StoreUnavailable,
+    WebhookDelivery,
+)
 from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
@@ -59,6 +67,9 @@ class EventLog:
         self._events: list[tuple[RunChannel, RunEvent, str]] = []
         self._runs: dict[str, RunRow] = {}
         self._checkpoints: list[Checkpoint] = []
+        self._deliveries: list[WebhookDelivery] = []
+        # Told after a commit that stored webhook deliveries, so the delivery loop sends them at once.
+        self.on_deliveries: Callable[[], None] = lambda: None
         self._epochs: dict[str, int] = {}  # the epoch of every run with something pending
         self._writing: dict[str, int] = {}  # the same for the batch being written
         self._wake: asyncio.Future[None] | None = None
@@ -136,6 +147,15 @@ class EventLog:
             self._epochs[checkpoint.run_id] = channel.epoch
         self._poke()
 
+    def outbox(self, deliveries: list[WebhookDelivery]) -> None:
+        """Queue webhook deliveries; they commit with the (terminal) event queued just before them."""
+        self._deliveries.extend(deliveries)
+        for d in deliveries:
+            channel = self._channels.get(d.run_id)
+            if channel is not None:
+                self._epochs[d.run_id] = channel.epoch
+        self._poke()
+
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
         if not self._pending():
@@ -154,7 +174,7 @@ class EventLog:
         return self._writing | self._epochs
 
     def _pending(self) -> bool:
-        return bool(self._events or self._runs or self._checkpoints)
+        return bool(self._events or self._runs or self._checkpoints or self._deliveries)
 
     def _poke(self) -> None:
         wake = self._wake
@@ -174,6 +194,7 @@ class EventLog:
             events, self._events = self._events, []
             runs, self._runs = self._runs, {}
             checkpoints, self._checkpoints = self._checkpoints, []
+            deliveries, self._deliveries = self._deliveries, []
             flushed, self._flushed = self._flushed, []
             epochs, self._epochs = self._epochs, {}
             batch = Batch(
@@ -181,6 +202,7 @@ class EventLog:
                 list(runs.values()),
                 checkpoints,
                 epochs,
+                deliveries,
             )
             self._writing = epochs
             try:
@@ -197,6 +219,8 @@ class EventLog:
                 events = [item for item in events if item[0].run_id not in refused]
                 self._on_refused(refused)
             metrics.count_events(Tally(kind for _, _, kind in events))
+            if any(d.run_id not in refused for d in deliveries):
+                self.on_deliveries()
             self._fan_out(events)
             for done in flushed:
                 if not done.done():

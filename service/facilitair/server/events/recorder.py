@@ -17,6 +17,8 @@ from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.watchdog import SilenceWatchdog
 from facilitair.server.events.wire import RunEvent, token_delta
 from facilitair.server.store.base import Checkpoint, RunRow
+from facilitair.server.webhooks.config import RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+from facilitair.server.webhooks.outbox import Outbox
 
 
 class RunRecorder:
@@ -30,8 +32,10 @@ class RunRecorder:
         *,
         thinking_interval: float,
         heartbeat_interval: float,
+        outbox: Outbox | None = None,
     ) -> None:
         self.event_log = log
+        self._outbox = outbox
         self.channel = channel
         self.run_id = row.run_id
         self.summary = wire.Summary(row.summary)
@@ -149,6 +153,7 @@ class RunRecorder:
         self.summary.completed(message)
         self._emit(event)
         self._set_state(RunState.COMPLETED, finished=True)
+        self.webhook(RUN_COMPLETED, event.seq)
 
     def failed(self, code: int, reason: str, message: str, *, retryable: bool) -> None:
         """Terminal: the run ended with an error (`code` is the gRPC status number, `reason` the stable reason)."""
@@ -156,13 +161,32 @@ class RunRecorder:
             code, reason, message, retryable=retryable, stage=self.summary.current_stage, totals=self.usage
         )
         self.summary.failed(failure)
-        self._emit(wire.run_failed(failure))
+        event = wire.run_failed(failure)
+        self._emit(event)
         self._set_state(RunState.FAILED, finished=True)
+        self.webhook(RUN_FAILED, event.seq, failure)
 
     def cancelled(self, reason: str) -> None:
         """Terminal: the run was cancelled."""
-        self._emit(wire.run_cancelled(reason, self.usage))
+        event = wire.run_cancelled(reason, self.usage)
+        self._emit(event)
         self._set_state(RunState.CANCELLED, finished=True)
+        self.webhook(RUN_CANCELLED, event.seq)
+
+    def webhook(self, event_type: str, seq: int, failure: wire.RunFailed | None = None) -> None:
+        """Queue the webhooks of the event just appended (seq), in its commit: call with no await in between."""
+        if self._outbox is None:
+            return
+        deliveries = self._outbox.deliveries(
+            event_type,
+            run_id=self.run_id,
+            principal=self._row.principal,
+            seq=seq,
+            summary=self.summary.message,
+            failure=failure,
+        )
+        if deliveries:
+            self.event_log.outbox(deliveries)
 
     def interrupted(self) -> None:
         """The server is stopping mid-run: no terminal event; the run resumes at the next start."""

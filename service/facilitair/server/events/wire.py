@@ -30,6 +30,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 # The message types other layers hold without building them (annotations only).
 RunEvent = pb.RunEvent
 RunSummary = pb.RunSummary
+RunFailed = pb.RunFailed
 ServerInfo = pb.GetServerInfoResponse
 
 # A stored event read back (the same function as the message's own, so replay pays no call of ours per event).
@@ -312,6 +313,11 @@ class Summary:
             self._message.current_stage = 0
             self._message.current_agent = pb.AGENT_UNSPECIFIED
             self._message.finished_at.FromNanoseconds(finished_ns)
+
+    @property
+    def message(self) -> pb.RunSummary:
+        """The summary as its message, to read (a terminal event's webhook body is made from it)."""
+        return self._message
 
     def stored(self, updated_ns: int) -> bytes:
         """The summary to store, updated at `updated_ns`."""

@@ -36,6 +36,9 @@ from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.webhooks.config import WebhookConfig
+from facilitair.server.webhooks.dispatcher import WebhookDispatcher
+from facilitair.server.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -56,8 +59,11 @@ class RunService:
         providers: ProviderRegistry,
         config: PipelineConfig,
         status_number: StatusNumber,
+        *,
+        webhooks: WebhookConfig | None = None,
     ) -> None:
         self.settings = settings
+        webhooks = webhooks if webhooks is not None else WebhookConfig.from_settings(settings)
         self.replica_id = settings.replica_id
         self._store = store
         health = StoreHealth()
@@ -68,6 +74,10 @@ class RunService:
         # lifecycle is the bottom: the others ask it who drives a run and why one stops, and tell it what they learn.
         self.lifecycle = RunLifecycle(health, grace_seconds=settings.store_grace_seconds)
         self.events = EventLog(store, health=health, on_refused=self.lifecycle.lose)
+        # The webhook outbox: rows queued by the recorders with terminal events, sent by the dispatcher, which a
+        # commit that stored some wakes at once.
+        self.webhooks = WebhookDispatcher(store.webhooks, webhooks, settings.replica_id, shared=store.shared)
+        self.events.on_deliveries = self.webhooks.wake
         self._admission = Admission(settings)
         supervisor = Supervisor(
             settings,
@@ -88,6 +98,7 @@ class RunService:
             events=self.events,
             admission=self._admission,
             supervisor=supervisor,
+            outbox=Outbox(webhooks) if webhooks.endpoints else None,
         )
         self._leases = LeaseKeeper(
             store,
@@ -112,6 +123,7 @@ class RunService:
         await self._store.listen(self.events.committed_elsewhere, self._cancel_noticed, self._leases.claim_soon)
         await self._leases.start()
         self._retention.start()
+        await self.webhooks.start()
 
     async def stop(self) -> None:
         """Interrupt every live run, hand the runs over (their leases released) and close the store.
@@ -122,6 +134,7 @@ class RunService:
         self._stopping = True
         await self._starter.creations.close()
         await self._background.close()
+        await self.webhooks.stop()  # attempts in flight are cut: their claims run out and they are sent again
         await self._retention.stop()
         await self._leases.stop()
         await self.lifecycle.interrupt_all(wait=STOP_WAIT)

@@ -33,6 +33,7 @@ from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow
 from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +51,10 @@ class RunStarter:
         events: EventLog,
         admission: Admission,
         supervisor: Supervisor,
+        outbox: Outbox | None = None,
     ) -> None:
         self._settings = settings
+        self._outbox = outbox  # the webhooks of runs' ends (None: no endpoint is configured)
         self._store = store
         self._providers = providers
         self._estimator = estimator
@@ -195,4 +198,5 @@ class RunStarter:
             row,
             thinking_interval=self._settings.thinking_interval,
             heartbeat_interval=self._settings.heartbeat_interval,
+            outbox=self._outbox,
         )

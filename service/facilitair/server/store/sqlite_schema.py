@@ -52,9 +52,38 @@ CREATE INDEX runs_active_by_principal ON runs (principal) WHERE {UNFINISHED_SQL}
 CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 """
 
+# The webhook outbox (webhooks/): one row per message and endpoint, written in the transaction of the terminal
+# event it tells of; claimed by a conditional UPDATE. Endpoints that answered 410 Gone are disabled here.
+WEBHOOKS = """
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    url TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_expires_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_by_run ON webhook_deliveries (run_id);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (created_at);
+CREATE TABLE webhook_endpoints_disabled (
+    url TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason TEXT NOT NULL
+)
+"""
+
 # The response cache (pipeline/cache.py): one stored answer per key (a hash of the exact provider request and its
 # caller), what it cost, and the run and stage that wrote it; retention expires entries by created_at.
-V3_RESPONSE_CACHE = """
+RESPONSE_CACHE = """
 CREATE TABLE response_cache (
     key TEXT PRIMARY KEY,
     principal TEXT NOT NULL,
@@ -70,7 +99,7 @@ CREATE TABLE response_cache (
 CREATE INDEX response_cache_by_age ON response_cache (created_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3_RESPONSE_CACHE)
+MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE)
 VERSION = len(MIGRATIONS)
 
 

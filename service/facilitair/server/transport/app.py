@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facilitair.server.domain import chain_text
+from facilitair.server.gateway.app import BoundGateway, Gateway, bind_gateway
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.pipeline_file import PipelineConfig
@@ -37,6 +38,7 @@ from facilitair.server.transport.loop_lag import LoopLagMonitor
 from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
+from facilitair.server.webhooks.config import WebhookConfig
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -84,6 +86,9 @@ class RunningServer:
     lock: SqliteFileLock | None = None
     loop_lag: LoopLagMonitor | None = None
     tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("server"))
+    http: Gateway | None = None  # the HTTP gateway (None with --http-listen off)
+    http_port: int = 0
+    http_url: str = ""
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -106,7 +111,10 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.runs.refuse_new_runs()
         try:
-            await self.server.stop(grace)
+            if self.http is not None:  # both servers end their streams after the same grace
+                await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+            else:
+                await self.server.stop(grace)
         finally:
             await self.tasks.close()  # what calls handed off (a cancel on disconnect): the runs are handed over
             if self.loop_lag is not None:
@@ -138,9 +146,11 @@ async def create_server(
     """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
-    keys = ApiKeys(settings.load_api_keys())
+    key_names = settings.load_api_keys()
+    keys = ApiKeys(key_names)
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
+    webhooks = WebhookConfig.from_settings(settings)  # the webhooks file read and checked before anything starts
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
     async with contextlib.AsyncExitStack() as undo:
@@ -150,12 +160,15 @@ async def create_server(
             undo.callback(metrics_server.stop)
         server, port = _bound_server(settings, keys, credentials)
         undo.push_async_callback(_unbind, server)
+        http: BoundGateway | None = bind_gateway(settings, key_names)
+        if http is not None:
+            undo.callback(http.sock.close)
         lock = None
         if isinstance(store, SqliteStore):
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number)
+        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks)
         # Before the start: one that fails midway (the store opened, its writer started, then listening
         # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
@@ -164,9 +177,15 @@ async def create_server(
             settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
         )
         tasks = TaskSupervisor("server")
+        info.http_url = http.url if http is not None else ""
+        gateway = await http.start(runs, settings, config, info) if http is not None else None
+        if gateway is not None:
+            undo.push_async_callback(gateway.stop, 0.0)
         health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info, tasks))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
     running = RunningServer(server, port, runs, health, providers, metrics_server, lock, tasks=tasks)
+    if http is not None:
+        running.http, running.http_port, running.http_url = gateway, http.port, http.url
     running.follow_store_health()
     running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
     running.loop_lag.start()
@@ -365,6 +384,8 @@ async def serve(settings: Settings, config: PipelineConfig | None = None) -> Non
         db=str(settings.db) if running.runs.store.kind == "sqlite" else None,
         healthy=running.runs.events.health.healthy,
         providers=running.providers.names(),
+        http=running.http_url or None,
+        http_port=running.http_port or None,
         default_model=chain_text(defaults),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         **note,

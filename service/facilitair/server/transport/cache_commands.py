@@ -23,10 +23,10 @@ from facilitair.server.store.base import CacheStats, StoreUnavailable
 from facilitair.server.transport.commands import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
-    _config_error,
     _given,
     _settings,
     _settings_source,
+    config_error,
 )
 
 # The command's own argument, not a setting.
@@ -54,7 +54,7 @@ def _cache(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
         settings, _ = _settings(source, settings_args)
         return asyncio.run(_act(settings, str(args.action), principal))
     except (ConfigError, ValidationError) as exc:
-        return _config_error(exc)
+        return config_error(exc)
     except StoreUnavailable as exc:
         print(f"facilitair: cannot open the store: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

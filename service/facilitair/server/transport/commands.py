@@ -93,7 +93,7 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings, config))
     except (ConfigError, ValidationError) as exc:
-        return _config_error(exc)
+        return config_error(exc)
     except StoreUnavailable as exc:  # its message is the plain cause, password masked
         print(f"facilitair: cannot open the store: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -113,7 +113,7 @@ def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) 
         settings, config = _settings(source, args)
         keys = settings.load_api_keys()
     except (ConfigError, ValidationError) as exc:
-        return _config_error(exc)
+        return config_error(exc)
     shown = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
     shown["api_keys"] = {name: "**********" for name in keys}
     # The model runs will get (it follows the provider keys when not set), not the field's own default.
@@ -122,7 +122,7 @@ def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) 
     return EXIT_OK
 
 
-def _config_error(exc: ConfigError | ValidationError) -> int:
+def config_error(exc: ConfigError | ValidationError) -> int:
     """One line per problem, naming the flag or variable, never pydantic's multi-line dump."""
     if isinstance(exc, ValidationError):
         for error in exc.errors():
