@@ -7,18 +7,42 @@ stored text as at most HIT_EVENTS token deltas, files and verdicts parsed as fro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 import pytest
 
 from facilitair.client import Client, RunEvent
 from facilitair.server.pipeline.cache import HIT_EVENTS
+from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
-from tests.harness.events import RunStream, collect, kind, of_kind
+from tests.harness.events import (
+    EventCall,
+    RunStream,
+    assert_complete_log,
+    collect,
+    kind,
+    of_kind,
+    read_rest,
+    read_until,
+    wire,
+)
+from tests.harness.processes import clean_environment, server_processes
 from tests.harness.scripts import default_replies, held, scripted
-from tests.harness.servers import Harness, ServerFactory
-from tests.harness.stores import Target, fetch
+from tests.harness.servers import Harness, ServerFactory, quiet_environment
+from tests.harness.stores import Target, execute, fetch
+from tests.harness.team import (
+    STAGE_OF,
+    Team,
+    at_hold,
+    collaborate_request,
+    expected_texts,
+    requests_per_agent,
+    stage_texts,
+)
 
 TASK = "Write a function that reverses a string"
 MINI = "openai:gpt-4.1-mini"
@@ -179,3 +203,46 @@ async def test_failed_broken_and_cancelled_attempts_write_no_entry(
         release.set()
         assert kind(events[-1]) == "run_cancelled"
         assert [r[:2] for r in await entries(store_target) if r[0] == events[0].run_id] == [(events[0].run_id, 1)]
+
+
+# ----- a hit in a run resumed after its server was killed -----------------------------------------------------
+
+
+@pytest.mark.both_stores
+async def test_a_run_with_hits_resumed_after_a_kill_stays_gapless(store_target: Target) -> None:
+    team = Team()
+    environment = clean_environment(
+        **quiet_environment(store_target, "http://placeholder"), FACILITAIR_CACHE_DEFAULT="read-write"
+    )
+    async with asyncio.timeout(90), FakeOpenAI(team) as fake:
+        environment["OPENAI_BASE_URL"] = fake.base_url
+        async with server_processes(environment) as [proc]:
+            port = await proc.start()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                first = await read_rest(stub.Collaborate(collaborate_request()))
+                # The Architect's and the Coder's answers stay cached; the later stages ask again.
+                await execute(store_target, "DELETE FROM response_cache WHERE stage >= 3")
+                release = team.hold_next("Reviewer")
+                call: EventCall = stub.Collaborate(collaborate_request())
+                before = await read_until(call, lambda events: at_hold(events, "Reviewer"))
+                await proc.kill()
+            assert not release.is_set()
+            port = await proc.start()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                events = await read_rest(stub.WatchRun(pb.WatchRunRequest(run_id=before[0].run_id)))
+
+    assert_complete_log(first)
+    assert_complete_log(events)
+    assert wire(events[: len(before)]) == wire(before), "what the client saw before the kill was stored as it"
+    hits = [e.cache_hit for e in events if kind(e) == "cache_hit"]
+    assert [(h.stage, h.source_run_id) for h in hits] == [(1, first[0].run_id), (2, first[0].run_id)]
+    assert [e.attempt_reset.stage for e in events if kind(e) == "attempt_reset"] == [STAGE_OF["Reviewer"]]
+    assert texts(events) == stage_texts(first) == expected_texts()
+    # The cached stages never reached the provider; the interrupted one was asked again after the restart.
+    assert requests_per_agent(fake) == {"Architect": 1, "Coder": 1, "Reviewer": 3, "Tester": 2, "Documenter": 2}
+    usage = events[-1].run_completed.usage
+    completed = [e.stage_completed for e in events if kind(e) == "stage_completed"]
+    assert [c.usage.cost_usd for c in completed[:2]] == [0.0, 0.0]
+    assert usage.input_tokens == sum(c.usage.input_tokens for c in completed[2:])
