@@ -8,6 +8,7 @@ stored text as at most HIT_EVENTS token deltas, files and verdicts parsed as fro
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from facilitair.server.pipeline.cache import HIT_EVENTS
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.harness.cli import cli, cli_environment
 from tests.harness.events import (
     EventCall,
     RunStream,
@@ -246,3 +248,35 @@ async def test_a_run_with_hits_resumed_after_a_kill_stays_gapless(store_target: 
     completed = [e.stage_completed for e in events if kind(e) == "stage_completed"]
     assert [c.usage.cost_usd for c in completed[:2]] == [0.0, 0.0]
     assert usage.input_tokens == sum(c.usage.input_tokens for c in completed[2:])
+
+
+# ----- the CLI ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.both_stores
+async def test_the_cli_runs_with_the_cache_and_shows_and_clears_it(
+    make_server: ServerFactory, store_target: Target
+) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await serve(make_server, fake)
+        first = await cli(h.target, "run", TASK, "--cache", "read-write", "--format", "plain", env=cli_environment())
+        second = await cli(h.target, "run", TASK, "--cache", "read-write", "--format", "plain", env=cli_environment())
+    assert (first[0], second[0]) == (0, 0), (first[2], second[2])
+    assert len(fake.requests) == 5
+    assert "from the response cache" not in first[1]
+    assert second[1].count("from the response cache (run ") == 5
+
+    admin = cli_environment(**store_target.environment())
+    code, out, err = await cli(None, "cache", "stats", env=admin)
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["entries"] == 5
+    assert stats["chars"] == sum(len(text) for *_, text in await entries(store_target))
+    assert stats["cost_usd"] > 0
+    code, out, _ = await cli(None, "cache", "stats", "--principal", "someone-else", env=admin)
+    assert json.loads(out)["entries"] == 0
+    code, out, _ = await cli(None, "cache", "clear", "--principal", "someone-else", env=admin)
+    assert json.loads(out) == {"removed": 0}
+    code, out, _ = await cli(None, "cache", "clear", env=admin)
+    assert (code, json.loads(out)) == (0, {"removed": 5})
+    assert await entries(store_target) == []

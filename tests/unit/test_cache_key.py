@@ -72,9 +72,10 @@ def test_the_client_side_timeout_is_not_part_of_the_key(p: dict[str, Any], timeo
     assert key(p) == key(dict(p, request=dataclasses.replace(p["request"], timeout=timeout)))
 
 
-@given(st.text(max_size=500), st.integers(min_value=1, max_value=40))
-def test_a_hit_text_goes_out_in_at_most_the_bounded_number_of_pieces(text: str, most: int) -> None:
-    pieces = chunks(text, most)
+@given(st.text(max_size=2000), st.integers(min_value=1, max_value=40), st.integers(min_value=0, max_value=300))
+def test_a_hit_text_goes_out_in_at_most_the_bounded_number_of_pieces(text: str, most: int, least: int) -> None:
+    pieces = chunks(text, most, least)
     assert "".join(pieces) == text
     assert len(pieces) <= most
     assert all(pieces)
+    assert all(len(p) >= least for p in pieces[:-1])

@@ -33,8 +33,10 @@ log = structlog.get_logger(__name__)
 KEY_VERSION = 1
 # The longest a look-up or a write may wait for the store: a slow store makes a miss, never a stalled stage.
 CACHE_TIMEOUT = 10.0
-# A hit's stored text goes out in at most this many token_delta events, however long it is.
+# A hit's stored text goes out in at most this many token_delta events, however long it is, each of at least
+# HIT_MIN_CHARS characters (a short answer goes out in one): few messages, and a client still sees it stream.
 HIT_EVENTS = 16
+HIT_MIN_CHARS = 512
 # CompletionRequest's fields that are not sent to the model: how long we wait is not part of the answer.
 _NOT_IN_KEY = frozenset({"timeout"})
 
@@ -102,7 +104,8 @@ class ResponseCache:
             log.warning("response_cache_write_failed", error=type(exc).__name__, model=str(model))
 
 
-def chunks(text: str, most: int) -> list[str]:
-    """`text` in at most `most` pieces of equal length (the last shorter): a hit's token_delta events."""
-    size = max(-(-len(text) // most), 1)
+def chunks(text: str, most: int, least: int = HIT_MIN_CHARS) -> list[str]:
+    """`text` in at most `most` pieces of equal length (the last shorter) of at least `least` characters but the
+    last: a hit's token_delta events."""
+    size = max(-(-len(text) // most), least, 1)
     return [text[i : i + size] for i in range(0, len(text), size)]

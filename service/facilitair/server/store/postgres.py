@@ -480,7 +480,8 @@ class PostgresStore:
         else:
             row = await self._on_pool(lambda conn: conn.fetchrow(f"{CACHE_STATS} WHERE principal=$1", principal))
         assert row is not None, "an aggregate has one row"
-        return CacheStats(*row)
+        # PostgreSQL sums bigints as numeric (Decimal here): plain numbers, as SQLite gives them.
+        return CacheStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]))
 
     async def cache_clear(self, principal: str | None = None) -> int:
         """Delete the response cache's entries (all, or one caller's)."""
