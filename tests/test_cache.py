@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 
 from facilitair.client import Client, RunEvent
 from facilitair.server.pipeline.cache import HIT_EVENTS
+from facilitair.server.runs.retention import Retention
+from facilitair.server.settings import Settings
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
@@ -280,3 +283,22 @@ async def test_the_cli_runs_with_the_cache_and_shows_and_clears_it(
     code, out, _ = await cli(None, "cache", "clear", env=admin)
     assert (code, json.loads(out)) == (0, {"removed": 5})
     assert await entries(store_target) == []
+
+
+@pytest.mark.both_stores
+async def test_entries_expire_by_retention(make_server: ServerFactory, store_target: Target) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await serve(make_server, fake)
+        first = await h.run(TASK, cache="read-write")
+        old = time.time() - 8 * 86400  # older than the default retention of 7 days
+        await execute(store_target, ("UPDATE response_cache SET created_at = ? WHERE stage <= 2", (old,)))
+        await Retention(Settings(), h.server.runs.store).run_once()
+        assert [r[1] for r in await entries(store_target)] == [3, 4, 5]
+        second = await h.run(TASK, cache="read-write")
+    # The expired stages asked the provider again (and were stored again); the others were hits.
+    assert len(fake.requests) == 7
+    assert [e.stage for e in of_kind(second, "cache_hit")] == [3, 4, 5]
+    assert [e.source_run_id for e in of_kind(second, "cache_hit")] == [first[0].run_id] * 3
+    assert [r[:2] for r in await entries(store_target)] == [
+        (second[0].run_id, 1), (second[0].run_id, 2), (first[0].run_id, 3), (first[0].run_id, 4), (first[0].run_id, 5)
+    ]  # fmt: skip
