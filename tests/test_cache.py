@@ -16,13 +16,14 @@ from typing import Any
 import grpc
 import pytest
 
-from facilitair.client import Client, RunEvent
+from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
 from facilitair.server.pipeline.cache import HIT_EVENTS
 from facilitair.server.runs.retention import Retention
 from facilitair.server.settings import Settings
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI, Fault, Reply
+from tests.harness.browser import chromium, new_context, open_run
 from tests.harness.cli import cli, cli_environment
 from tests.harness.events import (
     EventCall,
@@ -35,7 +36,7 @@ from tests.harness.events import (
     read_until,
     wire,
 )
-from tests.harness.processes import clean_environment, server_processes
+from tests.harness.processes import clean_environment, free_port, server_processes
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import Harness, ServerFactory, quiet_environment
 from tests.harness.stores import Target, execute, fetch
@@ -302,3 +303,44 @@ async def test_entries_expire_by_retention(make_server: ServerFactory, store_tar
     assert [r[:2] for r in await entries(store_target)] == [
         (second[0].run_id, 1), (second[0].run_id, 2), (first[0].run_id, 3), (first[0].run_id, 4), (first[0].run_id, 5)
     ]  # fmt: skip
+
+
+# ----- the web page ------------------------------------------------------------------------------------------------
+
+
+async def test_the_page_says_where_a_cached_stage_came_from(store_target: Target) -> None:
+    http = free_port()
+    async with FakeOpenAI(scripted()) as fake:
+        given = quiet_environment(store_target, fake.base_url) | {
+            "FACILITAIR_HTTP_LISTEN": f"127.0.0.1:{http}",
+            "FACILITAIR_CACHE_DEFAULT": "read-write",
+        }
+        env = clean_environment(**given)
+        async with server_processes(env) as (server,), chromium() as browser:
+            await server.start()
+            async with Client(server.target) as client:
+                first = await collect(client.collaborate(TASK))
+                second = await collect(client.collaborate(TASK))
+            tab = await open_run(await new_context(browser), f"http://127.0.0.1:{http}", second[0].run_id)
+            await tab.until_ended()
+            notes = await tab.page.locator("section.stage[data-stage='1'] .notes").inner_text()
+            shown = {stage: await tab.text(stage) for stage in STAGES}
+    assert len(fake.requests) == 5
+    assert f"from the response cache (run {first[0].run_id}, stage 1): saved $" in notes
+    assert shown == texts(first)
+
+
+async def test_an_unknown_cache_mode_is_refused_and_asks_no_provider(make_server: ServerFactory) -> None:
+    async with FakeOpenAI(scripted()) as fake:
+        h = await serve(make_server, fake)
+        async with grpc.aio.insecure_channel(h.target) as channel:
+            call = pb_grpc.OrchestratorServiceStub(channel).Collaborate(pb.CollaborateRequest(task=TASK, cache=99))  # type: ignore[arg-type]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+        with pytest.raises(FacilitairError) as bad:
+            await h.run(TASK, cache="sometimes")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cache: unknown value 99" in (refused.value.details() or "")
+    assert bad.value.code == StatusCode.INVALID_ARGUMENT
+    assert "cache" in str(bad.value)
+    assert fake.requests == []
