@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from facilitair.client import Client, FacilitairError, RunEvent, StatusCode
+from facilitair.client import Client, FacilitairError, RunEvent, StatusCode, SyncClient
 from facilitair.server.pipeline.cache import HIT_EVENTS
 from facilitair.server.runs.retention import Retention
 from facilitair.server.settings import Settings
@@ -344,3 +344,19 @@ async def test_an_unknown_cache_mode_is_refused_and_asks_no_provider(make_server
     assert bad.value.code == StatusCode.INVALID_ARGUMENT
     assert "cache" in str(bad.value)
     assert fake.requests == []
+
+
+async def test_the_sync_client_takes_the_cache_mode(make_server: ServerFactory) -> None:
+    def twice(target: str) -> list[list[str]]:
+        kinds: list[list[str]] = []
+        with SyncClient(target) as client:
+            for _ in range(2):
+                kinds.append([])
+                client.run(TASK, cache="read-write", on_event=lambda e: kinds[-1].append(kind(e)))
+        return kinds
+
+    async with FakeOpenAI(scripted()) as fake:
+        h = await serve(make_server, fake)
+        first, second = await asyncio.to_thread(twice, h.target)
+    assert len(fake.requests) == 5
+    assert (first.count("cache_hit"), second.count("cache_hit")) == (0, 5)
