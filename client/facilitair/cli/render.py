@@ -369,6 +369,12 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
         lines = [testrun.output_line(event.tests_output)]
     elif kind is EventKind.TESTS_FINISHED:
         lines = testrun.finished_lines(event.tests_finished)
+    elif kind is EventKind.CACHE_HIT:
+        hit = event.cache_hit
+        lines = [
+            f"   [{hit.stage}] from the response cache (run {hit.source_run_id}, stage {hit.source_stage}): "
+            f"saved {tokens(hit.saved)}, {money(hit.saved)}"
+        ]
     elif kind is EventKind.RUN_COMPLETED:
         lines = [completed_line(event.run_completed)]
     elif kind is EventKind.RUN_FAILED:

@@ -32,6 +32,7 @@ class EventKind(enum.StrEnum):
     TESTS_STARTED = "tests_started"
     TESTS_OUTPUT = "tests_output"
     TESTS_FINISHED = "tests_finished"
+    CACHE_HIT = "cache_hit"
     #: A payload this version of the library does not know (a newer server).
     UNKNOWN = "unknown"
 

@@ -188,6 +188,38 @@ STORE_KIND_POSTGRESQL: StoreKind.ValueType  # 2
 """A PostgreSQL database shared by any number of replicas."""
 Global___StoreKind: _TypeAlias = StoreKind  # noqa: Y015
 
+class _CacheMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_MODE_UNSPECIFIED: _CacheMode.ValueType  # 0
+    """The server's default (--cache-default)."""
+    CACHE_MODE_OFF: _CacheMode.ValueType  # 1
+    """Neither read nor write the cache."""
+    CACHE_MODE_READ_WRITE: _CacheMode.ValueType  # 2
+    """Answer a stage from the cache on an exact match; store clean answers."""
+    CACHE_MODE_READ_ONLY: _CacheMode.ValueType  # 3
+    """Answer from the cache on a match; never store."""
+    CACHE_MODE_REFRESH: _CacheMode.ValueType  # 4
+    """Never answer from the cache; store clean answers (replacing old ones)."""
+
+class CacheMode(_CacheMode, metaclass=_CacheModeEnumTypeWrapper):
+    """CacheMode says how a run uses the response cache."""
+
+CACHE_MODE_UNSPECIFIED: CacheMode.ValueType  # 0
+"""The server's default (--cache-default)."""
+CACHE_MODE_OFF: CacheMode.ValueType  # 1
+"""Neither read nor write the cache."""
+CACHE_MODE_READ_WRITE: CacheMode.ValueType  # 2
+"""Answer a stage from the cache on an exact match; store clean answers."""
+CACHE_MODE_READ_ONLY: CacheMode.ValueType  # 3
+"""Answer from the cache on a match; never store."""
+CACHE_MODE_REFRESH: CacheMode.ValueType  # 4
+"""Never answer from the cache; store clean answers (replacing old ones)."""
+Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
+
 @_typing.final
 class CollaborateRequest(_message.Message):
     """CollaborateRequest describes a task for the agent team."""
@@ -224,6 +256,7 @@ class CollaborateRequest(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """The coding task in plain language. Required, not blank."""
     model: _builtins.str
@@ -255,6 +288,11 @@ class CollaborateRequest(_message.Message):
     """When true, several token_delta events of one stage that are ready at
     once are sent as one message (see RunEvent.first_seq).
     """
+    cache: Global___CacheMode.ValueType
+    """How this run uses the server's response cache (an exact match of the
+    request sent to a provider, scoped to the caller). Unspecified: the
+    server's default (--cache-default, off unless set).
+    """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """Optional JSON object with background for the agents, for example
@@ -282,10 +320,11 @@ class CollaborateRequest(_message.Message):
         max_cost_usd: _builtins.float | None = ...,
         max_tokens: _builtins.int | None = ...,
         coalesce_tokens: _builtins.bool = ...,
+        cache: Global___CacheMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "cache", b"cache", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
@@ -661,6 +700,7 @@ class RunEvent(_message.Message):
     TESTS_STARTED_FIELD_NUMBER: _builtins.int
     TESTS_OUTPUT_FIELD_NUMBER: _builtins.int
     TESTS_FINISHED_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run this event belongs to."""
     seq: _builtins.int
@@ -738,6 +778,12 @@ class RunEvent(_message.Message):
     def tests_finished(self) -> Global___TestsFinished:
         """The Test run step ended: the tests' results, or why they were not run."""
 
+    @_builtins.property
+    def cache_hit(self) -> Global___CacheHit:
+        """A stage is answered from the response cache: no provider is asked and
+        nothing is billed; its text follows as token_delta events.
+        """
+
     def __init__(
         self,
         *,
@@ -761,12 +807,13 @@ class RunEvent(_message.Message):
         tests_started: Global___TestsStarted | None = ...,
         tests_output: Global___TestsOutput | None = ...,
         tests_finished: Global___TestsFinished | None = ...,
+        cache_hit: Global___CacheHit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "tests_finished", b"tests_finished", "tests_output", b"tests_output", "tests_started", b"tests_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "cache_hit", b"cache_hit", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "tests_finished", b"tests_finished", "tests_output", b"tests_output", "tests_started", b"tests_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "tests_finished", b"tests_finished", "tests_output", b"tests_output", "tests_started", b"tests_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "cache_hit", b"cache_hit", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "tests_finished", b"tests_finished", "tests_output", b"tests_output", "tests_started", b"tests_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback", "tests_started", "tests_output", "tests_finished"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback", "tests_started", "tests_output", "tests_finished", "cache_hit"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1716,6 +1763,46 @@ class ModelFallback(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelFallback: _TypeAlias = ModelFallback  # noqa: Y015
+
+@_typing.final
+class CacheHit(_message.Message):
+    """CacheHit says a stage's answer comes from the response cache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SOURCE_RUN_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_STAGE_FIELD_NUMBER: _builtins.int
+    SAVED_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """The stage answered from the cache."""
+    model: _builtins.str
+    """The model whose stored answer is used, "provider:model"."""
+    source_run_id: _builtins.str
+    """The run that stored the answer."""
+    source_stage: _builtins.int
+    """The stage of that run that stored the answer."""
+    @_builtins.property
+    def saved(self) -> Global___Usage:
+        """What the stored answer cost when it was made: what this hit saves."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        model: _builtins.str = ...,
+        source_run_id: _builtins.str = ...,
+        source_stage: _builtins.int = ...,
+        saved: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["saved", b"saved"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "saved", b"saved", "source_run_id", b"source_run_id", "source_stage", b"source_stage", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheHit: _TypeAlias = CacheHit  # noqa: Y015
 
 @_typing.final
 class GetServerInfoRequest(_message.Message):

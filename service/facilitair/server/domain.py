@@ -142,6 +142,35 @@ FINISHED_STATES: frozenset[int] = frozenset({RunState.COMPLETED, RunState.FAILED
 UNFINISHED_STATES: frozenset[int] = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED})
 
 
+class CacheMode(enum.IntEnum):
+    """How a run uses the response cache; values match the `facilitair.v1.CacheMode` enum numbers."""
+
+    OFF = 1
+    READ_WRITE = 2
+    READ_ONLY = 3
+    REFRESH = 4
+
+    @property
+    def label(self) -> str:
+        """The name flags and files use: "off", "read-write", "read-only", "refresh"."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_label(cls, label: str) -> CacheMode:
+        """The mode a label names; ValueError for any other text."""
+        return cls[label.upper().replace("-", "_")]
+
+    @property
+    def reads(self) -> bool:
+        """Whether a stage may be answered from the cache."""
+        return self in (CacheMode.READ_WRITE, CacheMode.READ_ONLY)
+
+    @property
+    def writes(self) -> bool:
+        """Whether a clean answer is stored."""
+        return self in (CacheMode.READ_WRITE, CacheMode.REFRESH)
+
+
 class ArtifactKind(enum.IntEnum):
     """What a produced file is for; values match the `facilitair.v1.ArtifactKind` enum numbers."""
 

@@ -169,7 +169,12 @@ class Settings(BaseSettings):
         description="log event_loop_stalled when the event loop wakes a task this many seconds late or more (every "
         "stream, health check and lease renewal of the replica waited that long)",
     )
-    retention_days: float = _in_file(default=7.0, gt=0, description="finished runs are deleted after this many days")
+    retention_days: float = _in_file(
+        default=7.0, gt=0, description="finished runs and response cache entries are deleted after this many days"
+    )
+    cache_default: Literal["off", "read-write", "read-only", "refresh"] = Field(
+        default="off", description="how a run that does not say uses the response cache (docs/cache.md)"
+    )
     retention_check_seconds: float = Field(default=3600.0, gt=0, description="how often retention runs")
     max_refinements: int = _in_file(
         default=2,

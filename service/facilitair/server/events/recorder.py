@@ -112,6 +112,10 @@ class RunRecorder:
         """The stage gives up on one model and asks the next of its list."""
         self._emit(wire.model_fallback(stage, from_model, to_model, reason))
 
+    def cache_hit(self, stage: int, model: ModelRef, source_run_id: str, source_stage: int, saved: UsageTotals) -> None:
+        """The stage is answered from the response cache: what the stored answer cost when it was made is saved."""
+        self._emit(wire.cache_hit(stage, model, source_run_id, source_stage, saved))
+
     def artifacts(self, produced: list[Artifact]) -> None:
         """Files a stage produced, one event each."""
         for a in produced:

@@ -209,6 +209,14 @@ def model_fallback(stage: int, from_model: ModelRef, to_model: ModelRef, reason:
     return pb.RunEvent(model_fallback=fallback)
 
 
+def cache_hit(stage: int, model: ModelRef, source_run_id: str, source_stage: int, saved: UsageTotals) -> pb.RunEvent:
+    """A stage answered from the response cache: where the answer comes from and what it saves."""
+    hit = pb.CacheHit(
+        stage=stage, model=str(model), source_run_id=source_run_id, source_stage=source_stage, saved=usage(saved)
+    )
+    return pb.RunEvent(cache_hit=hit)
+
+
 def artifact_produced(value: Artifact) -> pb.RunEvent:
     """A file a stage produced."""
     return pb.RunEvent(artifact_produced=pb.ArtifactProduced(artifact=artifact(value)))

@@ -245,7 +245,7 @@ class Pipeline:
         metrics.COST.labels(provider).inc(usage.cost_usd)
         # An endpoint that reported no usage said 0 tokens: the plan learns the text's estimate instead.
         written = end.output_tokens if end.usage_reported else estimate_tokens(result.text)
-        if self.history is not None:
+        if self.history is not None and not result.cached:  # a cache hit's time says nothing of the model's
             self.history.add(str(result.model), role, elapsed, written)
         checkpoint = StageOutput(
             stage, role, rounds, str(result.model), result.text, seconds=elapsed, output_tokens=written

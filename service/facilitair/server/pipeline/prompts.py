@@ -14,6 +14,11 @@ from typing import Any
 
 from facilitair.server.domain import AgentRole
 
+# The version of these templates and of the contracts the parsers read from answers; part of every response cache
+# key (cache.py). The rendered prompts are in the key too, so raise it when an answer would be read differently
+# from the same prompt (a parser's contract changed): entries written before are then never hit.
+TEMPLATES_VERSION = 1
+
 FILE_FORMAT = """Write every file as a line `File: relative/path.ext` followed directly by one fenced code
 block holding the whole file, for example:
 

@@ -91,6 +91,7 @@ class RunService:
             status_number=status_number,
             history=history,
             sandbox=sandbox,
+            cache_store=store,
         )
         self._starter = RunStarter(
             settings,

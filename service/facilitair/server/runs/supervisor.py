@@ -18,11 +18,13 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
+from facilitair.server.domain import CacheMode
 from facilitair.server.errors import FacilitairError, RunDeadlineExceeded
 from facilitair.server.events import wire
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
+from facilitair.server.pipeline.cache import ResponseCache
 from facilitair.server.pipeline.orchestrator import Pipeline
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec, StageOutput
@@ -33,6 +35,7 @@ from facilitair.server.runs.admission import Admission
 from facilitair.server.runs.lifecycle import Cancel, Completed, Ending, Failed, Interrupt, Lost, RunLifecycle
 from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
+from facilitair.server.store.base import EventStore
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +58,10 @@ class Supervisor:
         status_number: StatusNumber,
         history: StageHistory | None = None,
         sandbox: Sandbox | None = None,
+        cache_store: EventStore | None = None,
     ) -> None:
         self._settings = settings
+        self._cache_store = cache_store  # where the response cache lives (the run store); None: no cache
         self._lifecycle = lifecycle
         self._admission = admission
         self._sandbox = sandbox
@@ -83,7 +88,12 @@ class Supervisor:
             backoff_base=self._settings.retry_backoff,
         )
         budget = Budget(spec.budget_usd, spec.budget_tokens, self._prices)
-        runner = StageRunner(rec, self._providers, policy, budget, deadline)
+        cache = None
+        if self._cache_store is not None and spec.cache is not CacheMode.OFF:
+            cache = ResponseCache(
+                self._cache_store, spec.cache, principal=principal, run_id=rec.run_id, prices=self._prices
+            )
+        runner = StageRunner(rec, self._providers, policy, budget, deadline, cache=cache)
         pipeline = Pipeline(
             spec,
             rec,
