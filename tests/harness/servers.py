@@ -95,8 +95,14 @@ class Servers:
         self, *, openai: FakeOpenAI | None = None, anthropic: FakeAnthropic | None = None, **overrides: Any
     ) -> Harness:
         """Start a server wired to the given fakes; `overrides` are Settings fields (by name or alias)."""
-        # The HTTP gateway on a free port too (its default port would be shared by every test server).
-        values: dict[str, Any] = {"listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", **self.store.settings()}
+        # The HTTP gateway on a free port too (its default port would be shared by every test server). No Test run
+        # step unless a test asks for one (sandbox="bwrap"): the other tests' runs have the team's stages only.
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "sandbox": "off",
+            **self.store.settings(),
+        }
         if openai is not None:
             values |= {"OPENAI_API_KEY": openai.api_key, "OPENAI_BASE_URL": openai.base_url}
         if anthropic is not None:
@@ -130,6 +136,7 @@ def quiet_settings(store: Target, base_url: str, listen: str = "127.0.0.1:0") ->
         thinking_interval=60,
         heartbeat_interval=60,
         model=MODEL,
+        sandbox="off",
         **store.settings(),
     )
 
@@ -142,6 +149,7 @@ def quiet_environment(store: Target, base_url: str, listen: str = "127.0.0.1:0")
         "FACILITAIR_THINKING_INTERVAL": "60",
         "FACILITAIR_HEARTBEAT_INTERVAL": "60",
         "FACILITAIR_MODEL": MODEL,
+        "FACILITAIR_SANDBOX": "off",
         "OPENAI_API_KEY": "test-key",
         "OPENAI_BASE_URL": base_url,
         **store.environment(),

@@ -281,6 +281,7 @@ async def run_command(args: argparse.Namespace) -> int:
             pause_after=args.pause_after,
             approval_timeout=args.approval_timeout,
             on_approval_timeout=_on_timeout(args.on_approval_timeout),
+            cache=args.cache or "",
         )
         if args.detach:
             first = await anext(events)

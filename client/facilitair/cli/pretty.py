@@ -24,6 +24,8 @@ from facilitair.client import Decision, EventKind, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+# The style of the lines of events shown as they are described (render.describe); any other kind is dim.
+_LINE_STYLES = {EventKind.MODEL_FALLBACK: "yellow", EventKind.RUN_STARTED: "bold"}
 
 
 def clock(d: float) -> str:
@@ -112,10 +114,6 @@ class PrettyRenderer:
             self.screen.block(reset_line(reset, view.discarded), style="yellow")
             self._retry_until = now + reset.delay.ToNanoseconds() / 1e9
             self._waiting_since = self._retry_until
-        elif kind is EventKind.MODEL_FALLBACK:
-            self._lines(event, "yellow")
-        elif kind is EventKind.RUN_STARTED:
-            self._lines(event, "bold")
         elif kind is EventKind.REVIEW_VERDICT:
             self._lines(event, "green" if event.review_verdict.approved else "yellow")
         elif kind is EventKind.STAGE_COMPLETED:
@@ -123,12 +121,17 @@ class PrettyRenderer:
             self._lines(event, "dim")
         elif kind in (EventKind.APPROVAL_REQUESTED, EventKind.APPROVAL_DECIDED):
             self._gate(event)
+        elif kind is EventKind.TESTS_STARTED:
+            self.screen.end_text()
+            self.screen.block(Rule(Text(describe(event, view)[0].removeprefix("== "), style="bold cyan")))
+        elif kind is EventKind.TESTS_FINISHED:
+            self._lines(event, "green" if event.tests_finished.tests_passed else "yellow")
         elif kind is EventKind.RUN_COMPLETED:
             self._finish(event, "bold green" if event.run_completed.result.approved else "bold yellow")
         elif kind in (EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self._finish(event, "bold red")
         else:
-            self._lines(event, "dim")
+            self._lines(event, _LINE_STYLES.get(kind, "dim"))
 
     def _gate(self, event: pb.RunEvent) -> None:
         """A pause for a person, or its decision: a line that stands out; no status line while it waits."""

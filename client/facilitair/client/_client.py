@@ -165,6 +165,7 @@ class Client:
         pause_after: Iterable[Agent | str] = (),
         approval_timeout: float | None = None,
         on_approval_timeout: OnApprovalTimeout | None = None,
+        cache: str = "",
     ) -> AsyncGenerator[pb.RunEvent, None]:
         """Start a run and yield its events until the terminal one, resuming across disconnects.
 
@@ -172,7 +173,8 @@ class Client:
         (`first_seq` set, `seq` the last joined one's); the text is the same. `pause_after` names the agents
         ("architect", "coder", "reviewer", "tester") after whose stage the run waits for a decision
         (approval_requested; answer with `submit_approval`); `approval_timeout` (seconds) and
-        `on_approval_timeout` say how long a gate waits and what it decides then. Bad arguments raise
+        `on_approval_timeout` say how long a gate waits and what it decides then. `cache` is the run's response
+        cache mode ("off", "read-write", "read-only", "refresh"; empty: the server's default). Bad arguments raise
         FacilitairError (INVALID_ARGUMENT) before anything is sent.
         """
         request = collaborate_request(
@@ -189,6 +191,7 @@ class Client:
             pause_after=pause_after,
             approval_timeout=approval_timeout,
             on_approval_timeout=on_approval_timeout,
+            cache=cache,
         )
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
@@ -237,6 +240,7 @@ class Client:
         approval_timeout: float | None = None,
         on_approval_timeout: OnApprovalTimeout | None = None,
         on_approval: ApprovalCallback | None = None,
+        cache: str = "",
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
@@ -258,6 +262,7 @@ class Client:
             pause_after=pause_after,
             approval_timeout=approval_timeout,
             on_approval_timeout=on_approval_timeout,
+            cache=cache,
         )
         return await self._outcome(events, on_event, on_approval)
 

@@ -170,6 +170,7 @@ class SyncClient:
         pause_after: Iterable[Agent | str] = (),
         approval_timeout: float | None = None,
         on_approval_timeout: OnApprovalTimeout | None = None,
+        cache: str = "",
     ) -> EventIterator:
         """Start a run and iterate over its events (see Client.collaborate)."""
         return self._iterate(
@@ -188,6 +189,7 @@ class SyncClient:
                 pause_after=pause_after,
                 approval_timeout=approval_timeout,
                 on_approval_timeout=on_approval_timeout,
+                cache=cache,
             )
         )
 
@@ -214,6 +216,7 @@ class SyncClient:
         approval_timeout: float | None = None,
         on_approval_timeout: OnApprovalTimeout | None = None,
         on_approval: SyncApprovalCallback | None = None,
+        cache: str = "",
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
@@ -235,6 +238,7 @@ class SyncClient:
                 approval_timeout=approval_timeout,
                 on_approval_timeout=on_approval_timeout,
                 on_approval=on_approval,
+                cache=cache,
             )
         )
 

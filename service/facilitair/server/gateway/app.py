@@ -14,6 +14,7 @@ SO_REUSEPORT, as they share the gRPC port.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -228,8 +229,19 @@ class Gateway:
 
 
 def _local_name(host: str | None) -> bool:
-    """Whether a Host header's name is this machine's (a page of another site rebound to 127.0.0.1 is not)."""
-    return host is not None and (host in ("localhost", "::1") or host.startswith("127."))
+    """Whether a Host header's name is this machine's (a page of another site rebound to 127.0.0.1 is not).
+
+    A loopback address must parse as one: a prefix test would let `127.evil.example`, a name its owner can
+    rebind to 127.0.0.1, through.
+    """
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error(exc: BaseException) -> web.Response:

@@ -5,6 +5,10 @@ terminal event) is retried with jittered backoff, or after the provider's `retry
 in attempts per model and in total waiting. When a model is exhausted (or fails in a way retrying
 cannot fix) the next model of the list takes over. Every new attempt is announced by an
 `attempt_reset` (the stage's text so far is void), a fallback also by `model_fallback`.
+
+Before a model is first asked, the run's response cache (cache.py) is looked up: a hit answers the stage with
+no provider call and at no cost (a `cache_hit` event, then the stored text as token deltas); an attempt that
+ended with its StreamEnd is stored there.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from dataclasses import dataclass
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import ModelRef
+from facilitair.server.domain import ModelRef, UsageTotals
 from facilitair.server.errors import FacilitairError, ProviderError, ProviderFailure, RunDeadlineExceeded
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.budget import Budget
+from facilitair.server.pipeline.cache import HIT_EVENTS, ResponseCache, chunks
 from facilitair.server.pipeline.context import ContextTooSmall
 from facilitair.server.pipeline.tokens import estimate_tokens, request_tokens
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd, UsageReport
@@ -101,9 +106,7 @@ class CutOff:
         output_tokens = report.output_tokens if report is not None else None
         return cls(
             model,
-            input_tokens
-            if input_tokens is not None
-            else request_tokens(request.system, request.prompt),
+            input_tokens if input_tokens is not None else request_tokens(request.system, request.prompt),
             output_tokens if output_tokens is not None else estimate_tokens(text),
             cache_read_tokens=report.cache_read_tokens if report is not None else 0,
             cache_write_tokens=report.cache_write_tokens if report is not None else 0,
@@ -118,6 +121,7 @@ class StageResult:
     text: str
     end: StreamEnd
     model: ModelRef
+    cached: bool = False  # answered from the response cache: no provider was asked
 
 
 class StageRunner:
@@ -130,8 +134,11 @@ class StageRunner:
         policy: AttemptPolicy,
         budget: Budget,
         deadline: float,
+        *,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.rec = rec
+        self.cache = cache
         self.providers = providers
         self.policy = policy
         self.budget = budget
@@ -139,6 +146,7 @@ class StageRunner:
         # The attempts of the current stage that were cut off after the provider began to answer: paid for,
         # though their text is void. The pipeline counts them when the stage ends, however it ends.
         self.cut_offs: list[CutOff] = []
+        self._looked_up: set[ModelRef] = set()  # the models of the current stage the cache was looked up for
 
     def time_left(self) -> float:
         """Seconds until the run's deadline; RunDeadlineExceeded when there are none."""
@@ -163,7 +171,7 @@ class StageRunner:
         """
         last_error: FacilitairError | None = None
         failure: dict[str, object] = {}  # the last failure's fields for the log
-        self.cut_offs = []
+        self.cut_offs, self._looked_up = [], set()
         for index, model in enumerate(chain):
             if last_error is not None:
                 attempt += 1
@@ -185,11 +193,16 @@ class StageRunner:
                     log.warning("stage_does_not_fit_context_window", **failure)
                     last_error = exc
                     break
+                key = self.cache.key(model.provider, provider.host, request) if self.cache is not None else ""
+                if (hit := await self._from_cache(stage, model, key)) is not None:
+                    return hit
                 limit = self.budget.char_limit(self.rec.usage, model, len(request.system) + len(request.prompt))
                 if limit <= 0:
                     raise self.budget.crossed(stage, self.rec.usage)
                 try:
                     text, end = await self._stream(provider, model, request, stage, limit)
+                    if self.cache is not None:  # only here: the attempt ended with its StreamEnd
+                        await self.cache.save(key, model, stage, text, end)
                     return StageResult(text, end, model)
                 except ProviderError as exc:
                     if exc.kind is ProviderFailure.CONTEXT_EXCEEDED:
@@ -208,6 +221,24 @@ class StageRunner:
         assert last_error is not None, "a model list is never empty"
         log.warning("provider_failed", models_tried=len(chain), **failure)
         raise last_error
+
+    async def _from_cache(self, stage: int, model: ModelRef, key: str) -> StageResult | None:
+        """The stage answered from the cache, its events emitted; None on a miss.
+
+        The cache is looked up once per model of the stage, before its first attempt (not before its retries).
+        """
+        if self.cache is None or model in self._looked_up:
+            return None
+        self._looked_up.add(model)
+        entry = await self.cache.lookup(key, model)
+        if entry is None:
+            return None
+        saved = UsageTotals(entry.input_tokens, entry.output_tokens, entry.cost_usd)
+        self.rec.cache_hit(stage, model, entry.run_id, entry.stage, saved)
+        for piece in chunks(entry.text, HIT_EVENTS):
+            self.rec.token(stage, piece)
+        # Nothing was sent or received: zero tokens, reported, so the stage costs nothing and is not estimated.
+        return StageResult(entry.text, StreamEnd(0, 0, entry.finish_reason), model, cached=True)
 
     async def _stream(
         self, provider: Provider, model: ModelRef, request: CompletionRequest, stage: int, limit: float

@@ -12,7 +12,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from facilitair.server.domain import MAX_APPROVAL_TIMEOUT, AgentRole, GatePolicy, ModelRef, chain_text, parse_chain
+from facilitair.server.domain import (
+    MAX_APPROVAL_TIMEOUT,
+    AgentRole,
+    CacheMode,
+    GatePolicy,
+    ModelRef,
+    chain_text,
+    parse_chain,
+)
 from facilitair.server.errors import FacilitairError, InvalidArgument, Reason
 
 T = TypeVar("T")
@@ -41,6 +49,10 @@ class RunSpec:
     client_request_id: str = ""
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    # The sandbox the run's tests run in ("bwrap", "unsandboxed"); "" when the server ran no tests when the run
+    # was created. Kept with the run: it decides the order of the stages, which a resumed run must keep.
+    sandbox: str = ""
+    cache: CacheMode = CacheMode.OFF  # how the run uses the response cache (pipeline/cache.py)
     # The agents after whose stages the run waits for a person, with how each gate waits.
     gates: dict[AgentRole, GatePolicy] = field(default_factory=dict)
 
@@ -65,6 +77,8 @@ class RunSpec:
                     r.label: {"timeout": g.timeout, "approve_on_timeout": g.approve_on_timeout}
                     for r, g in self.gates.items()
                 },
+                "sandbox": self.sandbox,
+                "cache": self.cache.label,
             }
         )
 
@@ -89,6 +103,9 @@ class RunSpec:
                     AgentRole.from_label(k, field="gates"): _gate(_typed(v, dict))
                     for k, v in _typed(data.get("gates", {}), dict).items()
                 },
+                sandbox=_typed(data.get("sandbox", ""), str),
+                # Specs stored before the cache existed have no "cache": those runs never used it.
+                cache=CacheMode.from_label(_typed(data.get("cache", "off"), str)),
             )
             if spec.max_refinements < 0:
                 raise ValueError(f"max_refinements is {spec.max_refinements}")

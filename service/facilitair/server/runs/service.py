@@ -34,6 +34,7 @@ from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import TaskSupervisor
@@ -62,6 +63,7 @@ class RunService:
         status_number: StatusNumber,
         *,
         webhooks: WebhookConfig | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.settings = settings
         webhooks = webhooks if webhooks is not None else WebhookConfig.from_settings(settings)
@@ -89,6 +91,8 @@ class RunService:
             config=config,
             status_number=status_number,
             history=history,
+            sandbox=sandbox,
+            cache_store=store,
         )
         self._starter = RunStarter(
             settings,

@@ -18,12 +18,13 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import Decision, Gate
+from facilitair.server.domain import CacheMode, Decision, Gate
 from facilitair.server.errors import FacilitairError, RunDeadlineExceeded
 from facilitair.server.events import wire
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.attempts import AttemptPolicy, StageRunner
 from facilitair.server.pipeline.budget import Budget
+from facilitair.server.pipeline.cache import ResponseCache
 from facilitair.server.pipeline.gates import AwaitingApproval, Rejected
 from facilitair.server.pipeline.orchestrator import Pipeline
 from facilitair.server.pipeline.plan_history import StageHistory
@@ -42,7 +43,9 @@ from facilitair.server.runs.lifecycle import (
     RunLifecycle,
     Waiting,
 )
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
+from facilitair.server.store.base import EventStore
 
 log = structlog.get_logger(__name__)
 
@@ -64,10 +67,14 @@ class Supervisor:
         config: PipelineConfig,
         status_number: StatusNumber,
         history: StageHistory | None = None,
+        sandbox: Sandbox | None = None,
+        cache_store: EventStore | None = None,
     ) -> None:
         self._settings = settings
+        self._cache_store = cache_store  # where the response cache lives (the run store); None: no cache
         self._lifecycle = lifecycle
         self._admission = admission
+        self._sandbox = sandbox
         self._history = history
         self._providers = providers
         self._prices = prices
@@ -96,7 +103,12 @@ class Supervisor:
             backoff_base=self._settings.retry_backoff,
         )
         budget = Budget(spec.budget_usd, spec.budget_tokens, self._prices)
-        runner = StageRunner(rec, self._providers, policy, budget, deadline)
+        cache = None
+        if self._cache_store is not None and spec.cache is not CacheMode.OFF:
+            cache = ResponseCache(
+                self._cache_store, spec.cache, principal=principal, run_id=rec.run_id, prices=self._prices
+            )
+        runner = StageRunner(rec, self._providers, policy, budget, deadline, cache=cache)
         pipeline = Pipeline(
             spec,
             rec,
@@ -108,6 +120,7 @@ class Supervisor:
             history=self._history,
             decisions=decisions,
             pending=pending,
+            sandbox=self._sandbox,
         )
         # A fresh context: the run outlives the RPC that started it and must not log as that RPC.
         task = asyncio.create_task(

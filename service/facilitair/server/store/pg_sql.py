@@ -83,6 +83,24 @@ CREATE TABLE webhook_endpoints_disabled (
 );
 """
 
+# The response cache (pipeline/cache.py): one stored answer per key (a hash of the exact provider request and its
+# caller), what it cost, and the run and stage that wrote it; retention expires entries by created_at.
+RESPONSE_CACHE = """
+CREATE TABLE response_cache (
+    key text PRIMARY KEY,
+    principal text NOT NULL,
+    created_at double precision NOT NULL,
+    text text NOT NULL,
+    finish_reason text NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cost_usd double precision NOT NULL,
+    run_id text NOT NULL,
+    stage integer NOT NULL
+);
+CREATE INDEX response_cache_by_age ON response_cache (created_at);
+"""
+
 # Approval gates (issue 22): the gate a run waits at, on its row (written with the run's batches), and every gate's
 # first decision, kept by approval id (the primary key is what makes the first decision win).
 APPROVALS = f"""
@@ -106,7 +124,7 @@ CREATE TABLE approvals (
 CREATE INDEX approvals_by_run ON approvals (run_id, stage);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, APPROVALS)
+MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, RESPONSE_CACHE, APPROVALS)
 VERSION = len(MIGRATIONS)
 # Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
 LOCK_CLASS = 0x46414331
@@ -325,3 +343,17 @@ async def migrate(conn: asyncpg.Connection) -> int:
             await conn.execute("DELETE FROM schema_version")
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", VERSION)
     return found
+
+
+# The response cache: an entry replaces the one under its key (refresh), made now by the database's clock.
+CACHE_PUT = f"""
+INSERT INTO response_cache (key, principal, text, finish_reason, input_tokens, output_tokens, cost_usd, run_id, stage,
+    created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW})
+ON CONFLICT (key) DO UPDATE SET principal = EXCLUDED.principal, text = EXCLUDED.text,
+    finish_reason = EXCLUDED.finish_reason, input_tokens = EXCLUDED.input_tokens,
+    output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd, run_id = EXCLUDED.run_id,
+    stage = EXCLUDED.stage, created_at = EXCLUDED.created_at
+"""
+CACHE_CLEAR_PRINCIPAL = "DELETE FROM response_cache WHERE principal = $1"
+CACHE_EXPIRE = "DELETE FROM response_cache WHERE created_at < $1"

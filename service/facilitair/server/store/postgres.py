@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -23,10 +24,14 @@ from facilitair.server.domain import Decision
 from facilitair.server.store import pg_sql
 from facilitair.server.store.base import (
     AWAITING_SQL,
+    CACHE_COLUMNS,
+    CACHE_STATS,
     DELETE_BATCH,
     RATE_WINDOW,
     UNFINISHED_SQL,
     Batch,
+    CacheEntry,
+    CacheStats,
     Checkpoint,
     Claim,
     DecideOutcome,
@@ -484,3 +489,39 @@ class PostgresStore:
             )
         )
         return [Checkpoint(r[0], int(r[1]), r[2]) for r in rows]
+
+    # -- the response cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> CacheEntry | None:
+        """The response cache entry stored under `key`, if any."""
+        sql = f"SELECT {CACHE_COLUMNS} FROM response_cache WHERE key=$1"
+        row = await self._on_pool(lambda conn: conn.fetchrow(sql, key))
+        return None if row is None else CacheEntry(*row)
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        """Store a response cache entry, replacing the one under its key."""
+        values = dataclasses.astuple(entry)[:-1]
+        await self._on_pool(lambda conn: conn.execute(pg_sql.CACHE_PUT, *values))
+
+    async def cache_stats(self, principal: str | None = None) -> CacheStats:
+        """What the response cache holds: all of it, or one caller's entries."""
+        if principal is None:
+            row = await self._on_pool(lambda conn: conn.fetchrow(CACHE_STATS))
+        else:
+            row = await self._on_pool(lambda conn: conn.fetchrow(f"{CACHE_STATS} WHERE principal=$1", principal))
+        assert row is not None, "an aggregate has one row"
+        # PostgreSQL sums bigints as numeric (Decimal here): plain numbers, as SQLite gives them.
+        return CacheStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]))
+
+    async def cache_clear(self, principal: str | None = None) -> int:
+        """Delete the response cache's entries (all, or one caller's)."""
+        if principal is None:
+            status = await self._on_pool(lambda conn: conn.execute("DELETE FROM response_cache"))
+        else:
+            status = await self._on_pool(lambda conn: conn.execute(pg_sql.CACHE_CLEAR_PRINCIPAL, principal))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def cache_expire(self, cutoff: float) -> int:
+        """Retention: delete response cache entries made before `cutoff`."""
+        status = await self._on_pool(lambda conn: conn.execute(pg_sql.CACHE_EXPIRE, cutoff))
+        return int(status.rsplit(" ", 1)[-1])

@@ -22,11 +22,15 @@ from facilitair.server.domain import Decision
 from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
     AWAITING_SQL,
+    CACHE_COLUMNS,
+    CACHE_STATS,
     DECISION_COLUMNS,
     DELETE_BATCH,
     RATE_WINDOW,
     UNFINISHED_SQL,
     Batch,
+    CacheEntry,
+    CacheStats,
     Checkpoint,
     Claim,
     DecideOutcome,
@@ -471,3 +475,53 @@ class SqliteStore:
             return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
 
         return await self._reader.run(read)
+
+    # -- the response cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> CacheEntry | None:
+        """The response cache entry stored under `key`, if any."""
+
+        def read(conn: sqlite3.Connection) -> CacheEntry | None:
+            row = conn.execute(f"SELECT {CACHE_COLUMNS} FROM response_cache WHERE key=?", (key,)).fetchone()
+            return None if row is None else CacheEntry(*row)
+
+        return await self._reader.run(read)
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        """Store a response cache entry, replacing the one under its key."""
+        values = (*dataclasses.astuple(entry)[:-1], time.time())
+
+        def put(conn: sqlite3.Connection) -> None:
+            with immediate(conn):
+                conn.execute(f"INSERT OR REPLACE INTO response_cache ({CACHE_COLUMNS}) VALUES ({marks(10)})", values)
+
+        await self._writer.run(put)
+
+    async def cache_stats(self, principal: str | None = None) -> CacheStats:
+        """What the response cache holds: all of it, or one caller's entries."""
+        where, args = ("WHERE principal=?", (principal,)) if principal is not None else ("", ())
+
+        def read(conn: sqlite3.Connection) -> CacheStats:
+            row = conn.execute(f"{CACHE_STATS} {where}", args).fetchone()
+            return CacheStats(*row)
+
+        return await self._reader.run(read)
+
+    async def cache_clear(self, principal: str | None = None) -> int:
+        """Delete the response cache's entries (all, or one caller's)."""
+        where, args = ("WHERE principal=?", (principal,)) if principal is not None else ("", ())
+
+        def clear(conn: sqlite3.Connection) -> int:
+            with immediate(conn):
+                return conn.execute(f"DELETE FROM response_cache {where}", args).rowcount
+
+        return await self._writer.run(clear)
+
+    async def cache_expire(self, cutoff: float) -> int:
+        """Retention: delete response cache entries made before `cutoff`."""
+
+        def expire(conn: sqlite3.Connection) -> int:
+            with immediate(conn):
+                return conn.execute("DELETE FROM response_cache WHERE created_at < ?", (cutoff,)).rowcount
+
+        return await self._writer.run(expire)

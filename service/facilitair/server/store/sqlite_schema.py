@@ -81,6 +81,24 @@ CREATE TABLE webhook_endpoints_disabled (
 )
 """
 
+# The response cache (pipeline/cache.py): one stored answer per key (a hash of the exact provider request and its
+# caller), what it cost, and the run and stage that wrote it; retention expires entries by created_at.
+RESPONSE_CACHE = """
+CREATE TABLE response_cache (
+    key TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    stage INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX response_cache_by_age ON response_cache (created_at);
+"""
+
 # Approval gates (issue 22): the gate a run waits at, on its row (written with the run's batches), and every gate's
 # first decision, kept by approval id (the primary key is what makes the first decision win).
 APPROVALS = f"""
@@ -104,7 +122,7 @@ CREATE TABLE approvals (
 CREATE INDEX approvals_by_run ON approvals (run_id, stage);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, APPROVALS)
+MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE, APPROVALS)
 VERSION = len(MIGRATIONS)
 
 

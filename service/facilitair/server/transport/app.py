@@ -25,6 +25,7 @@ from facilitair.server.metrics import MetricsServer
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.service import RunService
+from facilitair.server.sandbox import Sandbox, SandboxKind
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
@@ -153,6 +154,9 @@ async def create_server(
     webhooks = WebhookConfig.from_settings(settings)  # the webhooks file read and checked before anything starts
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
+    # Probed before any run can start or resume here: a run's Test run step reads what was found.
+    sandbox = Sandbox(SandboxKind(settings.sandbox))
+    await sandbox.start()
     async with contextlib.AsyncExitStack() as undo:
         undo.push_async_callback(providers.aclose)
         metrics_server = _metrics_server(settings.metrics_listen)
@@ -168,13 +172,18 @@ async def create_server(
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks)
+        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks, sandbox=sandbox)
         # Before the start: one that fails midway (the store opened, its writer started, then listening
         # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
         await runs.start()
         info = server_info(
-            settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
+            settings,
+            config,
+            providers=providers.names(),
+            store_kind=runs.store.kind,
+            replica_id=runs.replica_id,
+            sandbox=sandbox,
         )
         tasks = TaskSupervisor("server")
         info.http_url = http.url if http is not None else ""
@@ -257,8 +266,10 @@ def _why_not_bindable(listen: str) -> str:
                 sock.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return "address already in use (another server listens there; several servers on one port is "\
+                    return (
+                        "address already in use (another server listens there; several servers on one port is "
                         "what --workers is for)"
+                    )
                 return exc.strerror or str(exc)
     return "gRPC refused the address"
 

@@ -16,6 +16,7 @@ from facilitair.server.domain import (
     MAX_APPROVAL_TIMEOUT,
     AgentRole,
     ApprovalDecision,
+    CacheMode,
     GatePolicy,
     ModelRef,
     chain_text,
@@ -150,6 +151,8 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         problems.append(("max_refinements", f"must be at most {MAX_REFINEMENTS}"))
     if request.on_disconnect not in pb.OnDisconnect.values():
         problems.append(("on_disconnect", f"unknown value {request.on_disconnect}"))
+    if request.cache not in pb.CacheMode.values():
+        problems.append(("cache", f"unknown value {request.cache}"))
     if len(request.client_request_id) > MAX_REQUEST_ID_CHARS:
         problems.append(("client_request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))
     if problems:
@@ -167,6 +170,8 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         client_request_id=request.client_request_id,
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
+        sandbox="" if settings.sandbox == "off" else settings.sandbox,
+        cache=CacheMode(request.cache) if request.cache else CacheMode.from_label(settings.cache_default),
         gates=gates,
     )
 
