@@ -24,7 +24,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_endpoints_load_with_their_defaults(tmp_path: Path) -> None:
     [e] = load_endpoints(write(tmp_path, f'[[endpoint]]\nurl = "https://h.example/x"\nsecret = "{SECRET}"\n'))
-    assert e.events == {"run.completed", "run.failed", "run.cancelled"}
+    assert e.events == {"run.completed", "run.failed", "run.cancelled", "run.awaiting_approval"}
     assert (e.previous_secret, e.principal) == (None, None)
     assert e.wants("run.failed", "anyone")
     assert SECRET not in repr(e)
