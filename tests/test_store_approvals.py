@@ -10,8 +10,8 @@ import time
 import pytest
 
 from facilitair.server.domain import AgentRole, ApprovalDecision, Decision, RunState
-from facilitair.server.store.base import Batch, DecideOutcome, EventStore, RunRow
-from tests.harness.stores import Stores, new_run
+from facilitair.server.store.base import Batch, DecideOutcome, EventStore, RunRow, WebhookDelivery
+from tests.harness.stores import Stores, events, new_run
 
 pytestmark = pytest.mark.both_stores
 
@@ -77,3 +77,23 @@ async def test_an_expired_gate_or_a_cancel_makes_a_waiting_run_claimable(stores:
     assert sorted(c.row.run_id for c in claims) == sorted([expired.run_id, cancelled.run_id])
     assert quiet.run_id not in {c.row.run_id for c in claims}
     assert await store.count_active("alice") == 3
+
+
+async def test_retention_removes_a_finished_runs_decisions_and_webhook_rows_with_it(stores: Stores) -> None:
+    store = await stores.new()
+    row = await waiting(store, expires_in=-1.0)
+    assert (await store.decide(row.run_id, decision(row, ApprovalDecision.APPROVE, "alice"))).outcome is (
+        DecideOutcome.RECORDED
+    )
+    [claim] = await store.claim_expired("A", 60.0, 10)
+    done = dataclasses.replace(
+        claim.row, state=int(RunState.COMPLETED), finished_at=1000.0, approval_id=None, approval_due_at=None
+    )
+    told = WebhookDelivery(f"msg-{row.run_id}", row.run_id, "run.completed", "https://h.example/x", b"{}", 1000.0)
+    batch = Batch(events(row.run_id, 1, 1), [done], [], {row.run_id: claim.row.epoch}, [told])
+    assert await store.write_batch(batch) == set()
+    assert len(await store.decisions(row.run_id)) == 1
+    assert [d.id for d in await store.webhooks.recent(10, row.run_id)] == [told.id]
+    assert await store.delete_finished_before(2000.0) == 1
+    assert await store.decisions(row.run_id) == []
+    assert await store.webhooks.recent(10, row.run_id) == []
