@@ -35,3 +35,9 @@ def usage_of(usage: object, provider: str, model: str) -> tuple[int, int, int]:
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if type(details) is dict else None
     return prompt, completion, min(cached, prompt) if type(cached) is int and cached >= 0 else 0
+
+
+def model_of(chunk: dict[str, object]) -> str:
+    """The model a chunk says answered ("" when it does not say): gen_ai.response.model in traces."""
+    said = chunk.get("model")
+    return said[:200] if type(said) is str else ""

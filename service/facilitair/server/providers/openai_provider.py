@@ -20,7 +20,7 @@ from facilitair.server.providers.base import (
     host_of,
     retry_after_of,
 )
-from facilitair.server.providers.chat_chunks import choice_of, usage_of
+from facilitair.server.providers.chat_chunks import choice_of, model_of, usage_of
 from facilitair.server.providers.transport import (
     POOL_LIMITS,
     error_class,
@@ -67,7 +67,8 @@ class OpenAIProvider:
         params = self._params(request)
         opening = self._client.chat.completions.with_streaming_response
         finish: str | None = None
-        usage: tuple[int, int, int] | None = None  # prompt (cached part included), completion, cached
+        # prompt (cached part included), completion, cached; and the model the usage chunk names (for traces)
+        usage: tuple[int, int, int, str] | None = None
         done = False
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -93,7 +94,7 @@ class OpenAIProvider:
                             # never passed on): the stream broke off either way.
                             raise broken(self.name, request.model)
                         if chunk.get("usage"):
-                            usage = usage_of(chunk["usage"], self.name, request.model)
+                            usage = (*usage_of(chunk["usage"], self.name, request.model), model_of(chunk))
                             # Before [DONE]: a stream cut off after this is still counted as reported.
                             yield UsageReport(usage[0], usage[1], cache_read_tokens=usage[2])
                         choices = chunk.get("choices")
@@ -119,7 +120,7 @@ class OpenAIProvider:
         if usage is None:
             yield StreamEnd(0, 0, finish, usage_reported=False)
         else:
-            yield StreamEnd(usage[0], usage[1], finish, cache_read_tokens=usage[2])
+            yield StreamEnd(usage[0], usage[1], finish, cache_read_tokens=usage[2], response_model=usage[3])
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The arguments of `chat.completions.create` for one request."""

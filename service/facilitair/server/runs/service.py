@@ -35,6 +35,7 @@ from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
+from facilitair.server.telemetry import Telemetry
 from facilitair.v1 import orchestrator_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,8 @@ class RunService:
         providers: ProviderRegistry,
         config: PipelineConfig,
         status_number: StatusNumber,
+        *,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.replica_id = settings.replica_id
@@ -78,6 +81,8 @@ class RunService:
             config=config,
             status_number=status_number,
             history=history,
+            telemetry=telemetry or Telemetry(),
+            store=store,
         )
         self._starter = RunStarter(
             settings,
@@ -154,8 +159,11 @@ class RunService:
 
     # -- starting runs --------------------------------------------------------------------------
 
-    async def create_run(self, spec: RunSpec, principal: str) -> str:
-        """Start a run (or find the one this idempotency key started) and return its id."""
+    async def create_run(self, spec: RunSpec, principal: str, *, traceparent: str | None = None) -> str:
+        """Start a run (or find the one this idempotency key started) and return its id.
+
+        `traceparent` (W3C) is stored with a new run: the trace of the call that created it, which its spans join.
+        """
         if self._stopping:
             raise Unavailable("the server is shutting down; retry against another instance or later")
         health = self.events.health
@@ -163,7 +171,7 @@ class RunService:
             raise Unavailable(
                 f"the server cannot store runs now ({health.cause}); retry later", reason=Reason.STORE_UNAVAILABLE
             )
-        return await self._starter.create(spec, principal)
+        return await self._starter.create(spec, principal, traceparent=traceparent)
 
     # -- asking about runs ----------------------------------------------------------------------
 

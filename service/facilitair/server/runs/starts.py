@@ -68,7 +68,7 @@ class RunStarter:
 
     # -- new runs -------------------------------------------------------------------------------------------
 
-    async def create(self, spec: RunSpec, principal: str) -> str:
+    async def create(self, spec: RunSpec, principal: str, *, traceparent: str | None = None) -> str:
         """Start a run (or find the one this idempotency key started) and return its id."""
         # Before the idempotency check: from there to registering the creation there must be no await, or two
         # calls with one key could both find nothing and both start a run.
@@ -88,7 +88,7 @@ class RunStarter:
         # Storing the run, starting to drive it and its first commit belong to the run, not to this caller: a
         # caller that leaves meanwhile (deadline, disconnect) must neither orphan the run nor hide it from a
         # retry with the same key, which waits for this creation instead of starting another run.
-        creation = asyncio.ensure_future(self._create(run_id, spec, plan, principal))
+        creation = asyncio.ensure_future(self._create(run_id, spec, plan, principal, traceparent))
         self._background.add(creation)
         creation.add_done_callback(self._background.discard)
         if spec.client_request_id:
@@ -128,13 +128,13 @@ class RunStarter:
                 return None
         return await self._store.get_run(await asyncio.shield(pending))
 
-    async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str) -> str:
+    async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str, traceparent: str | None) -> str:
         """Store a new run (held by this replica), start driving it and wait for its first commit."""
         now = time.time()
         summary = wire.new_summary(run_id, spec.task, int(now * 1e9))
         row = RunRow(
             run_id, principal, spec.client_request_id, summary.state, now, now, None,
-            summary.SerializeToString(), spec.to_json(),
+            summary.SerializeToString(), spec.to_json(), traceparent=traceparent,
         )  # fmt: skip
         try:
             inserted = await self._store.insert_run(
@@ -166,7 +166,7 @@ class RunStarter:
             )
         rec = self.recorder(inserted.row, last_seq=0)
         rec.run_started(spec.task, plan)
-        self._supervisor.spawn(rec, spec, principal)
+        self._supervisor.spawn(rec, spec, principal, trace=(inserted.row.traceparent, None))
         log.info(
             "run_created",
             run_id=run_id,
@@ -215,7 +215,9 @@ class RunStarter:
             rec.resumed()
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
         self._admission.resumed(row.run_id, row.principal)
-        self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)
+        self._supervisor.spawn(
+            rec, spec, row.principal, checkpoints, interrupted, trace=(row.traceparent, row.trace_stretch)
+        )
 
     def _fail_unresumable(self, rec: RunRecorder, exc: FacilitairError) -> None:
         reason = exc.reason if exc.reason is not Reason.STORED_DATA_CORRUPT else Reason.RUN_NOT_RESUMABLE

@@ -52,7 +52,14 @@ CREATE INDEX runs_active_by_principal ON runs (principal) WHERE {UNFINISHED_SQL}
 CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent TEXT;
+ALTER TABLE runs ADD COLUMN trace_stretch TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 
 

@@ -29,6 +29,7 @@ from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.store.sqlite_lock import SqliteFileLock
+from facilitair.server.telemetry import Telemetry, from_environment
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
@@ -36,12 +37,15 @@ from facilitair.server.transport.loop_lag import LoopLagMonitor
 from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
+from facilitair.server.transport.tracing import TraceInterceptor
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
 # A worker of `serve --workers` looks this often whether the process that started it is still there.
 PARENT_CHECK_SECONDS = 1.0
+# How long a stop waits for the last spans and metrics to be exported (an unreachable collector must not hold it).
+TELEMETRY_FLUSH = 5.0
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
@@ -82,6 +86,7 @@ class RunningServer:
     metrics: MetricsServer | None = None
     lock: SqliteFileLock | None = None
     loop_lag: LoopLagMonitor | None = None
+    telemetry: Telemetry | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -119,6 +124,8 @@ class RunningServer:
             await self.providers.aclose()
             if self.metrics is not None:
                 self.metrics.stop()
+            if self.telemetry is not None:
+                await _flush(self.telemetry)
 
 
 async def create_server(
@@ -127,6 +134,7 @@ async def create_server(
     providers: ProviderRegistry | None = None,
     store: EventStore | None = None,
     config: PipelineConfig | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunningServer:
     """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned).
 
@@ -135,6 +143,9 @@ async def create_server(
     store claims every unfinished run). A server that cannot listen, or whose file another server holds, so
     stops before it touches that server's runs, and creates no database file. Whatever was set up is undone
     when a later step fails: no half-started server.
+
+    `telemetry` defaults to what the OTEL_* environment configures (telemetry.from_environment): nothing unless an
+    OTLP endpoint is set and the `otel` extra is installed.
     """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
@@ -143,19 +154,20 @@ async def create_server(
     credentials = _tls_credentials(settings)
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
+    telemetry = telemetry if telemetry is not None else from_environment()
     async with contextlib.AsyncExitStack() as undo:
         undo.push_async_callback(providers.aclose)
         metrics_server = _metrics_server(settings.metrics_listen)
         if metrics_server is not None:
             undo.callback(metrics_server.stop)
-        server, port = _bound_server(settings, keys, credentials)
+        server, port = _bound_server(settings, keys, credentials, telemetry)
         undo.push_async_callback(_unbind, server)
         lock = None
         if isinstance(store, SqliteStore):
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number)
+        runs = RunService(settings, store, providers, config, status_number, telemetry=telemetry)
         await runs.start()
         undo.push_async_callback(runs.stop)
         info = server_info(
@@ -163,7 +175,7 @@ async def create_server(
         )
         health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
-    running = RunningServer(server, port, runs, health, providers, metrics_server, lock)
+    running = RunningServer(server, port, runs, health, providers, metrics_server, lock, telemetry=telemetry)
     running.follow_store_health()
     running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
     running.loop_lag.start()
@@ -171,12 +183,13 @@ async def create_server(
 
 
 def _bound_server(
-    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None
+    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None, telemetry: Telemetry
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server bound to `settings.listen` (not started, no services yet) and its port; ConfigError if not."""
     server = grpc.aio.server(
         options=server_options(settings),
-        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
+        # The trace interceptor first: its span covers the guard's refusals too.
+        interceptors=[TraceInterceptor(telemetry), GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
     )
     try:
         if credentials is None:
@@ -209,6 +222,16 @@ async def _start(
     await health.set(SERVICE_NAME, status)
     await server.start()
     return health
+
+
+async def _flush(telemetry: Telemetry) -> None:
+    """Export the spans and metrics still buffered, in a thread (the exporter blocks), at most TELEMETRY_FLUSH s."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(telemetry.shutdown), TELEMETRY_FLUSH)
+    except TimeoutError:
+        log.warning("telemetry_flush_timed_out", seconds=TELEMETRY_FLUSH)
+    except Exception:
+        log.warning("telemetry_flush_failed", exc_info=True)
 
 
 async def _unbind(server: grpc.aio.Server) -> None:
