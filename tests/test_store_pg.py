@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from facilitair.server.settings import ConfigError, Settings
-from facilitair.server.store import create_store
+from facilitair.server.store import create_store, pg_sql
 from facilitair.server.store.base import Batch, SchemaError, StoreUnavailable
 from facilitair.server.store.pg_errors import mask_url
 from facilitair.server.store.postgres import PostgresStore
@@ -275,7 +275,7 @@ async def test_replicas_starting_at_once_migrate_once(pg_url: str) -> None:
     try:
         await asyncio.gather(*(s.open() for s in stores))
         assert await _admin(pg_url, "SELECT count(*) FROM schema_version") == 1
-        assert await _admin(pg_url, "SELECT version FROM schema_version") == 1
+        assert await _admin(pg_url, "SELECT version FROM schema_version") == pg_sql.VERSION
         run = await new_run(stores[0])
         assert await stores[3].get_run(run.run_id) == run
     finally:
@@ -288,7 +288,7 @@ async def test_a_newer_schema_is_refused(pg_url: str) -> None:
     await store.open()
     await store.close()
     await _admin(pg_url, "UPDATE schema_version SET version = 99")
-    with pytest.raises(SchemaError, match=r"version 99, newer than this server knows \(1\)"):
+    with pytest.raises(SchemaError, match=rf"version 99, newer than this server knows \({pg_sql.VERSION}\)"):
         await PostgresStore(pg_url).open()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import Batch, Checkpoint, SchemaError, StoredEvent, StoreUnavailable
 from facilitair.server.store.sqlite import SqliteStore
 from tests.harness.stores import COMPLETED, INTERRUPTED, batch_of, events, new_run, read_only
@@ -92,7 +93,7 @@ async def test_a_database_from_before_schema_versions_is_migrated_and_readable(t
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(sqlite_schema.VERSION,)]
     reopened = SqliteStore(path)
     await reopened.open()  # a second open finds version 2 and changes nothing
     await reopened.close()
@@ -106,7 +107,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE schema_version SET version = 7")
         conn.commit()
-    with pytest.raises(SchemaError, match=r"version 7, newer than this server knows \(2\)"):
+    with pytest.raises(SchemaError, match=rf"version 7, newer than this server knows \({sqlite_schema.VERSION}\)"):
         await SqliteStore(path).open()
 
 
