@@ -90,6 +90,7 @@ def environment(openai_url: str, name: str, store: dict[str, str], **settings: s
         PYTHONPATH=path,
         FACILITAIR_LOG_LEVEL="warning",  # the log is not what is measured
         FACILITAIR_LOG_FORMAT="json",
+        FACILITAIR_HTTP_LISTEN="off",  # not measured here; its default port would be shared by the replicas
         FACILITAIR_REPLICA_ID=name,
         FACILITAIR_MODEL="openai:gpt-4.1-mini",
         # The load is one principal starting hundreds of runs at once: lift the admission limits.

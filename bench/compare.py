@@ -46,6 +46,7 @@ MARGINS: dict[str, Margin] = {
     "first_event_p50_ratio": Margin(LOWER, relative=0.5),
     "replay_ratio": Margin(LOWER, relative=0.25),
     "replay_coalesced_ratio": Margin(LOWER, relative=0.5, absolute=0.01),
+    "sse_cpu_ratio": Margin(LOWER, relative=0.25),
     # Of what was offered: every token, or a fixed share of them when the machine cannot relay them all.
     "delivered_fraction": Margin(HIGHER, absolute=0.03),
     "tokens_missing": Margin(LOWER, relative=0.25),
@@ -121,6 +122,15 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         name = f"first event, {f['calls']} calls one at a time"
         out[f"{name}: first_event_p50_ms"] = f.get("server_p50_ms")
         out[f"{name}: first_event_p50_ratio"] = f.get("ratio_p50")
+    if "sse_watchers" in results:
+        w = results["sse_watchers"]
+        out[f"idle SSE watchers, {w['watchers']}: kib_per_watcher"] = w.get("kib_per_watcher")
+    if "sse_cpu" in results:
+        c = results["sse_cpu"]
+        out[f"SSE watcher of {c['events']} events: sse_cpu_ratio"] = c.get("ratio")
+    if "sse_live_cpu" in results:
+        c = results["sse_live_cpu"]
+        out[f"{c['watchers']} SSE watchers of a live {c['events']}-event run: sse_cpu_ratio"] = c.get("ratio")
     if "replay" in results:
         r = results["replay"]
         name = f"replay of {r['events']} events"
@@ -221,7 +231,7 @@ def comparison_table(rows: list[Compared], recorded_from: str) -> str:
 
 
 # What a recorded result keeps: its medians, not every pass and sample behind them.
-_NOT_RECORDED = frozenset({"passes", "samples", "samples_s", "samples_ms", "processes"})
+_NOT_RECORDED = frozenset({"passes", "samples", "samples_s", "samples_ms", "samples_us", "cpu_s", "processes"})
 
 
 def _medians(value: Any) -> Any:

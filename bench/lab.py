@@ -42,11 +42,12 @@ class Lab:
         return f"http://{self.fake.target}/v1"
 
     @contextlib.asynccontextmanager
-    async def server(self, label: str) -> AsyncIterator[Served]:
-        """A fresh `facilitair serve` on a new SQLite file, stopped on exit; `label` names its profile."""
+    async def server(self, label: str, **settings: str) -> AsyncIterator[Served]:
+        """A fresh `facilitair serve` on a new SQLite file, stopped on exit; `label` names its profile, `settings`
+        are more FACILITAIR_* variables."""
         n = next(self._servers)
         db = self.workdir / f"bench-{n}.sqlite3"
-        env = environment(self.openai_url, f"{label}-{n}", {"FACILITAIR_DB": str(db)})
+        env = environment(self.openai_url, f"{label}-{n}", {"FACILITAIR_DB": str(db)}, **settings)
         child = await start(env, self.workdir, tries=self.tries)
         sampler = None
         if self.profile_dir is not None:

@@ -99,6 +99,39 @@ def _lifecycle(res: dict[str, Any]) -> list[Row]:
                 _goal(_ok(w["kib_per_watcher"], lambda v: v <= 50), "<= 50 KB"),
             )
         )
+    if "sse_cpu" in res:
+        c = res["sse_cpu"]
+        rows.append(
+            (
+                f"23. server CPU per event, SSE / WatchRun watcher (us), {c['events']}-event replay",
+                _f(c["us_per_event"]["sse"], digits=1),
+                _f(c["us_per_event"]["watchrun"], digits=1),
+                _f(c["ratio"], "x", 2),
+                _goal(_ok(c["ratio"], lambda v: v <= 1.5), "<= 1.5x"),
+            )
+        )
+    if "sse_live_cpu" in res:
+        c = res["sse_live_cpu"]
+        rows.append(
+            (
+                f"23. same, live run of {c['events']} events, {c['watchers']} watchers (us per event per watcher)",
+                _f(c["us_per_event_per_watcher"]["sse"], digits=1),
+                _f(c["us_per_event_per_watcher"]["watchrun"], digits=1),
+                _f(c["ratio"], "x", 2),
+                _goal(_ok(c["ratio"], lambda v: v <= 1.5), "<= 1.5x"),
+            )
+        )
+    if "sse_watchers" in res:
+        w = res["sse_watchers"]
+        rows.append(
+            (
+                f"23. server RSS per idle SSE watcher, {w['watchers']} watchers (KiB)",
+                _f(w["kib_per_watcher"]),
+                "",
+                "",
+                _goal(_ok(w["kib_per_watcher"], lambda v: v < 50), "< 50 KB"),
+            )
+        )
     if "first_event" in res:
         f = res["first_event"]
         rows.append(

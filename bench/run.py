@@ -5,6 +5,8 @@ Scenarios (issue 7): `throughput` (goal 1), `load` (goal 2, and RSS per active r
 Issue 13 (bench/replicas.py, on PostgreSQL): `replicas` (the load on SQLite, PostgreSQL --workers 1 and 2,
 and bare), `cross-watch` (a watcher on another replica against one on the owner), `takeover` (SIGKILL of the
 owner, 20 times).
+Issue 23 (bench/gateway.py): `sse-cpu` (CPU per event of an SSE watcher against a WatchRun watcher) and
+`sse-watchers` (memory per idle SSE watcher).
 `--quick` runs them all at a tiny size (what the test suite does: it proves the harness works, it measures
 nothing). `--big` adds the 1000-runs-at-10-tokens/s load (to `load` and to `replicas`).
 """
@@ -31,6 +33,7 @@ import grpc
 
 from bench.cluster import Postgres, postgres
 from bench.compare import RECORDED, compare, comparison_table, figures, read_recorded, record, regressed
+from bench.gateway import sse_cpu, sse_idle_watchers, sse_live_cpu
 from bench.lab import open_lab
 from bench.lifecycle import first_event, idle_watchers, replay
 from bench.patches import PATCHES
@@ -40,7 +43,19 @@ from bench.storage import sqlite_write_path
 from bench.streaming import LoadShape, load, throughput
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("throughput", "load", "watchers", "first-event", "replay", "sqlite", "replicas", "cross-watch", "takeover")
+SCENARIOS = (
+    "throughput",
+    "load",
+    "watchers",
+    "first-event",
+    "replay",
+    "sse-cpu",
+    "sse-watchers",
+    "sqlite",
+    "replicas",
+    "cross-watch",
+    "takeover",
+)
 # The scenarios that need PostgreSQL (bench/cluster.py finds one as the tests do).
 ON_POSTGRES = {"replicas", "cross-watch", "takeover"}
 
@@ -100,6 +115,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "loads": loads,
         "load_seconds": args.load_seconds or (2.0 if q else 20.0),
         "watchers": args.watchers or (5 if q else 1000),
+        "sse_live_watchers": 2 if q else 20,
         "calls": args.calls or (3 if q else 100),
         "replay_events": args.replay_events or (100 if q else 10_000),
         "sqlite_seconds": 0.2 if q else 2.0,
@@ -163,6 +179,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["first_event"] = await first_event(lab, calls=params["calls"])
             if "replay" in only:
                 res["replay"] = await replay(lab, events=params["replay_events"], size=size, repeats=reps)
+            if "sse-cpu" in only:
+                res["sse_cpu"] = await sse_cpu(lab, events=params["replay_events"], size=size, repeats=reps)
+                res["sse_live_cpu"] = await sse_live_cpu(
+                    lab, tokens=params["tokens"] // 4, size=size, watchers=params["sse_live_watchers"], repeats=reps
+                )
+            if "sse-watchers" in only:
+                res["sse_watchers"] = await sse_idle_watchers(lab, watchers=params["watchers"])
             if pg is not None:
                 out["postgres"] = pg.server.how
                 shapes = [_shape(s, params["load_seconds"], size) for s in params["loads"]]

@@ -39,7 +39,8 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert {"date", "command", "machine", "params", "results", "elapsed_s"} <= set(data)
     res = data["results"]
     assert set(res) == {
-        "throughput", "load", "watchers", "first_event", "replay", "sqlite", "replicas", "cross_watch", "takeover"
+        "throughput", "load", "watchers", "first_event", "replay", "sse_cpu", "sse_watchers", "sqlite", "replicas",
+        "cross_watch", "takeover",
     }  # fmt: skip
     assert set(res["throughput"]["tokens_per_s"]) == {"server", "server_coalesced", "baseline"}
     assert {"ratio_server", "ratio_coalesced", "tokens_per_coalesced_message"} <= set(res["throughput"])
@@ -51,6 +52,9 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert "kib_per_watcher" in res["watchers"]
     assert {"server_p50_ms", "server_p99_ms", "baseline_p50_ms"} <= set(res["first_event"])
     assert set(res["replay"]["ms"]) == {"server", "server_coalesced", "baseline"}
+    assert set(res["sse_cpu"]["us_per_event"]) == {"sse", "watchrun"}
+    assert res["sse_cpu"]["events"] == res["replay"]["events"]
+    assert "kib_per_watcher" in res["sse_watchers"]
     assert len(res["sqlite"]["fixed_batches"]) == 4
     assert "events_per_commit" in res["sqlite"]["event_log"]
     [replicas] = res["replicas"]

@@ -173,6 +173,7 @@ async def test_a_run_ends_with_its_id_files_and_how_to_get_them(make_server: Ser
         as_json = await cli(h.target, "files", run_id, "--json")
     assert code == 0
     assert err.splitlines() == [
+        f"In a browser: http://127.0.0.1:{h.server.http_port}/runs/{run_id}",  # the server's page for the run
         f"Run {run_id}: 4 files: DESIGN.md, src/rev.py, tests/test_rev.py, README.md",
         f"Get them with: facilitair files {run_id} DIR",
     ]
@@ -414,6 +415,8 @@ async def test_output_closed_early_cancels_or_says_how_to_follow(
             release.set()
     assert code == 0
     assert "Traceback" not in err
+    page, _, err = err.partition("\n")
+    assert page == f"In a browser: http://127.0.0.1:{h.server.http_port}/runs/{run_id}"
     if on_disconnect == "cancel":
         assert err == f"facilitair: output closed; run {run_id} cancelled (--on-disconnect cancel)\n"
         assert RunState(run.state) is RunState.CANCELLED

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from facilitair.server.errors import ProviderError, ProviderFailure
-from facilitair.server.providers.base import CompletionRequest, StreamEnd
+from facilitair.server.providers.base import CompletionRequest, StreamEnd, UsageReport
 from facilitair.server.providers.local import engine
 from facilitair.server.providers.local.engine import EngineOptions
 from facilitair.server.providers.local.models import GGUF_MAGIC
@@ -61,7 +61,7 @@ def script(tmp_path: Path, *answers: list[str]) -> Path:
     return path
 
 
-async def streamed(provider: LocalProvider) -> list[str | StreamEnd]:
+async def streamed(provider: LocalProvider) -> list[str | UsageReport | StreamEnd]:
     """Everything one completion stream yields."""
     request = CompletionRequest(MODEL, "You are terse.", "Say hello.", max_tokens=64)
     return [item async for item in provider.stream(request)]

@@ -122,6 +122,7 @@ async def test_cli_info_for_people_and_as_json(make_server: ServerFactory, tmp_p
     assert out.splitlines() == [
         f"server      facilitair {version} at {h.target} (replica {replica})",
         "store       sqlite (one server process)",
+        f"web         http://127.0.0.1:{h.server.http_port} (the runs' pages, the HTTP API)",
         "providers   anthropic, local, openai",
         f"models      default     {MINI}",
         f"            architect   {MINI}",

@@ -348,6 +348,7 @@ async def test_a_server_whose_database_is_down_says_so_in_one_line() -> None:
     env |= {
         "FACILITAIR_DATABASE_URL": f"postgresql://someone:{secret}@127.0.0.1:{free_port()}/db",
         "FACILITAIR_LISTEN": "127.0.0.1:0",
+        "FACILITAIR_HTTP_LISTEN": "off",
         "OPENAI_API_KEY": "test-key",
     }
     proc = await asyncio.create_subprocess_exec(

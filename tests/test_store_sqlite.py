@@ -95,7 +95,7 @@ async def test_a_database_from_before_schema_versions_is_migrated_and_readable(t
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(sqlite_schema.VERSION,)]
     reopened = SqliteStore(path)
-    await reopened.open()  # a second open finds version 2 and changes nothing
+    await reopened.open()  # a second open finds the current version and changes nothing
     await reopened.close()
 
 

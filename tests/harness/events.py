@@ -8,13 +8,13 @@ the server sends it (no reconnect, no resume).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, Self
 
 import grpc
 import pytest
 
-from facilitair.client import RunEvent
+from facilitair.client import FacilitairError, RunEvent
 from facilitair.v1 import orchestrator_pb2 as pb
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
@@ -104,6 +104,17 @@ async def collect(events: AsyncIterator[RunEvent], *, within: float = RUN_TIMEOU
     """Every event of a stream until it ends (the run's terminal event), in the order received."""
     async with RunStream(events) as stream:
         return await stream.to_end(within=within)
+
+
+async def refusal(events: AsyncIterable[RunEvent]) -> FacilitairError:
+    """The FacilitairError a client stream fails with; fails the test if it yields any event."""
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT):
+            async for event in events:
+                raise AssertionError(f"the call was not refused: got {kind(event)}")
+    except FacilitairError as err:
+        return err
+    raise AssertionError("the stream ended without an error")
 
 
 # ----- raw calls -------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ def free_port() -> int:
 def clean_environment(**settings: str) -> dict[str, str]:
     """This process's environment without any facilitair, provider or OpenTelemetry setting, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACILITAIR_", "OPENAI_", "ANTHROPIC_", "OTEL_"))}
-    env.update(FACILITAIR_LOG_FORMAT="json", FACILITAIR_LOG_LEVEL="info")
+    # No HTTP gateway unless asked for: its default port would be shared by every server a test starts.
+    env.update(FACILITAIR_LOG_FORMAT="json", FACILITAIR_LOG_LEVEL="info", FACILITAIR_HTTP_LISTEN="off")
     env.update(settings)
     return env
 
@@ -45,6 +46,7 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.log: list[str] = []
         self.port = 0
+        self.http_port = 0  # the HTTP gateway's, when it serves one
         self.starts = 0
         self._reader: asyncio.Task[None] | None = None
         self._logged = asyncio.Event()  # set at every new log line (for `until_logged`)
@@ -85,6 +87,7 @@ class ServerProcess:
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if isinstance(record, dict) and record.get("event") == "serving" and not port.done():
+                    self.http_port = int(record.get("http_port") or 0)
                     port.set_result(int(record["port"]))
         if not port.done():
             port.set_exception(AssertionError("the server exited before serving:\n" + "\n".join(self.log[-30:])))

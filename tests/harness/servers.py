@@ -96,7 +96,8 @@ class Servers:
         self, *, openai: FakeOpenAI | None = None, anthropic: FakeAnthropic | None = None, **overrides: Any
     ) -> Harness:
         """Start a server wired to the given fakes; `overrides` are Settings fields (by name or alias)."""
-        values: dict[str, Any] = {"listen": "127.0.0.1:0", **self.store.settings()}
+        # The HTTP gateway on a free port too (its default port would be shared by every test server).
+        values: dict[str, Any] = {"listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", **self.store.settings()}
         if openai is not None:
             values |= {"OPENAI_API_KEY": openai.api_key, "OPENAI_BASE_URL": openai.base_url}
         if anthropic is not None:
@@ -125,6 +126,7 @@ def quiet_settings(store: Target, base_url: str, listen: str = "127.0.0.1:0") ->
     """Settings against the fake, every agent on it, with a silent watchdog (no thinking or heartbeat events)."""
     return Settings(
         listen=listen,
+        http_listen="127.0.0.1:0",
         openai_api_key=SecretStr("test-key"),
         openai_base_url=base_url,
         thinking_interval=60,
@@ -138,6 +140,7 @@ def quiet_environment(store: Target, base_url: str, listen: str = "127.0.0.1:0")
     """`quiet_settings` as a server process's environment variables."""
     return {
         "FACILITAIR_LISTEN": listen,
+        "FACILITAIR_HTTP_LISTEN": "off",
         "FACILITAIR_THINKING_INTERVAL": "60",
         "FACILITAIR_HEARTBEAT_INTERVAL": "60",
         "FACILITAIR_MODEL": MODEL,

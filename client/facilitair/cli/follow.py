@@ -23,12 +23,25 @@ from facilitair.cli.render import Renderer, plural
 from facilitair.client import RECONNECT_GAVE_UP, Client, EventKind, FacilitairError, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
+# How long the run's page URL is waited for (GetServerInfo) before the events are shown without it.
+PAGE_INFO_TIMEOUT = 2.0
+
 # Files named one by one at the end of a run; more are counted.
 _LISTED_FILES = 8
 # Seconds between the first Ctrl-C in `run` and the cancel it asks for: time for a second one to leave the run going.
 CANCEL_GRACE = 2.0
 # How long quitting waits for a CancelRun already sent to reach the server (closing the channel would drop it).
 CANCEL_SEND_TIMEOUT = 5.0
+
+
+async def page_url(client: Client, run_id: str) -> str:
+    """The run's web page (http(s)://host:port/runs/ID) when the server serves one, else ""."""
+    try:
+        async with asyncio.timeout(PAGE_INFO_TIMEOUT):
+            base = (await client.server_info()).http_url
+    except (FacilitairError, TimeoutError):
+        return ""  # only a convenience: the run is followed whatever the answer
+    return f"{base}/runs/{run_id}" if base else ""
 
 
 def _coalesce(args: argparse.Namespace) -> bool:
@@ -58,6 +71,7 @@ class Follower:
         self.cancel_on_close = cancel_on_close
         self.run_id = run_id
         self.last_seq = 0
+        self._page_told = False
         self._lost: tuple[float, str] | None = None
         self._cancel_sent = False
         client.on_reconnect = self._reconnecting
@@ -73,8 +87,17 @@ class Follower:
         """The run's id as far as known."""
         return self.renderer.view.run_id or self.run_id
 
+    async def _tell_page(self, run_id: str) -> None:
+        """Say where the run's web page is, once, when the server serves one (its GetServerInfo's http_url)."""
+        self._page_told = True
+        page = await page_url(self.client, run_id)
+        if page:
+            self.renderer.note(f"In a browser: {page}")
+
     async def _show(self, events: AsyncIterator[pb.RunEvent]) -> None:
         async for event in events:
+            if not self._page_told:
+                await self._tell_page(event.run_id)
             if self._lost is not None:
                 since, error = self._lost
                 self._lost = None
@@ -237,6 +260,9 @@ async def run_command(args: argparse.Namespace) -> int:
             await events.aclose()
             print(first.run_id)
             print(f"Follow it with: facilitair watch {first.run_id}", file=sys.stderr)
+            page = await page_url(client, first.run_id)
+            if page:
+                print(f"In a browser: {page}", file=sys.stderr)
             return EXIT_OK
         follower = Follower(
             client,

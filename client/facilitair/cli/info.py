@@ -39,6 +39,7 @@ def info_lines(info: ServerInfo, target: str) -> list[str]:
     lines = [
         _line("server", f"facilitair {info.version or '?'} at {target} (replica {info.replica_id or '?'})"),
         _line("store", store),
+        _line("web", f"{info.http_url} (the runs' pages, the HTTP API)" if info.http_url else "none"),
         _line("providers", ", ".join(info.providers) or "none: no provider key, no local engine"),
     ]
     known = [a.name.lower() for a in Agent if a is not Agent.UNSPECIFIED]

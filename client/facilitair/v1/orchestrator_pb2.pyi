@@ -1534,6 +1534,7 @@ class GetServerInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     REPLICA_ID_FIELD_NUMBER: _builtins.int
+    HTTP_URL_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The server's version (the facilitair package's), e.g. "0.1.0"."""
     default_model: _builtins.str
@@ -1546,6 +1547,12 @@ class GetServerInfoResponse(_message.Message):
     replica_id: _builtins.str
     """The replica that answered (host name and process id); several replicas
     on one PostgreSQL store each have their own.
+    """
+    http_url: _builtins.str
+    """The base URL of this server's HTTP/JSON and SSE gateway and its web page
+    ("http://127.0.0.1:50052", "https://..." under TLS); empty when the
+    server serves no HTTP (--http-listen off). A run's page is
+    http_url + "/runs/" + run_id.
     """
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1577,10 +1584,11 @@ class GetServerInfoResponse(_message.Message):
         limits: Global___ServerLimits | None = ...,
         store: Global___StoreKind.ValueType = ...,
         replica_id: _builtins.str = ...,
+        http_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_models", b"agent_models", "default_model", b"default_model", "limits", b"limits", "providers", b"providers", "replica_id", b"replica_id", "store", b"store", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_models", b"agent_models", "default_model", b"default_model", "http_url", b"http_url", "limits", b"limits", "providers", b"providers", "replica_id", b"replica_id", "store", b"store", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

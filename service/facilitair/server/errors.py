@@ -55,6 +55,9 @@ class Reason(enum.StrEnum):
     PROVIDER_REJECTED_REQUEST = "PROVIDER_REJECTED_REQUEST"
     PROVIDER_CONTEXT_EXCEEDED = "PROVIDER_CONTEXT_EXCEEDED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    # A state-changing HTTP request that a browser could have been tricked into sending (no CSRF header with a
+    # session cookie, or another site's origin).
+    CSRF_REFUSED = "CSRF_REFUSED"
     INTERNAL = "INTERNAL"
 
 

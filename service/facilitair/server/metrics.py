@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RUNS_FINISHED = Counter("facilitair_runs_finished_total", "Runs that ended, by state", ["state"])
 RUNS_ACTIVE = Gauge("facilitair_runs_active", "Runs in flight in this process")
-WATCHERS_ACTIVE = Gauge("facilitair_watchers_active", "Open Collaborate and WatchRun streams")
+WATCHERS_ACTIVE = Gauge("facilitair_watchers_active", "Open Collaborate, WatchRun and HTTP event streams")
 EVENTS_COMMITTED = Counter("facilitair_events_committed_total", "Events made durable, by payload", ["kind"])
 MESSAGES_SENT = Counter("facilitair_messages_sent_total", "Event messages sent to clients", ["rpc"])
 FIRST_TOKEN = Histogram(
@@ -34,6 +34,15 @@ EVENT_LOOP_LAG = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+WEBHOOK_ATTEMPTS = Counter(
+    "facilitair_webhook_attempts_total",
+    "Webhook delivery attempts, by outcome (delivered, gone, failed, refused)",
+    ["outcome"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "facilitair_webhook_deliveries_total", "Webhook deliveries that ended, by state (delivered, failed, disabled)",
+    ["state"],
+)
 
 def count_events(kinds: Tally[str]) -> None:
     """Add one batch's events by payload kind."""

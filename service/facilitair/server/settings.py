@@ -64,6 +64,8 @@ def default_models_dir() -> Path:
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
 # With no provider key at all: the small model `facilitair models pull` fetches (the `local` extra runs it).
 DEFAULT_LOCAL_MODEL = "default"
+# `--http-listen off`: no HTTP gateway.
+HTTP_OFF = "off"
 
 
 class ConfigError(Exception):
@@ -97,6 +99,11 @@ class Settings(BaseSettings):
     )
 
     listen: str = Field(default="127.0.0.1:50051", description="HOST:PORT to serve gRPC on (port 0: any free port)")
+    http_listen: str = Field(
+        default="127.0.0.1:50052",
+        description="HOST:PORT to serve the HTTP/JSON and SSE gateway and the web page on (port 0: any free port; "
+        "`off`: none)",
+    )
     db: Path = Field(default_factory=default_db_path, description="the SQLite file that stores runs and events")
     # A secret: the URL may hold a password, which must never reach a log or an error (SecretStr masks it).
     database_url: SecretStr | None = Field(
@@ -219,7 +226,29 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(default=None, description="require client certificates from this CA (mTLS)")
     max_runs: int = _in_file(default=64, ge=1, description="most runs in flight on this server")
     max_runs_per_principal: int = _in_file(default=8, ge=1, description="most runs in flight per caller")
-    runs_per_minute: float = _in_file(default=30.0, gt=0, description="most new runs per caller per minute")
+    runs_per_minute: float = _in_file(
+        default=30.0, gt=0, description="most new runs per caller in any 60 s, counted by the store (replicas share it)"
+    )
+
+    # Webhooks (webhooks/): endpoints in a TOML file, so their secrets never sit on a command line.
+    webhooks_file: Path | None = Field(
+        default=None,
+        description="webhook endpoints (TOML, one [[endpoint]] table each: url, events, secret, previous_secret, "
+        "principal) told when runs end",
+    )
+    webhook_allow_hosts: str | None = Field(
+        default=None,
+        description="host names, addresses or networks (CIDR), comma-separated, that webhooks may target although "
+        "they are private, loopback or link-local (refused otherwise)",
+    )
+    webhook_timeout: float = Field(
+        default=15.0, gt=0, le=120, description="longest one webhook attempt may take, connecting included, seconds"
+    )
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="seconds to wait before each retry of a failed webhook, comma-separated (jittered; a longer "
+        "Retry-After wins); the default is the Standard Webhooks schedule: 5s, 5m, 30m, 2h, 5h, 10h, 10h",
+    )
 
     # `local:` models (the `local` extra). Threads: llama.cpp's threads spin while they wait for each other, and
     # on a core shared with this server or anything else they slowed down 20-fold here, hence half the CPUs.
@@ -259,10 +288,10 @@ class Settings(BaseSettings):
     def _valid_model(cls, v: str) -> str:
         return check_model(v, "FACILITAIR_MODEL")
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "metrics_listen", "http_listen")
     @classmethod
     def _valid_listen(cls, v: str | None) -> str | None:
-        if v is None:
+        if v is None or v == HTTP_OFF:
             return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -307,20 +336,28 @@ class Settings(BaseSettings):
             keys[name.strip()] = key.strip()
         return keys
 
+    @property
+    def http_enabled(self) -> bool:
+        """Whether the HTTP gateway is served (--http-listen is not `off`)."""
+        return self.http_listen != HTTP_OFF
+
     def check_exposure(self, has_keys: bool) -> None:
-        """Secure by default: off loopback, callers must authenticate (keys or mTLS) unless --insecure."""
-        host = self.listen.rpartition(":")[0].strip("[]")
-        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        """Secure by default: off loopback, callers must authenticate (keys or mTLS) unless --insecure.
+
+        The same rule for the gRPC address and the HTTP gateway's, which share the keys and the TLS files.
+        """
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        if not loopback and not has_keys and self.tls_client_ca is None and not self.insecure:
-            raise ConfigError(
-                f"refusing to listen on {self.listen} where anyone could spend your provider credits: configure "
-                "API keys (FACILITAIR_API_KEYS or FACILITAIR_API_KEYS_FILE) or client certificates (--tls-client-ca), "
-                "or pass --insecure to accept that risk"
-            )
+        addresses = [self.listen] + ([self.http_listen] if self.http_enabled else [])
+        for address in addresses:
+            if not is_loopback(address) and not has_keys and self.tls_client_ca is None and not self.insecure:
+                raise ConfigError(
+                    f"refusing to listen on {address} where anyone could spend your provider credits: configure "
+                    "API keys (FACILITAIR_API_KEYS or FACILITAIR_API_KEYS_FILE) or client certificates "
+                    "(--tls-client-ca), or pass --insecure to accept that risk"
+                )
 
     def default_models(self) -> list[ModelRef]:
         """The server-wide default model (or fallback list); unset, it follows the provider with a key, else local."""
@@ -329,6 +366,12 @@ class Settings(BaseSettings):
                 return [ModelRef("anthropic", DEFAULT_ANTHROPIC_MODEL)]
             return [ModelRef("local", DEFAULT_LOCAL_MODEL)]
         return parse_chain(self.model, field="FACILITAIR_MODEL")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine only (a loopback address or localhost)."""
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 # The settings the pipeline file's [settings] table may set: those declared with _in_file.

@@ -1,9 +1,37 @@
-"""Background tasks the server's parts start and stop (loops, timers, watchdogs)."""
+"""Background tasks the server's parts start and stop (loops, timers, watchdogs, work handed off by a call).
+
+One behaviour everywhere: a task is referenced until it ends, an unexpected error is logged once when it
+happens (`background_task_failed`), and stopping cancels the task and waits until it has ended. A part with one
+long-lived task of its own starts it with `start_task`, keeps it in an attribute and ends it with
+`cancel_and_wait`. Work started now and then (a cancel a notification asked for, a health update, a feed being
+stopped, a run being created) belongs to a `TaskSupervisor`, one per owning part.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def start_task(work: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    """Start a long-lived task (its owner keeps it and ends it with cancel_and_wait); an error is logged once."""
+    task = asyncio.get_running_loop().create_task(work, name=name)
+    task.add_done_callback(_report)
+    return task
+
+
+def _report(task: asyncio.Task[Any], owner: str | None = None) -> None:
+    """Log a task's unexpected error, once: retrieved here, asyncio does not report it again at collection."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background_task_failed", owner=owner or task.get_name(), task=task.get_name(), exc_info=exc)
 
 
 async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None) -> None:
@@ -13,3 +41,43 @@ async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class TaskSupervisor:
+    """Owns background tasks: keeps each one referenced until it ends, logs an unexpected error once, and on
+    close cancels those still running and waits for them all.
+
+    asyncio keeps only a weak reference to a task, so one nobody holds may vanish mid-way; its exception would
+    otherwise be reported only when it is garbage collected ("never retrieved"), if at all.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner  # named in the log when one of its tasks fails
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, work: Coroutine[Any, Any, T], *, name: str | None = None, awaited: bool = False) -> asyncio.Task[T]:
+        """Run `work` as a task of this owner; `awaited`: a caller awaits it and handles its errors, so they are
+        not logged here. After close() the task is cancelled before it runs: nothing outlives its owner."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard if awaited else self._ended)
+        if self._closed:
+            task.cancel()
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        _report(task, self._owner)
+
+    async def close(self) -> None:
+        """Cancel the tasks still running and wait until every one has ended (their errors are logged as ever)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)

@@ -12,7 +12,7 @@ import itertools
 from collections import deque
 
 from facilitair.server.errors import FacilitairError, Reason, Unavailable
-from facilitair.v1.orchestrator_pb2 import RunEvent
+from facilitair.server.events.wire import RunEvent
 
 # Events of each followed run kept in memory for watchers that are a little behind; further behind (a
 # reconnecting client, a slow reader) they read from the store, an indexed range scan. A token event takes

@@ -28,16 +28,24 @@ from facilitair.server.errors import DataCorrupt, FacilitairError
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
-from facilitair.server.events.wire import TERMINAL_PAYLOADS
-from facilitair.server.store.base import Batch, Checkpoint, EventStore, RunRow, StoredEvent, StoreUnavailable
-from facilitair.server.tasks import cancel_and_wait
-from facilitair.v1.orchestrator_pb2 import RunEvent
+from facilitair.server.events.wire import TERMINAL_PAYLOADS, RunEvent, stored_event
+from facilitair.server.retrying import RetryPolicy
+from facilitair.server.store.base import (
+    Batch,
+    Checkpoint,
+    EventStore,
+    RunRow,
+    StoredEvent,
+    StoreUnavailable,
+    WebhookDelivery,
+)
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
 READ_PAGE = 1000
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 2.0
+# Writes and probes while the store cannot write: soon after a blip, then every 2 s for as long as it takes.
+STORE_RETRY = RetryPolicy(base=0.05, cap=2.0)
 
 
 class EventLog:
@@ -59,6 +67,9 @@ class EventLog:
         self._events: list[tuple[RunChannel, RunEvent, str]] = []
         self._runs: dict[str, RunRow] = {}
         self._checkpoints: list[Checkpoint] = []
+        self._deliveries: list[WebhookDelivery] = []
+        # Told after a commit that stored webhook deliveries, so the delivery loop sends them at once.
+        self.on_deliveries: Callable[[], None] = lambda: None
         self._epochs: dict[str, int] = {}  # the epoch of every run with something pending
         self._writing: dict[str, int] = {}  # the same for the batch being written
         self._wake: asyncio.Future[None] | None = None
@@ -71,7 +82,7 @@ class EventLog:
             await self.store.probe()
         except StoreUnavailable as exc:
             self.health.failed(str(exc))  # the writer probes on until the store takes writes again
-        self._writer = asyncio.create_task(self._write_loop(), name="eventlog-writer")
+        self._writer = start_task(self._write_loop(), name="eventlog-writer")
 
     async def stop(self, *, wait: float) -> int:
         """Write what is pending (for at most `wait` seconds), stop the writer; return the events not written.
@@ -136,6 +147,15 @@ class EventLog:
             self._epochs[checkpoint.run_id] = channel.epoch
         self._poke()
 
+    def outbox(self, deliveries: list[WebhookDelivery]) -> None:
+        """Queue webhook deliveries; they commit with the (terminal) event queued just before them."""
+        self._deliveries.extend(deliveries)
+        for d in deliveries:
+            channel = self._channels.get(d.run_id)
+            if channel is not None:
+                self._epochs[d.run_id] = channel.epoch
+        self._poke()
+
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
         if not self._pending():
@@ -154,7 +174,7 @@ class EventLog:
         return self._writing | self._epochs
 
     def _pending(self) -> bool:
-        return bool(self._events or self._runs or self._checkpoints)
+        return bool(self._events or self._runs or self._checkpoints or self._deliveries)
 
     def _poke(self) -> None:
         wake = self._wake
@@ -174,6 +194,7 @@ class EventLog:
             events, self._events = self._events, []
             runs, self._runs = self._runs, {}
             checkpoints, self._checkpoints = self._checkpoints, []
+            deliveries, self._deliveries = self._deliveries, []
             flushed, self._flushed = self._flushed, []
             epochs, self._epochs = self._epochs, {}
             batch = Batch(
@@ -181,6 +202,7 @@ class EventLog:
                 list(runs.values()),
                 checkpoints,
                 epochs,
+                deliveries,
             )
             self._writing = epochs
             try:
@@ -197,6 +219,8 @@ class EventLog:
                 events = [item for item in events if item[0].run_id not in refused]
                 self._on_refused(refused)
             metrics.count_events(Tally(kind for _, _, kind in events))
+            if any(d.run_id not in refused for d in deliveries):
+                self.on_deliveries()
             self._fan_out(events)
             for done in flushed:
                 if not done.done():
@@ -204,7 +228,7 @@ class EventLog:
 
     async def _write(self, batch: Batch) -> set[str]:
         """Write a batch, trying again with backoff while the store cannot: events must not be dropped."""
-        delay = BACKOFF_FIRST
+        retry = None  # made at the first failure: a batch written at once (nearly all) costs nothing more
         while True:
             try:
                 refused = await self.store.write_batch(batch)
@@ -217,12 +241,13 @@ class EventLog:
             else:
                 self.health.succeeded()
                 return refused
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+            retry = retry or STORE_RETRY.start()
+            retry.failed()
+            await asyncio.sleep(retry.delay)
 
     async def _probe_until_healthy(self) -> None:
         """While the store cannot write and nothing is pending, try a small write now and then."""
-        delay = BACKOFF_FIRST
+        retry = STORE_RETRY.start()
         wake = self._wake
         while not self.health.healthy and not self._pending():
             try:
@@ -234,11 +259,11 @@ class EventLog:
             else:
                 self.health.succeeded()
                 return
+            retry.failed()
             if wake is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(retry.delay):
                         await asyncio.shield(wake)
-            delay = min(delay * 2, BACKOFF_MAX)
 
     def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]]) -> None:
         by_channel: dict[RunChannel, list[RunEvent]] = {}
@@ -318,7 +343,7 @@ class EventLog:
         events = []
         for seq, blob in enumerate(await self.store.read_events(run_id, first_seq - 1, READ_PAGE), start=first_seq):
             try:
-                events.append(RunEvent.FromString(blob))
+                events.append(stored_event(blob))
             except DecodeError:
                 return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
         return events, None

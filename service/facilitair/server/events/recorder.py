@@ -1,7 +1,8 @@
 """The run recorder: what the pipeline and the run lifecycle call to say what happened to one run.
 
-Each method takes domain values, builds the event (events/wire.py), appends it to the event log and keeps
-the run's stored summary row in step. The silence watchdog (events/watchdog.py) speaks through it too.
+Each method takes domain values, has events/wire.py build the event, appends it to the event log and keeps
+the run's stored summary row in step (wire.Summary). The silence watchdog (events/watchdog.py) speaks through
+it too.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, RunState, UsageTotals, Verdict
 from facilitair.server.events import wire
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.watchdog import SilenceWatchdog
+from facilitair.server.events.wire import RunEvent, token_delta
 from facilitair.server.store.base import Checkpoint, RunRow
-from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.server.webhooks.config import RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+from facilitair.server.webhooks.outbox import Outbox
 
 
 class RunRecorder:
@@ -29,21 +32,14 @@ class RunRecorder:
         *,
         thinking_interval: float,
         heartbeat_interval: float,
+        outbox: Outbox | None = None,
     ) -> None:
         self.event_log = log
+        self._outbox = outbox
         self.channel = channel
         self.run_id = row.run_id
-        self.summary = pb.RunSummary.FromString(row.summary)
-        stored = self.summary.usage
-        self.usage = UsageTotals(
-            stored.input_tokens,
-            stored.output_tokens,
-            stored.cost_usd,
-            stored.cost_unknown,
-            stored.cache_read_input_tokens,
-            stored.cache_write_input_tokens,
-            stored.estimated,
-        )
+        self.summary = wire.Summary(row.summary)
+        self.usage = self.summary.usage()
         self._row = row
         self.watchdog = SilenceWatchdog(
             thinking_interval=thinking_interval,
@@ -60,7 +56,7 @@ class RunRecorder:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _emit(self, event: pb.RunEvent) -> None:
+    def _emit(self, event: RunEvent) -> None:
         """Stamp and append an event whose payload is set."""
         event.run_id = self.run_id
         event.time.FromNanoseconds(time.time_ns())
@@ -68,24 +64,26 @@ class RunRecorder:
         self.watchdog.last_event = time.monotonic()
 
     def token(self, stage: int, text: str) -> None:
-        """A text delta, exactly as the provider streamed it (the hot path)."""
+        """A text delta, exactly as the provider streamed it (the hot path: _emit's lines, without its call)."""
         if self.watchdog.waiting_stage:
             self.watchdog.answered()
-        self._emit(pb.RunEvent(token_delta=pb.TokenDelta(stage=stage, text=text)))
+        event = token_delta(stage, text)
+        event.run_id = self.run_id
+        event.time.FromNanoseconds(time.time_ns())
+        self.event_log.append(self.channel, event)
+        self.watchdog.last_event = time.monotonic()
 
     def run_started(self, task: str, plan: Plan) -> None:
         """The plan; the run is now running."""
         message = wire.plan(plan)
-        self.summary.plan.CopyFrom(message)
-        self._emit(pb.RunEvent(run_started=pb.RunStarted(task=task, plan=message)))
-        self._set_state(pb.RUN_STATE_RUNNING)
+        self.summary.planned(message)
+        self._emit(wire.run_started(task, message))
+        self._set_state(RunState.RUNNING)
 
     def stage_started(self, stage: int, role: AgentRole, model: ModelRef, round_: int) -> None:
         """A stage starts with its first model."""
-        self.summary.current_stage = stage
-        self.summary.current_agent = wire.agent(role)
-        started = pb.StageStarted(stage=stage, agent=wire.agent(role), model=str(model), round=round_, attempt=1)
-        self._emit(pb.RunEvent(stage_started=started))
+        self.summary.stage(stage, role)
+        self._emit(wire.stage_started(stage, role, model, round_))
         self._save()
 
     def waiting(self, stage: int) -> None:
@@ -98,23 +96,20 @@ class RunRecorder:
 
     def attempt_reset(self, stage: int, attempt: int, reason: str, model: ModelRef, delay: float) -> None:
         """The stage's text so far is void; attempt `attempt` starts after `delay` seconds."""
-        reset = pb.AttemptReset(stage=stage, attempt=attempt, reason=reason, model=str(model))
-        reset.delay.FromNanoseconds(int(delay * 1e9))
-        self._emit(pb.RunEvent(attempt_reset=reset))
+        self._emit(wire.attempt_reset(stage, attempt, reason, model, delay))
 
     def model_fallback(self, stage: int, from_model: ModelRef, to_model: ModelRef, reason: str) -> None:
         """The stage gives up on one model and asks the next of its list."""
-        fallback = pb.ModelFallback(stage=stage, from_model=str(from_model), to_model=str(to_model), reason=reason)
-        self._emit(pb.RunEvent(model_fallback=fallback))
+        self._emit(wire.model_fallback(stage, from_model, to_model, reason))
 
     def artifacts(self, produced: list[Artifact]) -> None:
         """Files a stage produced, one event each."""
         for a in produced:
-            self._emit(pb.RunEvent(artifact_produced=pb.ArtifactProduced(artifact=wire.artifact(a))))
+            self._emit(wire.artifact_produced(a))
 
     def verdict(self, stage: int, round_: int, value: Verdict) -> None:
         """The reviewer's verdict."""
-        self._emit(pb.RunEvent(review_verdict=wire.verdict(stage, round_, value)))
+        self._emit(wire.review_verdict(stage, round_, value))
 
     def stage_completed(
         self,
@@ -131,17 +126,11 @@ class RunRecorder:
         """A stage ends: its usage counts, and its output is checkpointed in the same commit."""
         self.watchdog.waiting_stage = 0
         self.usage.add(stage_usage)
-        self.summary.usage.CopyFrom(wire.usage(self.usage))
-        done = pb.StageCompleted(
-            stage=stage,
-            agent=wire.agent(role),
-            model=str(model),
-            usage=wire.usage(stage_usage),
-            finish_reason=finish_reason,
-            truncated=truncated,
+        self.summary.counted(self.usage)
+        completed = wire.stage_completed(
+            stage, role, model, stage_usage, finish=finish_reason, truncated=truncated, seconds=seconds
         )
-        done.duration.FromNanoseconds(int(seconds * 1e9))
-        self._emit(pb.RunEvent(stage_completed=done))
+        self._emit(completed)
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
         self._save()
 
@@ -151,65 +140,79 @@ class RunRecorder:
         The terminal event (or, when the server stops, the interrupted state) that follows stores it.
         """
         self.usage.add(spent)
-        self.summary.usage.CopyFrom(wire.usage(self.usage))
+        self.summary.counted(self.usage)
 
     def completed(self, outcome: RunOutcome, duration_s: float) -> None:
         """Terminal: the run finished with a result."""
         message = wire.result(outcome)
-        event = pb.RunEvent(run_completed=pb.RunCompleted(result=message, usage=wire.usage(self.usage)))
-        event.run_completed.duration.FromNanoseconds(int(duration_s * 1e9))
-        self.summary.result.CopyFrom(message)
+        event = wire.run_completed(message, self.usage, duration_s)
+        self.summary.completed(message)
         self._emit(event)
-        self._set_state(pb.RUN_STATE_COMPLETED, finished=True)
+        self._set_state(RunState.COMPLETED, finished=True)
+        self.webhook(RUN_COMPLETED, event.seq)
 
     def failed(self, code: int, reason: str, message: str, *, retryable: bool) -> None:
         """Terminal: the run ended with an error (`code` is the gRPC status number, `reason` the stable reason)."""
-        failure = pb.RunFailed(
-            code=code,
-            reason=reason,
-            message=message,
-            retryable=retryable,
-            stage=self.summary.current_stage,
-            usage=wire.usage(self.usage),
+        failure = wire.run_failure(
+            code, reason, message, retryable=retryable, stage=self.summary.current_stage, totals=self.usage
         )
-        self.summary.failure.CopyFrom(failure)
-        self._emit(pb.RunEvent(run_failed=failure))
-        self._set_state(pb.RUN_STATE_FAILED, finished=True)
+        self.summary.failed(failure)
+        event = wire.run_failed(failure)
+        self._emit(event)
+        self._set_state(RunState.FAILED, finished=True)
+        self.webhook(RUN_FAILED, event.seq, failure)
 
     def cancelled(self, reason: str) -> None:
         """Terminal: the run was cancelled."""
-        self._emit(pb.RunEvent(run_cancelled=pb.RunCancelled(reason=reason, usage=wire.usage(self.usage))))
-        self._set_state(pb.RUN_STATE_CANCELLED, finished=True)
+        event = wire.run_cancelled(reason, self.usage)
+        self._emit(event)
+        self._set_state(RunState.CANCELLED, finished=True)
+        self.webhook(RUN_CANCELLED, event.seq)
+
+    def webhook(self, event_type: str, seq: int, failure: wire.RunFailed | None = None) -> None:
+        """Queue the webhooks of the event just appended (seq), in its commit: call with no await in between."""
+        if self._outbox is None:
+            return
+        deliveries = self._outbox.deliveries(
+            event_type,
+            run_id=self.run_id,
+            principal=self._row.principal,
+            seq=seq,
+            summary=self.summary.message,
+            failure=failure,
+        )
+        if deliveries:
+            self.event_log.outbox(deliveries)
 
     def interrupted(self) -> None:
         """The server is stopping mid-run: no terminal event; the run resumes at the next start."""
-        self._set_state(pb.RUN_STATE_INTERRUPTED)
+        self._set_state(RunState.INTERRUPTED)
 
     def resumed(self) -> None:
         """Driven again after it was interrupted (a stop, a store outage, a replica gone): the run is running.
 
         No event: the stage that was cut off says so itself when it starts over (attempt_reset).
         """
-        if self.summary.state != pb.RUN_STATE_RUNNING:
-            self._set_state(pb.RUN_STATE_RUNNING)
+        if self.summary.state != RunState.RUNNING:
+            self._set_state(RunState.RUNNING)
 
     def _thinking(self, stage: int, waited: float) -> None:
-        self._emit(pb.RunEvent(thinking=pb.Thinking(stage=stage, waited_seconds=waited)))
+        self._emit(wire.thinking(stage, waited))
 
     def _heartbeat(self) -> None:
-        self._emit(pb.RunEvent(heartbeat=pb.Heartbeat(stage=self.summary.current_stage)))
+        self._emit(wire.heartbeat(self.summary.current_stage))
 
     # -- summary ----------------------------------------------------------------------------------
 
     @property
     def state(self) -> int:
         """The run's state as recorded."""
-        return int(self.summary.state)
+        return self.summary.state
 
     @property
     def current_stage(self) -> int:
         """The stage running now (0 when none is)."""
-        return int(self.summary.current_stage)
+        return self.summary.current_stage
 
     @property
     def last_seq(self) -> int:
@@ -223,22 +226,17 @@ class RunRecorder:
         """
         await self.channel.until_committed(self.last_seq)
 
-    def _set_state(self, state: int, *, finished: bool = False) -> None:
-        self.summary.state = state  # type: ignore[assignment]
-        if finished:
-            self.summary.current_stage = 0
-            self.summary.current_agent = pb.AGENT_UNSPECIFIED
-            self.summary.finished_at.FromNanoseconds(time.time_ns())
+    def _set_state(self, state: RunState, *, finished: bool = False) -> None:
+        self.summary.set_state(state, time.time_ns() if finished else None)
         self._save(finished_at=time.time() if finished else None)
 
     def _save(self, finished_at: float | None = None) -> None:
         now = time.time()
-        self.summary.updated_at.FromNanoseconds(int(now * 1e9))
         self._row = dataclasses.replace(
             self._row,
             state=self.summary.state,
             updated_at=now,
             finished_at=finished_at if finished_at is not None else self._row.finished_at,
-            summary=self.summary.SerializeToString(),
+            summary=self.summary.stored(int(now * 1e9)),
         )
         self.event_log.update_run(self._row)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from facilitair.v1.orchestrator_pb2 import RunEvent, TokenDelta
+from facilitair.server.events.wire import RunEvent, joined_tokens
 
 
 def coalesce_tokens(events: list[RunEvent]) -> list[RunEvent]:
@@ -47,10 +47,4 @@ def coalesce_tokens(events: list[RunEvent]) -> list[RunEvent]:
 def _joined(first: RunEvent, last: RunEvent | None, texts: list[str]) -> RunEvent:
     """One token_delta with the texts of the run from `first` to `last`."""
     assert last is not None
-    return RunEvent(
-        run_id=first.run_id,
-        seq=last.seq,
-        first_seq=first.seq,
-        time=last.time,
-        token_delta=TokenDelta(stage=first.token_delta.stage, text="".join(texts)),
-    )
+    return joined_tokens(first, last, "".join(texts))

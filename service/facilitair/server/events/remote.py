@@ -17,9 +17,9 @@ import structlog
 
 from facilitair.server.errors import FacilitairError, NotFound, Reason, Unavailable
 from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.wire import RunEvent
 from facilitair.server.store.base import EventStore, StoreUnavailable
-from facilitair.server.tasks import cancel_and_wait
-from facilitair.v1.orchestrator_pb2 import RunEvent
+from facilitair.server.tasks import TaskSupervisor, cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +43,7 @@ class RemoteFeed:
         self._read = read
         self._is_terminal = is_terminal
         self._poked = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(), name=f"remote-{run_id}")
+        self._task = start_task(self._follow(), name=f"remote-{run_id}")
 
     def poke(self) -> None:
         """Something may have been committed: look now."""
@@ -102,7 +102,7 @@ class RemoteFeeds:
         self._read = read
         self._is_terminal = is_terminal
         self._feeds: dict[str, RemoteFeed] = {}
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._stopping = TaskSupervisor("remote-feeds")  # feeds of runs now driven here, being stopped
 
     async def attach(self, run_id: str) -> RemoteFeed:
         """The run's feed (started now if there was none), counted as watched once more."""
@@ -137,12 +137,11 @@ class RemoteFeeds:
         feed = self._feeds.pop(run_id, None)
         if feed is not None:
             feed.channel.close(moved=True)
-            task = asyncio.get_running_loop().create_task(feed.stop())
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+            self._stopping.spawn(feed.stop(), name=f"stop-remote-{run_id}")
 
     async def stop(self) -> None:
         """Stop every feed."""
         feeds, self._feeds = list(self._feeds.values()), {}
         for feed in feeds:
             await feed.stop()
+        await self._stopping.close()

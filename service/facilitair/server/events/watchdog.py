@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 
 class SilenceWatchdog:
@@ -57,7 +57,7 @@ class SilenceWatchdog:
     def start(self) -> None:
         """Start watching."""
         self.last_event = time.monotonic()
-        self._task = asyncio.create_task(self._watch(), name=f"watchdog-{self._name}")
+        self._task = start_task(self._watch(), name=f"watchdog-{self._name}")
 
     async def stop(self) -> None:
         """Stop watching (always, in a finally); safe to call twice."""

@@ -1,16 +1,49 @@
-"""Domain values to facilitair.v1 messages: the one place the server's events and summaries are built.
+"""Domain values to facilitair.v1 messages: the one module that builds the messages the server emits.
 
-The pipeline speaks in domain values (domain.py); the recorder turns them into RunEvents here, and the
-run lifecycle builds summaries here, so no other module of the pipeline imports the stubs.
+Every run event (the recorder's, and the coalesced token events of relay.py), every run summary (as stored
+with the run and as answered), and every response of the service is built here, from domain values
+(domain.py). The rest of the server handles the messages it gets from here as values: runs/, pipeline/,
+providers/ and store/ never import the stubs (an import-linter contract in pyproject.toml); events/ holds
+RunEvents and transport/ reads requests (transport/requests.py). The names re-exported below are for type
+annotations there.
+
+The token event is the hot path: `token_delta` makes it with one constructor call, nothing more (the recorder
+saves a call of its own in exchange: RunRecorder.token).
 """
 
 from __future__ import annotations
 
-from facilitair.server.domain import AgentRole, Artifact, Plan, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    Artifact,
+    ModelRef,
+    Plan,
+    RunOutcome,
+    RunState,
+    UsageTotals,
+    Verdict,
+    chain_text,
+)
+from facilitair.server.settings import Settings
 from facilitair.v1 import orchestrator_pb2 as pb
+
+# The message types other layers hold without building them (annotations only).
+RunEvent = pb.RunEvent
+RunSummary = pb.RunSummary
+RunFailed = pb.RunFailed
+ServerInfo = pb.GetServerInfoResponse
+
+# A stored event read back (the same function as the message's own, so replay pays no call of ours per event).
+stored_event = pb.RunEvent.FromString
 
 # The events that end a run, each setting one of domain.FINISHED_STATES.
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+
+_RunEvent = pb.RunEvent
+_TokenDelta = pb.TokenDelta
+_STORE_KINDS = {"sqlite": pb.STORE_KIND_SQLITE, "postgresql": pb.STORE_KIND_POSTGRESQL}
+
+# -- domain values ------------------------------------------------------------------------------------
 
 
 def agent(role: AgentRole) -> pb.Agent.ValueType:
@@ -82,23 +115,262 @@ def result(outcome: RunOutcome) -> pb.RunResult:
     )
 
 
-def new_summary(run_id: str, task: str, created_ns: int) -> pb.RunSummary:
-    """The summary of a run just accepted."""
-    summary = pb.RunSummary(run_id=run_id, state=pb.RUN_STATE_QUEUED, task=task)
+def state_name(state: int) -> str:
+    """The enum name of a run state ("RUN_STATE_COMPLETED"), as logs show it."""
+    return pb.RunState.Name(pb.RunState.ValueType(state))
+
+
+# -- run events (the recorder stamps each with its run, time and seq) ---------------------------------
+
+
+def token_delta(stage: int, text: str) -> pb.RunEvent:
+    """A text delta, exactly as the provider streamed it (the hot path)."""
+    return _RunEvent(token_delta=_TokenDelta(stage=stage, text=text))
+
+
+def joined_tokens(first: pb.RunEvent, last: pb.RunEvent, text: str) -> pb.RunEvent:
+    """One token_delta for the run of deltas from `first` to `last` whose texts joined are `text` (relay.py)."""
+    return _RunEvent(
+        run_id=first.run_id,
+        seq=last.seq,
+        first_seq=first.seq,
+        time=last.time,
+        token_delta=_TokenDelta(stage=first.token_delta.stage, text=text),
+    )
+
+
+def run_started(task: str, planned: pb.Plan) -> pb.RunEvent:
+    """The run's plan; it is running."""
+    return pb.RunEvent(run_started=pb.RunStarted(task=task, plan=planned))
+
+
+def stage_started(stage: int, role: AgentRole, model: ModelRef, round_: int) -> pb.RunEvent:
+    """A stage starts with its first model."""
+    started = pb.StageStarted(stage=stage, agent=agent(role), model=str(model), round=round_, attempt=1)
+    return pb.RunEvent(stage_started=started)
+
+
+def attempt_reset(stage: int, attempt: int, reason: str, model: ModelRef, delay: float) -> pb.RunEvent:
+    """The stage's text so far is void; attempt `attempt` starts after `delay` seconds."""
+    reset = pb.AttemptReset(stage=stage, attempt=attempt, reason=reason, model=str(model))
+    reset.delay.FromNanoseconds(int(delay * 1e9))
+    return pb.RunEvent(attempt_reset=reset)
+
+
+def model_fallback(stage: int, from_model: ModelRef, to_model: ModelRef, reason: str) -> pb.RunEvent:
+    """The stage gives up on one model and asks the next of its list."""
+    fallback = pb.ModelFallback(stage=stage, from_model=str(from_model), to_model=str(to_model), reason=reason)
+    return pb.RunEvent(model_fallback=fallback)
+
+
+def artifact_produced(value: Artifact) -> pb.RunEvent:
+    """A file a stage produced."""
+    return pb.RunEvent(artifact_produced=pb.ArtifactProduced(artifact=artifact(value)))
+
+
+def review_verdict(stage: int, round_: int, value: Verdict) -> pb.RunEvent:
+    """The reviewer's verdict."""
+    return pb.RunEvent(review_verdict=verdict(stage, round_, value))
+
+
+def stage_completed(
+    stage: int, role: AgentRole, model: ModelRef, spent: UsageTotals, *, finish: str, truncated: bool, seconds: float
+) -> pb.RunEvent:
+    """A stage ended after `seconds`, with its usage and how it finished."""
+    done = pb.StageCompleted(
+        stage=stage, agent=agent(role), model=str(model), usage=usage(spent), finish_reason=finish, truncated=truncated
+    )
+    done.duration.FromNanoseconds(int(seconds * 1e9))
+    return pb.RunEvent(stage_completed=done)
+
+
+def run_completed(outcome: pb.RunResult, totals: UsageTotals, duration_s: float) -> pb.RunEvent:
+    """Terminal: the run finished with a result."""
+    event = pb.RunEvent(run_completed=pb.RunCompleted(result=outcome, usage=usage(totals)))
+    event.run_completed.duration.FromNanoseconds(int(duration_s * 1e9))
+    return event
+
+
+def run_failure(
+    code: int, reason: str, message: str, *, retryable: bool, stage: int, totals: UsageTotals
+) -> pb.RunFailed:
+    """Why a run failed, for its terminal event and its summary alike."""
+    return pb.RunFailed(
+        code=code, reason=reason, message=message, retryable=retryable, stage=stage, usage=usage(totals)
+    )
+
+
+def run_failed(failure: pb.RunFailed) -> pb.RunEvent:
+    """Terminal: the run ended with an error."""
+    return pb.RunEvent(run_failed=failure)
+
+
+def run_cancelled(reason: str, totals: UsageTotals) -> pb.RunEvent:
+    """Terminal: the run was cancelled."""
+    return pb.RunEvent(run_cancelled=pb.RunCancelled(reason=reason, usage=usage(totals)))
+
+
+def thinking(stage: int, waited: float) -> pb.RunEvent:
+    """The model of `stage` has not answered for `waited` seconds."""
+    return pb.RunEvent(thinking=pb.Thinking(stage=stage, waited_seconds=waited))
+
+
+def heartbeat(stage: int) -> pb.RunEvent:
+    """Nothing else happened for a while; the run is alive."""
+    return pb.RunEvent(heartbeat=pb.Heartbeat(stage=stage))
+
+
+# -- summaries -----------------------------------------------------------------------------------------
+
+
+def new_summary(run_id: str, task: str, created_ns: int) -> bytes:
+    """The stored summary of a run just accepted (queued)."""
+    summary = pb.RunSummary(run_id=run_id, state=pb.RunState.ValueType(RunState.QUEUED), task=task)
     summary.created_at.FromNanoseconds(created_ns)
     summary.updated_at.FromNanoseconds(created_ns)
-    return summary
+    return summary.SerializeToString()
 
 
-def summary_of(stored: bytes, last_seq: int, *, with_result: bool) -> pb.RunSummary:
-    """A stored summary with its live progress; the result only when asked for (GetRun, not ListRuns)."""
+def summary_of(stored: bytes, last_seq: int, *, with_result: bool, replica_id: str = "") -> pb.RunSummary:
+    """A stored summary with its live progress and driving replica; the result only when asked for (GetRun, not
+    ListRuns)."""
     summary = pb.RunSummary.FromString(stored)
     summary.last_seq = last_seq
+    if replica_id:
+        summary.replica_id = replica_id
     if not with_result:
         summary.ClearField("result")
     return summary
 
 
-def state_name(state: int) -> str:
-    """The enum name of a run state ("RUN_STATE_COMPLETED"), as logs show it."""
-    return pb.RunState.Name(pb.RunState.ValueType(state))
+class Summary:
+    """A run's summary as the recorder keeps it in step with the run's events; stored as bytes in the run's row.
+
+    Reading a stored one raises google.protobuf.message.DecodeError when it cannot be read.
+    """
+
+    __slots__ = ("_message",)
+
+    def __init__(self, stored: bytes) -> None:
+        self._message = pb.RunSummary.FromString(stored)
+
+    @property
+    def state(self) -> int:
+        """The run's state as recorded (a domain.RunState number)."""
+        return int(self._message.state)
+
+    @property
+    def current_stage(self) -> int:
+        """The stage running now (0 when none is)."""
+        return int(self._message.current_stage)
+
+    def usage(self) -> UsageTotals:
+        """The run's usage as stored."""
+        stored = self._message.usage
+        return UsageTotals(
+            stored.input_tokens,
+            stored.output_tokens,
+            stored.cost_usd,
+            stored.cost_unknown,
+            stored.cache_read_input_tokens,
+            stored.cache_write_input_tokens,
+            stored.estimated,
+        )
+
+    def planned(self, planned: pb.Plan) -> None:
+        """The run's plan."""
+        self._message.plan.CopyFrom(planned)
+
+    def stage(self, stage: int, role: AgentRole) -> None:
+        """The stage (and its agent) running now."""
+        self._message.current_stage = stage
+        self._message.current_agent = agent(role)
+
+    def counted(self, totals: UsageTotals) -> None:
+        """The run's usage so far."""
+        self._message.usage.CopyFrom(usage(totals))
+
+    def completed(self, outcome: pb.RunResult) -> None:
+        """The result of a completed run."""
+        self._message.result.CopyFrom(outcome)
+
+    def failed(self, failure: pb.RunFailed) -> None:
+        """Why the run failed."""
+        self._message.failure.CopyFrom(failure)
+
+    def set_state(self, state: RunState, finished_ns: int | None = None) -> None:
+        """The run's new state; a finished run (`finished_ns`) runs no stage any more."""
+        self._message.state = pb.RunState.ValueType(state)
+        if finished_ns is not None:
+            self._message.current_stage = 0
+            self._message.current_agent = pb.AGENT_UNSPECIFIED
+            self._message.finished_at.FromNanoseconds(finished_ns)
+
+    @property
+    def message(self) -> pb.RunSummary:
+        """The summary as its message, to read (a terminal event's webhook body is made from it)."""
+        return self._message
+
+    def stored(self, updated_ns: int) -> bytes:
+        """The summary to store, updated at `updated_ns`."""
+        self._message.updated_at.FromNanoseconds(updated_ns)
+        return self._message.SerializeToString()
+
+
+# -- responses -----------------------------------------------------------------------------------------
+
+
+def collaborate_response(event: pb.RunEvent) -> pb.CollaborateResponse:
+    """One message of a Collaborate stream."""
+    return pb.CollaborateResponse(event=event)
+
+
+def watch_response(event: pb.RunEvent) -> pb.WatchRunResponse:
+    """One message of a WatchRun stream."""
+    return pb.WatchRunResponse(event=event)
+
+
+def get_run_response(run: pb.RunSummary) -> pb.GetRunResponse:
+    """GetRun's answer."""
+    return pb.GetRunResponse(run=run)
+
+
+def list_runs_response(runs: list[pb.RunSummary], next_page_token: str) -> pb.ListRunsResponse:
+    """ListRuns' answer: one page."""
+    return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
+
+
+def cancel_run_response(run: pb.RunSummary) -> pb.CancelRunResponse:
+    """CancelRun's answer."""
+    return pb.CancelRunResponse(run=run)
+
+
+def server_info(
+    settings: Settings,
+    *,
+    version: str,
+    providers: list[str],
+    agent_models: dict[str, str],
+    max_refinements_limit: int,
+    store_kind: str,
+    replica_id: str,
+) -> pb.GetServerInfoResponse:
+    """GetServerInfo's answer: the version, providers, models, the settings' limits, the store and the replica."""
+    s = settings
+    # Each default next to its limit.
+    limits = pb.ServerLimits(
+        max_runs=s.max_runs, max_runs_per_principal=s.max_runs_per_principal, runs_per_minute=s.runs_per_minute,
+        max_cost_usd_default=s.budget_usd, max_cost_usd_limit=s.budget_usd_max,
+        max_tokens_default=s.budget_tokens, max_tokens_limit=s.budget_tokens_max,
+        max_refinements_default=s.max_refinements, max_refinements_limit=max_refinements_limit,
+    )  # fmt: skip
+    limits.run_timeout.FromNanoseconds(round(s.run_timeout * 1e9))
+    return pb.GetServerInfoResponse(
+        version=version,
+        providers=sorted(providers),
+        default_model=chain_text(settings.default_models()),
+        agent_models=agent_models,
+        limits=limits,
+        store=_STORE_KINDS.get(store_kind, pb.STORE_KIND_UNSPECIFIED),
+        replica_id=replica_id,
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from facilitair.server.pipeline.budget import Budget
 from facilitair.server.pipeline.context import ContextTooSmall
 from facilitair.server.pipeline.tokens import estimate_tokens, request_tokens
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd, UsageReport
+from facilitair.server.retrying import RetryPolicy
 from facilitair.server.telemetry import (
     NO_STAGE,
     NO_STRETCH,
@@ -52,15 +52,20 @@ class AttemptPolicy:
     provider_timeout: float = 300.0
     backoff_base: float = 2.0
 
-    def backoff_range(self, tries: int) -> tuple[float, float]:
-        """The least and the most `backoff(tries)` may return."""
-        step = min(self.backoff_base * 2.0 ** (tries - 1), 16 * self.backoff_base)
-        return step * 0.5, step * 1.5
+    @property
+    def retry(self) -> RetryPolicy:
+        """The waits between one model's attempts: exponential from the base, at most 16 bases, x0.5-1.5."""
+        return RetryPolicy(
+            base=self.backoff_base,
+            cap=16 * self.backoff_base,
+            attempts=self.attempts_per_model,
+            jitter=0.5,
+            deadline=self.retry_wait_max,
+        )
 
-    def backoff(self, tries: int) -> float:
-        """Jittered exponential backoff before retry number `tries` (1-based), at most 16 bases."""
-        low, high = self.backoff_range(tries)
-        return random.uniform(low, high)  # noqa: S311
+    def backoff_range(self, tries: int) -> tuple[float, float]:
+        """The least and the most the wait after failure number `tries` (1-based) may be."""
+        return self.retry.delay_range(tries)
 
 
 def _log_fields(stage: int, model: ModelRef, host: str, exc: ProviderError) -> dict[str, object]:
@@ -179,10 +184,8 @@ class StageRunner:
                 self.rec.model_fallback(stage, chain[index - 1], model, last_error.public_message)
                 self.rec.attempt_reset(stage, attempt, f"falling back to {model}", model, 0.0)
             provider = self.providers.get(model.provider)
-            tries = 0
-            waited = 0.0
+            retry = self.policy.retry.start()
             while True:
-                tries += 1
                 if last_error is not None:
                     # A retry or a fallback asks the provider again only once its attempt_reset is stored: while
                     # the store cannot write, the run waits here (and is interrupted after the grace) instead of
@@ -208,15 +211,9 @@ class StageRunner:
                     failure = _log_fields(stage, model, provider.host, exc)
                     log.warning("provider_attempt_failed", attempt=attempt, retryable=exc.retryable, **failure)
                     last_error = exc
-                    delay = exc.retry_after if exc.retry_after is not None else self.policy.backoff(tries)
-                    if (
-                        not exc.retryable
-                        or tries >= self.policy.attempts_per_model
-                        or waited + delay > self.policy.retry_wait_max
-                        or delay >= self.time_left()
-                    ):
+                    if not exc.retryable or not retry.failed(exc.retry_after) or retry.delay >= self.time_left():
                         break
-                    waited += delay
+                    delay = retry.delay
                     attempt += 1
                     log.info("provider_retry", attempt=attempt, delay=round(delay, 3), **failure)
                     self.rec.attempt_reset(stage, attempt, exc.public_message, model, delay)

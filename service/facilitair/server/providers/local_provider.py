@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 
 from facilitair.server.errors import FailedPrecondition, ProviderError, ProviderFailure, Reason
-from facilitair.server.providers.base import CompletionRequest, StreamEnd, broken, failure_for_status
-from facilitair.server.providers.chat_chunks import choice_of, usage_of
+from facilitair.server.providers.base import CompletionRequest, StreamEnd, UsageReport, failure_for_status
+from facilitair.server.providers.chat_chunks import ChatChunks
 from facilitair.server.providers.local import models
 from facilitair.server.providers.local.engine import EngineError, EngineOptions, LocalEngine
 
@@ -91,41 +91,30 @@ class LocalProvider:
         engines, self._engines = list(self._engines.values()), {}
         await asyncio.gather(*(engine.aclose() for engine in engines))
 
-    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | UsageReport | StreamEnd, None]:
         """Yield the model's text deltas as the engine streams them, then usage and finish reason."""
         engine = await self.engine(request.model)
         messages = [{"role": "system", "content": request.system}, {"role": "user", "content": request.prompt}]
         try:
             body = await self._body(engine, request, messages)
-            finish: str | None = None
-            usage: tuple[int, int, int] | None = None  # prompt, completion, cached
+            # The engine speaks OpenAI's format: its stream is read by the same parser as OpenAI's. A local model
+            # costs nothing, so its usage is not reported before the end.
+            chunks = ChatChunks(self.name, request.model, report_usage=False)
             # aclosing: when this stream is closed, the engine's is closed at once, which cancels the request.
-            async with contextlib.aclosing(engine.chat(body, request.timeout)) as chunks:
-                async for chunk in chunks:
-                    # The engine speaks OpenAI's format: its chunks are read by the same checks as OpenAI's.
-                    if type(chunk) is not dict or "error" in chunk:
-                        raise broken(self.name, request.model)
-                    if chunk.get("usage"):
-                        usage = usage_of(chunk["usage"], self.name, request.model)
-                    choices = chunk.get("choices")
-                    if not choices:
-                        continue
-                    if type(choices) is not list:
-                        raise broken(self.name, request.model)
-                    for choice in choices:
-                        text, reason = choice_of(choice, self.name, request.model)
-                        if text:
-                            yield text
-                        if reason is not None:
-                            finish = reason
+            async with contextlib.aclosing(engine.chat(body, request.timeout)) as received:
+                async for data in received:
+                    for item in chunks.feed(data):
+                        yield item
+                    if chunks.done:
+                        break
         except Exception as exc:
             raise self._error(exc, request.model, engine) from None
-        if finish is None:
-            raise broken(self.name, request.model)
-        if usage is None:
+        finish = chunks.end(until_done=False)
+        if chunks.usage is None:
             yield StreamEnd(0, 0, finish, usage_reported=False)
         else:
-            yield StreamEnd(usage[0], usage[1], finish)  # a local prompt cache costs nothing: not counted apart
+            prompt, completion, _ = chunks.usage  # a local prompt cache costs nothing: not counted apart
+            yield StreamEnd(prompt, completion, finish)
 
     async def _body(
         self, engine: LocalEngine, request: CompletionRequest, messages: list[dict[str, str]]
@@ -172,6 +161,6 @@ class LocalProvider:
         if isinstance(exc, aiohttp.ClientError | ConnectionError):
             # The engine went away (crashed or killed): the next attempt starts a new one.
             return ProviderError(self.name, model, ProviderFailure.CONNECTION)
-        if isinstance(exc, ValueError):  # a chunk that is not JSON, or a line past aiohttp's limit
+        if isinstance(exc, ValueError):  # a response aiohttp could not read
             return ProviderError(self.name, model, ProviderFailure.STREAM_BROKEN)
         raise exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -14,18 +13,16 @@ from facilitair.server.providers.base import (
     CompletionRequest,
     StreamEnd,
     UsageReport,
-    broken,
     error_words,
     failure_for_status,
     host_of,
     retry_after_of,
 )
-from facilitair.server.providers.chat_chunks import choice_of, model_of, usage_of
+from facilitair.server.providers.chat_chunks import ChatChunks
 from facilitair.server.providers.transport import (
     POOL_LIMITS,
     error_class,
     resend_if_stale,
-    split_lines,
     transport_failure,
 )
 
@@ -57,8 +54,8 @@ class OpenAIProvider:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | UsageReport | StreamEnd, None]:
         """Yield content deltas as they arrive, then the usage chunk's report, then usage and finish reason.
 
-        The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are
-        split into lines here and each `data:` decoded with json.loads. Iterating the SDK's typed
+        The SDK opens the stream (auth, headers, retries off, status errors); the body's bytes are read by
+        chat_chunks.ChatChunks, the one parser of the format (the local engine's too). Iterating the SDK's typed
         stream builds a model per chunk, the largest single cost in the server's profile, and its
         line iterator is four async generators deep per chunk (docs/benchmarks.md). The SDK's models also
         checked nothing: a chunk of the wrong shape (`[]`, `null`, `"choices": ["x"]`) is a broken
@@ -66,61 +63,25 @@ class OpenAIProvider:
         """
         params = self._params(request)
         opening = self._client.chat.completions.with_streaming_response
-        finish: str | None = None
-        # prompt (cached part included), completion, cached; and the model the usage chunk names (for traces)
-        usage: tuple[int, int, int, str] | None = None
-        done = False
+        chunks = ChatChunks(self.name, request.model)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 response = await resend_if_stale(
                     lambda: stack.enter_async_context(opening.create(**params)), host=self.host
                 )
-                pending = b""
                 async for received in response.http_response.aiter_bytes():
-                    split = split_lines(pending, received)
-                    if split is None:
-                        raise broken(self.name, request.model)
-                    lines, pending = split
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue  # blank separators, comments, keep-alives
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        chunk = json.loads(data)
-                        if type(chunk) is not dict or "error" in chunk:
-                            # Not a chunk, or an error event inside an open stream (its text is the vendor's,
-                            # never passed on): the stream broke off either way.
-                            raise broken(self.name, request.model)
-                        if chunk.get("usage"):
-                            usage = (*usage_of(chunk["usage"], self.name, request.model), model_of(chunk))
-                            # Before [DONE]: a stream cut off after this is still counted as reported.
-                            yield UsageReport(usage[0], usage[1], cache_read_tokens=usage[2])
-                        choices = chunk.get("choices")
-                        if not choices:
-                            continue
-                        if type(choices) is not list:
-                            raise broken(self.name, request.model)
-                        for choice in choices:
-                            text, reason = choice_of(choice, self.name, request.model)
-                            if text:
-                                yield text
-                            if reason is not None:
-                                finish = reason
-                    if done:
+                    for item in chunks.feed(received):
+                        yield item
+                    if chunks.done:
                         break
-        except ValueError:  # a chunk that is not JSON
-            raise broken(self.name, request.model) from None
         except Exception as exc:
             raise self._error(exc, request.model) from None
-        if not done or finish is None:
-            # A body that ends without its finish chunk or [DONE] is a truncated stream, not a success.
-            raise broken(self.name, request.model)
-        if usage is None:
+        finish = chunks.end()
+        if chunks.usage is None:
             yield StreamEnd(0, 0, finish, usage_reported=False)
         else:
-            yield StreamEnd(usage[0], usage[1], finish, cache_read_tokens=usage[2], response_model=usage[3])
+            prompt, completion, cached = chunks.usage
+            yield StreamEnd(prompt, completion, finish, cache_read_tokens=cached, response_model=chunks.model)
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The arguments of `chat.completions.create` for one request."""

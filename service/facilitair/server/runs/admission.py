@@ -1,17 +1,18 @@
 """Admission: whether a new run may start, decided before anything is stored.
 
-Limits on runs in flight (this server's, and each principal's) and a token bucket on the rate of new runs
-per principal, then the plan against the run's budgets. A run counts against the limits from the moment
-it is admitted (checked and counted with no await in between), so calls arriving together cannot all
-slip under a limit before any of them is counted.
+Limits on runs in flight (this server's, and each principal's), then the plan against the run's budgets. A
+run counts against the limits from the moment it is admitted (checked and counted with no await in between),
+so calls arriving together cannot all slip under a limit before any of them is counted.
+
+The rate of new runs (`runs_per_minute`) is not counted here but by the store, in the same transaction that
+creates the run (`insert_run`, RATE_WINDOW): the store is shared, so the limit holds across every replica, and
+only runs really created count. A count per process held a replica's share only, and counted refused runs too.
 """
 
 from __future__ import annotations
 
-import time
-
-from facilitair.server.domain import Plan
 from facilitair.server.errors import FailedPrecondition, Reason, ResourceLimited
+from facilitair.server.pipeline.plan import PlannedRun
 from facilitair.server.settings import Settings
 
 # How long a client is told to wait when a concurrency limit is full: a run takes minutes, so soon
@@ -25,7 +26,6 @@ class Admission:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._in_flight: dict[str, str] = {}  # admitted, unfinished run id -> principal
-        self._buckets: dict[str, tuple[float, float]] = {}  # principal -> (tokens, monotonic time)
 
     @property
     def in_flight(self) -> int:
@@ -51,7 +51,6 @@ class Admission:
                 "wait for one to finish or cancel one",
                 CONCURRENCY_RETRY_SECONDS,
             )
-        self._take_token(principal)
         self._in_flight[run_id] = principal
 
     def resumed(self, run_id: str, principal: str) -> None:
@@ -62,27 +61,11 @@ class Admission:
         """The run finished (or stopped being driven here)."""
         self._in_flight.pop(run_id, None)
 
-    def _take_token(self, principal: str) -> None:
-        """A token bucket: runs_per_minute tokens, refilled continuously."""
-        s = self._settings
-        now = time.monotonic()
-        rate = s.runs_per_minute / 60.0
-        tokens, then = self._buckets.get(principal, (s.runs_per_minute, now))
-        tokens = min(s.runs_per_minute, tokens + (now - then) * rate)
-        if tokens < 1.0:
-            wait = (1.0 - tokens) / rate
-            self._buckets[principal] = (tokens, now)
-            raise ResourceLimited(
-                f"you started more than {s.runs_per_minute:g} runs a minute; retry in {wait:.1f} s",
-                wait,
-                reason=Reason.RATE_LIMITED,
-            )
-        self._buckets[principal] = (tokens - 1.0, now)
 
-
-def check_budget(plan: Plan, planned_tokens: int, budget_usd: float | None, budget_tokens: int | None) -> None:
+def check_budget(planned: PlannedRun) -> None:
     """Refuse a run whose plan is estimated over its budget, saying by how much."""
-    cost = plan.estimated_cost_usd
+    cost, planned_tokens = planned.plan.estimated_cost_usd, planned.tokens
+    budget_usd, budget_tokens = planned.spec.budget_usd, planned.spec.budget_tokens
     if budget_usd is not None and cost is not None and cost > budget_usd:
         raise FailedPrecondition(
             f"the plan's estimated cost ${cost:.4f} is over the budget ${budget_usd:.4f} "

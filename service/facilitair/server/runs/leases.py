@@ -27,7 +27,7 @@ from facilitair.server.runs.admission import Admission
 from facilitair.server.runs.lifecycle import RunLifecycle
 from facilitair.server.runs.starts import RunStarter
 from facilitair.server.store.base import EventStore, StoreUnavailable
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,7 @@ class LeaseKeeper:
         """Take over what no replica holds (on a one-process store: every unfinished run), then keep going."""
         with contextlib.suppress(StoreUnavailable):  # the loop tries again; the store's health says why
             await self._claim(ignore_leases=not self._store.shared)
-        self._task = asyncio.create_task(self._loop(), name="leases")
+        self._task = start_task(self._loop(), name="leases")
 
     async def stop(self) -> None:
         """Stop renewing and claiming (the leases run out by themselves, or are released by the caller)."""

@@ -35,7 +35,7 @@ import structlog
 from facilitair.server.domain import RunOutcome
 from facilitair.server.errors import FacilitairError, Reason, Unavailable
 from facilitair.server.events.health import StoreHealth
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
@@ -235,7 +235,7 @@ class RunLifecycle:
                 self._outage.cancel()
                 self._outage = None
         elif self._outage is None or self._outage.done():
-            self._outage = asyncio.create_task(self._interrupt_after_grace(), name="store-outage")
+            self._outage = start_task(self._interrupt_after_grace(), name="store-outage")
 
     async def _interrupt_after_grace(self) -> None:
         """A store that cannot write for longer than the grace interrupts every run (see runs.md, durable runs).

@@ -21,8 +21,8 @@ from facilitair.server.domain import FINISHED_STATES, UNFINISHED_STATES, why_uns
 from facilitair.server.errors import AmbiguousRunId, InvalidArgument, NotFound, OutOfRange
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
+from facilitair.server.events.wire import RunSummary
 from facilitair.server.store.base import EventStore, RunRow
-from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -90,12 +90,11 @@ class RunQueries:
         channel = self._events.channel(run_id)
         return channel.committed_seq if channel is not None else await self._store.last_seq(run_id)
 
-    async def summary(self, row: RunRow, *, with_result: bool) -> pb.RunSummary:
+    async def summary(self, row: RunRow, *, with_result: bool) -> RunSummary:
         """The run's stored summary with its live progress and the replica driving it."""
-        summary = wire.summary_of(row.summary, await self.last_seq(row.run_id), with_result=with_result)
-        if row.state in UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time():
-            summary.replica_id = row.owner
-        return summary
+        last_seq = await self.last_seq(row.run_id)
+        leased = row.state in UNFINISHED_STATES and row.lease_expires_at and row.lease_expires_at > time.time()
+        return wire.summary_of(row.summary, last_seq, with_result=with_result, replica_id=row.owner if leased else "")
 
     async def check_watch(self, run_id: str, after_seq: int, principal: str) -> RunRow:
         """The run to watch; refuse someone else's run, or a watch that starts past the run's last event."""
@@ -108,7 +107,7 @@ class RunQueries:
 
     async def list_runs(
         self, principal: str, state: int, page_size: int, page_token: str
-    ) -> tuple[list[pb.RunSummary], str]:
+    ) -> tuple[list[RunSummary], str]:
         """One page of the principal's runs, newest first, and the next page's token."""
         if page_size > MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")

@@ -9,7 +9,7 @@ import structlog
 
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +24,7 @@ class Retention:
 
     def start(self) -> None:
         """Start the loop (the first pass runs at once)."""
-        self._task = asyncio.create_task(self._loop(), name="retention")
+        self._task = start_task(self._loop(), name="retention")
 
     async def stop(self) -> None:
         """Stop the loop."""

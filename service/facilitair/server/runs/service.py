@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -20,6 +19,7 @@ from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import Reason, Unavailable
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.health import StoreHealth
+from facilitair.server.events.wire import RunEvent, RunSummary
 from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
@@ -35,8 +35,11 @@ from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.telemetry import Telemetry
-from facilitair.v1 import orchestrator_pb2 as pb
+from facilitair.server.webhooks.config import WebhookConfig
+from facilitair.server.webhooks.dispatcher import WebhookDispatcher
+from facilitair.server.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -58,19 +61,25 @@ class RunService:
         config: PipelineConfig,
         status_number: StatusNumber,
         *,
+        webhooks: WebhookConfig | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        webhooks = webhooks if webhooks is not None else WebhookConfig.from_settings(settings)
         self.replica_id = settings.replica_id
         self._store = store
         health = StoreHealth()
         prices = PriceTable(config.price_overrides())
-        history = StageHistory()  # the plan learns from stages driven here and from the store (RunStarter)
-        estimator = PlanEstimator(prices, config, history)
+        history = StageHistory()  # the plan learns from stages driven here and from the store
+        self._estimator = estimator = PlanEstimator(prices, config, history, store)
         # Built bottom-up, each part given the parts it asks; none calls back into one built after it. The run
         # lifecycle is the bottom: the others ask it who drives a run and why one stops, and tell it what they learn.
         self.lifecycle = RunLifecycle(health, grace_seconds=settings.store_grace_seconds)
         self.events = EventLog(store, health=health, on_refused=self.lifecycle.lose)
+        # The webhook outbox: rows queued by the recorders with terminal events, sent by the dispatcher, which a
+        # commit that stored some wakes at once.
+        self.webhooks = WebhookDispatcher(store.webhooks, webhooks, settings.replica_id, shared=store.shared)
+        self.events.on_deliveries = self.webhooks.wake
         self._admission = Admission(settings)
         supervisor = Supervisor(
             settings,
@@ -92,6 +101,7 @@ class RunService:
             events=self.events,
             admission=self._admission,
             supervisor=supervisor,
+            outbox=Outbox(webhooks) if webhooks.endpoints else None,
         )
         self._leases = LeaseKeeper(
             store,
@@ -104,7 +114,7 @@ class RunService:
         )
         self._queries = RunQueries(store, self.events)
         self._retention = Retention(settings, store)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSupervisor("runs")  # cancels that notifications and lease renewals asked for
         self._stopping = False
 
     # -- life of the service --------------------------------------------------------------------
@@ -116,6 +126,7 @@ class RunService:
         await self._store.listen(self.events.committed_elsewhere, self._cancel_noticed, self._leases.claim_soon)
         await self._leases.start()
         self._retention.start()
+        await self.webhooks.start()
 
     async def stop(self) -> None:
         """Interrupt every live run, hand the runs over (their leases released) and close the store.
@@ -124,6 +135,9 @@ class RunService:
         seen by a client, and the runs resume from what was.
         """
         self._stopping = True
+        await self._starter.creations.close()
+        await self._background.close()
+        await self.webhooks.stop()  # attempts in flight are cut: their claims run out and they are sent again
         await self._retention.stop()
         await self._leases.stop()
         await self.lifecycle.interrupt_all(wait=STOP_WAIT)
@@ -162,6 +176,10 @@ class RunService:
     async def create_run(self, spec: RunSpec, principal: str, *, traceparent: str | None = None) -> str:
         """Start a run (or find the one this idempotency key started) and return its id.
 
+
+        Two steps (docs/architecture.md): the pipeline makes the request's plan, once (PlannedRun: the spec and
+        the plan); the starter admits and starts the run from that, asking the pipeline nothing more.
+
         `traceparent` (W3C) is stored with a new run: the trace of the call that created it, which its spans join.
         """
         if self._stopping:
@@ -171,23 +189,24 @@ class RunService:
             raise Unavailable(
                 f"the server cannot store runs now ({health.cause}); retry later", reason=Reason.STORE_UNAVAILABLE
             )
-        return await self._starter.create(spec, principal, traceparent=traceparent)
+        planned = await self._estimator.plan_run(spec)
+        return await self._starter.create(planned, principal, traceparent=traceparent)
 
     # -- asking about runs ----------------------------------------------------------------------
 
-    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[pb.RunEvent]]:
+    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[RunEvent]]:
         """Check the request, then return the run's events after `after_seq` until its end."""
         row = await self._queries.check_watch(run_id, after_seq, principal)
         return self.events.watch(row.run_id, after_seq)
 
-    async def get_run(self, run_id: str, principal: str) -> pb.RunSummary:
+    async def get_run(self, run_id: str, principal: str) -> RunSummary:
         """The run's summary with its live progress and (once finished) its result."""
         row = await self._queries.owned(run_id, principal)
         return await self._queries.summary(row, with_result=True)
 
     async def list_runs(
         self, principal: str, state: int, page_size: int, page_token: str
-    ) -> tuple[list[pb.RunSummary], str]:
+    ) -> tuple[list[RunSummary], str]:
         """One page of the principal's runs, newest first, and the next page's token."""
         return await self._queries.list_runs(principal, state, page_size, page_token)
 
@@ -195,7 +214,7 @@ class RunService:
 
     async def cancel_run(
         self, run_id: str, principal: str, reason: str = "cancelled by a client request"
-    ) -> pb.RunSummary:
+    ) -> RunSummary:
         """Cancel a run wherever it is driven and wait (bounded) for its end; a finished run is returned as it is."""
         row = await self._queries.owned(run_id, principal)
         run_id = row.run_id  # the full id, whatever the caller named the run by (a prefix, "last")
@@ -228,20 +247,9 @@ class RunService:
         """A cancel was requested on some replica (the store's listener): cancel the run if it is driven here."""
         if self.lifecycle.is_live(run_id):
             log.info("cancel_noticed", run_id=run_id, via="notification")
-            self._in_background(self._cancel_with_stored_reason(run_id))
+            self._background.spawn(self._cancel_with_stored_reason(run_id), name=f"cancel-{run_id}")
 
     async def _cancel_with_stored_reason(self, run_id: str) -> None:
         row = await self._store.get_run(run_id)
         reason = row.cancel_reason if row is not None and row.cancel_reason else "cancelled by a client request"
         self.lifecycle.cancel(run_id, reason)
-
-    def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("background_cancel_failed")
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

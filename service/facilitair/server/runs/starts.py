@@ -1,5 +1,7 @@
 """Starting runs driven here: new ones (admitted, stored, spawned) and claimed ones (resumed from the store).
 
+A new run comes planned (pipeline/plan.py's PlannedRun: the spec and its plan, made once by the pipeline); here it
+is admitted (its idempotency key, idempotency.py; its models, budget and limits, admission.py) and started.
 A new run is stored through the store's insert_run, whose unique index decides idempotency across replicas and
 whose count the per-principal limit across replicas; storing it, starting to drive it and its first commit run
 as one task the caller only waits for, so a caller that leaves meanwhile cannot orphan the run. A claimed run
@@ -17,26 +19,23 @@ import uuid
 import structlog
 from google.protobuf.message import DecodeError
 
-from facilitair.server.domain import Plan, chain_text
+from facilitair.server.domain import Plan, RunState, chain_text
 from facilitair.server.errors import DataCorrupt, FacilitairError, FailedPrecondition, Reason, ResourceLimited
 from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.recorder import RunRecorder
-from facilitair.server.pipeline.plan import PlanEstimator
-from facilitair.server.pipeline.plan_history import RUNS_READ
+from facilitair.server.pipeline.plan import PlanEstimator, PlannedRun
 from facilitair.server.pipeline.spec import RunSpec, StageOutput, UnreadableRecord
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admission, check_budget
-from facilitair.server.runs.idempotency import check_same_request
+from facilitair.server.runs.idempotency import IdempotencyKeys, check_same_request
 from facilitair.server.runs.supervisor import Supervisor
 from facilitair.server.settings import Settings
-from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow, StoreUnavailable
+from facilitair.server.store.base import Claim, EventStore, InsertOutcome, RunRow
+from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
-
-# How often the plan's history is read again from the store, for the runs other replicas finished (this one's
-# own stages are learnt as they complete).
-HISTORY_RELOAD_SECONDS = 300.0
 
 
 class RunStarter:
@@ -52,89 +51,57 @@ class RunStarter:
         events: EventLog,
         admission: Admission,
         supervisor: Supervisor,
+        outbox: Outbox | None = None,
     ) -> None:
         self._settings = settings
+        self._outbox = outbox  # the webhooks of runs' ends (None: no endpoint is configured)
         self._store = store
         self._providers = providers
         self._estimator = estimator
         self._events = events
         self._admission = admission
         self._supervisor = supervisor
-        # Idempotency keys of runs being created right now: a second call with the same key waits for the
-        # first one's run instead of starting another (the store answers once the run is committed).
-        self._creating: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self._background: set[asyncio.Future[str]] = set()
-        self._history_due = 0.0  # time.monotonic() when the plan's history is next read from the store
+        self._keys = IdempotencyKeys(store)
+        # Creations a caller waits for (its errors are the caller's): a caller that leaves does not end them.
+        self.creations = TaskSupervisor("run-creations")
 
     # -- new runs -------------------------------------------------------------------------------------------
 
-    async def create(self, spec: RunSpec, principal: str, *, traceparent: str | None = None) -> str:
-        """Start a run (or find the one this idempotency key started) and return its id."""
-        # Before the idempotency check: from there to registering the creation there must be no await, or two
-        # calls with one key could both find nothing and both start a run.
-        await self._learn()
+    async def create(self, planned: PlannedRun, principal: str, *, traceparent: str | None = None) -> str:
+        """Admit and start a planned run (or find the one its idempotency key started) and return its id.
+
+        In order: the idempotency key (a retry attaches to its run), admission (the models can run here, the plan
+        is within its budgets, the limits let it in), then the run is stored, driven, and its first commit made.
+        """
+        spec = planned.spec
         key = (principal, spec.client_request_id)
         if spec.client_request_id:
-            existing = await self._existing(key)
+            existing = await self._keys.existing(key, spec)
             if existing is not None:
-                check_same_request(existing, spec)
-                return existing.run_id
+                return existing
+        # From here to registering the creation there is no await, so two calls with one key cannot both start.
         for model in spec.all_models():
             self._providers.check(model)  # FailedPrecondition now, not mid-run
-        plan = self._estimator.plan(spec)
-        check_budget(plan, self._estimator.tokens(spec), spec.budget_usd, spec.budget_tokens)
+        check_budget(planned)
         run_id = str(uuid.uuid4())
         self._admission.admit(run_id, principal)
         # Storing the run, starting to drive it and its first commit belong to the run, not to this caller: a
         # caller that leaves meanwhile (deadline, disconnect) must neither orphan the run nor hide it from a
         # retry with the same key, which waits for this creation instead of starting another run.
-        creation = asyncio.ensure_future(self._create(run_id, spec, plan, principal, traceparent))
-        self._background.add(creation)
-        creation.add_done_callback(self._background.discard)
+        creation = self.creations.spawn(
+            self._create(run_id, spec, planned.plan, principal, traceparent), name=f"create-{run_id}", awaited=True
+        )
         if spec.client_request_id:
-            self._creating[key] = creation
-            creation.add_done_callback(lambda done: self._forget(key, done))
+            self._keys.creating(key, creation)
         return await asyncio.shield(creation)
-
-    async def _learn(self) -> None:
-        """Read the stages of recently finished runs into the plan's history: at the first run, then now and then."""
-        now = time.monotonic()
-        if now < self._history_due:
-            return
-        self._history_due = now + HISTORY_RELOAD_SECONDS
-        try:
-            stored = await self._store.recent_checkpoints(RUNS_READ)
-            self._estimator.history.load(c.data for c in stored)
-        except StoreUnavailable:
-            self._history_due = 0.0  # the plan uses what is known; storing the run meets the outage itself
-        except Exception:
-            # Estimates are not worth a refused run: the plan goes on with what it knows.
-            log.warning("plan_history_unreadable", exc_info=True)
-
-    def _forget(self, key: tuple[str, str], creation: asyncio.Future[str]) -> None:
-        """Once a creation is over (stored, or failed), its key is answered by the store alone."""
-        if self._creating.get(key) is creation:
-            del self._creating[key]
-
-    async def _existing(self, key: tuple[str, str]) -> RunRow | None:
-        """The run an idempotency key already started (waiting for one being created), or None."""
-        pending = self._creating.get(key)
-        if pending is None:
-            row = await self._store.find_run(*key)
-            if row is not None:
-                return row
-            pending = self._creating.get(key)  # created while the store was read
-            if pending is None:
-                return None
-        return await self._store.get_run(await asyncio.shield(pending))
 
     async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str, traceparent: str | None) -> str:
         """Store a new run (held by this replica), start driving it and wait for its first commit."""
         now = time.time()
         summary = wire.new_summary(run_id, spec.task, int(now * 1e9))
         row = RunRow(
-            run_id, principal, spec.client_request_id, summary.state, now, now, None,
-            summary.SerializeToString(), spec.to_json(), traceparent=traceparent,
+            run_id, principal, spec.client_request_id, int(RunState.QUEUED), now, now, None, summary, spec.to_json(),
+            traceparent=traceparent,
         )  # fmt: skip
         try:
             inserted = await self._store.insert_run(
@@ -190,7 +157,7 @@ class RunStarter:
         except DecodeError:
             # Even the summary is unreadable: start a new one so that the run can at least be failed.
             summary = wire.new_summary(row.run_id, "", int(row.created_at * 1e9))
-            rec = self.recorder(dataclasses.replace(row, summary=summary.SerializeToString()), last_seq)
+            rec = self.recorder(dataclasses.replace(row, summary=summary), last_seq)
             self._fail_unresumable(rec, DataCorrupt("its stored summary cannot be read"))
             return await self._events.flush()
         if row.cancel_reason is not None:
@@ -208,7 +175,7 @@ class RunStarter:
         current = rec.current_stage
         interrupted = current if current and current not in checkpoints else 0
         if last_seq == 0:
-            rec.run_started(spec.task, self._estimator.plan(spec))
+            rec.run_started(spec.task, self._estimator.estimate(spec).plan)
         else:
             # The stored state still says how the run last stopped (interrupted, when a server stopped
             # gracefully); from now on it is running, for GetRun and for ListRuns' state filter alike.
@@ -234,4 +201,5 @@ class RunStarter:
             row,
             thinking_interval=self._settings.thinking_interval,
             heartbeat_interval=self._settings.heartbeat_interval,
+            outbox=self._outbox,
         )

@@ -110,6 +110,92 @@ class Checkpoint:
     data: str
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One webhook message to one endpoint: an outbox row, written in the transaction of the event it tells of.
+
+    `id` is the Standard Webhooks `webhook-id`, the same on every attempt; `payload` the exact JSON bytes signed
+    and sent. The secret is not stored: it is read from the webhooks file when the message is sent.
+    """
+
+    id: str
+    run_id: str
+    event_type: str
+    url: str
+    payload: bytes
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A stored delivery with its progress; `owner` is the claim token while one replica is sending it."""
+
+    id: str
+    run_id: str
+    event_type: str
+    url: str
+    payload: bytes
+    state: str  # DELIVERY_STATES
+    attempts: int
+    next_attempt_at: float
+    owner: str
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+# pending: to be sent (now or at next_attempt_at); delivered: a 2xx answer; failed: every attempt failed (or the
+# target was refused); disabled: its endpoint answered 410 Gone, which disables the endpoint until `redeliver`.
+DELIVERY_STATES = ("pending", "delivered", "failed", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one delivery attempt did, to store on its row (only under the claim that sent it)."""
+
+    state: str
+    attempts: int
+    # Seconds from now until the next attempt (pending only), so each store adds it to its own clock: PostgreSQL
+    # compares due times with the database's now(), whatever the replicas' clocks say.
+    wait: float
+    status: int | None
+    error: str | None
+
+
+class WebhookStore(Protocol):
+    """The webhook outbox of a store: deliveries claimed under a lease by any replica, and disabled endpoints."""
+
+    async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[DeliveryRow]:
+        """Take up to `limit` pending deliveries that are due and not held by a live claim, marked with `owner`."""
+        ...
+
+    async def record(self, delivery_id: str, owner: str, result: AttemptResult) -> bool:
+        """Store an attempt's outcome and drop the claim; False when `owner` no longer holds the claim."""
+        ...
+
+    async def release_all(self) -> None:
+        """Drop every claim (a one-process store at start: the claims of a process that died)."""
+        ...
+
+    async def disable_endpoint(self, url: str, reason: str) -> None:
+        """Mark an endpoint disabled (it answered 410 Gone)."""
+        ...
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        """Disabled endpoints: url -> why."""
+        ...
+
+    async def recent(self, limit: int, run_id: str | None = None) -> list[DeliveryRow]:
+        """Deliveries, newest first (of one run when given)."""
+        ...
+
+    async def redeliver(self, key: str) -> int:
+        """Send again from the first attempt: the delivery with this id, or every delivery of the run with this id;
+        their endpoints are enabled again. The number of deliveries reset."""
+        ...
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything to make durable in one transaction.
@@ -123,12 +209,15 @@ class Batch:
     runs: list[RunRow]
     checkpoints: list[Checkpoint]
     epochs: dict[str, int] = field(default_factory=dict)
+    # Webhook outbox rows, committed with the terminal events they tell of (under the same epochs).
+    deliveries: list[WebhookDelivery] = field(default_factory=list)
 
     def run_ids(self) -> set[str]:
         """Every run the batch writes to."""
         ids = {e.run_id for e in self.events}
         ids.update(r.run_id for r in self.runs)
         ids.update(c.run_id for c in self.checkpoints)
+        ids.update(d.run_id for d in self.deliveries)
         return ids
 
 
@@ -199,6 +288,7 @@ class EventStore(Protocol):
 
     kind: str  # "sqlite" or "postgresql"
     shared: bool  # several processes may use the store at once
+    webhooks: WebhookStore  # the webhook outbox
 
     async def open(self) -> None:
         """Connect, then create or migrate the schema (SchemaError when it is newer than this code knows)."""

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
+from facilitair.server.retrying import RetryPolicy
 from facilitair.server.store.base import (
     CANCEL_CHANNEL,
     COMMITS_CHANNEL,
@@ -30,12 +31,14 @@ from facilitair.server.store.base import (
     OnReleased,
     StoreUnavailable,
 )
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
 PING_EVERY = 5.0
 PING_TIMEOUT = 5.0
-BACKOFF_MAX = 2.0
+# Reconnecting: soon after a blip, then every 2 s for as long as it takes.
+RECONNECT = RetryPolicy(base=0.05, cap=2.0)
 # While the listener cannot reconnect, the log says so again this often.
 REMIND_EVERY = 30.0
 
@@ -83,16 +86,13 @@ class Listener:
     async def start(self) -> None:
         """Listen now (errors go to the caller), then keep listening in the background until stop()."""
         await self._open()
-        self._task = asyncio.create_task(self._keep(), name="pg-listener")
+        self._task = start_task(self._keep(), name="pg-listener")
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # Only a cancel ends it (_keep retries every error), so a stop cannot fail with a stale outage's error.
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Only a cancel ends it (_keep retries every error), so a stop cannot fail with a stale outage's error.
+        await cancel_and_wait(task)
         await self._close()
 
     async def _open(self) -> None:
@@ -143,26 +143,24 @@ class Listener:
                 return _cause(exc)
 
     async def _reopen(self) -> int:
-        """Open a new listening connection, trying until it works (backoff up to BACKOFF_MAX); the attempts made."""
-        delay = 0.05
-        attempts = 0
+        """Open a new listening connection, trying until it works (backoff as RECONNECT says); the attempts made."""
+        retry = RECONNECT.start()
         reminded = time.monotonic()
         while True:
-            attempts += 1
             try:
                 async with asyncio.timeout(self._ping_timeout * 2):
                     await self._open()
-                return attempts
+                return retry.failures + 1
             # Every error, the store's own StoreUnavailable included (connect wraps them all): giving up here
             # would end the listening for good.
             except Exception as exc:  # noqa: BLE001
                 cause = _cause(exc)
-                log.debug("store_listener_reconnect_failed", cause=cause, retry_in=delay)
+                retry.failed()
+                log.debug("store_listener_reconnect_failed", cause=cause, retry_in=retry.delay)
                 if time.monotonic() - reminded >= REMIND_EVERY:
                     reminded = time.monotonic()
-                    log.warning("store_listener_still_lost", cause=cause, attempts=attempts)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+                    log.warning("store_listener_still_lost", cause=cause, attempts=retry.failures)
+            await asyncio.sleep(retry.delay)
 
     def _notified(self, _conn: object, _pid: int, channel: str, data: object) -> None:
         payload = str(data)

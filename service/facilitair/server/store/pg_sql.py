@@ -46,6 +46,35 @@ CREATE TABLE checkpoints (
 );
 """
 
+# The webhook outbox (webhooks/): one row per message and endpoint, written by WRITE_BATCH in the transaction of
+# the terminal event it tells of; claimed with FOR UPDATE SKIP LOCKED. Endpoints that answered 410 are disabled here.
+WEBHOOKS = """
+CREATE TABLE webhook_deliveries (
+    id text PRIMARY KEY,
+    run_id text NOT NULL,
+    event_type text NOT NULL,
+    url text NOT NULL,
+    payload bytea NOT NULL,
+    state text NOT NULL DEFAULT 'pending',
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision NOT NULL,
+    owner text NOT NULL DEFAULT '',
+    lease_expires_at double precision,
+    last_status integer,
+    last_error text,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_by_run ON webhook_deliveries (run_id);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (created_at);
+CREATE TABLE webhook_endpoints_disabled (
+    url text PRIMARY KEY,
+    disabled_at double precision NOT NULL,
+    reason text NOT NULL
+);
+"""
+
 # Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
 # a replica drove.
 TRACE_CONTEXT = """
@@ -53,7 +82,7 @@ ALTER TABLE runs ADD COLUMN traceparent text;
 ALTER TABLE runs ADD COLUMN trace_stretch text;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, TRACE_CONTEXT)
+MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 # Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
 LOCK_CLASS = 0x46414331
@@ -70,7 +99,7 @@ R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 # lockers never deadlock), keep those whose epoch is the writer's, write their events, row updates and
 # checkpoints, and send ONE notification with each run's newest seq ("*" when that would not fit in 8000 bytes).
 # A takeover (UPDATE of the epoch) waits for this statement or makes it see the new epoch and refuse the run.
-WRITE_BATCH = f"""
+_WRITE_BATCH = f"""
 WITH wanted AS (
     SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(run_id, epoch)
 ), locked AS (
@@ -94,7 +123,7 @@ WITH wanted AS (
     WHERE c.run_id IN (SELECT run_id FROM accepted)
     ON CONFLICT (run_id, stage) DO UPDATE SET data = excluded.data
     RETURNING run_id
-), newest AS (
+){{deliveries}}, newest AS (
     SELECT string_agg(run_id || ':' || seq, ',') AS runs FROM (SELECT run_id, max(seq) AS seq FROM ev GROUP BY run_id) n
 ), note AS (
     SELECT pg_notify('{COMMITS_CHANNEL}', $14 || '|' || CASE WHEN length(runs) > 7900 THEN '*' ELSE runs END)
@@ -103,6 +132,21 @@ WITH wanted AS (
 SELECT array(SELECT run_id FROM accepted) AS accepted, (SELECT count(*) FROM note) AS notified,
        (SELECT count(*) FROM upd) AS updated, (SELECT count(*) FROM cp) AS checkpointed
 """
+# The webhook outbox rows of accepted runs, in the same statement (and transaction) as their terminal events;
+# the same batch again inserts nothing twice (the ids are stable).
+_DELIVERIES = f""", wh AS (
+    INSERT INTO webhook_deliveries (id, run_id, event_type, url, payload, next_attempt_at, created_at, updated_at)
+    SELECT d.id, d.run_id, d.event_type, d.url, d.payload, {NOW}, d.created_at, d.created_at
+    FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::bytea[], $20::float8[])
+        AS d(id, run_id, event_type, url, payload, created_at)
+    WHERE d.run_id IN (SELECT run_id FROM accepted)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)"""
+# The per-token path's statement has no outbox part (no parameters to send, nothing to plan); a batch with
+# deliveries (a terminal event) uses the other one.
+WRITE_BATCH = _WRITE_BATCH.replace("{deliveries}", "")
+WRITE_BATCH_WITH_DELIVERIES = _WRITE_BATCH.replace("{deliveries}", _DELIVERIES)
 
 # For a batch refused by the events' primary key: per run, its events given, stored, and stored with the same bytes.
 FIND_WRITTEN = """
@@ -198,6 +242,8 @@ WITH doomed AS (
     DELETE FROM events e USING doomed d WHERE e.run_id = d.run_id
 ), cp AS (
     DELETE FROM checkpoints c USING doomed d WHERE c.run_id = d.run_id
+), wh AS (
+    DELETE FROM webhook_deliveries w USING doomed d WHERE w.run_id = d.run_id
 )
 DELETE FROM runs r USING doomed d WHERE r.run_id = d.run_id RETURNING r.run_id
 """

@@ -35,11 +35,13 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    WebhookStore,
     id_prefix_bounds,
     rate_limited,
 )
 from facilitair.server.store.pg_errors import mask_url, scrub, unavailable
 from facilitair.server.store.pg_listen import PING_EVERY, Listener
+from facilitair.server.store.pg_webhooks import PgWebhooks
 from facilitair.server.store.retry import Found, without_events, written_before
 
 T = TypeVar("T")
@@ -93,6 +95,7 @@ class PostgresStore:
         self._listener: Listener | None = None
         # Tags this store's commit notifications, so its own listener skips them.
         self.tag = uuid.uuid4().hex[:8]
+        self.webhooks: WebhookStore = PgWebhooks(self._on_pool)
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask_url(self._url)!r})"
@@ -251,15 +254,21 @@ class PostgresStore:
         # One row and one checkpoint per key, the last one winning, as an upsert of each would.
         runs = list({r.run_id: r for r in batch.runs}.values())
         checkpoints = list({(c.run_id, c.stage): c for c in batch.checkpoints}.values())
-        result = await conn.fetchrow(
-            pg_sql.WRITE_BATCH,
+        args: list[object] = [
             list(epochs), list(epochs.values()),
             [e.run_id for e in batch.events], [e.seq for e in batch.events], [e.data for e in batch.events],
             [r.run_id for r in runs], [r.state for r in runs], [r.updated_at for r in runs],
             [r.finished_at for r in runs], [r.summary for r in runs],
             [c.run_id for c in checkpoints], [c.stage for c in checkpoints], [c.data for c in checkpoints],
             self.tag,
-        )  # fmt: skip
+        ]  # fmt: skip
+        sql = pg_sql.WRITE_BATCH
+        if batch.deliveries:
+            d = batch.deliveries
+            sql = pg_sql.WRITE_BATCH_WITH_DELIVERIES
+            args += [[x.id for x in d], [x.run_id for x in d], [x.event_type for x in d], [x.url for x in d],
+                     [x.payload for x in d], [x.created_at for x in d]]  # fmt: skip
+        result = await conn.fetchrow(sql, *args)
         assert result is not None
         return ids - set(result["accepted"])
 

@@ -39,5 +39,5 @@ def written_before(batch: Batch, found: Mapping[str, Found], epochs: Mapping[str
 
 
 def without_events(batch: Batch) -> Batch:
-    """The batch's run rows and checkpoints alone (writing them again changes nothing)."""
-    return Batch([], batch.runs, batch.checkpoints, batch.epochs)
+    """The batch's run rows, checkpoints and webhook deliveries alone (writing them again changes nothing)."""
+    return Batch([], batch.runs, batch.checkpoints, batch.epochs, batch.deliveries)

@@ -34,10 +34,12 @@ from facilitair.server.store.base import (
     RenewResult,
     RunRow,
     StoreUnavailable,
+    WebhookStore,
     id_prefix_bounds,
     rate_limited,
 )
 from facilitair.server.store.sqlite_batch import chunks, immediate, marks, write_once
+from facilitair.server.store.sqlite_webhooks import SqliteWebhooks
 
 T = TypeVar("T")
 
@@ -134,6 +136,7 @@ class SqliteStore:
         self._path = path
         self._writer = _Connection(path, "writer", max_pages)
         self._reader = _Connection(path, "reader", None)
+        self.webhooks: WebhookStore = SqliteWebhooks(self._writer.run, self._reader.run)
 
     @property
     def path(self) -> Path:
@@ -317,7 +320,7 @@ class SqliteStore:
                         (cutoff, batch_size),
                     )
                 ]
-                for table in ("events", "checkpoints", "runs"):
+                for table in ("events", "checkpoints", "webhook_deliveries", "runs"):
                     conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks(len(ids))})", ids)
             return len(ids)
 

@@ -59,7 +59,7 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[object, ..
 def write_once(conn: sqlite3.Connection, batch: Batch) -> set[str]:
     """Write a batch (see SqliteStore.write_batch); the same batch again changes nothing."""
     try:
-        if not batch.runs and not batch.checkpoints and len(batch.events) <= ROWS_PER_INSERT:
+        if not batch.runs and not batch.checkpoints and not batch.deliveries and len(batch.events) <= ROWS_PER_INSERT:
             return _write_events_only(conn, batch)
         return _write_transaction(conn, batch)
     except sqlite3.IntegrityError:
@@ -147,5 +147,18 @@ def _write_transaction(conn: sqlite3.Connection, batch: Batch) -> set[str]:
             conn,
             "INSERT OR REPLACE INTO checkpoints (run_id, stage, data)",
             [(c.run_id, c.stage, c.data) for c in batch.checkpoints if c.run_id not in refused],
+        )
+        # The webhook outbox rows commit with the terminal events they tell of; ids are stable, so the same
+        # batch again inserts nothing twice.
+        insert_rows(
+            conn,
+            "INSERT INTO webhook_deliveries (id, run_id, event_type, url, payload, next_attempt_at, created_at, "
+            "updated_at)",
+            [
+                (d.id, d.run_id, d.event_type, d.url, d.payload, d.created_at, d.created_at, d.created_at)
+                for d in batch.deliveries
+                if d.run_id not in refused
+            ],
+            "ON CONFLICT (id) DO NOTHING",
         )
     return refused

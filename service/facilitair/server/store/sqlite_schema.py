@@ -52,6 +52,35 @@ CREATE INDEX runs_active_by_principal ON runs (principal) WHERE {UNFINISHED_SQL}
 CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
 """
 
+# The webhook outbox (webhooks/): one row per message and endpoint, written in the transaction of the terminal
+# event it tells of; claimed by a conditional UPDATE. Endpoints that answered 410 Gone are disabled here.
+WEBHOOKS = """
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    url TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_expires_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_by_run ON webhook_deliveries (run_id);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (created_at);
+CREATE TABLE webhook_endpoints_disabled (
+    url TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason TEXT NOT NULL
+)
+"""
+
 # Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
 # a replica drove.
 TRACE_CONTEXT = """
@@ -59,7 +88,7 @@ ALTER TABLE runs ADD COLUMN traceparent TEXT;
 ALTER TABLE runs ADD COLUMN trace_stretch TEXT;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, TRACE_CONTEXT)
+MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 
 

@@ -222,8 +222,12 @@ class OtelTelemetry(Telemetry):
         self, name: str, traceparent: str | None, tracestate: str | None = None
     ) -> Iterator[str | None]:
         parent = _context_of(traceparent, tracestate) or Context()
-        system, _, method = name.partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": system, "rpc.method": method} if method else {}
+        if " " in name:  # an HTTP route: "POST /v1/runs"
+            verb, _, route = name.partition(" ")
+            attributes = {"http.request.method": verb, "http.route": route}
+        else:  # a gRPC method: "facilitair.v1.OrchestratorService/Collaborate"
+            service, _, method = name.partition("/")
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         try:
             yield _traceparent(span)

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facilitair.server.domain import chain_text
+from facilitair.server.gateway.app import BoundGateway, Gateway, bind_gateway
 from facilitair.server.logging_setup import configure_logging
 from facilitair.server.metrics import MetricsServer
 from facilitair.server.pipeline_file import PipelineConfig
@@ -29,6 +30,7 @@ from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.store.sqlite_lock import SqliteFileLock
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.telemetry import Telemetry, from_environment
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
@@ -38,6 +40,7 @@ from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
 from facilitair.server.transport.tracing import TraceInterceptor
+from facilitair.server.webhooks.config import WebhookConfig
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -86,17 +89,18 @@ class RunningServer:
     metrics: MetricsServer | None = None
     lock: SqliteFileLock | None = None
     loop_lag: LoopLagMonitor | None = None
+    tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("server"))
+    http: Gateway | None = None  # the HTTP gateway (None with --http-listen off)
+    http_port: int = 0
+    http_url: str = ""
     telemetry: Telemetry | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
-        pending: set[asyncio.Task[None]] = set()
 
         def changed(healthy: bool) -> None:
             status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
-            task = asyncio.get_running_loop().create_task(self._set_health(status))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            self.tasks.spawn(self._set_health(status), name="set-health")
 
         self.runs.events.health.subscribe(changed)
         if not self.runs.events.health.healthy:
@@ -112,8 +116,12 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.runs.refuse_new_runs()
         try:
-            await self.server.stop(grace)
+            if self.http is not None:  # both servers end their streams after the same grace
+                await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+            else:
+                await self.server.stop(grace)
         finally:
+            await self.tasks.close()  # what calls handed off (a cancel on disconnect): the runs are handed over
             if self.loop_lag is not None:
                 await self.loop_lag.stop()
             try:
@@ -149,9 +157,11 @@ async def create_server(
     """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
-    keys = ApiKeys(settings.load_api_keys())
+    key_names = settings.load_api_keys()
+    keys = ApiKeys(key_names)
     settings.check_exposure(bool(keys))
     credentials = _tls_credentials(settings)
+    webhooks = WebhookConfig.from_settings(settings)  # the webhooks file read and checked before anything starts
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
     telemetry = telemetry if telemetry is not None else from_environment()
@@ -162,20 +172,34 @@ async def create_server(
             undo.callback(metrics_server.stop)
         server, port = _bound_server(settings, keys, credentials, telemetry)
         undo.push_async_callback(_unbind, server)
+        http: BoundGateway | None = bind_gateway(settings, key_names)
+        if http is not None:
+            undo.callback(http.sock.close)
         lock = None
         if isinstance(store, SqliteStore):
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number, telemetry=telemetry)
-        await runs.start()
+        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks, telemetry=telemetry)
+        # Before the start: one that fails midway (the store opened, its writer started, then listening
+        # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
+        await runs.start()
         info = server_info(
             settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
         )
-        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info))
+        tasks = TaskSupervisor("server")
+        info.http_url = http.url if http is not None else ""
+        gateway = await http.start(runs, settings, config, info, telemetry) if http is not None else None
+        if gateway is not None:
+            undo.push_async_callback(gateway.stop, 0.0)
+        health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info, tasks))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
-    running = RunningServer(server, port, runs, health, providers, metrics_server, lock, telemetry=telemetry)
+    running = RunningServer(
+        server, port, runs, health, providers, metrics_server, lock, tasks=tasks, telemetry=telemetry
+    )
+    if http is not None:
+        running.http, running.http_port, running.http_url = gateway, http.port, http.url
     running.follow_store_health()
     running.loop_lag = LoopLagMonitor(settings.loop_stall_seconds)
     running.loop_lag.start()
@@ -337,16 +361,27 @@ async def until_signalled() -> None:
             return
 
 
+async def usable_providers(settings: Settings, config: PipelineConfig) -> ProviderRegistry:
+    """The providers `settings` configure; ConfigError, with nothing left open, when every run would fail.
+
+    Said at start, naming what to install or set (requests.check_default_models), by `serve` and by the parent
+    of `serve --workers` before any worker: a worker that refused to start would be restarted forever.
+    """
+    settings = settings.with_file(config)
+    providers = ProviderRegistry.from_settings(settings, config)
+    try:
+        check_default_models(providers, settings, config)
+    except BaseException:
+        await providers.aclose()
+        raise
+    return providers
+
+
 async def serve(settings: Settings, config: PipelineConfig | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     configure_logging(settings.log_level, settings.log_format, replica=settings.replica_id)
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
-    providers = ProviderRegistry.from_settings(settings.with_file(config), config)
-    try:
-        check_default_models(providers, settings.with_file(config), config)
-    except ConfigError:
-        await providers.aclose()
-        raise
+    providers = await usable_providers(settings, config)
     running = await create_server(settings, providers=providers, config=config)
     tune_runtime()
     host = settings.listen.rpartition(":")[0]
@@ -374,6 +409,8 @@ async def serve(settings: Settings, config: PipelineConfig | None = None) -> Non
         db=str(settings.db) if running.runs.store.kind == "sqlite" else None,
         healthy=running.runs.events.health.healthy,
         providers=running.providers.names(),
+        http=running.http_url or None,
+        http_port=running.http_port or None,
         default_model=chain_text(defaults),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         **note,

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,7 +25,6 @@ from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store.base import StoreUnavailable
 from facilitair.server.store.sqlite_lock import StoreInUse
 from facilitair.server.transport import flag_help
-from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.workers import check_workers, run_workers
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE = 0, 1, 2
@@ -84,16 +83,17 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
     try:
         settings, config = _settings(source, args)
         check_workers(settings)
+        from facilitair.server.transport.app import loop_factory, serve, usable_providers  # noqa: PLC0415 - serving
+
         if settings.workers > 1:
             # Here as well as in each worker: a worker that refuses to start would be restarted forever.
-            asyncio.run(_check_default_models(settings, config))
+            asyncio.run(_close(usable_providers(settings, config)))
             return run_workers(settings, _given(args))
-        from facilitair.server.transport.app import loop_factory, serve  # noqa: PLC0415 - only when serving
 
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings, config))
     except (ConfigError, ValidationError) as exc:
-        return _config_error(exc)
+        return config_error(exc)
     except StoreUnavailable as exc:  # its message is the plain cause, password masked
         print(f"facilitair: cannot open the store: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -103,13 +103,9 @@ def _serve(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int
     return EXIT_OK
 
 
-async def _check_default_models(settings: Settings, config: PipelineConfig) -> None:
-    """ConfigError when every run would fail (transport/requests.py: check_default_models)."""
-    providers = ProviderRegistry.from_settings(settings, config)
-    try:
-        check_default_models(providers, settings, config)
-    finally:
-        await providers.aclose()
+async def _close(providers: Awaitable[ProviderRegistry]) -> None:
+    """Close the providers once made: only their check was wanted (ConfigError passes on)."""
+    await (await providers).aclose()
 
 
 def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) -> int:
@@ -117,7 +113,7 @@ def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) 
         settings, config = _settings(source, args)
         keys = settings.load_api_keys()
     except (ConfigError, ValidationError) as exc:
-        return _config_error(exc)
+        return config_error(exc)
     shown = settings.model_dump(mode="json")  # SecretStr fields dump as "**********"
     shown["api_keys"] = {name: "**********" for name in keys}
     # The model runs will get (it follows the provider keys when not set), not the field's own default.
@@ -126,7 +122,7 @@ def _config_show(source: CliSettingsSource[Settings], args: argparse.Namespace) 
     return EXIT_OK
 
 
-def _config_error(exc: ConfigError | ValidationError) -> int:
+def config_error(exc: ConfigError | ValidationError) -> int:
     """One line per problem, naming the flag or variable, never pydantic's multi-line dump."""
     if isinstance(exc, ValidationError):
         for error in exc.errors():

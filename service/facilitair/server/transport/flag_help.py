@@ -27,6 +27,8 @@ METAVARS = {
     "budget_usd": "USD",
     "budget_usd_max": "USD",
     "retention_days": "DAYS",
+    "webhook_allow_hosts": "HOSTS",
+    "webhook_retry_schedule": "SECONDS,...",
 }
 # Defaults said in words (a factory's value per process, or one that depends on the keys); None: the description
 # says it already.

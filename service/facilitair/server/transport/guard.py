@@ -14,7 +14,8 @@ Deny by default: every method of every service, whatever its shape, is served th
   with care, or one added later, is INVALID_ARGUMENT naming the field on SQLite and PostgreSQL alike.
 - Every handler is served as a request stream, so that a unary method's one message is read here
   too: a call that ends without one gets INVALID_ARGUMENT instead of no status at all.
-- Whatever a handler lets escape goes through the one status table (transport/status.py).
+- Whatever a handler lets escape goes through the one status table (transport/status.py): this is the one
+  place errors become statuses, for our service and every other, so the servicer just raises.
 - The principal and the RPC's name are bound in contextvars for the servicer and the logs.
 """
 

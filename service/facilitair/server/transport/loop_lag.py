@@ -14,7 +14,7 @@ import asyncio
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ class LoopLagMonitor:
 
     def start(self) -> None:
         """Begin measuring on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._measure(), name="event-loop-lag")
+        self._task = start_task(self._measure(), name="event-loop-lag")
 
     async def stop(self) -> None:
         """Stop measuring and wait for the task to end."""

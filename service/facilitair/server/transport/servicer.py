@@ -1,7 +1,8 @@
 """The OrchestratorService servicer: convert the request, call the run service, convert back.
 
-Two helpers carry every RPC: `_unary` and `_stream`. Each covers the whole call (setup and, for streams,
-every message sent) and maps any error through the one status table (transport/status.py).
+Errors are not mapped here: whatever a handler raises, during setup or mid-stream, reaches the guard
+(transport/guard.py), which sends it through the one status table (transport/status.py) for every method of
+every service. `_stream` carries both streaming RPCs: metrics, and the policy for a client that leaves.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import grpc
 import structlog
 
 from facilitair.server import metrics
+from facilitair.server.events import wire
 from facilitair.server.events.relay import coalesce_tokens
 from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import Settings
+from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.transport import requests
 from facilitair.server.transport.guard import current_principal
-from facilitair.server.transport.status import abort
 from facilitair.server.transport.tracing import current_traceparent
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -30,7 +32,6 @@ from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 log = structlog.get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
-T = TypeVar("T")
 R = TypeVar("R")
 EventBatches = AsyncIterator[list[pb.RunEvent]]
 
@@ -39,25 +40,23 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     """Thin adapter from gRPC to the RunService."""
 
     def __init__(
-        self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
+        self,
+        runs: RunService,
+        settings: Settings,
+        config: PipelineConfig,
+        info: pb.GetServerInfoResponse,
+        tasks: TaskSupervisor,
     ) -> None:
         self._runs = runs
         self._settings = settings
         self._config = config
         self._info = info  # built once at start: nothing in it changes while the server runs
-        self._background: set[asyncio.Task[None]] = set()
+        self._tasks = tasks  # the server's: work a call hands off outlives the call, not the server
 
-    # -- the two shapes of RPC ------------------------------------------------------------------
-
-    async def _unary(self, context: Context, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except Exception as exc:
-            await abort(context, exc)
+    # -- streams --------------------------------------------------------------------------------
 
     async def _stream(
         self,
-        context: Context,
         rpc: str,
         open_events: Callable[[], Awaitable[EventBatches]],
         message: Callable[[pb.RunEvent], R],
@@ -84,8 +83,6 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             if on_client_gone is not None and not self._runs.stopping and not _is_terminal(event):
                 on_client_gone()
             raise
-        except Exception as exc:
-            await abort(context, exc)
         finally:
             metrics.WATCHERS_ACTIVE.dec()
             log.info("stream_closed", complete=complete)
@@ -120,10 +117,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         # aclosing: when grpc closes this generator (its client left while a message was written), the helper's
         # generator is closed at once too, not whenever it is garbage collected, so the policy applies now.
         stream = self._stream(
-            context,
             "Collaborate",
             open_events,
-            lambda e: pb.CollaborateResponse(event=e),
+            wire.collaborate_response,
             coalesce=request.coalesce_tokens,
             on_client_gone=client_gone,
         )
@@ -144,9 +140,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             except Exception:
                 log.exception("cancel_on_disconnect_failed", run_id=run_id)
 
-        task = asyncio.get_running_loop().create_task(cancel())
-        self._background.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._background.discard)
+        self._tasks.spawn(cancel(), name=f"cancel-on-disconnect-{run_id}")
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.WatchRunResponse]:
         """Replay and follow a run."""
@@ -157,7 +151,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             return await self._runs.watch(run_id, request.after_seq, current_principal())
 
         stream = self._stream(
-            context, "WatchRun", open_events, lambda e: pb.WatchRunResponse(event=e), coalesce=request.coalesce_tokens
+            "WatchRun", open_events, wire.watch_response, coalesce=request.coalesce_tokens
         )
         async with contextlib.aclosing(stream):  # closed with this generator, as in Collaborate
             async for response in stream:
@@ -166,33 +160,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         """Describe a run."""
         structlog.contextvars.bind_contextvars(rpc="GetRun", run_id=request.run_id[:64])
-
-        async def call() -> pb.GetRunResponse:
-            run = await self._runs.get_run(requests.run_id_of(request.run_id), current_principal())
-            return pb.GetRunResponse(run=run)
-
-        return await self._unary(context, call)
+        run = await self._runs.get_run(requests.run_id_of(request.run_id), current_principal())
+        return wire.get_run_response(run)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         """A page of the caller's runs."""
         structlog.contextvars.bind_contextvars(rpc="ListRuns")
-
-        async def call() -> pb.ListRunsResponse:
-            state = requests.run_state_of(request.state)
-            runs, token = await self._runs.list_runs(current_principal(), state, request.page_size, request.page_token)
-            return pb.ListRunsResponse(runs=runs, next_page_token=token)
-
-        return await self._unary(context, call)
+        state = requests.run_state_of(request.state)
+        runs, token = await self._runs.list_runs(current_principal(), state, request.page_size, request.page_token)
+        return wire.list_runs_response(runs, token)
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
         """Cancel a run (idempotent)."""
         structlog.contextvars.bind_contextvars(rpc="CancelRun", run_id=request.run_id[:64])
-
-        async def call() -> pb.CancelRunResponse:
-            run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
-            return pb.CancelRunResponse(run=run)
-
-        return await self._unary(context, call)
+        run = await self._runs.cancel_run(requests.run_id_of(request.run_id), current_principal())
+        return wire.cancel_run_response(run)
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: Context) -> pb.GetServerInfoResponse:
         """What this server offers: version, providers, models, limits, store, replica."""

@@ -1,9 +1,10 @@
 """The one table from domain errors to gRPC statuses, and the rich status every error is sent with.
 
-Every error a caller sees, during setup or in the middle of a stream, from the servicer or the guard, is
-built here: the status code of its reason, its caller-safe message, a google.rpc.ErrorInfo with the stable
-reason (domain "facilitair.v1"), and a BadRequest or RetryInfo detail where one applies. Anything that is not
-a FacilitairError is INTERNAL with a generic message; its traceback goes to the log, never to the caller.
+Every error a caller sees, during setup or in the middle of a stream, is built here and sent by the guard
+(guard.py), the one place errors become statuses (the servicer maps none): the status code of its reason,
+its caller-safe message, a google.rpc.ErrorInfo with the stable reason (domain "facilitair.v1"), and a
+BadRequest or RetryInfo detail where one applies. Anything that is not a FacilitairError is INTERNAL with a
+generic message; its traceback goes to the log, never to the caller.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NoReturn
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -55,7 +56,31 @@ CODE_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.PROVIDER_REJECTED_REQUEST: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.PROVIDER_CONTEXT_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.CSRF_REFUSED: grpc.StatusCode.PERMISSION_DENIED,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+# The HTTP status of each gRPC code, as grpc-gateway maps them (runtime.HTTPStatusFromCode), for the HTTP gateway:
+# one table of errors for both, the HTTP status read off the gRPC code the reason has above.
+HTTP_STATUS_OF_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
 
@@ -105,3 +130,21 @@ async def abort(context: grpc.aio.ServicerContext[object, object], exc: BaseExce
         log.error("rpc_failed", exc_info=exc)
     await context.abort_with_status(rpc_status.to_status(status_of(exc)))  # type: ignore[attr-defined]
     raise AssertionError("abort_with_status returns only by raising")  # pragma: no cover
+
+
+def http_status_of(exc: BaseException) -> int:
+    """The HTTP status the gateway answers `exc` with (grpc-gateway's for its gRPC code)."""
+    return HTTP_STATUS_OF_CODE[code_of(exc)]
+
+
+def error_body(exc: BaseException) -> dict[str, object]:
+    """The gateway's JSON error: the gRPC status (code, message, details in canonical JSON) and its reason.
+
+    The same Status the gRPC caller gets, so the two cannot disagree; `reason` is the ErrorInfo's, lifted up
+    so that a caller need not search the details for it. An unexpected exception is logged here, as by abort.
+    """
+    if not isinstance(exc, FacilitairError):
+        log.error("http_request_failed", exc_info=exc)
+    body: dict[str, object] = json_format.MessageToDict(status_of(exc), always_print_fields_with_no_presence=True)
+    body["reason"] = reason_of(exc).value
+    return body

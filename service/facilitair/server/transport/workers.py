@@ -45,6 +45,8 @@ def run_workers(settings: Settings, given: Mapping[str, Any]) -> int:
     configure_logging(settings.log_level, settings.log_format, replica="workers")
     listen = _fixed_port(settings.listen)
     env = _worker_environment(given, listen)
+    if settings.http_enabled:  # every worker serves the HTTP gateway too, on one port shared the same way
+        env["FACILITAIR_HTTP_LISTEN"] = _fixed_port(settings.http_listen)
     named = str(given.get("replica_id") or os.environ.get("FACILITAIR_REPLICA_ID") or "")
     stopping = False
 

@@ -30,7 +30,6 @@ STOP_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 5.0
 _CONTROL_TIMEOUT = 30.0  # template, tokenize, slots, metrics: quick calls, but they queue behind nothing
 _STDERR_LINES = 40
-MAX_LINE = 1 << 20
 # The engine process's arguments to Python: llama.cpp's server (child.py). The tests put a fake engine (the same
 # handshake and HTTP routes, scripted answers) in its place to send what a real model cannot be made to.
 CHILD: tuple[str, ...] = ("-m", "facilitair.server.providers.local.child")
@@ -204,8 +203,8 @@ class LocalEngine:
                 raise EngineError(f"chat answered {r.status}", status=r.status, body=data.get("error") or {})
             return data
 
-    async def chat(self, body: dict[str, Any], read_timeout: float | None) -> AsyncGenerator[dict[str, Any], None]:
-        """Stream a chat completion: each `data:` chunk as JSON, until `[DONE]`.
+    async def chat(self, body: dict[str, Any], read_timeout: float | None) -> AsyncGenerator[bytes, None]:
+        """Stream a chat completion: the body's bytes as they arrive, OpenAI's format (chat_chunks.py reads them).
 
         Closing this generator closes the connection, which llama.cpp takes as a cancel of the request.
         """
@@ -218,15 +217,7 @@ class LocalEngine:
                     except (ValueError, aiohttp.ContentTypeError):
                         error = {}
                     raise EngineError(f"chat answered {response.status}", status=response.status, body=error)
-                async for raw in response.content:
-                    if len(raw) > MAX_LINE:
-                        raise EngineError("a line of the stream is too long")
-                    line = raw.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    yield json.loads(data)
+                async for received in response.content.iter_any():
+                    yield received
             finally:
                 response.close()  # not release(): an unfinished stream must drop the connection to cancel

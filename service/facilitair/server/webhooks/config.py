@@ -1,0 +1,211 @@
+"""The operator's webhook configuration: the endpoints file, the allow-list of private targets, the retry schedule.
+
+The file is TOML with one `[[endpoint]]` table per endpoint:
+
+    [[endpoint]]
+    url = "https://hooks.example.com/facilitair"
+    events = ["run.completed", "run.failed"]     # optional: every event when left out
+    secret = "whsec_..."                          # the Standard Webhooks secret (base64 after whsec_)
+    previous_secret = "whsec_..."                 # optional, while receivers move to the new secret
+    principal = "alice"                           # optional: only this caller's runs
+
+Everything is checked at load, so a server never starts with an endpoint it could not sign for; errors name the
+endpoint by its position and never show a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from facilitair.server.settings import ConfigError, Settings
+
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+RUN_CANCELLED = "run.cancelled"
+# The events an endpoint may ask for. Approval gates add "run.awaiting_approval" here and have the recorder
+# call its `webhook(...)` with it; nothing else changes.
+EVENT_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+SECRET_PREFIX = "whsec_"  # noqa: S105  (the prefix every Standard Webhooks secret starts with, not a secret)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One configured endpoint."""
+
+    url: str
+    events: frozenset[str]
+    secret: str
+    previous_secret: str | None = None
+    principal: str | None = None
+
+    def wants(self, event_type: str, principal: str) -> bool:
+        """Whether a run of `principal` ending with `event_type` is sent here."""
+        return event_type in self.events and (self.principal is None or self.principal == principal)
+
+    def __repr__(self) -> str:  # the secrets stay out of logs and tracebacks
+        return f"Endpoint({self.url!r}, events={sorted(self.events)})"
+
+
+def _secret(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith(SECRET_PREFIX):
+        raise ConfigError(f"{where}: must be a Standard Webhooks secret starting with {SECRET_PREFIX!r}")
+    try:
+        raw = base64.b64decode(value.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{where}: the part after {SECRET_PREFIX!r} is not base64") from None
+    if not 24 <= len(raw) <= 64:
+        raise ConfigError(f"{where}: must hold 24 to 64 bytes (base64 after {SECRET_PREFIX!r}), it holds {len(raw)}")
+    return value
+
+
+def _url(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: must be a string")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ConfigError(f"{where}: must not hold credentials (sign with the secret instead)")
+    return value
+
+
+def _endpoint(table: object, n: int) -> Endpoint:
+    where = f"endpoint {n}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - {"url", "events", "secret", "previous_secret", "principal"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    url = _url(table.get("url"), f"{where}: url")
+    where = f"endpoint {n} ({url})"
+    events = table.get("events", sorted(EVENT_TYPES))
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise ConfigError(f"{where}: events must be a non-empty list of event names")
+    wrong = sorted(set(events) - EVENT_TYPES)
+    if wrong:
+        raise ConfigError(f"{where}: unknown events {wrong}; known: {sorted(EVENT_TYPES)}")
+    previous = table.get("previous_secret")
+    principal = table.get("principal")
+    if principal is not None and (not isinstance(principal, str) or not principal):
+        raise ConfigError(f"{where}: principal must be a non-empty string")
+    return Endpoint(
+        url=url,
+        events=frozenset(events),
+        secret=_secret(table.get("secret"), f"{where}: secret"),
+        previous_secret=None if previous is None else _secret(previous, f"{where}: previous_secret"),
+        principal=principal,
+    )
+
+
+def load_endpoints(path: Path | None) -> tuple[Endpoint, ...]:
+    """The endpoints of the webhooks file (none when no file is set); ConfigError when it is not right."""
+    if path is None:
+        return ()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the webhooks file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the webhooks file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"endpoint"}
+    if unknown:
+        raise ConfigError(f"the webhooks file {path}: unknown keys {sorted(unknown)} (expected [[endpoint]] tables)")
+    tables = data.get("endpoint", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"the webhooks file {path}: endpoint must be [[endpoint]] tables")
+    endpoints = tuple(_endpoint(t, n) for n, t in enumerate(tables, start=1))
+    urls = [e.url for e in endpoints]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"the webhooks file {path}: an endpoint url is listed twice")
+    return endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """Targets webhooks may reach although private, loopback or link-local: by host name or by address."""
+
+    names: frozenset[str] = frozenset()
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> AllowList:
+        """From `--webhook-allow-hosts`: names, addresses and CIDR networks, comma-separated."""
+        names: set[str] = set()
+        networks: list[Network] = []
+        for given in (text or "").split(","):
+            item = given.strip().lower()
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+            except ValueError:
+                names.add(item.rstrip("."))
+        return cls(frozenset(names), tuple(networks))
+
+    def permits(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether `address` (which `host` resolved to) may be reached."""
+        if is_public(address):
+            return True
+        return host.lower().rstrip(".") in self.names or any(address in n for n in self.networks)
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """False for private, loopback, link-local, multicast, reserved and unspecified addresses (IPv4-mapped too)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def retry_schedule(text: str) -> tuple[float, ...]:
+    """The waits before each retry, from `--webhook-retry-schedule`; ConfigError when it is not numbers >= 0."""
+    try:
+        waits = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--webhook-retry-schedule: {text!r} is not comma-separated seconds") from None
+    if any(not 0 <= w <= 7 * 86400 for w in waits):
+        raise ConfigError("--webhook-retry-schedule: each wait must be between 0 and 7 days")
+    return waits
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Everything the webhooks read of the settings, checked."""
+
+    endpoints: tuple[Endpoint, ...]
+    allow: AllowList
+    schedule: tuple[float, ...]
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookConfig:
+        """Load and check the webhooks file, the allow-list and the schedule (ConfigError)."""
+        return cls(
+            endpoints=load_endpoints(settings.webhooks_file),
+            allow=AllowList.parse(settings.webhook_allow_hosts),
+            schedule=retry_schedule(settings.webhook_retry_schedule),
+            timeout=settings.webhook_timeout,
+        )
+
+    def endpoint(self, url: str) -> Endpoint | None:
+        """The configured endpoint with this url, or None (it was removed from the file)."""
+        return next((e for e in self.endpoints if e.url == url), None)
+
+    def for_event(self, event_type: str, principal: str) -> Sequence[Endpoint]:
+        """The endpoints a run of `principal` ending with `event_type` is sent to."""
+        return [e for e in self.endpoints if e.wants(event_type, principal)]
