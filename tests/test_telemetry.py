@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
@@ -32,6 +33,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeAnthropic, FakeOpenAI, Fault, Reply
 from tests.harness.events import EventCall, assert_complete_log, kind, of_kind, read_rest, read_until, stage_text
+from tests.harness.http import events_of
 from tests.harness.processes import clean_environment, free_port, server_processes
 from tests.harness.scripts import default_replies, prompt_of, scripted, system_of
 from tests.harness.servers import ServerFactory, quiet_environment
@@ -494,3 +496,32 @@ async def test_with_tracing_off_the_callers_traceparent_is_stored_and_a_bad_one_
         for run_id in runs
     ]
     assert stored == [(TRACEPARENT, None), (None, None)]
+
+
+@pytest.mark.both_stores
+async def test_a_run_created_over_http_joins_the_trace_its_traceparent_header_names(
+    make_server: ServerFactory, store_target: Target
+) -> None:
+    rec = recording()
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake, telemetry=rec.telemetry)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{h.server.http_port}") as http:
+            async with http.post("/v1/runs", json={"task": TASK}, headers={"traceparent": TRACEPARENT}) as response:
+                assert response.status == 201
+                run_id = (await response.json())["run"]["runId"]
+            async with http.get(f"/v1/runs/{run_id}/events") as response:
+                events = await events_of(response)
+        await h.stop()
+    assert kind(events[-1]) == "run_completed"
+    spans = rec.finished()
+    post = one(spans, "POST /v1/runs")
+    assert post.kind == SpanKind.SERVER
+    assert post.parent is not None
+    assert (f"{post.context.trace_id:032x}", f"{post.parent.span_id:016x}") == (TRACE_ID, CALLER_SPAN)
+    assert dict(post.attributes or {}) == {"http.request.method": "POST", "http.route": "/v1/runs"}
+    [(stored,)] = await fetch(store_target, "SELECT traceparent FROM runs WHERE run_id = ?", run_id)
+    assert stored == traceparent_of(post)
+    stretch = one(spans, "facilitair.run")
+    assert stretch.parent is not None
+    assert stretch.parent.span_id == post.context.span_id
+    assert [s.name for s in children(spans, stretch)] == [f"invoke_agent {a}" for a in STAGES]
