@@ -39,7 +39,6 @@ from facilitair.server.transport.loop_lag import LoopLagMonitor
 from facilitair.server.transport.requests import check_default_models
 from facilitair.server.transport.servicer import OrchestratorServicer
 from facilitair.server.transport.status import status_number
-from facilitair.server.transport.tracing import TraceInterceptor
 from facilitair.server.webhooks.config import WebhookConfig
 from facilitair.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -212,8 +211,7 @@ def _bound_server(
     """A gRPC server bound to `settings.listen` (not started, no services yet) and its port; ConfigError if not."""
     server = grpc.aio.server(
         options=server_options(settings),
-        # The trace interceptor first: its span covers the guard's refusals too.
-        interceptors=[TraceInterceptor(telemetry), GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
+        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None, telemetry=telemetry)],
     )
     try:
         if credentials is None:
