@@ -525,3 +525,25 @@ async def test_a_run_created_over_http_joins_the_trace_its_traceparent_header_na
     assert stretch.parent is not None
     assert stretch.parent.span_id == post.context.span_id
     assert [s.name for s in children(spans, stretch)] == [f"invoke_agent {a}" for a in STAGES]
+
+
+async def test_a_failed_run_ends_its_stretch_stage_and_attempt_with_the_error(make_server: ServerFactory) -> None:
+    rec = recording()
+    script = scripted(architect=Reply(chunks=["x"], fault=Fault.http_status(401)))
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(script) as fake:
+        h = await make_server(openai=fake, telemetry=rec.telemetry)
+        events = await h.run(TASK)
+        await h.stop()
+    failed = events[-1].run_failed
+    assert kind(events[-1]) == "run_failed"
+    spans = rec.finished()
+    stretch = one(spans, "facilitair.run")
+    [stage] = children(spans, stretch)
+    [attempt] = children(spans, stage)
+    ended = [(s.name, (s.attributes or {}).get("error.type"), s.status.status_code) for s in (stretch, stage, attempt)]
+    assert ended == [
+        ("facilitair.run", failed.reason, StatusCode.ERROR),
+        ("invoke_agent architect", "auth", StatusCode.ERROR),
+        ("chat gpt-4.1-mini", "auth", StatusCode.ERROR),
+    ]
+    assert (stretch.attributes or {}).get("facilitair.run.ending") == "failed"
