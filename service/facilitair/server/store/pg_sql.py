@@ -93,7 +93,14 @@ CREATE TABLE response_cache (
 CREATE INDEX response_cache_by_age ON response_cache (created_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, RESPONSE_CACHE)
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent text;
+ALTER TABLE runs ADD COLUMN trace_stretch text;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, RESPONSE_CACHE, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 # Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
 LOCK_CLASS = 0x46414331
@@ -102,7 +109,7 @@ SCHEMA_LOCK = 1
 NOW = "extract(epoch from now())::float8"
 RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason"
+    "owner, epoch, lease_expires_at, cancel_reason, traceparent, trace_stretch"
 )
 R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 
@@ -176,7 +183,7 @@ SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}) AS 
 """
 INSERT_RUN = f"""
 INSERT INTO runs ({RUN_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL, $12, NULL)
 ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}
 """
@@ -195,6 +202,7 @@ WHERE run_id >= $2 AND starts_with(run_id, $2) AND principal = $1
 ORDER BY run_id LIMIT $3
 """
 
+NOTE_TRACE_STRETCH = "UPDATE runs SET trace_stretch = $3 WHERE run_id = $1 AND epoch = $2"
 REQUEST_CANCEL = f"""
 WITH c AS (
     UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2) WHERE run_id = $1 AND {UNFINISHED_SQL} RETURNING run_id

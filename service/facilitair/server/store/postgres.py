@@ -225,7 +225,7 @@ class PostgresStore:
                 created = await conn.fetchrow(
                     pg_sql.INSERT_RUN,
                     row.run_id, row.principal, row.client_request_id, row.state, row.created_at, row.updated_at,
-                    row.finished_at, row.summary, row.spec, owner, float(lease_seconds),
+                    row.finished_at, row.summary, row.spec, owner, float(lease_seconds), row.traceparent,
                 )  # fmt: skip
                 if created is None:
                     raise ValueError(f"run id {row.run_id!r} is taken")
@@ -314,6 +314,14 @@ class PostgresStore:
             return await conn.fetchrow(pg_sql.REQUEST_CANCEL, run_id, reason) is not None
 
         return await self._on_pool(mark)
+
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the stretch's traceparent while `epoch` holds the run."""
+
+        async def note(conn: Conn) -> None:
+            await conn.execute(pg_sql.NOTE_TRACE_STRETCH, run_id, epoch, traceparent)
+
+        await self._on_pool(note)
 
     async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
         """One statement for all runs, by the database's clock."""

@@ -99,7 +99,14 @@ CREATE TABLE response_cache (
 CREATE INDEX response_cache_by_age ON response_cache (created_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE)
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent TEXT;
+ALTER TABLE runs ADD COLUMN trace_stretch TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 
 
