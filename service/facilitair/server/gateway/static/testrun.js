@@ -73,7 +73,7 @@ export class TestRunSection {
     const failures = f.failures || [];
     fill(this.summary,
       el("p", { class: `tests-outcome ${passed ? "passed" : "failed"}` },
-        `${passed ? "Tests passed" : "Tests failed"}: ${counts}, in ${seconds(durationSeconds(f.duration))}`),
+        `${headline(f, passed)}: ${counts}, in ${seconds(durationSeconds(f.duration))}`),
       notes.length ? el("ul", { class: "notes" }, ...notes.map((n) => el("li", {}, n))) : null,
       failures.length ? el("ul", { class: "failures" }, ...failures.map(failureItem)) : null);
   }
@@ -82,6 +82,13 @@ export class TestRunSection {
   tick(now) {
     if (!this.done && this.started !== null) fill(this.elapsed, seconds((now - this.started) / 1000));
   }
+}
+
+/** "Tests failed" only when something failed or was stopped: none collected (or all skipped) is no failure. */
+function headline(f, passed) {
+  if (passed) return "Tests passed";
+  if (Number(f.failed || 0) + Number(f.errors || 0) > 0 || f.timedOut || f.stopped) return "Tests failed";
+  return "No test passed";
 }
 
 function failureItem(failure) {
