@@ -128,6 +128,32 @@ async def test_the_page_shows_each_test_run_with_its_failures_and_counts(store_t
     assert (other_result, other_failure) == (result, failure_name)
 
 
+async def test_the_page_says_why_tests_were_not_run(store_target: Target) -> None:
+    require_bwrap()
+    js = Reply(chunks=["File: rev.test.js\n```js\n", "test('rev', () => expect(rev('ab')).toBe('ba'));\n", "```\n"])
+    async with FakeOpenAI(scripted(tester=js)) as fake:
+        env, base = server_env(store_target, fake.base_url, fake.api_key)
+        async with server_processes(env) as (server,), chromium() as browser:
+            await server.start()
+            async with Client(server.target) as client:
+                events = await collect(client.collaborate(TASK, max_refinements=1))
+            tab = await open_run(await new_context(browser), base, events[0].run_id)
+            await tab.until_ended()
+            section = tab.page.locator("section.test-run[data-stage='4']")
+            outcome = await section.locator(".tests-outcome").text_content()
+            state = await section.get_attribute("data-state")
+            output = await section.locator("pre.test-output").text_content()
+            result = await tab.page.locator(".result .outcome").text_content()
+
+    [finished] = of_kind(events, "tests_finished")
+    assert not finished.executed
+    assert outcome == f"Tests not run: {finished.not_run_reason}"
+    assert "only Python tests (pytest) are run; these are not: rev.test.js" in outcome
+    assert (state, output) == ("skipped", "")
+    assert result is not None
+    assert ", tests not run." in result
+
+
 def of_kind_events(events: list[Any], name: str) -> list[Any]:
     """The whole events (not their payloads) of one kind, in order."""
     return [e for e in events if kind(e) == name]
