@@ -40,7 +40,7 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     res = data["results"]
     assert set(res) == {
         "throughput", "load", "watchers", "first_event", "replay", "sse_cpu", "sse_watchers", "sqlite", "replicas",
-        "cross_watch", "takeover", "db_rtt",
+        "cross_watch", "takeover", "db_rtt", "sse_live_cpu",
     }  # fmt: skip
     assert set(res["throughput"]["tokens_per_s"]) == {"server", "server_coalesced", "baseline"}
     assert {"ratio_server", "ratio_coalesced", "tokens_per_coalesced_message"} <= set(res["throughput"])
