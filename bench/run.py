@@ -5,6 +5,8 @@ Scenarios (issue 7): `throughput` (goal 1), `load` (goal 2, and RSS per active r
 Issue 13 (bench/replicas.py, on PostgreSQL): `replicas` (the load on SQLite, PostgreSQL --workers 1 and 2,
 and bare), `cross-watch` (a watcher on another replica against one on the owner), `takeover` (SIGKILL of the
 owner, 20 times).
+Issue 26 (bench/remote_db.py, on PostgreSQL): `db-rtt` (100 runs at 10 tokens/s started at once on one replica
+whose database is behind the bench's delay proxy, at each `--db-rtt` round-trip time).
 Issue 23 (bench/gateway.py): `sse-cpu` (CPU per event of an SSE watcher against a WatchRun watcher) and
 `sse-watchers` (memory per idle SSE watcher).
 `--quick` runs them all at a tiny size (what the test suite does: it proves the harness works, it measures
@@ -37,6 +39,7 @@ from bench.gateway import sse_cpu, sse_idle_watchers, sse_live_cpu
 from bench.lab import open_lab
 from bench.lifecycle import first_event, idle_watchers, replay
 from bench.patches import PATCHES
+from bench.remote_db import db_rtt
 from bench.replicas import cross_watch, replica_load, takeover
 from bench.report import table
 from bench.storage import sqlite_write_path
@@ -55,9 +58,10 @@ SCENARIOS = (
     "replicas",
     "cross-watch",
     "takeover",
+    "db-rtt",
 )
 # The scenarios that need PostgreSQL (bench/cluster.py finds one as the tests do).
-ON_POSTGRES = {"replicas", "cross-watch", "takeover"}
+ON_POSTGRES = {"replicas", "cross-watch", "takeover", "db-rtt"}
 
 
 def _shape(text: str, seconds: float, size: int) -> LoadShape:
@@ -82,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cross", help="RUNS@RATE of the cross-replica watcher scenario (default 100@10)")
     p.add_argument("--kills", type=int, help="owner kills of the takeover scenario (default 20)")
     p.add_argument("--lease", type=float, help="FACILITAIR_LEASE_SECONDS of the takeover scenario (default 10)")
+    p.add_argument(
+        "--db-rtt", help="MS[,MS...]: round-trip times to PostgreSQL of the db-rtt scenario (default 0,2,10,40)"
+    )
+    p.add_argument("--db-load", help="RUNS@RATE of the db-rtt scenario (default 100@10)")
     p.add_argument("--profile", action="store_true", help="sample every server with py-spy (perturbs timings)")
     p.add_argument(
         "--try",
@@ -123,6 +131,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "cross": args.cross or ("3@20" if q else "100@10"),
         "kills": args.kills or (1 if q else 20),
         "lease": args.lease or (1.0 if q else 10.0),
+        "db_rtt": [float(x) for x in (args.db_rtt or ("0,10" if q else "0,2,10,40")).split(",")],
+        "db_load": args.db_load or ("3@20" if q else "100@10"),
     }
 
 
@@ -196,6 +206,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     res["cross_watch"] = await cross_watch(lab, pg, cross, repeats=params["load_repeats"])
                 if "takeover" in only:
                     res["takeover"] = await takeover(lab, pg, kills=params["kills"], lease=params["lease"])
+                if "db-rtt" in only:
+                    shape = _shape(params["db_load"], params["load_seconds"], size)
+                    res["db_rtt"] = await db_rtt(lab, pg, shape, params["db_rtt"], repeats=params["load_repeats"])
             if lab.profiles:
                 out["profiles"] = lab.profiles
         if "sqlite" in only:

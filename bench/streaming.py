@@ -84,6 +84,8 @@ class LoadShape:
     rate: float
     seconds: float
     size: int
+    # All runs started at the same moment (no ramp): a burst of starts (bench/remote_db.py).
+    burst: bool = False
 
     def fields(self) -> dict[str, float]:
         """The shape, for a result."""
@@ -92,7 +94,7 @@ class LoadShape:
     @property
     def ramp(self) -> float:
         """Starts are spread over this many seconds, as real clients do not all call in the same millisecond."""
-        return min(5.0, self.runs / 100)
+        return 0.0 if self.burst else min(5.0, self.runs / 100)
 
 
 class Served(Protocol):

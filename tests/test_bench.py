@@ -40,7 +40,7 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     res = data["results"]
     assert set(res) == {
         "throughput", "load", "watchers", "first_event", "replay", "sse_cpu", "sse_watchers", "sqlite", "replicas",
-        "cross_watch", "takeover",
+        "cross_watch", "takeover", "db_rtt", "sse_live_cpu",
     }  # fmt: skip
     assert set(res["throughput"]["tokens_per_s"]) == {"server", "server_coalesced", "baseline"}
     assert {"ratio_server", "ratio_coalesced", "tokens_per_coalesced_message"} <= set(res["throughput"])
@@ -69,6 +69,9 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert cross["incomplete_runs"] == 0
     assert cross["samples"] > 0
     assert len(res["takeover"]["samples_s"]) == 1
+    assert set(res["db_rtt"]["rtt_ms"]) == {"0", "10"}  # the quick RTTs, each through the delay proxy
+    for rtt, row in res["db_rtt"]["rtt_ms"].items():
+        assert (row["failed_runs"], row["tokens_missing"]) == (0, 0), rtt
     assert "| measurement (medians) |" in proc.stdout
     assert "PostgreSQL --workers 2: p50 / p99 relay latency" in proc.stdout
     assert "takeover after SIGKILL of the owner" in proc.stdout

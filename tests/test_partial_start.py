@@ -73,7 +73,7 @@ async def test_a_start_failing_after_the_sqlite_store_opened_leaves_nothing_runn
     threads = set(threading.enumerate())
     tasks = running_tasks()
     with pytest.raises(SchemaError, match="version 99, newer than this server knows"):
-        await create_server(Settings(listen=f"127.0.0.1:{port}", db=db))
+        await create_server(Settings(listen=f"127.0.0.1:{port}", db=db, http_listen="off", sandbox="off"))
     left = [t.name for t in set(threading.enumerate()) - threads if t.is_alive()]
     assert [name for name in left if name.startswith("sqlite-")] == []  # the store's connection threads
     assert running_tasks() - tasks == set()
@@ -81,7 +81,7 @@ async def test_a_start_failing_after_the_sqlite_store_opened_leaves_nothing_runn
     assert port_is_free(port)
     # And so the next server on that file gets as far as the same refusal, not "the file is in use".
     with pytest.raises(SchemaError):
-        await create_server(Settings(listen="127.0.0.1:0", db=db))
+        await create_server(Settings(listen="127.0.0.1:0", db=db, http_listen="off", sandbox="off"))
 
 
 async def test_a_start_failing_after_the_postgres_store_opened_leaves_nothing_running(
@@ -99,7 +99,13 @@ async def test_a_start_failing_after_the_postgres_store_opened_leaves_nothing_ru
         limited = urllib.parse.urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
         port = free_port()
         tasks = running_tasks()
-        settings = Settings(listen=f"127.0.0.1:{port}", database_url=SecretStr(limited), db=tmp_path / "unused.db")
+        settings = Settings(
+            listen=f"127.0.0.1:{port}",
+            database_url=SecretStr(limited),
+            db=tmp_path / "unused.db",
+            http_listen="off",
+            sandbox="off",
+        )
         with pytest.raises(StoreUnavailable, match="too many connections"):
             await create_server(settings)
         # The store had opened (its writer connection) and the event log's writer had started: both are gone.

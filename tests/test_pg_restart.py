@@ -150,6 +150,7 @@ async def test_a_run_taken_over_is_logged_lost_once(db_url: str) -> None:
             Settings(
                 listen="127.0.0.1:0",
                 http_listen="off",
+                sandbox="off",
                 database_url=SecretStr(db_url),
                 replica_id="a",
                 thinking_interval=60,

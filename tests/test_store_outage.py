@@ -53,6 +53,9 @@ def settings_for(db: Path, fake: FakeOpenAI, **extra: Any) -> Settings:
             "heartbeat_interval": 0.1,
             "thinking_interval": 0.1,
             "store_grace_seconds": 0.3,
+            # No gateway port and no Test run step: the stage numbers below are the five agents'.
+            "http_listen": "off",
+            "sandbox": "off",
             **extra,
         }
     )

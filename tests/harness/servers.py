@@ -33,9 +33,9 @@ PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHR
 
 
 def clear_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remove provider and FACILITAIR_* variables for the test, so only what it states configures a server."""
+    """Remove provider, FACILITAIR_* and OTEL_* variables for the test, so only what it states configures a server."""
     for name in list(os.environ):
-        if name in PROVIDER_ENV or name.startswith("FACILITAIR_"):
+        if name in PROVIDER_ENV or name.startswith(("FACILITAIR_", "OTEL_")):
             monkeypatch.delenv(name)
 
 
@@ -84,7 +84,8 @@ class Servers:
 
     `openai=`/`anthropic=` point the provider at a fake (its key and base URL); any other keyword is a Settings
     field, e.g. ``thinking_interval=0.05`` or ``OPENAI_API_KEY="wrong"`` (which wins over the fake's key). Calls
-    share the test's store unless ``db=`` (SQLite) or ``database_url=`` is given.
+    share the test's store unless ``db=`` (SQLite) or ``database_url=`` is given. ``telemetry=`` is handed to
+    create_server (tests/test_telemetry.py injects in-memory exporters).
     """
 
     def __init__(self, store: Target) -> None:
@@ -109,9 +110,10 @@ class Servers:
             values |= {"ANTHROPIC_API_KEY": anthropic.api_key, "ANTHROPIC_BASE_URL": anthropic.base_url}
         if "db" in overrides and "database_url" not in overrides:
             values.pop("database_url", None)  # a file of its own was asked for
+        telemetry = overrides.pop("telemetry", None)
         values |= overrides
         settings = Settings(**values)
-        server = await create_server(settings)
+        server = await create_server(settings, telemetry=telemetry)
         harness = Harness(server, Client(f"127.0.0.1:{server.port}"), settings, self.store)
         self.started.append(harness)
         return harness

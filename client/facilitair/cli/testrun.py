@@ -25,7 +25,7 @@ def finished_lines(done: pb.TestsFinished) -> list[str]:
         return [f"-- [{done.stage}] tests not run: {done.not_run_reason}"]
     seconds = done.duration.ToNanoseconds() / 1e9
     counts = f"{done.passed} passed, {done.failed} failed, {done.errors} errors, {done.skipped} skipped"
-    head = "tests passed" if done.tests_passed else "tests FAILED"
+    head = "tests passed" if done.tests_passed else "tests FAILED" if failing(done) else "no test passed"
     notes = [n for n in ("timed out" if done.timed_out else "", done.stopped and f"stopped by {done.stopped}") if n]
     if done.truncated:
         notes.append("output cut")
@@ -37,6 +37,11 @@ def finished_lines(done: pb.TestsFinished) -> list[str]:
     return lines
 
 
+def failing(done: pb.TestsFinished) -> bool:
+    """Something failed, errored or was stopped: no test collected (or all skipped) is not a failure."""
+    return bool(done.failed or done.errors or done.timed_out or done.stopped)
+
+
 def result_note(result: pb.RunResult) -> str:
     """What the completed line says of the last test run ("" when the server runs no tests)."""
     if not result.HasField("tests"):
@@ -44,4 +49,6 @@ def result_note(result: pb.RunResult) -> str:
     tests = result.tests
     if not tests.executed:
         return ", tests not run"
-    return ", tests passed" if result.tests_passed else f", tests failing ({tests.failed + tests.errors})"
+    if result.tests_passed:
+        return ", tests passed"
+    return f", tests failing ({tests.failed + tests.errors})" if failing(tests) else ", no test passed"

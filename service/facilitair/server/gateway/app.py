@@ -32,6 +32,7 @@ from facilitair.server.gateway.bodies import MAX_BODY_BYTES, json_response
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import ConfigError, Settings, is_loopback
+from facilitair.server.telemetry import Telemetry
 from facilitair.server.transport.status import error_body, http_status_of
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -75,11 +76,17 @@ class BoundGateway:
         return port
 
     async def start(
-        self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
+        self,
+        runs: RunService,
+        settings: Settings,
+        config: PipelineConfig,
+        info: pb.GetServerInfoResponse,
+        telemetry: Telemetry | None = None,
     ) -> Gateway:
         """Serve the gateway on the bound socket."""
         sessions = Sessions(self.keys, secure=self.context is not None, mtls=settings.tls_client_ca is not None)
-        gateway = Gateway(Api(runs, settings, config, info, sessions), sessions, settings)
+        api = Api(runs, settings, config, info, sessions, telemetry=telemetry or Telemetry())
+        gateway = Gateway(api, sessions, settings)
         await gateway.start(self.sock, self.context)
         return gateway
 

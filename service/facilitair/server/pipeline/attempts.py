@@ -31,6 +31,15 @@ from facilitair.server.pipeline.context import ContextTooSmall
 from facilitair.server.pipeline.tokens import estimate_tokens, request_tokens
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd, UsageReport
 from facilitair.server.retrying import RetryPolicy
+from facilitair.server.telemetry import (
+    NO_STAGE,
+    NO_STRETCH,
+    AttemptRequest,
+    AttemptTrace,
+    AttemptUsage,
+    StageTrace,
+    StretchTrace,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -136,9 +145,11 @@ class StageRunner:
         deadline: float,
         *,
         cache: ResponseCache | None = None,
+        trace: StretchTrace = NO_STRETCH,
     ) -> None:
         self.rec = rec
         self.cache = cache
+        self.trace = trace  # the run's stretch on this replica: the pipeline begins each stage's span in it
         self.providers = providers
         self.policy = policy
         self.budget = budget
@@ -163,6 +174,7 @@ class StageRunner:
         attempt: int,
         *,
         agent: str,
+        span: StageTrace = NO_STAGE,
     ) -> StageResult:
         """Try the models of `chain` in order until one streams the stage to its end.
 
@@ -200,7 +212,7 @@ class StageRunner:
                 if limit <= 0:
                     raise self.budget.crossed(stage, self.rec.usage)
                 try:
-                    text, end = await self._stream(provider, model, request, stage, limit)
+                    text, end = await self._stream(provider, model, request, stage, limit, span=span)
                     if self.cache is not None:  # only here: the attempt ended with its StreamEnd
                         await self.cache.save(key, model, stage, text, end)
                     return StageResult(text, end, model)
@@ -241,7 +253,14 @@ class StageRunner:
         return StageResult(entry.text, StreamEnd(0, 0, entry.finish_reason), model, cached=True)
 
     async def _stream(
-        self, provider: Provider, model: ModelRef, request: CompletionRequest, stage: int, limit: float
+        self,
+        provider: Provider,
+        model: ModelRef,
+        request: CompletionRequest,
+        stage: int,
+        limit: float,
+        *,
+        span: StageTrace = NO_STAGE,
     ) -> tuple[str, StreamEnd]:
         """Relay one attempt's tokens as they arrive; stop it if it would cross a budget.
 
@@ -254,6 +273,7 @@ class StageRunner:
         token = self.rec.token
         chars = 0
         self.rec.waiting(stage)
+        traced = span.attempt(_traced_request(model, provider.host, request))
         asked = time.monotonic()
         try:
             async with contextlib.aclosing(provider.stream(request)) as stream:
@@ -261,6 +281,7 @@ class StageRunner:
                     if type(item) is str:
                         if not parts:
                             metrics.FIRST_TOKEN.labels(provider.name).observe(time.monotonic() - asked)
+                            traced.first_chunk()
                         parts.append(item)
                         token(stage, item)
                         chars += len(item)
@@ -270,13 +291,55 @@ class StageRunner:
                         end = item
                     elif isinstance(item, UsageReport):
                         report = item
-        except BaseException:
+        except BaseException as exc:
             # Nothing answered and nothing reported (a refused request, a connection that never opened): no
             # evidence the provider took the prompt, so nothing is counted.
             if parts or report is not None:
                 self.cut_offs.append(CutOff.of(model, request, report, "".join(parts)))
+            _end_failed(traced, exc, report)
             raise
         finally:
             self.rec.answered()
         assert end is not None, "providers end every successful stream with StreamEnd"
-        return "".join(parts), end
+        text = "".join(parts)
+        _end_clean(traced, end, text)
+        return text, end
+
+
+# -- telemetry: one call when an attempt begins and one when it ends, from what the attempt totals anyway ------------
+
+
+def _traced_request(model: ModelRef, host: str, request: CompletionRequest) -> AttemptRequest:
+    return AttemptRequest(
+        model.provider, host, request.model, request.max_tokens, request.temperature, request.system, request.prompt
+    )
+
+
+def _end_clean(traced: AttemptTrace, end: StreamEnd, text: str) -> None:
+    usage = AttemptUsage(end.input_tokens, end.output_tokens, end.cache_read_tokens, end.cache_write_tokens)
+    traced.end(
+        usage if end.usage_reported else None,
+        response_model=end.response_model,
+        finish_reason=end.finish_reason,
+        output=text,
+    )
+
+
+def _end_failed(traced: AttemptTrace, exc: BaseException, report: UsageReport | None) -> None:
+    usage = None
+    if report is not None:
+        usage = AttemptUsage(
+            report.input_tokens, report.output_tokens, report.cache_read_tokens, report.cache_write_tokens
+        )
+    traced.end(usage, error=error_type(exc))
+
+
+def error_type(exc: BaseException) -> str:
+    """The error.type of a failed attempt or stage: the provider's failure kind, the domain's reason, or the class."""
+    if isinstance(exc, ProviderError):
+        return exc.kind.name.lower()
+    if isinstance(exc, FacilitairError):
+        return exc.reason.value.lower()
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return type(exc).__qualname__

@@ -37,7 +37,7 @@ from facilitair.server.domain import (
 )
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline import prompts, testrun
-from facilitair.server.pipeline.attempts import StageRunner
+from facilitair.server.pipeline.attempts import StageRunner, error_type
 from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.gates import EDITED_KIND, AwaitingApproval, Rejected, rejection_reason
@@ -295,12 +295,15 @@ class Pipeline:
         else:
             attempt = 1
             self.rec.stage_started(stage, role, chain[0], rounds)
+        span = self.runner.trace.stage(role.label, stage)
         try:
-            result = await self.runner.run(stage, chain, request, attempt, agent=role.label)
-        except BaseException:
+            result = await self.runner.run(stage, chain, request, attempt, agent=role.label, span=span)
+        except BaseException as exc:
             # Cancelled, failed or stopped mid-stage: what its attempts consumed still counts in the run's usage.
             self.rec.cut_off(self._cut_off_usage())
+            span.end(error_type(exc))
             raise
+        span.end()
         derive(result.text, stage, True)
         end = result.end
         usage = self.prices.usage_of(result.model, end)

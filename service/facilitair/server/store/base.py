@@ -99,6 +99,9 @@ class RunRow:
     lease_expires_at: float | None = None
     # Why a cancel was requested (by any replica), or None when none was.
     cancel_reason: str | None = None
+    # W3C traceparents (docs/telemetry.md): the call that created the run, and the last stretch a replica drove it.
+    traceparent: str | None = None
+    trace_stretch: str | None = None
     # The approval gate the run waits at (state AWAITING_APPROVAL) and when the run has something to do again: the
     # gate's expiry, brought forward to the moment a decision is recorded; None otherwise. Written with the run's
     # row in a batch, so they commit with the gate's approval_requested event; claim_expired looks at them alone.
@@ -443,6 +446,11 @@ class EventStore(Protocol):
 
     async def release_leases(self, owner: str, epochs: Mapping[str, int]) -> None:
         """Let these leases run out now (where still held) and tell the other replicas, who claim the runs at once."""
+        ...
+
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the traceparent of the stretch that drives the run under `epoch` (nothing if another epoch holds it),
+        so that the next stretch's span can link to it."""
         ...
 
     async def count_active(self, principal: str) -> int:

@@ -101,8 +101,67 @@ CREATE TABLE response_cache (
 CREATE INDEX response_cache_by_age ON response_cache (created_at);
 """
 
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent text;
+ALTER TABLE runs ADD COLUMN trace_stretch text;
+"""
+
+# Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
+LOCK_CLASS = 0x46414331
+SCHEMA_LOCK = 1
+
+# A start in one round trip (issue 26): the idempotency key, the per-principal limit and the runs-per-minute window
+# checked and the run inserted by one call, under the principal's advisory lock held only while the database runs
+# it (before, five statements held it across as many network round trips). PL/pgSQL because each of its statements
+# takes a new snapshot (READ COMMITTED), so the counts made after the lock see every insert committed under it; one
+# plain SQL statement would count from a snapshot taken before it waited for the lock. The outcome says what
+# happened: 'existing' (the key's run, returned), 'limited' (nothing inserted: the counts say which limit), 'taken'
+# (the run id is in use), 'created' (the new run, epoch 1, leased to the owner). STORE_RUN calls it.
+START_RUN = f"""
+CREATE FUNCTION facilitair_start_run(
+    p_run_id text, p_principal text, p_request_id text, p_state integer, p_created_at float8, p_updated_at float8,
+    p_finished_at float8, p_summary bytea, p_spec text, p_owner text, p_lease float8,
+    p_max_active bigint, p_max_per_minute float8, p_window_start float8, p_traceparent text
+) RETURNS TABLE (outcome text, active bigint, recent bigint, oldest_recent float8, run runs)
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    found_run runs;
+    n_active bigint;
+    n_recent bigint;
+    first_recent float8;
+BEGIN
+    PERFORM pg_advisory_xact_lock({LOCK_CLASS}, hashtext(p_principal));
+    IF p_request_id <> '' THEN
+        SELECT * INTO found_run FROM runs r WHERE r.principal = p_principal AND r.client_request_id = p_request_id;
+        IF found_run.run_id IS NOT NULL THEN
+            RETURN QUERY SELECT 'existing'::text, 0::bigint, 0::bigint, NULL::float8, found_run;
+            RETURN;
+        END IF;
+    END IF;
+    SELECT count(*) INTO n_active FROM runs WHERE principal = p_principal AND {UNFINISHED_SQL};
+    SELECT count(*), min(r.created_at) INTO n_recent, first_recent
+        FROM runs r WHERE r.principal = p_principal AND r.created_at > p_window_start;
+    IF n_active >= p_max_active OR (p_max_per_minute IS NOT NULL AND n_recent + 1 > p_max_per_minute) THEN
+        RETURN QUERY SELECT 'limited'::text, n_active, n_recent, first_recent, NULL::runs;
+        RETURN;
+    END IF;
+    INSERT INTO runs (run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec,
+                      owner, epoch, lease_expires_at, cancel_reason, traceparent, trace_stretch)
+    VALUES (p_run_id, p_principal, p_request_id, p_state, p_created_at, p_updated_at, p_finished_at, p_summary, p_spec,
+            p_owner, 1, extract(epoch from now())::float8 + p_lease, NULL, p_traceparent, NULL)
+    ON CONFLICT DO NOTHING
+    RETURNING * INTO found_run;
+    RETURN QUERY SELECT CASE WHEN found_run.run_id IS NULL THEN 'taken' ELSE 'created' END,
+        n_active, n_recent, first_recent, found_run;
+END
+$fn$;
+"""
+
 # Approval gates (issue 22): the gate a run waits at, on its row (written with the run's batches), and every gate's
-# first decision, kept by approval id (the primary key is what makes the first decision win).
+# first decision, kept by approval id (the primary key is what makes the first decision win). A run waiting at a
+# gate still counts against its caller's limit: the start function counts it too (each count on its partial index).
 APPROVALS = f"""
 ALTER TABLE runs ADD COLUMN approval_id text;
 ALTER TABLE runs ADD COLUMN approval_due_at double precision;
@@ -122,18 +181,19 @@ CREATE TABLE approvals (
     decided_at double precision NOT NULL
 );
 CREATE INDEX approvals_by_run ON approvals (run_id, stage);
-"""
+{START_RUN.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION").replace(
+    f"SELECT count(*) INTO n_active FROM runs WHERE principal = p_principal AND {UNFINISHED_SQL};",
+    f"SELECT (SELECT count(*) FROM runs WHERE principal = p_principal AND {UNFINISHED_SQL})"
+    f" + (SELECT count(*) FROM runs WHERE principal = p_principal AND {AWAITING_SQL}) INTO n_active;",
+)}"""
 
-MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, RESPONSE_CACHE, APPROVALS)
+MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, RESPONSE_CACHE, TRACE_CONTEXT, START_RUN, APPROVALS)
 VERSION = len(MIGRATIONS)
-# Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
-LOCK_CLASS = 0x46414331
-SCHEMA_LOCK = 1
 
 NOW = "extract(epoch from now())::float8"
 RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_due_at"
+    "owner, epoch, lease_expires_at, cancel_reason, traceparent, trace_stretch, approval_id, approval_due_at"
 )
 R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 
@@ -200,19 +260,12 @@ GROUP BY v.run_id
 """
 EPOCHS = "SELECT run_id, epoch FROM runs WHERE run_id = ANY($1::text[])"
 
-FIND_AND_COUNT = f"""
-SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL})
-       + (SELECT count(*) FROM runs WHERE principal = $1 AND {AWAITING_SQL}) AS active,
-       (SELECT run_id FROM runs WHERE principal = $1 AND client_request_id = $2 AND $2 <> '') AS existing,
-       (SELECT count(*) FROM runs WHERE principal = $1 AND created_at > $3) AS recent,
-       (SELECT min(created_at) FROM runs WHERE principal = $1 AND created_at > $3) AS oldest_recent
-"""
-INSERT_RUN = f"""
-INSERT INTO runs ({RUN_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL, NULL, NULL)
-ON CONFLICT DO NOTHING
-RETURNING {RUN_COLUMNS}
-"""
+# A start: one statement, one round trip (see START_RUN); the run's columns named one by one, as everywhere.
+STORE_RUN = (
+    "SELECT s.outcome, s.active, s.recent, s.oldest_recent, "
+    + ", ".join(f"(s.run).{c.strip()}" for c in RUN_COLUMNS.split(","))
+    + " FROM facilitair_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) s"
+)
 
 # A principal's runs by id prefix ($2): a range scan of runs_pkey from the prefix to the bound id_prefix_bounds
 # gives ($3), in id order; starts_with keeps only the ids that really start with it, whatever the collation.
@@ -228,6 +281,7 @@ WHERE run_id >= $2 AND starts_with(run_id, $2) AND principal = $1
 ORDER BY run_id LIMIT $3
 """
 
+NOTE_TRACE_STRETCH = "UPDATE runs SET trace_stretch = $3 WHERE run_id = $1 AND epoch = $2"
 REQUEST_CANCEL = f"""
 WITH c AS (
     UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2)

@@ -1,7 +1,8 @@
 """The shared store: PostgreSQL through asyncpg, for any number of replicas on one database.
 
 Connections: one writer connection takes every batch, in order (a batch is ONE statement: pg_sql.WRITE_BATCH);
-a small pool serves reads and the lease operations; a third kind, the listener, only LISTENs. A connection
+a pool serves starts (one statement each: pg_sql.STORE_RUN) and reads; the lease operations (renew, claim,
+release) have a connection of their own, so run traffic never delays them; the listener only LISTENs. A connection
 that breaks is replaced at the next call; the call that met the break gets StoreUnavailable.
 
 asyncpg over psycopg 3: on the per-token path it took about half the client CPU per event at every batch
@@ -61,7 +62,9 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 CONNECT_TIMEOUT = 10.0
 # The longest one statement may take (a lock held by a stuck transaction, a server that stopped answering).
 COMMAND_TIMEOUT = 30.0
-READERS = 4
+# Pooled connections for starts and reads. At 40 ms to the database, 100 starts at once (one round trip each)
+# take 100 / READERS round trips on the pool: 4 made it a second, 16 a quarter (bench db-rtt, issue 26).
+READERS = 16
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -75,6 +78,37 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 def _row(record: asyncpg.Record) -> RunRow:
     return RunRow(*record)
+
+
+class _Dedicated:
+    """A connection of one role, used by one call at a time, in order; reopened at the next call once it broke."""
+
+    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], url: str) -> None:
+        self._connect = connect
+        self._url = url  # to scrub from errors
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`fn` on the connection; a break is StoreUnavailable (and the connection dropped), as in _on_pool."""
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await self._connect()
+            try:
+                return await fn(self._conn)
+            except Exception as exc:
+                down = unavailable(exc, self._url)
+                if down is None:
+                    raise
+                self._conn.terminate()
+                self._conn = None
+                raise down from None
+
+    def terminate(self) -> None:
+        """Close at once (no round trip): the store is closing."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.terminate()
 
 
 class PostgresStore:
@@ -100,8 +134,10 @@ class PostgresStore:
         self._readers = readers
         self._command_timeout = command_timeout
         self._listen_check = listen_check
-        self._writer: asyncpg.Connection | None = None
-        self._writer_lock = asyncio.Lock()
+        self._writer = _Dedicated(lambda: self._connect("writer"), url)
+        # The lease operations' own connection: a renewal never waits for a pooled connection behind run traffic
+        # (starts, replays), so a busy replica does not lose its runs' leases (issue 26).
+        self._leases = _Dedicated(lambda: self._connect("leases"), url)
         self._pool: asyncpg.Pool | None = None
         self._listener: Listener | None = None
         # Tags this store's commit notifications, so its own listener skips them.
@@ -128,9 +164,8 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Connect the writer and the pool, and create or migrate the schema."""
-        self._writer = await self._connect()
         try:
-            await pg_sql.migrate(self._writer)
+            await self._writer.run(pg_sql.migrate)
             self._pool = await asyncpg.create_pool(
                 self._url,
                 min_size=0,  # no connection kept open by force: none retried in the background while down
@@ -156,24 +191,16 @@ class PostgresStore:
             pool, self._pool = self._pool, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.terminate()
+        self._writer.terminate()
+        self._leases.terminate()
 
     async def _on_writer(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run on the writer connection (reopened if it broke), one call at a time, in order."""
-        async with self._writer_lock:
-            if self._writer is None or self._writer.is_closed():
-                self._writer = await self._connect()
-            try:
-                return await fn(self._writer)
-            except Exception as exc:
-                down = unavailable(exc, self._url)
-                if down is None:
-                    raise
-                self._writer.terminate()
-                self._writer = None
-                raise down from None
+        return await self._writer.run(fn)
+
+    async def _on_leases(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run on the leases' own connection (renew, claim, release), never behind pooled run traffic."""
+        return await self._leases.run(fn)
 
     async def _on_pool(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run on a pooled connection; one that broke is replaced by the pool at its next use."""
@@ -206,36 +233,29 @@ class PostgresStore:
         max_active_per_principal: int,
         max_started_per_minute: float | None = None,
     ) -> InsertResult:
-        """Under an advisory lock on the principal: the existing run, LIMITED, or the new run (epoch 1)."""
+        """One round trip (pg_sql.START_RUN): the existing run, LIMITED, RATE_LIMITED, or the new run (epoch 1)."""
 
         async def insert(conn: Conn) -> InsertResult:
-            async with conn.transaction():
-                # Serialises the inserts of one principal across every replica; later statements see their commits.
-                await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", pg_sql.LOCK_CLASS, row.principal)
-                found = await conn.fetchrow(
-                    pg_sql.FIND_AND_COUNT, row.principal, row.client_request_id, row.created_at - RATE_WINDOW
-                )
-                assert found is not None
-                if found["existing"] is not None:
-                    existing = await conn.fetchrow(
-                        f"SELECT {pg_sql.RUN_COLUMNS} FROM runs WHERE run_id = $1", found["existing"]
-                    )
-                    assert existing is not None
-                    return InsertResult(InsertOutcome.EXISTING, _row(existing), 0)
-                active = int(found["active"])
-                if active >= max_active_per_principal:
-                    return InsertResult(InsertOutcome.LIMITED, None, active)
-                limited = rate_limited(max_started_per_minute, found["recent"], found["oldest_recent"], row, active)
-                if limited is not None:
-                    return limited
-                created = await conn.fetchrow(
-                    pg_sql.INSERT_RUN,
-                    row.run_id, row.principal, row.client_request_id, row.state, row.created_at, row.updated_at,
-                    row.finished_at, row.summary, row.spec, owner, float(lease_seconds),
-                )  # fmt: skip
-                if created is None:
-                    raise ValueError(f"run id {row.run_id!r} is taken")
-                return InsertResult(InsertOutcome.CREATED, _row(created), active)
+            found = await conn.fetchrow(
+                pg_sql.STORE_RUN,
+                row.run_id, row.principal, row.client_request_id, row.state, row.created_at, row.updated_at,
+                row.finished_at, row.summary, row.spec, owner, float(lease_seconds),
+                max_active_per_principal, None if max_started_per_minute is None else float(max_started_per_minute),
+                row.created_at - RATE_WINDOW, row.traceparent,
+            )  # fmt: skip
+            assert found is not None
+            outcome, active, run = found["outcome"], int(found["active"]), RunRow(*list(found.values())[4:])
+            if outcome == "existing":
+                return InsertResult(InsertOutcome.EXISTING, run, 0)
+            if outcome == "taken":
+                raise ValueError(f"run id {row.run_id!r} is taken")
+            if outcome == "created":
+                return InsertResult(InsertOutcome.CREATED, run, active)
+            if active >= max_active_per_principal:
+                return InsertResult(InsertOutcome.LIMITED, None, active)
+            limited = rate_limited(max_started_per_minute, found["recent"], found["oldest_recent"], row, active)
+            assert limited is not None  # the function refused for one of the two limits
+            return limited
 
         return await self._on_pool(insert)
 
@@ -322,6 +342,14 @@ class PostgresStore:
 
         return await self._on_pool(mark)
 
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the stretch's traceparent while `epoch` holds the run."""
+
+        async def note(conn: Conn) -> None:
+            await conn.execute(pg_sql.NOTE_TRACE_STRETCH, run_id, epoch, traceparent)
+
+        await self._on_pool(note)
+
     async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
         """One statement for all runs, by the database's clock."""
 
@@ -332,7 +360,7 @@ class PostgresStore:
 
         if not epochs:
             return RenewResult(frozenset(), {})
-        return await self._on_pool(renew)
+        return await self._on_leases(renew)
 
     async def claim_expired(
         self, owner: str, lease_seconds: float, limit: int, *, ignore_leases: bool = False
@@ -348,7 +376,7 @@ class PostgresStore:
             last = {r[0]: int(r[1] or 0) for r in await conn.fetch(pg_sql.LAST_SEQS, [r.run_id for r in rows])}
             return [Claim(r, last[r.run_id]) for r in sorted(rows, key=lambda r: (r.created_at, r.run_id))]
 
-        return await self._on_pool(claim)
+        return await self._on_leases(claim)
 
     async def probe(self) -> None:
         """One durable write through the writer connection, as the event log's batches go."""
@@ -365,7 +393,7 @@ class PostgresStore:
             await conn.execute(pg_sql.RELEASE, owner, list(epochs), list(epochs.values()))
 
         if epochs:
-            await self._on_pool(release)
+            await self._on_leases(release)
 
     async def delete_finished_before(self, cutoff: float, *, batch_size: int = DELETE_BATCH) -> int:
         """Retention, `batch_size` runs per transaction (each one statement), until none is left."""

@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 _RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason, approval_id, approval_due_at"
+    "owner, epoch, lease_expires_at, cancel_reason, traceparent, trace_stretch, approval_id, approval_due_at"
 )
 # The runs a principal has in flight: unfinished, or waiting at an approval gate (each count on its partial index).
 _ACTIVE_COUNT = (
@@ -213,7 +213,8 @@ class SqliteStore:
                 stored = dataclasses.replace(
                     row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
                 )
-                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(15)})", dataclasses.astuple(stored))
+                values = dataclasses.astuple(stored)  # every column of _RUN_COLUMNS, in RunRow's order
+                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(len(values))})", values)
                 return InsertResult(InsertOutcome.CREATED, stored, active)
 
         return await self._writer.run(insert)
@@ -245,6 +246,14 @@ class SqliteStore:
             return cur.rowcount > 0
 
         return await self._writer.run(mark)
+
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the stretch's traceparent while `epoch` holds the run."""
+
+        def note(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET trace_stretch=? WHERE run_id=? AND epoch=?", (traceparent, run_id, epoch))
+
+        await self._writer.run(note)
 
     async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
         """Extend the leases still held; the others are lost."""

@@ -99,6 +99,13 @@ CREATE TABLE response_cache (
 CREATE INDEX response_cache_by_age ON response_cache (created_at);
 """
 
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent TEXT;
+ALTER TABLE runs ADD COLUMN trace_stretch TEXT;
+"""
+
 # Approval gates (issue 22): the gate a run waits at, on its row (written with the run's batches), and every gate's
 # first decision, kept by approval id (the primary key is what makes the first decision win).
 APPROVALS = f"""
@@ -122,7 +129,7 @@ CREATE TABLE approvals (
 CREATE INDEX approvals_by_run ON approvals (run_id, stage);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE, APPROVALS)
+MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE, TRACE_CONTEXT, APPROVALS)
 VERSION = len(MIGRATIONS)
 
 

@@ -32,6 +32,7 @@ from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.store.sqlite_lock import SqliteFileLock
 from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.telemetry import Telemetry, from_environment
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
@@ -46,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 # A worker of `serve --workers` looks this often whether the process that started it is still there.
 PARENT_CHECK_SECONDS = 1.0
+# How long a stop waits for the last spans and metrics to be exported (an unreachable collector must not hold it).
+TELEMETRY_FLUSH = 5.0
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
@@ -90,6 +93,7 @@ class RunningServer:
     http: Gateway | None = None  # the HTTP gateway (None with --http-listen off)
     http_port: int = 0
     http_url: str = ""
+    telemetry: Telemetry | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -128,6 +132,8 @@ class RunningServer:
             await self.providers.aclose()
             if self.metrics is not None:
                 self.metrics.stop()
+            if self.telemetry is not None:
+                await _flush(self.telemetry)
 
 
 async def create_server(
@@ -136,6 +142,7 @@ async def create_server(
     providers: ProviderRegistry | None = None,
     store: EventStore | None = None,
     config: PipelineConfig | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunningServer:
     """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned).
 
@@ -144,6 +151,9 @@ async def create_server(
     store claims every unfinished run). A server that cannot listen, or whose file another server holds, so
     stops before it touches that server's runs, and creates no database file. Whatever was set up is undone
     when a later step fails: no half-started server.
+
+    `telemetry` defaults to what the OTEL_* environment configures (telemetry.from_environment): nothing unless an
+    OTLP endpoint is set and the `otel` extra is installed.
     """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
@@ -157,12 +167,13 @@ async def create_server(
     # Probed before any run can start or resume here: a run's Test run step reads what was found.
     sandbox = Sandbox(SandboxKind(settings.sandbox))
     await sandbox.start()
+    telemetry = telemetry if telemetry is not None else from_environment()
     async with contextlib.AsyncExitStack() as undo:
         undo.push_async_callback(providers.aclose)
         metrics_server = _metrics_server(settings.metrics_listen)
         if metrics_server is not None:
             undo.callback(metrics_server.stop)
-        server, port = _bound_server(settings, keys, credentials)
+        server, port = _bound_server(settings, keys, credentials, telemetry)
         undo.push_async_callback(_unbind, server)
         http: BoundGateway | None = bind_gateway(settings, key_names)
         if http is not None:
@@ -172,7 +183,9 @@ async def create_server(
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks, sandbox=sandbox)
+        runs = RunService(
+            settings, store, providers, config, status_number, webhooks=webhooks, sandbox=sandbox, telemetry=telemetry
+        )
         # Before the start: one that fails midway (the store opened, its writer started, then listening
         # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
@@ -187,12 +200,14 @@ async def create_server(
         )
         tasks = TaskSupervisor("server")
         info.http_url = http.url if http is not None else ""
-        gateway = await http.start(runs, settings, config, info) if http is not None else None
+        gateway = await http.start(runs, settings, config, info, telemetry) if http is not None else None
         if gateway is not None:
             undo.push_async_callback(gateway.stop, 0.0)
         health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info, tasks))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
-    running = RunningServer(server, port, runs, health, providers, metrics_server, lock, tasks=tasks)
+    running = RunningServer(
+        server, port, runs, health, providers, metrics_server, lock, tasks=tasks, telemetry=telemetry
+    )
     if http is not None:
         running.http, running.http_port, running.http_url = gateway, http.port, http.url
     running.follow_store_health()
@@ -202,12 +217,12 @@ async def create_server(
 
 
 def _bound_server(
-    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None
+    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None, telemetry: Telemetry
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server bound to `settings.listen` (not started, no services yet) and its port; ConfigError if not."""
     server = grpc.aio.server(
         options=server_options(settings),
-        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
+        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None, telemetry=telemetry)],
     )
     try:
         if credentials is None:
@@ -240,6 +255,16 @@ async def _start(
     await health.set(SERVICE_NAME, status)
     await server.start()
     return health
+
+
+async def _flush(telemetry: Telemetry) -> None:
+    """Export the spans and metrics still buffered, in a thread (the exporter blocks), at most TELEMETRY_FLUSH s."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(telemetry.shutdown), TELEMETRY_FLUSH)
+    except TimeoutError:
+        log.warning("telemetry_flush_timed_out", seconds=TELEMETRY_FLUSH)
+    except Exception:
+        log.warning("telemetry_flush_failed", exc_info=True)
 
 
 async def _unbind(server: grpc.aio.Server) -> None:

@@ -10,6 +10,7 @@ import {
   FINISHED, agentName, costText, durationSeconds, el, fill, money, plural, seconds, stateName, tokens, when,
 } from "./dom.js";
 import { RunStream } from "./stream.js";
+import { TestRunSection, resultNote } from "./testrun.js";
 
 const ROUND_AGENTS = new Set(["Refiner", "Reviewer"]);
 const CONNECTION_TEXT = {
@@ -73,6 +74,7 @@ export class RunView {
     this.root = root;
     this.runId = runId;
     this.stages = new Map();
+    this.testRuns = new Map(); // stage number -> TestRunSection: the Test run steps, no model's stages
     this.files = new Map(); // path -> {artifact, node}
     this.cost = 0;
     this.costUnknown = false;
@@ -244,17 +246,37 @@ export class RunView {
     else if (event.attemptReset) this.reset(event.attemptReset);
     else if (event.modelFallback) this.fallback(event.modelFallback);
     else if (event.cacheHit) this.cacheHit(event.cacheHit);
+    else if (event.testsStarted) this.testRun(event.testsStarted).start(event.testsStarted, event.time);
+    else if (event.testsOutput) this.testRun(event.testsOutput).line(event.testsOutput);
+    else if (event.testsFinished) this.testRun(event.testsFinished).finish(event.testsFinished);
     else if (event.runCompleted) this.completed(event.runCompleted);
     else if (event.runFailed) this.failed(event.runFailed);
     else if (event.runCancelled) this.cancelled(event.runCancelled);
+    // Any other kind (one a newer server sends) is left out: the page goes on with the events it knows.
+  }
+
+  /** The Test run step of this event's stage, its section added the first time. */
+  testRun(e) {
+    const number = Number(e.stage || 0);
+    let section = this.testRuns.get(number);
+    if (!section) {
+      section = new TestRunSection(number);
+      this.testRuns.set(number, section);
+      this.stageList.append(section.node);
+    }
+    return section;
   }
 
   started(event) {
     this.runStartedAt = Date.parse(event.time);
     if (!this.finished) this.setRunState("running");
     const plan = event.runStarted.plan || {};
-    const rows = (plan.stages || []).map((s, i) =>
-      el("tr", {}, el("td", {}, `${i + 1}`), el("td", {}, agentName(s.agent)), el("td", {}, s.model || ""),
+    const rows = (plan.stages || []).map((s, i) => s.testRun
+      // The Test run step: no agent, no model, no cost; where its tests run instead.
+      ? el("tr", { "data-test-run": "" }, el("td", {}, `${i + 1}`), el("td", {}, "Test run"),
+        el("td", {}, `sandbox: ${s.sandbox || "none"}`), el("td", {}, `~${seconds(s.estimatedSeconds)}`),
+        el("td", {}, "none"))
+      : el("tr", {}, el("td", {}, `${i + 1}`), el("td", {}, agentName(s.agent)), el("td", {}, s.model || ""),
         el("td", {}, `~${seconds(s.estimatedSeconds)}`),
         el("td", {}, s.estimatedCostUsd === undefined ? "unknown" : `~${costText(s.estimatedCostUsd)}`)));
     const cost = plan.estimatedCostUsd === undefined ? "cost unknown" : `~${costText(plan.estimatedCostUsd)}`;
@@ -400,7 +422,7 @@ export class RunView {
     const files = (result.artifacts || []).length;
     const verdict = result.approved ? "approved" : "not approved";
     this.end("completed", `Run completed in ${seconds(durationSeconds(done.duration))}, review ${verdict}: `
-      + `${plural(files, "file")}, ${plural(result.refinements || 0, "refinement")}.`, done.usage);
+      + `${plural(files, "file")}, ${plural(result.refinements || 0, "refinement")}${resultNote(result)}.`, done.usage);
     if (files) this.download.hidden = false;
   }
 
@@ -433,6 +455,7 @@ export class RunView {
       fill(stage.elapsed, seconds((now - stage.started) / 1000));
       this.showWaiting(stage);
     }
+    for (const section of this.testRuns.values()) section.tick(now);
   }
 }
 
