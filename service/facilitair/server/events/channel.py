@@ -21,6 +21,18 @@ from facilitair.server.events.wire import RunEvent
 TAIL_SIZE = 32
 
 
+class Committed(list[RunEvent]):
+    """Committed events in seq order, with `frames`: each one's response bytes (wire.response_frame), index for
+    index. Made once per commit (or store read) and shared by every watcher that reads it: watchers only read it.
+    """
+
+    __slots__ = ("frames",)
+
+    def __init__(self, events: list[RunEvent], frames: list[bytes]) -> None:
+        super().__init__(events)
+        self.frames = frames
+
+
 class RunChannel:
     """One run's committed tail, its numbering when it runs here, and how its watchers learn of changes.
 
@@ -31,6 +43,7 @@ class RunChannel:
 
     __slots__ = (
         "_changed",
+        "_frames",
         "_tail",
         "_tail_size",
         "committed_seq",
@@ -52,17 +65,20 @@ class RunChannel:
         self.error: FacilitairError | None = None
         # The newest committed events, seqs contiguous and ending at committed_seq.
         self._tail: deque[RunEvent] = deque()
+        self._frames: deque[bytes] = deque()  # each tail event's response bytes, index for index
         self._tail_size = tail_size
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def commit(self, events: list[RunEvent], terminal: bool) -> None:
+    def commit(self, events: Committed, terminal: bool) -> None:
         """Events are durable: add them to the tail and wake the watchers."""
-        tail = self._tail
+        tail, frames = self._tail, self._frames
         tail.extend(events)
+        frames.extend(events.frames)
         # Keep `tail_size` events, or the whole of this commit if it is larger: the watchers woken next want
         # all of it, and reading it back from the store would cost more than holding it until they have.
         for _ in range(len(tail) - max(self._tail_size, len(events))):
             tail.popleft()
+            frames.popleft()
         self.committed_seq = events[-1].seq
         self.finished = self.finished or terminal
         self._wake()
@@ -78,18 +94,20 @@ class RunChannel:
         """True once nothing more will come through this channel."""
         return self.finished or self.moved or self.error is not None
 
-    def tail_from(self, seq: int) -> list[RunEvent] | None:
+    def tail_from(self, seq: int) -> Committed | None:
         """Committed events from `seq` on, if the tail still holds `seq`."""
         wanted = self.committed_seq - seq + 1
         tail = self._tail
         if wanted > len(tail):
             return None
         if wanted <= 0:
-            return []
+            return Committed([], [])
         # From the right end: a live watcher wants the few newest events of a tail that may be long.
         events = list(itertools.islice(reversed(tail), wanted))
         events.reverse()
-        return events
+        frames = list(itertools.islice(reversed(self._frames), wanted))
+        frames.reverse()
+        return Committed(events, frames)
 
     async def wait_changed(self) -> None:
         """Return once more events are committed or the channel ended."""

@@ -36,6 +36,11 @@ ServerInfo = pb.GetServerInfoResponse
 # A stored event read back (the same function as the message's own, so replay pays no call of ours per event).
 stored_event = pb.RunEvent.FromString
 
+# CollaborateResponse and WatchRunResponse are each one field, `RunEvent event = 1`, so both encode as this tag
+# (field 1, length-delimited), the event's length as a varint, then the event's bytes: see `response_frame`.
+_EVENT_FIELD_TAG = b"\x0a"
+_SHORT_PREFIXES = tuple(_EVENT_FIELD_TAG + bytes((n,)) for n in range(0x80))  # a token event is shorter than 128
+
 # The events that end a run, each setting one of domain.FINISHED_STATES.
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -318,6 +323,22 @@ class Summary:
 
 
 # -- responses -----------------------------------------------------------------------------------------
+
+
+def response_frame(stored: bytes) -> bytes:
+    """The wire bytes of a CollaborateResponse and of a WatchRunResponse (the same bytes) carrying the event
+    serialised as `stored`: made once per event as it commits and sent as they are to every watcher, where
+    wrapping the event in a response message (which copies it) and serialising that cost each watcher ~6 us.
+    """
+    n = len(stored)
+    if n < 0x80:
+        return _SHORT_PREFIXES[n] + stored
+    length = bytearray()
+    while n >= 0x80:
+        length.append((n & 0x7F) | 0x80)
+        n >>= 7
+    length.append(n)
+    return _EVENT_FIELD_TAG + bytes(length) + stored
 
 
 def collaborate_response(event: pb.RunEvent) -> pb.CollaborateResponse:

@@ -17,6 +17,8 @@ Deny by default: every method of every service, whatever its shape, is served th
 - Whatever a handler lets escape goes through the one status table (transport/status.py): this is the one
   place errors become statuses, for our service and every other, so the servicer just raises.
 - The principal and the RPC's name are bound in contextvars for the servicer and the logs.
+- A streaming handler may yield bytes already serialised (`_passing_bytes`): the servicer sends each committed
+  event's response bytes, made once, to every watcher of the run.
 """
 
 from __future__ import annotations
@@ -203,7 +205,8 @@ def _served(handler: Handler, gate: _Gate) -> Handler:
                 else:  # a handler that writes with context.write (health's Watch) and returns nothing
                     await responses
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=handler.response_serializer)
+        serialize = _passing_bytes(handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
 
     async def stream_unary(raw_requests: AsyncIterable[bytes], context: Context) -> Any:
         request = await gate.admit(raw_requests, context)
@@ -211,3 +214,14 @@ def _served(handler: Handler, gate: _Gate) -> Handler:
             return await inner(request, context)
 
     return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=handler.response_serializer)
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The handler's response serialiser, except that bytes (a response serialised already) pass as they are."""
+    if serialize is None:  # the handler gives bytes already
+        return None
+
+    def serializer(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serializer
