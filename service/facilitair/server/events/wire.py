@@ -7,7 +7,7 @@ providers/ and store/ never import the stubs (an import-linter contract in pypro
 RunEvents and transport/ reads requests (transport/requests.py). The names re-exported below are for type
 annotations there.
 
-The token event is the hot path: `token_delta` makes it with one constructor call, nothing more (the recorder
+The token event is the hot path: `token_delta` makes it and sets its delta in place, nothing more (the recorder
 saves a call of its own in exchange: RunRecorder.token).
 """
 
@@ -129,8 +129,16 @@ def state_name(state: int) -> str:
 
 
 def token_delta(stage: int, text: str) -> pb.RunEvent:
-    """A text delta, exactly as the provider streamed it (the hot path)."""
-    return _RunEvent(token_delta=_TokenDelta(stage=stage, text=text))
+    """A text delta, exactly as the provider streamed it (the hot path).
+
+    The delta's fields are set in the event's own: constructing a TokenDelta and passing it in copies it, which made
+    this 2.4 us where it is 1.3 (with the recorder's run_id and time; issue 26).
+    """
+    event = _RunEvent()
+    delta = event.token_delta
+    delta.stage = stage
+    delta.text = text
+    return event
 
 
 def joined_tokens(first: pb.RunEvent, last: pb.RunEvent, text: str) -> pb.RunEvent:
