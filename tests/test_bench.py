@@ -39,8 +39,8 @@ def test_quick_run_produces_every_result(tmp_path: Path, pg_server: PgServer) ->
     assert {"date", "command", "machine", "params", "results", "elapsed_s"} <= set(data)
     res = data["results"]
     assert set(res) == {
-        "throughput", "load", "watchers", "first_event", "replay", "sse_cpu", "sse_watchers", "sqlite", "replicas",
-        "cross_watch", "takeover",
+        "throughput", "load", "watchers", "first_event", "replay", "sse_cpu", "sse_live_cpu", "sse_watchers", "sqlite",
+        "replicas", "cross_watch", "takeover",
     }  # fmt: skip
     assert set(res["throughput"]["tokens_per_s"]) == {"server", "server_coalesced", "baseline"}
     assert {"ratio_server", "ratio_coalesced", "tokens_per_coalesced_message"} <= set(res["throughput"])
