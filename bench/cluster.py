@@ -91,6 +91,7 @@ def environment(openai_url: str, name: str, store: dict[str, str], **settings: s
         FACILITAIR_LOG_LEVEL="warning",  # the log is not what is measured
         FACILITAIR_LOG_FORMAT="json",
         FACILITAIR_HTTP_LISTEN="off",  # not measured here; its default port would be shared by the replicas
+        FACILITAIR_SANDBOX="off",  # streaming is measured here; test runs have their own scenario (bench/sandbox.py)
         FACILITAIR_REPLICA_ID=name,
         FACILITAIR_MODEL="openai:gpt-4.1-mini",
         # The load is one principal starting hundreds of runs at once: lift the admission limits.

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.pg import ENV_MODE, USED, Databases, PgServer, pg_server_for
+from tests.harness.sandbox import sandbox_root_for_test
 from tests.harness.servers import ServerFactory, Servers, clear_server_environment
 from tests.harness.stores import DB_NAME, STORE_KINDS, Stores, Target
 
@@ -120,3 +121,9 @@ async def make_server(store_target: Target, monkeypatch: pytest.MonkeyPatch) -> 
         yield servers
     finally:
         await servers.close()
+
+
+@pytest.fixture
+def sandbox_root() -> Iterator[Path]:
+    """A sandbox root of the test's own (tests.harness.sandbox)."""
+    yield from sandbox_root_for_test()

@@ -169,6 +169,12 @@ async def test_unknown_runs_and_bad_positions_are_refused_with_their_reasons(
         assert response.status == 400
         body = await response.json()
     assert body["details"][1]["fieldViolations"][0]["field"] == "after_seq"
+    # Digits Python's str.isdigit takes but int() does not: a 400 naming the field, not a 500.
+    for query, headers, field in (("?after_seq=²", {}, "after_seq"), ("", {"Last-Event-ID": "³"}, "Last-Event-ID")):
+        async with http.get(f"/v1/runs/{run_id}/events{query}", headers=headers) as response:
+            assert response.status == 400, query or headers
+            body = await response.json()
+        assert body["details"][1]["fieldViolations"][0]["field"] == field
     release.set()
     call.cancel()
 
@@ -280,8 +286,14 @@ async def test_a_local_server_refuses_other_sites(env: Env, http: aiohttp.Client
     same_site = {"Origin": f"http://127.0.0.1:{env.server.http_port}", "Sec-Fetch-Site": "same-origin"}
     async with http.post("/v1/runs", json=task, headers=same_site) as response:
         assert response.status == 201  # the page itself
-    async with http.get("/v1/runs", headers={"Host": "evil.example:80"}) as response:
-        assert response.status == 403  # DNS rebinding: a name that is not this machine's
+    # DNS rebinding: a name that is not this machine's, even one that starts like a loopback address
+    for host in ("evil.example:80", "127.evil.example", "127.0.0.1.nip.io", "localhost.evil.example"):
+        async with http.get("/v1/runs", headers={"Host": host}) as response:
+            assert response.status == 403, host
+            assert (await response.json())["reason"] == "CSRF_REFUSED"
+    for host in ("localhost", "127.0.0.2:80", "[::1]"):
+        async with http.get("/v1/runs", headers={"Host": host}) as response:
+            assert response.status == 200, host
 
 
 @pytest.mark.sqlite_only  # request parsing: no store is reached

@@ -9,6 +9,8 @@ seqs it applied (window.__facilitair.appliedSeqs: every seq exactly once, in ord
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import zipfile
 from collections.abc import Sequence
@@ -101,6 +103,10 @@ async def assert_shows_the_whole_run(tab: RunPage, events: Sequence[RunEvent]) -
 @pytest.mark.both_stores
 async def test_tokens_appear_as_the_provider_streams_them_and_end_byte_for_byte(store_target: Target) -> None:
     coder, release = coder_reply()
+    # Two more holds, after 3 and 4 chunks: the page is seen at each step, so the text grows in at least three
+    # steps while the stage runs whatever the load (paced chunks alone could reach the page as one).
+    steps = (asyncio.Event(), asyncio.Event())
+    coder = dataclasses.replace(coder, steps=((3, steps[0]), (4, steps[1])))
     async with FakeOpenAI(scripted(coder=coder)) as fake:
         env, base = server_env(store_target, fake)
         async with server_processes(env) as (server,), chromium() as browser:
@@ -110,11 +116,12 @@ async def test_tokens_appear_as_the_provider_streams_them_and_end_byte_for_byte(
                 live = await started.until(coder_streaming)
                 context = await new_context(browser)
                 first, second = [await open_run(context, base, live.run_id) for _ in range(2)]
-                for tab in (first, second):  # mid-stage: the held reply's first chunks, and the stage not done
-                    await tab.until_text(CODER, "".join(CODER_CHUNKS[:2]))
-                    state = await tab.page.locator(f"section.stage[data-stage='{CODER}']").get_attribute("data-state")
-                    assert state != "done"
-                release.set()
+                for sent, released in ((2, release), (3, steps[0]), (4, steps[1])):
+                    for tab in (first, second):  # mid-stage: the held reply's first chunks, and the stage not done
+                        await tab.until_text(CODER, "".join(CODER_CHUNKS[:sent]))
+                        section = tab.page.locator(f"section.stage[data-stage='{CODER}']")
+                        assert await section.get_attribute("data-state") != "done"
+                    released.set()
                 events = await started.to_end(within=HANG_GUARD)
             for tab in (first, second):
                 await tab.until_ended()
@@ -134,10 +141,11 @@ async def test_tokens_appear_as_the_provider_streams_them_and_end_byte_for_byte(
             files = {name: archive.read(name).decode() for name in archive.namelist()}
             for tab in (first, second, small):
                 await assert_shows_the_whole_run(tab, events)
-    # The Coder's text grew in several steps while the stage ran (the last step may land with the stage's end,
-    # and tokens the server finds ready at once come coalesced, as one step).
+    # The Coder's text grew in several steps while the stage ran: at least the three it was held at (the last
+    # step may land with the stage's end, and tokens the server finds ready at once come coalesced, as one step).
     growing = [c["length"] for c in changes if c["stage"] == CODER and c["running"]]
-    assert len(set(growing)) >= 3, growing
+    held_at = {len("".join(CODER_CHUNKS[:n])) for n in (2, 3, 4)}
+    assert held_at <= set(growing), growing
     assert growing == sorted(set(growing))
     result = events[-1].run_completed.result
     assert files == {a.path: a.content for a in result.artifacts}

@@ -132,6 +132,7 @@ async def test_cli_info_for_people_and_as_json(make_server: ServerFactory, tmp_p
         f"            tester      {SONNET},{MINI}",
         f"            documenter  {MINI}",
         "            (a request's --model or --agent-model wins over these)",
+        "tests       not run (--sandbox off)",
         "runs        12 in flight on the server, 3 per caller; 7.5 new runs a minute per caller",
         "timeout     10m00s per run",
         "refinements 1 by default, at most 10 (--max-refinements N)",
@@ -148,6 +149,7 @@ async def test_cli_info_for_people_and_as_json(make_server: ServerFactory, tmp_p
     assert doc["limits"]["maxTokensDefault"] == "900000"  # 64-bit integers are strings in protobuf JSON
     assert "maxCostUsdDefault" not in doc["limits"]  # unset: no budget, not a budget of 0
     assert doc["replicaId"] == replica
+    assert doc["sandbox"] == {"kind": "off", "available": False, "detail": "tests are not run (--sandbox off)"}
 
 
 async def test_cli_info_without_a_server_or_a_key(make_server: ServerFactory) -> None:

@@ -357,3 +357,21 @@ async def test_listen_is_a_no_op_on_one_process_stores_and_events_need_a_held_ru
     # A batch for a run that does not exist is refused (runs are created by insert_run only).
     assert await store.write_batch(Batch([StoredEvent("ghost", 1, b"x")], [], [], {"ghost": 1})) == {"ghost"}
     assert await store.read_events("ghost", 0, 10) == []
+
+
+async def test_trace_context_is_stored_with_the_run_and_a_stretch_only_under_its_epoch(stores: Stores) -> None:
+    replica_a, replica_b = await stores.new(), await stores.new()
+    created = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    first, second = created[:-19] + "1111111111111111-01", created[:-19] + "2222222222222222-01"
+    row = replace(run_row(), traceparent=created)
+    inserted = await replica_a.insert_run(row, owner="A", lease_seconds=-1.0, max_active_per_principal=10)
+    assert inserted.row is not None
+    assert (inserted.row.traceparent, inserted.row.trace_stretch) == (created, None)
+    await replica_a.note_trace_stretch(row.run_id, 1, first)
+    [claim] = await replica_b.claim_expired("B", 60.0, 10)  # the next stretch reads both, to link to the last one
+    assert (claim.row.traceparent, claim.row.trace_stretch) == (created, first)
+    await replica_a.note_trace_stretch(row.run_id, 1, "00-stale")  # epoch 1 no longer holds the run: nothing
+    await replica_b.note_trace_stretch(row.run_id, 2, second)
+    stored = await replica_a.get_run(row.run_id)
+    assert stored is not None
+    assert (stored.traceparent, stored.trace_stretch) == (created, second)

@@ -84,6 +84,9 @@ class Reply:
     chunk_delay: float = 0.0
     hold_after: int | None = None
     release: asyncio.Event | None = None
+    # Further holds, each after its number of chunks until its event is set: a test that must see text grow
+    # step by step lets it grow one step at a time, whatever the machine's load.
+    steps: tuple[tuple[int, asyncio.Event], ...] = ()
     fault: Fault | None = None
     # Write each text event in two parts, split inside its JSON, so that a client reads partial lines.
     split_events: bool = False

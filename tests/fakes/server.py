@@ -390,6 +390,9 @@ class FakeProvider:
             if reply.hold_after is not None and min(reply.hold_after, count) == index:
                 assert reply.release is not None  # __post_init__ guarantees it
                 await reply.release.wait()
+            for after, step in reply.steps:
+                if min(after, count) == index:
+                    await step.wait()
             if fault is not None and min(fault.after_chunks, count) == index:
                 ended = await self._inject(stream, response, fault)
                 if ended:

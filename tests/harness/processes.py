@@ -29,10 +29,12 @@ def free_port() -> int:
 
 
 def clean_environment(**settings: str) -> dict[str, str]:
-    """This process's environment without any facilitair or provider setting, plus `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACILITAIR_", "OPENAI_", "ANTHROPIC_"))}
-    # No HTTP gateway unless asked for: its default port would be shared by every server a test starts.
-    env.update(FACILITAIR_LOG_FORMAT="json", FACILITAIR_LOG_LEVEL="info", FACILITAIR_HTTP_LISTEN="off")
+    """This process's environment without any facilitair, provider or OpenTelemetry setting, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACILITAIR_", "OPENAI_", "ANTHROPIC_", "OTEL_"))}
+    # No HTTP gateway unless asked for: its default port would be shared by every server a test starts. No Test
+    # run step unless the test asks for one (FACILITAIR_SANDBOX="bwrap"), as for in-process servers.
+    env.update(FACILITAIR_LOG_FORMAT="json", FACILITAIR_LOG_LEVEL="info")
+    env.update(FACILITAIR_HTTP_LISTEN="off", FACILITAIR_SANDBOX="off")
     env.update(settings)
     return env
 

@@ -33,9 +33,9 @@ PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHR
 
 
 def clear_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remove provider and FACILITAIR_* variables for the test, so only what it states configures a server."""
+    """Remove provider, FACILITAIR_* and OTEL_* variables for the test, so only what it states configures a server."""
     for name in list(os.environ):
-        if name in PROVIDER_ENV or name.startswith("FACILITAIR_"):
+        if name in PROVIDER_ENV or name.startswith(("FACILITAIR_", "OTEL_")):
             monkeypatch.delenv(name)
 
 
@@ -84,7 +84,8 @@ class Servers:
 
     `openai=`/`anthropic=` point the provider at a fake (its key and base URL); any other keyword is a Settings
     field, e.g. ``thinking_interval=0.05`` or ``OPENAI_API_KEY="wrong"`` (which wins over the fake's key). Calls
-    share the test's store unless ``db=`` (SQLite) or ``database_url=`` is given.
+    share the test's store unless ``db=`` (SQLite) or ``database_url=`` is given. ``telemetry=`` is handed to
+    create_server (tests/test_telemetry.py injects in-memory exporters).
     """
 
     def __init__(self, store: Target) -> None:
@@ -95,17 +96,24 @@ class Servers:
         self, *, openai: FakeOpenAI | None = None, anthropic: FakeAnthropic | None = None, **overrides: Any
     ) -> Harness:
         """Start a server wired to the given fakes; `overrides` are Settings fields (by name or alias)."""
-        # The HTTP gateway on a free port too (its default port would be shared by every test server).
-        values: dict[str, Any] = {"listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", **self.store.settings()}
+        # The HTTP gateway on a free port too (its default port would be shared by every test server). No Test run
+        # step unless a test asks for one (sandbox="bwrap"): the other tests' runs have the team's stages only.
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "sandbox": "off",
+            **self.store.settings(),
+        }
         if openai is not None:
             values |= {"OPENAI_API_KEY": openai.api_key, "OPENAI_BASE_URL": openai.base_url}
         if anthropic is not None:
             values |= {"ANTHROPIC_API_KEY": anthropic.api_key, "ANTHROPIC_BASE_URL": anthropic.base_url}
         if "db" in overrides and "database_url" not in overrides:
             values.pop("database_url", None)  # a file of its own was asked for
+        telemetry = overrides.pop("telemetry", None)
         values |= overrides
         settings = Settings(**values)
-        server = await create_server(settings)
+        server = await create_server(settings, telemetry=telemetry)
         harness = Harness(server, Client(f"127.0.0.1:{server.port}"), settings, self.store)
         self.started.append(harness)
         return harness
@@ -130,6 +138,7 @@ def quiet_settings(store: Target, base_url: str, listen: str = "127.0.0.1:0") ->
         thinking_interval=60,
         heartbeat_interval=60,
         model=MODEL,
+        sandbox="off",
         **store.settings(),
     )
 
@@ -142,6 +151,7 @@ def quiet_environment(store: Target, base_url: str, listen: str = "127.0.0.1:0")
         "FACILITAIR_THINKING_INTERVAL": "60",
         "FACILITAIR_HEARTBEAT_INTERVAL": "60",
         "FACILITAIR_MODEL": MODEL,
+        "FACILITAIR_SANDBOX": "off",
         "OPENAI_API_KEY": "test-key",
         "OPENAI_BASE_URL": base_url,
         **store.environment(),

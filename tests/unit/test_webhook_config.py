@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from facilitair.server.settings import ConfigError
-from facilitair.server.webhooks.config import AllowList, is_public, load_endpoints, retry_schedule
+from facilitair.server.webhooks import sender
+from facilitair.server.webhooks.config import AllowList, Endpoint, is_public, load_endpoints, retry_schedule
 from facilitair.server.webhooks.dispatcher import next_wait
+from facilitair.server.webhooks.sender import Outcome, Sender
 
 SECRET = "whsec_" + "A" * 44  # 33 bytes
 
@@ -37,6 +39,9 @@ def test_endpoints_load_with_their_defaults(tmp_path: Path) -> None:
         ('url = "https://h/x"\nsecret = "whsec_AAAA"', "endpoint 1 (https://h/x): secret: must hold 24 to 64 bytes"),
         ('url = "https://h/x"\nsecret = "S"\nevents = ["run.done"]', "endpoint 1 (https://h/x): unknown events"),
         ('url = "https://h/x"\nsecret = "S"\ncolour = 1', "endpoint 1: unknown keys ['colour']"),
+        ('url = "https://a..b/x"\nsecret = "S"', "endpoint 1: url: its host or port cannot be connected to"),
+        ('url = "https://h:99999/x"\nsecret = "S"', "endpoint 1: url: its host or port cannot be connected to"),
+        ('url = "https://h:0/x"\nsecret = "S"', "endpoint 1: url: its host or port cannot be connected to"),
     ],
 )
 def test_a_wrong_endpoint_is_named_and_its_secret_never_shown(tmp_path: Path, body: str, message: str) -> None:
@@ -60,6 +65,12 @@ def test_a_wrong_endpoint_is_named_and_its_secret_never_shown(tmp_path: Path, bo
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
         ("0.0.0.0", False),
         ("224.0.0.1", False),
+        ("100.100.100.200", False),  # shared address space (100.64.0.0/10): a cloud's metadata service
+        ("100.64.0.1", False),
+        ("2002:7f00:1::", False),  # 6to4 carrying 127.0.0.1
+        ("2002:a9fe:a9fe::", False),  # 6to4 carrying the metadata address
+        ("2002:5db8:d822::", True),  # 6to4 carrying a public address
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of the metadata address
     ],
 )
 def test_public_addresses(address: str, public: bool) -> None:
@@ -84,3 +95,27 @@ def test_retry_waits_follow_the_schedule_with_jitter_and_retry_after() -> None:
     assert next_wait(schedule, 3, None) is None  # spent: the delivery fails
     with pytest.raises(ConfigError):
         retry_schedule("5,soon")
+
+
+def test_endpoints_by_name_address_and_idn_load(tmp_path: Path) -> None:
+    for url in ("https://h.example:8443/x", "http://[::1]:80/x", "http://10.0.0.1/x", "https://bücher.example/x"):
+        [e] = load_endpoints(write(tmp_path, f'[[endpoint]]\nurl = "{url}"\nsecret = "{SECRET}"\n'))
+        assert e.url == url
+
+
+async def test_an_attempt_at_a_url_no_request_can_be_made_to_is_refused_not_raised() -> None:
+    sender = Sender(AllowList.parse(None), 5.0, connections=1)
+    try:
+        endpoint = Endpoint(url="http://a..b/x", events=frozenset({"run.completed"}), secret=SECRET)
+        attempt = await sender.send(endpoint, "msg_1", b"{}", "run.completed")
+    finally:
+        await sender.aclose()
+    assert attempt.outcome is Outcome.REFUSED
+    assert attempt.error == "target refused: the URL's host or port cannot be connected to"
+
+
+def test_a_retry_after_of_other_digits_is_ignored_not_raised() -> None:
+    assert sender._retry_after("120") == 120.0
+    assert sender._retry_after("²") is None  # str.isdigit says yes, float() says no
+    assert sender._retry_after("١٢") is None  # Arabic-Indic digits: not HTTP's DIGIT
+    assert sender._classify(503, {"Retry-After": "²"}) == sender.Attempt(Outcome.FAILED, 503, "HTTP 503", None)

@@ -123,6 +123,12 @@ def add_client_commands(sub: Any) -> None:
         default="continue",
         help="if this command stops following (killed, output closed): the run goes on (default) or is cancelled",
     )
+    run.add_argument(
+        "--cache",
+        choices=("off", "read-write", "read-only", "refresh"),
+        help="the response cache: reuse and store answers (read-write), only reuse (read-only), only store "
+        "(refresh), or neither (off); default: the server's",
+    )
     run.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
     run.add_argument("--request-id", metavar="ID", help="idempotency key: retrying with it attaches to the same run")
 

@@ -254,6 +254,7 @@ async def run_command(args: argparse.Namespace) -> int:
             cancel_on_disconnect=args.on_disconnect == "cancel",
             client_request_id=args.request_id,
             coalesce_tokens=_coalesce(args),
+            cache=args.cache or "",
         )
         if args.detach:
             first = await anext(events)

@@ -48,6 +48,14 @@ def info_lines(info: ServerInfo, target: str) -> list[str]:
     lines.append(_line("models", f"{'default':<{width}}{info.default_model}"))
     lines += [_line("", f"{agent:<{width}}{info.agent_models[agent]}") for agent in agents]
     lines.append(_line("", "(a request's --model or --agent-model wins over these)"))
+    sandbox = info.sandbox
+    if sandbox.kind == "off" or not sandbox.kind:
+        tests = "not run (--sandbox off)" if sandbox.kind else "not said"
+    elif sandbox.available:
+        tests = f"run in {sandbox.detail}"
+    else:
+        tests = f"not run: {sandbox.detail}"
+    lines.append(_line("tests", tests))
     limits = info.limits
     lines += [
         _line(

@@ -24,6 +24,8 @@ from facilitair.client import EventKind, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+# The style of the lines of events shown as they are described (render.describe); any other kind is dim.
+_LINE_STYLES = {EventKind.MODEL_FALLBACK: "yellow", EventKind.RUN_STARTED: "bold"}
 
 
 def clock(d: float) -> str:
@@ -110,21 +112,22 @@ class PrettyRenderer:
             self.screen.block(reset_line(reset, view.discarded), style="yellow")
             self._retry_until = now + reset.delay.ToNanoseconds() / 1e9
             self._waiting_since = self._retry_until
-        elif kind is EventKind.MODEL_FALLBACK:
-            self._lines(event, "yellow")
-        elif kind is EventKind.RUN_STARTED:
-            self._lines(event, "bold")
         elif kind is EventKind.REVIEW_VERDICT:
             self._lines(event, "green" if event.review_verdict.approved else "yellow")
         elif kind is EventKind.STAGE_COMPLETED:
             self._waiting_since = None
             self._lines(event, "dim")
+        elif kind is EventKind.TESTS_STARTED:
+            self.screen.end_text()
+            self.screen.block(Rule(Text(describe(event, view)[0].removeprefix("== "), style="bold cyan")))
+        elif kind is EventKind.TESTS_FINISHED:
+            self._lines(event, "green" if event.tests_finished.tests_passed else "yellow")
         elif kind is EventKind.RUN_COMPLETED:
             self._finish(event, "bold green" if event.run_completed.result.approved else "bold yellow")
         elif kind in (EventKind.RUN_FAILED, EventKind.RUN_CANCELLED):
             self._finish(event, "bold red")
         else:
-            self._lines(event, "dim")
+            self._lines(event, _LINE_STYLES.get(kind, "dim"))
 
     def _lines(self, event: pb.RunEvent, style: str) -> None:
         lines = describe(event, self.view)

@@ -17,6 +17,7 @@ from typing import IO, Any, Protocol
 
 from google.protobuf import json_format
 
+from facilitair.cli import testrun
 from facilitair.client import Agent, EventKind, StatusCode, event_kind
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -105,7 +106,8 @@ class RunView:
     stages: dict[int, StageRow] = field(default_factory=dict)
     final: pb.RunEvent | None = None
     planned: int = 0  # stages in the plan (the first review approving)
-    rounds: int = 0  # refinement rounds started: each adds a Refiner and a Reviewer stage
+    rounds: int = 0  # refinement rounds started: each adds a Refiner and a Reviewer stage (and a Test run)
+    round_steps: int = 2  # stages a refinement round adds: 3 when the plan has a Test run step
     current: int = 0  # the stage running now
     cost: float = 0.0
     cost_unknown: bool = False
@@ -121,7 +123,7 @@ class RunView:
     @property
     def total(self) -> int:
         """Stages the run will have if no further round runs."""
-        return self.planned + 2 * self.rounds
+        return self.planned + self.round_steps * self.rounds
 
     def elapsed(self) -> float:
         """Seconds since the run started, by the server's clock, counting on locally since the last event."""
@@ -139,6 +141,7 @@ class RunView:
         kind = event_kind(event)
         if kind is EventKind.RUN_STARTED:
             self.planned = len(event.run_started.plan.stages)
+            self.round_steps = 3 if any(s.test_run for s in event.run_started.plan.stages) else 2
             self.started = self.last_time
         elif kind is EventKind.STAGE_STARTED:
             s = event.stage_started
@@ -308,7 +311,7 @@ class PlainRenderer(_Notes):
 
 
 def _plan_line(plan: pb.Plan) -> str:
-    steps = " -> ".join(agent_name(s.agent) for s in plan.stages)
+    steps = " -> ".join("Test run" if s.test_run else agent_name(s.agent) for s in plan.stages)
     cost = f"~${plan.estimated_cost_usd:.4f}" if plan.HasField("estimated_cost_usd") else "cost unknown"
     rounds = plural(plan.max_refinements, "refinement round")
     learned = f" (estimate from {plural(plan.history_stages, 'earlier stage')})" if plan.history_stages else ""
@@ -320,8 +323,8 @@ def completed_line(done: pb.RunCompleted) -> str:
     verdict = "approved" if done.result.approved else "not approved"
     return (
         f"Run completed in {seconds(done.duration.ToNanoseconds() / 1e9)}, review {verdict}: "
-        f"{plural(len(done.result.artifacts), 'file')}, {plural(done.result.refinements, 'refinement')}, "
-        f"{tokens(done.usage)}, {money(done.usage)}"
+        f"{plural(len(done.result.artifacts), 'file')}, {plural(done.result.refinements, 'refinement')}"
+        f"{testrun.result_note(done.result)}, {tokens(done.usage)}, {money(done.usage)}"
     )
 
 
@@ -360,6 +363,18 @@ def describe(event: pb.RunEvent, view: RunView) -> list[str]:
     elif kind is EventKind.MODEL_FALLBACK:
         fb = event.model_fallback
         lines = [f"!! [{fb.stage}] giving up on {fb.from_model} ({fb.reason}); falling back to {fb.to_model}"]
+    elif kind is EventKind.TESTS_STARTED:
+        lines = [testrun.started_line(event.tests_started, view.position(event.tests_started.stage))]
+    elif kind is EventKind.TESTS_OUTPUT:
+        lines = [testrun.output_line(event.tests_output)]
+    elif kind is EventKind.TESTS_FINISHED:
+        lines = testrun.finished_lines(event.tests_finished)
+    elif kind is EventKind.CACHE_HIT:
+        hit = event.cache_hit
+        lines = [
+            f"   [{hit.stage}] from the response cache (run {hit.source_run_id}, stage {hit.source_stage}): "
+            f"saved {tokens(hit.saved)}, {money(hit.saved)}"
+        ]
     elif kind is EventKind.RUN_COMPLETED:
         lines = [completed_line(event.run_completed)]
     elif kind is EventKind.RUN_FAILED:

@@ -140,11 +140,13 @@ class Client:
         client_request_id: str | None = None,
         resume: bool = True,
         coalesce_tokens: bool = False,
+        cache: str = "",
     ) -> AsyncGenerator[pb.RunEvent, None]:
         """Start a run and yield its events until the terminal one, resuming across disconnects.
 
         With `coalesce_tokens` the server may join consecutive token deltas of a stage into one event
-        (`first_seq` set, `seq` the last joined one's); the text is the same. Bad arguments raise
+        (`first_seq` set, `seq` the last joined one's); the text is the same. `cache` is the run's response
+        cache mode ("off", "read-write", "read-only", "refresh"; empty: the server's default). Bad arguments raise
         FacilitairError (INVALID_ARGUMENT) before anything is sent.
         """
         request = collaborate_request(
@@ -158,6 +160,7 @@ class Client:
             cancel_on_disconnect=cancel_on_disconnect,
             client_request_id=client_request_id,
             coalesce_tokens=coalesce_tokens,
+            cache=cache,
         )
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
@@ -202,6 +205,7 @@ class Client:
         max_tokens: int | None = None,
         cancel_on_disconnect: bool = False,
         client_request_id: str | None = None,
+        cache: str = "",
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
@@ -218,6 +222,7 @@ class Client:
             cancel_on_disconnect=cancel_on_disconnect,
             client_request_id=client_request_id,
             coalesce_tokens=on_event is None,  # nobody looks at single tokens: fewer messages
+            cache=cache,
         )
         return await _outcome(events, on_event)
 

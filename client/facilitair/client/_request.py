@@ -74,6 +74,15 @@ def _check_json(where: str, value: object) -> None:
     raise TypeError(f"{where} is a {type(value).__name__}, which JSON cannot hold")
 
 
+# The response cache modes by the names the CLI and the client take (empty: the server's default).
+CACHE_MODES = {
+    "off": pb.CACHE_MODE_OFF,
+    "read-write": pb.CACHE_MODE_READ_WRITE,
+    "read-only": pb.CACHE_MODE_READ_ONLY,
+    "refresh": pb.CACHE_MODE_REFRESH,
+}
+
+
 def collaborate_request(
     task: str,
     *,
@@ -86,6 +95,7 @@ def collaborate_request(
     cancel_on_disconnect: bool,
     client_request_id: str | None,
     coalesce_tokens: bool,
+    cache: str = "",
 ) -> pb.CollaborateRequest:
     """The CollaborateRequest for these arguments; the server checks the rest (blank task, limits)."""
     if not isinstance(task, str):
@@ -105,6 +115,10 @@ def collaborate_request(
         client_request_id=client_request_id or str(uuid.uuid4()),
         coalesce_tokens=coalesce_tokens,
     )
+    if cache:
+        if cache not in CACHE_MODES:
+            raise invalid("cache", f"must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
+        request.cache = CACHE_MODES[cache]
     if context:
         request.context.CopyFrom(context_struct(context))
         if (size := request.context.ByteSize()) > MAX_CONTEXT_BYTES:

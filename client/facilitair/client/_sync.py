@@ -156,6 +156,7 @@ class SyncClient:
         client_request_id: str | None = None,
         resume: bool = True,
         coalesce_tokens: bool = False,
+        cache: str = "",
     ) -> EventIterator:
         """Start a run and iterate over its events (see Client.collaborate)."""
         return self._iterate(
@@ -171,6 +172,7 @@ class SyncClient:
                 client_request_id=client_request_id,
                 resume=resume,
                 coalesce_tokens=coalesce_tokens,
+                cache=cache,
             )
         )
 
@@ -193,6 +195,7 @@ class SyncClient:
         max_tokens: int | None = None,
         cancel_on_disconnect: bool = False,
         client_request_id: str | None = None,
+        cache: str = "",
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
@@ -210,6 +213,7 @@ class SyncClient:
                 max_tokens=max_tokens,
                 cancel_on_disconnect=cancel_on_disconnect,
                 client_request_id=client_request_id,
+                cache=cache,
             )
         )
 

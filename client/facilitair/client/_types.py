@@ -29,6 +29,10 @@ class EventKind(enum.StrEnum):
     RUN_CANCELLED = "run_cancelled"
     ATTEMPT_RESET = "attempt_reset"
     MODEL_FALLBACK = "model_fallback"
+    TESTS_STARTED = "tests_started"
+    TESTS_OUTPUT = "tests_output"
+    TESTS_FINISHED = "tests_finished"
+    CACHE_HIT = "cache_hit"
     #: A payload this version of the library does not know (a newer server).
     UNKNOWN = "unknown"
 
@@ -115,6 +119,10 @@ class CompletedRun:
     seconds: float
     #: The run_completed event itself.
     event: pb.RunEvent
+    #: Whether the run's last test run passed (the Tester's tests, run in the server's sandbox).
+    tests_passed: bool = False
+    #: The last test run's results (counts, failures); None when the server runs no tests.
+    tests: pb.TestsFinished | None = None
 
 
 def result_of(event: pb.RunEvent) -> CompletedRun:
@@ -130,6 +138,8 @@ def result_of(event: pb.RunEvent) -> CompletedRun:
             usage=done.usage,
             seconds=done.duration.ToNanoseconds() / 1e9,
             event=event,
+            tests_passed=done.result.tests_passed,
+            tests=done.result.tests if done.result.HasField("tests") else None,
         )
     if kind is EventKind.RUN_FAILED:
         raise RunFailed(event.run_id, event.run_failed)

@@ -188,6 +188,38 @@ STORE_KIND_POSTGRESQL: StoreKind.ValueType  # 2
 """A PostgreSQL database shared by any number of replicas."""
 Global___StoreKind: _TypeAlias = StoreKind  # noqa: Y015
 
+class _CacheMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_MODE_UNSPECIFIED: _CacheMode.ValueType  # 0
+    """The server's default (--cache-default)."""
+    CACHE_MODE_OFF: _CacheMode.ValueType  # 1
+    """Neither read nor write the cache."""
+    CACHE_MODE_READ_WRITE: _CacheMode.ValueType  # 2
+    """Answer a stage from the cache on an exact match; store clean answers."""
+    CACHE_MODE_READ_ONLY: _CacheMode.ValueType  # 3
+    """Answer from the cache on a match; never store."""
+    CACHE_MODE_REFRESH: _CacheMode.ValueType  # 4
+    """Never answer from the cache; store clean answers (replacing old ones)."""
+
+class CacheMode(_CacheMode, metaclass=_CacheModeEnumTypeWrapper):
+    """CacheMode says how a run uses the response cache."""
+
+CACHE_MODE_UNSPECIFIED: CacheMode.ValueType  # 0
+"""The server's default (--cache-default)."""
+CACHE_MODE_OFF: CacheMode.ValueType  # 1
+"""Neither read nor write the cache."""
+CACHE_MODE_READ_WRITE: CacheMode.ValueType  # 2
+"""Answer a stage from the cache on an exact match; store clean answers."""
+CACHE_MODE_READ_ONLY: CacheMode.ValueType  # 3
+"""Answer from the cache on a match; never store."""
+CACHE_MODE_REFRESH: CacheMode.ValueType  # 4
+"""Never answer from the cache; store clean answers (replacing old ones)."""
+Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
+
 @_typing.final
 class CollaborateRequest(_message.Message):
     """CollaborateRequest describes a task for the agent team."""
@@ -224,6 +256,7 @@ class CollaborateRequest(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     COALESCE_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """The coding task in plain language. Required, not blank."""
     model: _builtins.str
@@ -255,6 +288,11 @@ class CollaborateRequest(_message.Message):
     """When true, several token_delta events of one stage that are ready at
     once are sent as one message (see RunEvent.first_seq).
     """
+    cache: Global___CacheMode.ValueType
+    """How this run uses the server's response cache (an exact match of the
+    request sent to a provider, scoped to the caller). Unspecified: the
+    server's default (--cache-default, off unless set).
+    """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """Optional JSON object with background for the agents, for example
@@ -282,10 +320,11 @@ class CollaborateRequest(_message.Message):
         max_cost_usd: _builtins.float | None = ...,
         max_tokens: _builtins.int | None = ...,
         coalesce_tokens: _builtins.bool = ...,
+        cache: Global___CacheMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "cache", b"cache", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_disconnect", b"on_disconnect", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
@@ -658,6 +697,10 @@ class RunEvent(_message.Message):
     RUN_CANCELLED_FIELD_NUMBER: _builtins.int
     ATTEMPT_RESET_FIELD_NUMBER: _builtins.int
     MODEL_FALLBACK_FIELD_NUMBER: _builtins.int
+    TESTS_STARTED_FIELD_NUMBER: _builtins.int
+    TESTS_OUTPUT_FIELD_NUMBER: _builtins.int
+    TESTS_FINISHED_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run this event belongs to."""
     seq: _builtins.int
@@ -723,6 +766,24 @@ class RunEvent(_message.Message):
     def model_fallback(self) -> Global___ModelFallback:
         """A stage moves on to the next model of its fallback list."""
 
+    @_builtins.property
+    def tests_started(self) -> Global___TestsStarted:
+        """The Test run step started running the Tester's tests in the sandbox."""
+
+    @_builtins.property
+    def tests_output(self) -> Global___TestsOutput:
+        """One line of the tests' output while they run (bounded in number and length)."""
+
+    @_builtins.property
+    def tests_finished(self) -> Global___TestsFinished:
+        """The Test run step ended: the tests' results, or why they were not run."""
+
+    @_builtins.property
+    def cache_hit(self) -> Global___CacheHit:
+        """A stage is answered from the response cache: no provider is asked and
+        nothing is billed; its text follows as token_delta events.
+        """
+
     def __init__(
         self,
         *,
@@ -743,16 +804,211 @@ class RunEvent(_message.Message):
         run_cancelled: Global___RunCancelled | None = ...,
         attempt_reset: Global___AttemptReset | None = ...,
         model_fallback: Global___ModelFallback | None = ...,
+        tests_started: Global___TestsStarted | None = ...,
+        tests_output: Global___TestsOutput | None = ...,
+        tests_finished: Global___TestsFinished | None = ...,
+        cache_hit: Global___CacheHit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "cache_hit", b"cache_hit", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_started", b"run_started", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "tests_finished", b"tests_finished", "tests_output", b"tests_output", "tests_started", b"tests_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_produced", b"artifact_produced", "attempt_reset", b"attempt_reset", "cache_hit", b"cache_hit", "first_seq", b"first_seq", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "payload", b"payload", "review_verdict", b"review_verdict", "run_cancelled", b"run_cancelled", "run_completed", b"run_completed", "run_failed", b"run_failed", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "stage_completed", b"stage_completed", "stage_started", b"stage_started", "tests_finished", b"tests_finished", "tests_output", b"tests_output", "tests_started", b"tests_started", "thinking", b"thinking", "time", b"time", "token_delta", b"token_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_started", "stage_started", "thinking", "token_delta", "stage_completed", "review_verdict", "artifact_produced", "heartbeat", "run_completed", "run_failed", "run_cancelled", "attempt_reset", "model_fallback", "tests_started", "tests_output", "tests_finished", "cache_hit"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class TestsStarted(_message.Message):
+    """TestsStarted says the Test run step (not a model: it runs the Tester's
+    tests against the latest files, in a sandbox) has started. A takeover or
+    restart during a test run runs the tests again: a second tests_started of
+    the same stage voids the first one's output.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """The step's place in the run's stage numbering."""
+    round: _builtins.int
+    """The refinement round whose code the tests run against (0: the Coder's)."""
+    sandbox: _builtins.str
+    """The sandbox they run in, e.g. "bwrap (/usr/bin/bwrap)", or
+    "unsandboxed" (an operator's explicit choice).
+    """
+    command: _builtins.str
+    """What runs in the work directory, e.g. "python -m pytest"."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The test files that run, relative paths."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        round: _builtins.int = ...,
+        files: _abc.Iterable[_builtins.str] | None = ...,
+        sandbox: _builtins.str = ...,
+        command: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "files", b"files", "round", b"round", "sandbox", b"sandbox", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestsStarted: _TypeAlias = TestsStarted  # noqa: Y015
+
+@_typing.final
+class TestsOutput(_message.Message):
+    """TestsOutput is one line the tests printed (stdout and stderr together).
+    At most 200 lines of a test run are sent, each cut at 1,000
+    characters; TestsFinished.truncated says when some were left out.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """The Test run step's stage."""
+    line: _builtins.str
+    """The line, without its line ending."""
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        line: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestsOutput: _TypeAlias = TestsOutput  # noqa: Y015
+
+@_typing.final
+class TestFailure(_message.Message):
+    """TestFailure is one test that failed or errored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    EXCERPT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The test's name, "module::test" (or "(test run)" when the whole run
+    was stopped, by a limit or the wall clock).
+    """
+    message: _builtins.str
+    """The assertion's or exception's message."""
+    excerpt: _builtins.str
+    """The end of its traceback, at most 1,500 characters."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        message: _builtins.str = ...,
+        excerpt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excerpt", b"excerpt", "message", b"message", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestFailure: _TypeAlias = TestFailure  # noqa: Y015
+
+@_typing.final
+class TestsFinished(_message.Message):
+    """TestsFinished ends a Test run step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    EXECUTED_FIELD_NUMBER: _builtins.int
+    NOT_RUN_REASON_FIELD_NUMBER: _builtins.int
+    TESTS_PASSED_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    STOPPED_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """The step's stage."""
+    round: _builtins.int
+    """The refinement round whose code the tests ran against."""
+    executed: _builtins.bool
+    """Whether the tests ran at all; when false, not_run_reason says why (no
+    usable sandbox, tests in a language other than Python, no tests).
+    """
+    not_run_reason: _builtins.str
+    """Why the tests were not run; empty when they ran."""
+    tests_passed: _builtins.bool
+    """The tests ran, at least one passed, and none failed, errored or was
+    stopped.
+    """
+    passed: _builtins.int
+    """Tests that passed."""
+    failed: _builtins.int
+    """Tests whose assertions failed."""
+    errors: _builtins.int
+    """Tests that errored (in set-up, on import, or stopped by a limit)."""
+    skipped: _builtins.int
+    """Tests skipped."""
+    timed_out: _builtins.bool
+    """The wall-clock limit ended the tests."""
+    truncated: _builtins.bool
+    """The output was cut at its cap (lines or bytes)."""
+    stopped: _builtins.str
+    """A limit that stopped the tests (CPU time, memory, file size), else
+    empty.
+    """
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Wall time of the test run, sandbox included."""
+
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestFailure]:
+        """The failing tests, at most 20 (the counts cover the rest)."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        round: _builtins.int = ...,
+        executed: _builtins.bool = ...,
+        not_run_reason: _builtins.str = ...,
+        tests_passed: _builtins.bool = ...,
+        passed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        failures: _abc.Iterable[Global___TestFailure] | None = ...,
+        timed_out: _builtins.bool = ...,
+        truncated: _builtins.bool = ...,
+        stopped: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "errors", b"errors", "executed", b"executed", "failed", b"failed", "failures", b"failures", "not_run_reason", b"not_run_reason", "passed", b"passed", "round", b"round", "skipped", b"skipped", "stage", b"stage", "stopped", b"stopped", "tests_passed", b"tests_passed", "timed_out", b"timed_out", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestsFinished: _TypeAlias = TestsFinished  # noqa: Y015
 
 @_typing.final
 class PlannedStage(_message.Message):
@@ -764,6 +1020,8 @@ class PlannedStage(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
     ESTIMATED_COST_USD_FIELD_NUMBER: _builtins.int
+    TEST_RUN_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     agent: Global___Agent.ValueType
     """The agent of the stage."""
     model: _builtins.str
@@ -772,6 +1030,12 @@ class PlannedStage(_message.Message):
     """Estimated duration in seconds."""
     estimated_cost_usd: _builtins.float
     """Estimated cost in USD; unset when the model has no known price."""
+    test_run: _builtins.bool
+    """Set on the Test run step, which is no agent and no model (agent is
+    AGENT_UNSPECIFIED, model empty, no cost): it runs the Tester's tests.
+    """
+    sandbox: _builtins.str
+    """The sandbox the Test run step runs in (see TestsStarted.sandbox)."""
     def __init__(
         self,
         *,
@@ -779,10 +1043,12 @@ class PlannedStage(_message.Message):
         model: _builtins.str = ...,
         estimated_seconds: _builtins.float = ...,
         estimated_cost_usd: _builtins.float | None = ...,
+        test_run: _builtins.bool = ...,
+        sandbox: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd", "estimated_cost_usd", b"estimated_cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd", "agent", b"agent", "estimated_cost_usd", b"estimated_cost_usd", "estimated_seconds", b"estimated_seconds", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd", "agent", b"agent", "estimated_cost_usd", b"estimated_cost_usd", "estimated_seconds", b"estimated_seconds", "model", b"model", "sandbox", b"sandbox", "test_run", b"test_run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__estimated_cost_usd: _TypeAlias = _typing.Literal["estimated_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__estimated_cost_usd: _TypeAlias = _typing.Literal["_estimated_cost_usd", b"_estimated_cost_usd"]  # noqa: Y015
@@ -1269,10 +1535,16 @@ class RunResult(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     APPROVED_FIELD_NUMBER: _builtins.int
     REFINEMENTS_FIELD_NUMBER: _builtins.int
+    TESTS_PASSED_FIELD_NUMBER: _builtins.int
+    TESTS_FIELD_NUMBER: _builtins.int
     approved: _builtins.bool
     """Whether the last review approved the code."""
     refinements: _builtins.int
     """Number of refinement rounds that ran."""
+    tests_passed: _builtins.bool
+    """The last test run passed (see TestsFinished.tests_passed); false when
+    the tests did not run.
+    """
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """The final files: design, code, tests, docs, one per path, each at its
@@ -1282,16 +1554,24 @@ class RunResult(_message.Message):
         no file a stage announced is lost.
         """
 
+    @_builtins.property
+    def tests(self) -> Global___TestsFinished:
+        """The last test run's results; unset when the server runs no tests
+        (--sandbox off).
+        """
+
     def __init__(
         self,
         *,
         artifacts: _abc.Iterable[Global___Artifact] | None = ...,
         approved: _builtins.bool = ...,
         refinements: _builtins.int = ...,
+        tests_passed: _builtins.bool = ...,
+        tests: Global___TestsFinished | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tests", b"tests"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "artifacts", b"artifacts", "refinements", b"refinements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "artifacts", b"artifacts", "refinements", b"refinements", "tests", b"tests", "tests_passed", b"tests_passed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1485,6 +1765,46 @@ class ModelFallback(_message.Message):
 Global___ModelFallback: _TypeAlias = ModelFallback  # noqa: Y015
 
 @_typing.final
+class CacheHit(_message.Message):
+    """CacheHit says a stage's answer comes from the response cache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SOURCE_RUN_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_STAGE_FIELD_NUMBER: _builtins.int
+    SAVED_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """The stage answered from the cache."""
+    model: _builtins.str
+    """The model whose stored answer is used, "provider:model"."""
+    source_run_id: _builtins.str
+    """The run that stored the answer."""
+    source_stage: _builtins.int
+    """The stage of that run that stored the answer."""
+    @_builtins.property
+    def saved(self) -> Global___Usage:
+        """What the stored answer cost when it was made: what this hit saves."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        model: _builtins.str = ...,
+        source_run_id: _builtins.str = ...,
+        source_stage: _builtins.int = ...,
+        saved: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["saved", b"saved"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "saved", b"saved", "source_run_id", b"source_run_id", "source_stage", b"source_stage", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheHit: _TypeAlias = CacheHit  # noqa: Y015
+
+@_typing.final
 class GetServerInfoRequest(_message.Message):
     """GetServerInfoRequest asks a server to describe itself. It has no fields."""
 
@@ -1535,6 +1855,7 @@ class GetServerInfoResponse(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     HTTP_URL_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The server's version (the facilitair package's), e.g. "0.1.0"."""
     default_model: _builtins.str
@@ -1574,6 +1895,10 @@ class GetServerInfoResponse(_message.Message):
     def limits(self) -> Global___ServerLimits:
         """The limits and budgets the server applies to runs."""
 
+    @_builtins.property
+    def sandbox(self) -> Global___SandboxInfo:
+        """Where the Tester's tests run."""
+
     def __init__(
         self,
         *,
@@ -1585,14 +1910,49 @@ class GetServerInfoResponse(_message.Message):
         store: Global___StoreKind.ValueType = ...,
         replica_id: _builtins.str = ...,
         http_url: _builtins.str = ...,
+        sandbox: Global___SandboxInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_models", b"agent_models", "default_model", b"default_model", "http_url", b"http_url", "limits", b"limits", "providers", b"providers", "replica_id", b"replica_id", "store", b"store", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_models", b"agent_models", "default_model", b"default_model", "http_url", b"http_url", "limits", b"limits", "providers", b"providers", "replica_id", b"replica_id", "sandbox", b"sandbox", "store", b"store", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class SandboxInfo(_message.Message):
+    """SandboxInfo says whether and where a server runs the Tester's tests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The configured sandbox (--sandbox): "bwrap", "off" (tests are never
+    run) or "unsandboxed" (an operator's explicit choice).
+    """
+    available: _builtins.bool
+    """Whether tests can run: the sandbox was found working when the server
+    started. When false, the Test run step is skipped and says why.
+    """
+    detail: _builtins.str
+    """What runs the tests ("bwrap (/usr/bin/bwrap)"), or why they cannot run."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        available: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "detail", b"detail", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxInfo: _TypeAlias = SandboxInfo  # noqa: Y015
 
 @_typing.final
 class ServerLimits(_message.Message):

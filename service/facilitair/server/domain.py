@@ -142,6 +142,35 @@ FINISHED_STATES: frozenset[int] = frozenset({RunState.COMPLETED, RunState.FAILED
 UNFINISHED_STATES: frozenset[int] = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED})
 
 
+class CacheMode(enum.IntEnum):
+    """How a run uses the response cache; values match the `facilitair.v1.CacheMode` enum numbers."""
+
+    OFF = 1
+    READ_WRITE = 2
+    READ_ONLY = 3
+    REFRESH = 4
+
+    @property
+    def label(self) -> str:
+        """The name flags and files use: "off", "read-write", "read-only", "refresh"."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_label(cls, label: str) -> CacheMode:
+        """The mode a label names; ValueError for any other text."""
+        return cls[label.upper().replace("-", "_")]
+
+    @property
+    def reads(self) -> bool:
+        """Whether a stage may be answered from the cache."""
+        return self in (CacheMode.READ_WRITE, CacheMode.READ_ONLY)
+
+    @property
+    def writes(self) -> bool:
+        """Whether a clean answer is stored."""
+        return self in (CacheMode.READ_WRITE, CacheMode.REFRESH)
+
+
 class ArtifactKind(enum.IntEnum):
     """What a produced file is for; values match the `facilitair.v1.ArtifactKind` enum numbers."""
 
@@ -190,6 +219,8 @@ class PlannedStage:
     model: ModelRef
     estimated_seconds: float
     estimated_cost_usd: float | None
+    # The Test run step (no model asked; `role` is the Tester whose tests it runs): the sandbox it runs in.
+    test_run_in: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,3 +243,50 @@ class RunOutcome:
     artifacts: list[Artifact]
     approved: bool
     refinements: int
+    tests: TestRun | None = None  # the last Test run step; None when the run runs no tests
+
+
+@dataclass(frozen=True, slots=True)
+class TestFailure:
+    """One test that failed or errored: its name, the assertion's message, a bounded traceback excerpt."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    name: str
+    message: str
+    excerpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class TestReport:
+    """What a Test run step found; `executed` False with `not_run_reason` when the tests did not run."""
+
+    __test__ = False
+
+    executed: bool
+    not_run_reason: str = ""
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: tuple[TestFailure, ...] = ()
+    timed_out: bool = False
+    truncated: bool = False  # the output was cut at its cap
+    stopped: str = ""  # a limit that stopped the tests ("CPU time limit of 30 s"), else empty
+
+    @property
+    def ok(self) -> bool:
+        """The tests ran, at least one passed, and none failed, errored or was stopped."""
+        return self.executed and self.passed > 0 and not (self.failed or self.errors or self.timed_out or self.stopped)
+
+
+@dataclass(frozen=True, slots=True)
+class TestRun:
+    """One Test run step of a run: its stage, the refinement round it tested, what it found."""
+
+    __test__ = False
+
+    stage: int
+    round: int
+    report: TestReport

@@ -27,6 +27,8 @@ STAGE_SECONDS = Histogram(
     "facilitair_stage_seconds", "Wall time of completed stages", ["agent"], buckets=(1, 5, 15, 30, 60, 120, 300, 600)
 )
 PROVIDER_TOKENS = Counter("facilitair_provider_tokens_total", "Tokens reported by providers", ["provider", "direction"])
+CACHE_HITS = Counter("facilitair_cache_hits_total", "Stages answered from the response cache", ["provider"])
+CACHE_MISSES = Counter("facilitair_cache_misses_total", "Response cache look-ups that found nothing", ["provider"])
 COST = Counter("facilitair_cost_usd_total", "Cost of reported usage with a known price, USD", ["provider"])
 EVENT_LOOP_LAG = Histogram(
     "facilitair_event_loop_lag_seconds",

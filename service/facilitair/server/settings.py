@@ -138,8 +138,7 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="run this many server processes on one port, each a replica on the shared store "
-        "(PostgreSQL only)",
+        description="run this many server processes on one port, each a replica on the shared store (PostgreSQL only)",
     )
     model: str = Field(
         default="openai:gpt-4.1-mini",
@@ -170,7 +169,12 @@ class Settings(BaseSettings):
         description="log event_loop_stalled when the event loop wakes a task this many seconds late or more (every "
         "stream, health check and lease renewal of the replica waited that long)",
     )
-    retention_days: float = _in_file(default=7.0, gt=0, description="finished runs are deleted after this many days")
+    retention_days: float = _in_file(
+        default=7.0, gt=0, description="finished runs and response cache entries are deleted after this many days"
+    )
+    cache_default: Literal["off", "read-write", "read-only", "refresh"] = Field(
+        default="off", description="how a run that does not say uses the response cache (docs/cache.md)"
+    )
     retention_check_seconds: float = Field(default=3600.0, gt=0, description="how often retention runs")
     max_refinements: int = _in_file(
         default=2,
@@ -224,6 +228,13 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(default=None, description="server certificate, PEM")
     tls_key: Path | None = Field(default=None, description="server private key, PEM")
     tls_client_ca: Path | None = Field(default=None, description="require client certificates from this CA (mTLS)")
+    # Generated code runs only in a sandbox unless the operator says otherwise, in so many words.
+    sandbox: Literal["bwrap", "off", "unsandboxed"] = Field(
+        default="bwrap",
+        description="where the Tester's tests run: bwrap (bubblewrap; when it is missing or does not work, the "
+        "Test run step is skipped, saying why), off (tests are never run), or unsandboxed (generated code runs "
+        "with this server's rights; logs a warning)",
+    )
     max_runs: int = _in_file(default=64, ge=1, description="most runs in flight on this server")
     max_runs_per_principal: int = _in_file(default=8, ge=1, description="most runs in flight per caller")
     runs_per_minute: float = _in_file(

@@ -10,7 +10,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from facilitair.server.domain import AgentRole, Artifact, ModelRef, Plan, RunOutcome, RunState, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    Artifact,
+    ModelRef,
+    Plan,
+    RunOutcome,
+    RunState,
+    TestRun,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.server.events import wire
 from facilitair.server.events.channel import RunChannel
 from facilitair.server.events.eventlog import EventLog
@@ -102,6 +112,10 @@ class RunRecorder:
         """The stage gives up on one model and asks the next of its list."""
         self._emit(wire.model_fallback(stage, from_model, to_model, reason))
 
+    def cache_hit(self, stage: int, model: ModelRef, source_run_id: str, source_stage: int, saved: UsageTotals) -> None:
+        """The stage is answered from the response cache: what the stored answer cost when it was made is saved."""
+        self._emit(wire.cache_hit(stage, model, source_run_id, source_stage, saved))
+
     def artifacts(self, produced: list[Artifact]) -> None:
         """Files a stage produced, one event each."""
         for a in produced:
@@ -132,6 +146,22 @@ class RunRecorder:
         )
         self._emit(completed)
         self.event_log.checkpoint(Checkpoint(self.run_id, stage, checkpoint))
+        self._save()
+
+    def tests_started(self, stage: int, round_: int, files: list[str], sandbox: str) -> None:
+        """The Test run step starts: the stage running now, so a restart here runs the tests again."""
+        self.summary.stage(stage, None)
+        self._emit(wire.tests_started(stage, round_, files, sandbox))
+        self._save()
+
+    def tests_output(self, stage: int, line: str) -> None:
+        """A line the tests printed (the sandbox bounds how many and how long)."""
+        self._emit(wire.tests_output(stage, line))
+
+    def tests_finished(self, run: TestRun, checkpoint: str) -> None:
+        """The Test run step ends; its results are checkpointed in the same commit, so a replay never reruns it."""
+        self._emit(wire.tests_finished_event(run))
+        self.event_log.checkpoint(Checkpoint(self.run_id, run.stage, checkpoint))
         self._save()
 
     def cut_off(self, spent: UsageTotals) -> None:

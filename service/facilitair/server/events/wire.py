@@ -20,6 +20,7 @@ from facilitair.server.domain import (
     Plan,
     RunOutcome,
     RunState,
+    TestRun,
     UsageTotals,
     Verdict,
     chain_text,
@@ -77,6 +78,9 @@ def plan(value: Plan) -> pb.Plan:
         history_stages=value.history_stages,
     )
     for stage in value.stages:
+        if stage.test_run_in is not None:
+            message.stages.add(test_run=True, sandbox=stage.test_run_in, estimated_seconds=stage.estimated_seconds)
+            continue
         planned = message.stages.add(
             agent=agent(stage.role), model=str(stage.model), estimated_seconds=stage.estimated_seconds
         )
@@ -113,11 +117,53 @@ def verdict(stage: int, round_: int, value: Verdict) -> pb.ReviewVerdict:
     )
 
 
+def tests_started(stage: int, round_: int, files: list[str], sandbox: str) -> pb.RunEvent:
+    """The Test run step's start."""
+    started = pb.TestsStarted(stage=stage, round=round_, files=files, sandbox=sandbox, command="python -m pytest")
+    return pb.RunEvent(tests_started=started)
+
+
+def tests_output(stage: int, line: str) -> pb.RunEvent:
+    """A line the tests printed."""
+    return pb.RunEvent(tests_output=pb.TestsOutput(stage=stage, line=line))
+
+
+def tests_finished_event(run: TestRun) -> pb.RunEvent:
+    """The Test run step's end, as its event."""
+    return pb.RunEvent(tests_finished=tests_finished(run))
+
+
+def tests_finished(run: TestRun) -> pb.TestsFinished:
+    """The Test run step's results."""
+    report = run.report
+    message = pb.TestsFinished(
+        stage=run.stage,
+        round=run.round,
+        executed=report.executed,
+        not_run_reason=report.not_run_reason,
+        tests_passed=report.ok,
+        passed=report.passed,
+        failed=report.failed,
+        errors=report.errors,
+        skipped=report.skipped,
+        failures=[pb.TestFailure(name=f.name, message=f.message, excerpt=f.excerpt) for f in report.failures],
+        timed_out=report.timed_out,
+        truncated=report.truncated,
+        stopped=report.stopped,
+    )
+    message.duration.FromNanoseconds(int(report.seconds * 1e9))
+    return message
+
+
 def result(outcome: RunOutcome) -> pb.RunResult:
     """A completed run's result as its message."""
-    return pb.RunResult(
+    message = pb.RunResult(
         artifacts=[artifact(a) for a in outcome.artifacts], approved=outcome.approved, refinements=outcome.refinements
     )
+    if outcome.tests is not None:
+        message.tests_passed = outcome.tests.report.ok
+        message.tests.CopyFrom(tests_finished(outcome.tests))
+    return message
 
 
 def state_name(state: int) -> str:
@@ -174,6 +220,14 @@ def model_fallback(stage: int, from_model: ModelRef, to_model: ModelRef, reason:
     """The stage gives up on one model and asks the next of its list."""
     fallback = pb.ModelFallback(stage=stage, from_model=str(from_model), to_model=str(to_model), reason=reason)
     return pb.RunEvent(model_fallback=fallback)
+
+
+def cache_hit(stage: int, model: ModelRef, source_run_id: str, source_stage: int, saved: UsageTotals) -> pb.RunEvent:
+    """A stage answered from the response cache: where the answer comes from and what it saves."""
+    hit = pb.CacheHit(
+        stage=stage, model=str(model), source_run_id=source_run_id, source_stage=source_stage, saved=usage(saved)
+    )
+    return pb.RunEvent(cache_hit=hit)
 
 
 def artifact_produced(value: Artifact) -> pb.RunEvent:
@@ -294,10 +348,10 @@ class Summary:
         """The run's plan."""
         self._message.plan.CopyFrom(planned)
 
-    def stage(self, stage: int, role: AgentRole) -> None:
-        """The stage (and its agent) running now."""
+    def stage(self, stage: int, role: AgentRole | None) -> None:
+        """The stage (and its agent; None for a Test run step, which is no agent's) running now."""
         self._message.current_stage = stage
-        self._message.current_agent = agent(role)
+        self._message.current_agent = agent(role) if role is not None else pb.AGENT_UNSPECIFIED
 
     def counted(self, totals: UsageTotals) -> None:
         """The run's usage so far."""
@@ -383,8 +437,11 @@ def server_info(
     max_refinements_limit: int,
     store_kind: str,
     replica_id: str,
+    sandbox_available: bool = False,
+    sandbox_detail: str = "",
 ) -> pb.GetServerInfoResponse:
-    """GetServerInfo's answer: the version, providers, models, the settings' limits, the store and the replica."""
+    """GetServerInfo's answer: the version, providers, models, the settings' limits, the store, the replica, and
+    where tests run (the configured sandbox, whether its probe found it working, what runs them or why not)."""
     s = settings
     # Each default next to its limit.
     limits = pb.ServerLimits(
@@ -402,4 +459,5 @@ def server_info(
         limits=limits,
         store=_STORE_KINDS.get(store_kind, pb.STORE_KIND_UNSPECIFIED),
         replica_id=replica_id,
+        sandbox=pb.SandboxInfo(kind=settings.sandbox, available=sandbox_available, detail=sandbox_detail),
     )

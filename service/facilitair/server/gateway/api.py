@@ -18,6 +18,7 @@ from facilitair.server.gateway.bodies import json_response, read_json, respond, 
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import Settings
+from facilitair.server.telemetry import Telemetry
 from facilitair.server.transport import requests
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -35,8 +36,11 @@ class Api:
         config: PipelineConfig,
         info: pb.GetServerInfoResponse,
         sessions: Sessions,
+        *,
+        telemetry: Telemetry,
     ) -> None:
         self._runs = runs
+        self._telemetry = telemetry  # a run created here joins the trace its caller's traceparent header names
         self._settings = settings
         self._config = config
         self._info = info
@@ -67,8 +71,10 @@ class Api:
         message = to_message(await read_json(request), pb.CollaborateRequest)
         spec = requests.run_spec(message, self._settings, self._config)
         principal = self._principal(request)
-        run_id = await self._runs.create_run(spec, principal)
-        run = await self._runs.get_run(run_id, principal)
+        parent, state = request.headers.get("traceparent"), request.headers.get("tracestate")
+        with self._telemetry.server_span("POST /v1/runs", parent, state) as trace:
+            run_id = await self._runs.create_run(spec, principal, traceparent=trace)
+            run = await self._runs.get_run(run_id, principal)
         return respond(pb.GetRunResponse(run=run), status=201, headers={"Location": f"/v1/runs/{run_id}"})
 
     async def list_runs(self, request: web.Request) -> web.Response:

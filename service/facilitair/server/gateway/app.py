@@ -14,6 +14,7 @@ SO_REUSEPORT, as they share the gRPC port.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +32,7 @@ from facilitair.server.gateway.bodies import MAX_BODY_BYTES, json_response
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.runs.service import RunService
 from facilitair.server.settings import ConfigError, Settings, is_loopback
+from facilitair.server.telemetry import Telemetry
 from facilitair.server.transport.status import error_body, http_status_of
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -74,11 +76,17 @@ class BoundGateway:
         return port
 
     async def start(
-        self, runs: RunService, settings: Settings, config: PipelineConfig, info: pb.GetServerInfoResponse
+        self,
+        runs: RunService,
+        settings: Settings,
+        config: PipelineConfig,
+        info: pb.GetServerInfoResponse,
+        telemetry: Telemetry | None = None,
     ) -> Gateway:
         """Serve the gateway on the bound socket."""
         sessions = Sessions(self.keys, secure=self.context is not None, mtls=settings.tls_client_ca is not None)
-        gateway = Gateway(Api(runs, settings, config, info, sessions), sessions, settings)
+        api = Api(runs, settings, config, info, sessions, telemetry=telemetry or Telemetry())
+        gateway = Gateway(api, sessions, settings)
         await gateway.start(self.sock, self.context)
         return gateway
 
@@ -228,8 +236,19 @@ class Gateway:
 
 
 def _local_name(host: str | None) -> bool:
-    """Whether a Host header's name is this machine's (a page of another site rebound to 127.0.0.1 is not)."""
-    return host is not None and (host in ("localhost", "::1") or host.startswith("127."))
+    """Whether a Host header's name is this machine's (a page of another site rebound to 127.0.0.1 is not).
+
+    A loopback address must parse as one: a prefix test would let `127.evil.example`, a name its owner can
+    rebind to 127.0.0.1, through.
+    """
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error(exc: BaseException) -> web.Response:

@@ -64,7 +64,8 @@ def resume_point(request: web.Request) -> int:
 def _seq(text: str | None, field: str) -> int:
     if text is None or text == "":
         return 0
-    if not text.isdigit() or int(text) > MAX_SEQ:
+    # isascii too: str.isdigit also takes "²", which int() refuses, and "١٢", which it reads as 12.
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
         raise InvalidArgument(field, "must be an event's seq (a whole number, 0 or more)")
     return int(text)
 

@@ -5,6 +5,10 @@ terminal event) is retried with jittered backoff, or after the provider's `retry
 in attempts per model and in total waiting. When a model is exhausted (or fails in a way retrying
 cannot fix) the next model of the list takes over. Every new attempt is announced by an
 `attempt_reset` (the stage's text so far is void), a fallback also by `model_fallback`.
+
+Before a model is first asked, the run's response cache (cache.py) is looked up: a hit answers the stage with
+no provider call and at no cost (a `cache_hit` event, then the stored text as token deltas); an attempt that
+ended with its StreamEnd is stored there.
 """
 
 from __future__ import annotations
@@ -18,14 +22,24 @@ from dataclasses import dataclass
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import ModelRef
+from facilitair.server.domain import ModelRef, UsageTotals
 from facilitair.server.errors import FacilitairError, ProviderError, ProviderFailure, RunDeadlineExceeded
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.budget import Budget
+from facilitair.server.pipeline.cache import HIT_EVENTS, ResponseCache, chunks
 from facilitair.server.pipeline.context import ContextTooSmall
 from facilitair.server.pipeline.tokens import estimate_tokens, request_tokens
 from facilitair.server.providers import CompletionRequest, Provider, ProviderRegistry, StreamEnd, UsageReport
 from facilitair.server.retrying import RetryPolicy
+from facilitair.server.telemetry import (
+    NO_STAGE,
+    NO_STRETCH,
+    AttemptRequest,
+    AttemptTrace,
+    AttemptUsage,
+    StageTrace,
+    StretchTrace,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -101,9 +115,7 @@ class CutOff:
         output_tokens = report.output_tokens if report is not None else None
         return cls(
             model,
-            input_tokens
-            if input_tokens is not None
-            else request_tokens(request.system, request.prompt),
+            input_tokens if input_tokens is not None else request_tokens(request.system, request.prompt),
             output_tokens if output_tokens is not None else estimate_tokens(text),
             cache_read_tokens=report.cache_read_tokens if report is not None else 0,
             cache_write_tokens=report.cache_write_tokens if report is not None else 0,
@@ -118,6 +130,7 @@ class StageResult:
     text: str
     end: StreamEnd
     model: ModelRef
+    cached: bool = False  # answered from the response cache: no provider was asked
 
 
 class StageRunner:
@@ -130,8 +143,13 @@ class StageRunner:
         policy: AttemptPolicy,
         budget: Budget,
         deadline: float,
+        *,
+        cache: ResponseCache | None = None,
+        trace: StretchTrace = NO_STRETCH,
     ) -> None:
         self.rec = rec
+        self.cache = cache
+        self.trace = trace  # the run's stretch on this replica: the pipeline begins each stage's span in it
         self.providers = providers
         self.policy = policy
         self.budget = budget
@@ -139,6 +157,7 @@ class StageRunner:
         # The attempts of the current stage that were cut off after the provider began to answer: paid for,
         # though their text is void. The pipeline counts them when the stage ends, however it ends.
         self.cut_offs: list[CutOff] = []
+        self._looked_up: set[ModelRef] = set()  # the models of the current stage the cache was looked up for
 
     def time_left(self) -> float:
         """Seconds until the run's deadline; RunDeadlineExceeded when there are none."""
@@ -155,6 +174,7 @@ class StageRunner:
         attempt: int,
         *,
         agent: str,
+        span: StageTrace = NO_STAGE,
     ) -> StageResult:
         """Try the models of `chain` in order until one streams the stage to its end.
 
@@ -163,7 +183,7 @@ class StageRunner:
         """
         last_error: FacilitairError | None = None
         failure: dict[str, object] = {}  # the last failure's fields for the log
-        self.cut_offs = []
+        self.cut_offs, self._looked_up = [], set()
         for index, model in enumerate(chain):
             if last_error is not None:
                 attempt += 1
@@ -185,11 +205,16 @@ class StageRunner:
                     log.warning("stage_does_not_fit_context_window", **failure)
                     last_error = exc
                     break
+                key = self.cache.key(model.provider, provider.host, request) if self.cache is not None else ""
+                if (hit := await self._from_cache(stage, model, key)) is not None:
+                    return hit
                 limit = self.budget.char_limit(self.rec.usage, model, len(request.system) + len(request.prompt))
                 if limit <= 0:
                     raise self.budget.crossed(stage, self.rec.usage)
                 try:
-                    text, end = await self._stream(provider, model, request, stage, limit)
+                    text, end = await self._stream(provider, model, request, stage, limit, span=span)
+                    if self.cache is not None:  # only here: the attempt ended with its StreamEnd
+                        await self.cache.save(key, model, stage, text, end)
                     return StageResult(text, end, model)
                 except ProviderError as exc:
                     if exc.kind is ProviderFailure.CONTEXT_EXCEEDED:
@@ -209,8 +234,33 @@ class StageRunner:
         log.warning("provider_failed", models_tried=len(chain), **failure)
         raise last_error
 
+    async def _from_cache(self, stage: int, model: ModelRef, key: str) -> StageResult | None:
+        """The stage answered from the cache, its events emitted; None on a miss.
+
+        The cache is looked up once per model of the stage, before its first attempt (not before its retries).
+        """
+        if self.cache is None or model in self._looked_up:
+            return None
+        self._looked_up.add(model)
+        entry = await self.cache.lookup(key, model)
+        if entry is None:
+            return None
+        saved = UsageTotals(entry.input_tokens, entry.output_tokens, entry.cost_usd)
+        self.rec.cache_hit(stage, model, entry.run_id, entry.stage, saved)
+        for piece in chunks(entry.text, HIT_EVENTS):
+            self.rec.token(stage, piece)
+        # Nothing was sent or received: zero tokens, reported, so the stage costs nothing and is not estimated.
+        return StageResult(entry.text, StreamEnd(0, 0, entry.finish_reason), model, cached=True)
+
     async def _stream(
-        self, provider: Provider, model: ModelRef, request: CompletionRequest, stage: int, limit: float
+        self,
+        provider: Provider,
+        model: ModelRef,
+        request: CompletionRequest,
+        stage: int,
+        limit: float,
+        *,
+        span: StageTrace = NO_STAGE,
     ) -> tuple[str, StreamEnd]:
         """Relay one attempt's tokens as they arrive; stop it if it would cross a budget.
 
@@ -223,6 +273,7 @@ class StageRunner:
         token = self.rec.token
         chars = 0
         self.rec.waiting(stage)
+        traced = span.attempt(_traced_request(model, provider.host, request))
         asked = time.monotonic()
         try:
             async with contextlib.aclosing(provider.stream(request)) as stream:
@@ -230,6 +281,7 @@ class StageRunner:
                     if type(item) is str:
                         if not parts:
                             metrics.FIRST_TOKEN.labels(provider.name).observe(time.monotonic() - asked)
+                            traced.first_chunk()
                         parts.append(item)
                         token(stage, item)
                         chars += len(item)
@@ -239,13 +291,55 @@ class StageRunner:
                         end = item
                     elif isinstance(item, UsageReport):
                         report = item
-        except BaseException:
+        except BaseException as exc:
             # Nothing answered and nothing reported (a refused request, a connection that never opened): no
             # evidence the provider took the prompt, so nothing is counted.
             if parts or report is not None:
                 self.cut_offs.append(CutOff.of(model, request, report, "".join(parts)))
+            _end_failed(traced, exc, report)
             raise
         finally:
             self.rec.answered()
         assert end is not None, "providers end every successful stream with StreamEnd"
-        return "".join(parts), end
+        text = "".join(parts)
+        _end_clean(traced, end, text)
+        return text, end
+
+
+# -- telemetry: one call when an attempt begins and one when it ends, from what the attempt totals anyway ------------
+
+
+def _traced_request(model: ModelRef, host: str, request: CompletionRequest) -> AttemptRequest:
+    return AttemptRequest(
+        model.provider, host, request.model, request.max_tokens, request.temperature, request.system, request.prompt
+    )
+
+
+def _end_clean(traced: AttemptTrace, end: StreamEnd, text: str) -> None:
+    usage = AttemptUsage(end.input_tokens, end.output_tokens, end.cache_read_tokens, end.cache_write_tokens)
+    traced.end(
+        usage if end.usage_reported else None,
+        response_model=end.response_model,
+        finish_reason=end.finish_reason,
+        output=text,
+    )
+
+
+def _end_failed(traced: AttemptTrace, exc: BaseException, report: UsageReport | None) -> None:
+    usage = None
+    if report is not None:
+        usage = AttemptUsage(
+            report.input_tokens, report.output_tokens, report.cache_read_tokens, report.cache_write_tokens
+        )
+    traced.end(usage, error=error_type(exc))
+
+
+def error_type(exc: BaseException) -> str:
+    """The error.type of a failed attempt or stage: the provider's failure kind, the domain's reason, or the class."""
+    if isinstance(exc, ProviderError):
+        return exc.kind.name.lower()
+    if isinstance(exc, FacilitairError):
+        return exc.reason.value.lower()
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return type(exc).__qualname__

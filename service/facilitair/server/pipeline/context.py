@@ -45,9 +45,9 @@ MIN_PART_TOKENS = 32
 CUT_ORDER: dict[AgentRole, tuple[str, ...]] = {
     AgentRole.ARCHITECT: (),
     AgentRole.CODER: ("design",),
-    AgentRole.REVIEWER: ("design", "code"),
-    # The review says what to fix: without it a refinement round is pointless, and it is short.
-    AgentRole.REFINER: ("design", "code", "review"),
+    AgentRole.REVIEWER: ("design", "test_results", "code"),
+    # The review and the failing tests say what to fix: without them a refinement round is pointless.
+    AgentRole.REFINER: ("design", "code", "test_results", "review"),
     AgentRole.TESTER: ("design", "code"),
     AgentRole.DOCUMENTER: ("tests", "design", "code"),
 }

@@ -1,5 +1,10 @@
 """The agent team: Architect -> Coder -> Reviewer -> (Refiner -> Reviewer)* -> Tester -> Documenter.
 
+When the server runs tests (--sandbox, recorded in the run's spec so a resumed run keeps its order), the
+Tester writes its tests first and a Test run step (testrun.py) runs them before each review:
+Architect -> Coder -> Tester -> Test run -> Reviewer -> (Refiner -> Test run -> Reviewer)* -> Documenter,
+where a round runs while the review rejects or the tests fail, within the refinement rounds.
+
 The pipeline speaks to providers only through the Provider interface and reports only through the
 RunRecorder. Every completed stage is checkpointed, and the checkpoint is committed before the next
 stage begins; given the same checkpoints the control flow is the same, so a resumed run replays
@@ -14,19 +19,29 @@ from collections.abc import Callable
 import structlog
 
 from facilitair.server import metrics
-from facilitair.server.domain import AgentRole, ArtifactKind, ModelRef, RunOutcome, UsageTotals, Verdict
+from facilitair.server.domain import (
+    AgentRole,
+    ArtifactKind,
+    ModelRef,
+    RunOutcome,
+    TestReport,
+    TestRun,
+    UsageTotals,
+    Verdict,
+)
 from facilitair.server.events.recorder import RunRecorder
-from facilitair.server.pipeline import prompts
-from facilitair.server.pipeline.attempts import StageRunner
+from facilitair.server.pipeline import prompts, testrun
+from facilitair.server.pipeline.attempts import StageRunner, error_type
 from facilitair.server.pipeline.context import StageRequests
 from facilitair.server.pipeline.files import FileSet
 from facilitair.server.pipeline.parsing import ParsedFile, parse_files, parse_verdict, verdict_as_text
 from facilitair.server.pipeline.plan_history import StageHistory
-from facilitair.server.pipeline.spec import RunSpec, StageOutput
+from facilitair.server.pipeline.spec import RunSpec, StageOutput, UnreadableRecord
 from facilitair.server.pipeline.tokens import estimate_tokens
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.pricing import PriceTable
 from facilitair.server.providers import KnowsContextWindows
+from facilitair.server.sandbox import Sandbox
 
 # Reads a stage's output text and reports what it found (files, a verdict) through the recorder, or not
 # when the stage is replayed from its checkpoint (its events are in the log already).
@@ -47,6 +62,7 @@ class Pipeline:
         checkpoints: dict[int, StageOutput] | None = None,
         interrupted_stage: int = 0,
         history: StageHistory | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.spec = spec
         self.rec = recorder
@@ -56,11 +72,14 @@ class Pipeline:
         self.interrupted_stage = interrupted_stage
         self.runner = runner
         self.history = history  # learns each completed stage's time and length, for the plans of later runs
+        self.sandbox = sandbox
         self.files = FileSet()
         self.verdict = Verdict(approved=False, summary="")
         self._stage_count = 0
 
-    def _inputs(self, design: str = "", review: str = "", tests: bool = False) -> prompts.StageInputs:
+    def _inputs(
+        self, design: str = "", review: str = "", tests: bool = False, results: TestRun | None = None
+    ) -> prompts.StageInputs:
         return prompts.StageInputs(
             task=self.spec.task,
             context=self.spec.context,
@@ -68,10 +87,13 @@ class Pipeline:
             code=self.files.render(ArtifactKind.CODE),
             review=review,
             tests=self.files.render(ArtifactKind.TEST) if tests else "",
+            test_results=testrun.as_prompt(results.report) if results is not None else "",
         )
 
     async def run(self) -> RunOutcome:
         """Run every stage and return the final result (the caller emits the terminal event)."""
+        if self.spec.sandbox:
+            return await self._run_with_tests()
         design = await self._stage(AgentRole.ARCHITECT, 0, self._inputs(), self._files_of(ArtifactKind.DESIGN))
         await self._stage(AgentRole.CODER, 0, self._inputs(design), self._files_of(ArtifactKind.CODE))
         rounds = 0
@@ -88,6 +110,51 @@ class Pipeline:
             AgentRole.DOCUMENTER, rounds, self._inputs(design, tests=True), self._files_of(ArtifactKind.DOC)
         )
         return RunOutcome(self.files.final(), self.verdict.approved, rounds)
+
+    async def _run_with_tests(self) -> RunOutcome:
+        """The team with a Test run before each review; failing tests make a refinement round as a rejection does."""
+        design = await self._stage(AgentRole.ARCHITECT, 0, self._inputs(), self._files_of(ArtifactKind.DESIGN))
+        await self._stage(AgentRole.CODER, 0, self._inputs(design), self._files_of(ArtifactKind.CODE))
+        await self._stage(AgentRole.TESTER, 0, self._inputs(design), self._files_of(ArtifactKind.TEST))
+        rounds = 0
+        tests = await self._test_run(rounds)
+        await self._stage(AgentRole.REVIEWER, rounds, self._inputs(design, results=tests), self._verdict_of(rounds))
+        while (not self.verdict.approved or _failing(tests.report)) and rounds < self.spec.max_refinements:
+            rounds += 1
+            review = verdict_as_text(self.verdict)
+            inputs = self._inputs(design, review, results=tests)
+            await self._stage(AgentRole.REFINER, rounds, inputs, self._files_of(ArtifactKind.CODE))
+            tests = await self._test_run(rounds)
+            inputs = self._inputs(design, results=tests)
+            await self._stage(AgentRole.REVIEWER, rounds, inputs, self._verdict_of(rounds))
+        await self._stage(
+            AgentRole.DOCUMENTER, rounds, self._inputs(design, tests=True), self._files_of(ArtifactKind.DOC)
+        )
+        return RunOutcome(self.files.final(), self.verdict.approved, rounds, tests)
+
+    async def _test_run(self, rounds: int) -> TestRun:
+        """The Test run step: run the tests against the latest files, or replay its results from its checkpoint."""
+        self._stage_count += 1
+        stage = self._stage_count
+        saved = self.checkpoints.get(stage)
+        if saved is not None:
+            try:
+                return TestRun(stage, rounds, testrun.from_json(saved.text))
+            except ValueError as exc:
+                raise UnreadableRecord(f"a stored test run checkpoint cannot be read ({exc})") from None
+        await self.rec.durable()  # as for a stage: nothing runs before what came before it is committed
+        structlog.contextvars.bind_contextvars(stage=stage, agent="test_run")
+        files = self.files.final()
+        where = self.sandbox.availability.detail if self.sandbox is not None else "none"
+        self.rec.tests_started(stage, rounds, testrun.test_files(files), where)
+        if self.sandbox is None:
+            report = TestReport(executed=False, not_run_reason="this server runs no tests (--sandbox off)")
+        else:
+            report = await testrun.run_tests(self.sandbox, files, lambda line: self.rec.tests_output(stage, line))
+        run = TestRun(stage, rounds, report)
+        checkpoint = StageOutput(stage, AgentRole.TESTER, rounds, "", testrun.to_json(report)).to_json()
+        self.rec.tests_finished(run, checkpoint)
+        return run
 
     def _files_of(self, kind: ArtifactKind) -> _Derive:
         """Record the files in a stage's output; events announce each one."""
@@ -158,12 +225,15 @@ class Pipeline:
         else:
             attempt = 1
             self.rec.stage_started(stage, role, chain[0], rounds)
+        span = self.runner.trace.stage(role.label, stage)
         try:
-            result = await self.runner.run(stage, chain, request, attempt, agent=role.label)
-        except BaseException:
+            result = await self.runner.run(stage, chain, request, attempt, agent=role.label, span=span)
+        except BaseException as exc:
             # Cancelled, failed or stopped mid-stage: what its attempts consumed still counts in the run's usage.
             self.rec.cut_off(self._cut_off_usage())
+            span.end(error_type(exc))
             raise
+        span.end()
         derive(result.text, stage, True)
         end = result.end
         usage = self.prices.usage_of(result.model, end)
@@ -178,7 +248,7 @@ class Pipeline:
         metrics.COST.labels(provider).inc(usage.cost_usd)
         # An endpoint that reported no usage said 0 tokens: the plan learns the text's estimate instead.
         written = end.output_tokens if end.usage_reported else estimate_tokens(result.text)
-        if self.history is not None:
+        if self.history is not None and not result.cached:  # a cache hit's time says nothing of the model's
             self.history.add(str(result.model), role, elapsed, written)
         checkpoint = StageOutput(
             stage, role, rounds, str(result.model), result.text, seconds=elapsed, output_tokens=written
@@ -194,3 +264,12 @@ class Pipeline:
             checkpoint=checkpoint,
         )
         return result.text
+
+
+def _failing(report: TestReport) -> bool:
+    """Tests that failed, errored or were stopped: a reason for a refinement round, which changes the code.
+
+    Tests that did not run, or ran and found nothing to test (none collected, all skipped), are none: the
+    Refiner cannot make them pass, and a round would be spent for nothing.
+    """
+    return report.executed and bool(report.failed or report.errors or report.timed_out or report.stopped)

@@ -52,6 +52,8 @@ READS = {
 # CPU is far slower than a vendor's.
 SPEED = {"openai": (80.0, 1.5), "anthropic": (60.0, 2.0), "local": (15.0, 2.0)}
 DEFAULT_SPEED = (50.0, 3.0)
+# A Test run step: the sandbox's start (about 0.2 s here) and a small generated test suite.
+TEST_RUN_SECONDS = 2.0
 # How often the history is read again from the store, for the runs other replicas finished (this one's own
 # stages are learnt as they complete).
 HISTORY_RELOAD_SECONDS = 300.0
@@ -150,6 +152,11 @@ class PlanEstimator:
             if role in PLANNED_ROLES:
                 tokens += input_ + output
         planned = [stages[role] for role in PLANNED_ROLES]
+        if spec.sandbox:
+            # With tests run, the Tester writes them before the review and the Test run step runs them.
+            tester = planned.pop(PLANNED_ROLES.index(AgentRole.TESTER))
+            test_run = PlannedStage(tester.role, tester.model, TEST_RUN_SECONDS, 0.0, test_run_in=spec.sandbox)
+            planned[2:2] = [tester, test_run]
         total: float | None = None
         if all(s.estimated_cost_usd is not None for s in planned):
             total = sum(s.estimated_cost_usd or 0.0 for s in planned)

@@ -14,6 +14,11 @@ from typing import Any
 
 from facilitair.server.domain import AgentRole
 
+# The version of these templates and of the contracts the parsers read from answers; part of every response cache
+# key (cache.py). The rendered prompts are in the key too, so raise it when an answer would be read differently
+# from the same prompt (a parser's contract changed): entries written before are then never hit.
+TEMPLATES_VERSION = 1
+
 FILE_FORMAT = """Write every file as a line `File: relative/path.ext` followed directly by one fenced code
 block holding the whole file, for example:
 
@@ -96,11 +101,12 @@ class StageInputs:
     code: str = ""
     review: str = ""
     tests: str = ""
+    test_results: str = ""  # what the last Test run found (pipeline/testrun.py), when the server runs tests
     shortened: frozenset[str] = frozenset()
 
     def with_part(self, key: str, text: str) -> StageInputs:
-        """A copy whose part `key` ("design", "code", "review", "tests") is `text`, marked as shortened."""
-        if key not in ("design", "code", "review", "tests"):
+        """A copy whose part `key` (a field carried from an earlier stage) is `text`, marked as shortened."""
+        if key not in ("design", "code", "review", "tests", "test_results"):
             raise ValueError(f"{key!r} is not a part carried from an earlier stage")
         changes: dict[str, Any] = {key: text, "shortened": self.shortened | {key}}
         return dataclasses.replace(self, **changes)
@@ -110,8 +116,17 @@ class StageInputs:
 READS: dict[AgentRole, tuple[tuple[str, str], ...]] = {
     AgentRole.ARCHITECT: (),
     AgentRole.CODER: (("design", "Design (from the Architect)"),),
-    AgentRole.REVIEWER: (("design", "Design (from the Architect)"), ("code", "Code")),
-    AgentRole.REFINER: (("design", "Design (from the Architect)"), ("code", "Code"), ("review", "Review to address")),
+    AgentRole.REVIEWER: (
+        ("design", "Design (from the Architect)"),
+        ("code", "Code"),
+        ("test_results", "Test results (the Tester's tests, run in a sandbox)"),
+    ),
+    AgentRole.REFINER: (
+        ("design", "Design (from the Architect)"),
+        ("code", "Code"),
+        ("review", "Review to address"),
+        ("test_results", "Failing tests to fix (the Tester's tests, run in a sandbox)"),
+    ),
     AgentRole.TESTER: (("design", "Design (from the Architect)"), ("code", "Code")),
     AgentRole.DOCUMENTER: (("design", "Design (from the Architect)"), ("code", "Code"), ("tests", "Tests")),
 }

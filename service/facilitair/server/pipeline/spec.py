@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain
+from facilitair.server.domain import AgentRole, CacheMode, ModelRef, chain_text, parse_chain
 from facilitair.server.errors import FacilitairError, InvalidArgument, Reason
 
 T = TypeVar("T")
@@ -40,6 +40,10 @@ class RunSpec:
     client_request_id: str = ""
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    # The sandbox the run's tests run in ("bwrap", "unsandboxed"); "" when the server ran no tests when the run
+    # was created. Kept with the run: it decides the order of the stages, which a resumed run must keep.
+    sandbox: str = ""
+    cache: CacheMode = CacheMode.OFF  # how the run uses the response cache (pipeline/cache.py)
 
     def to_json(self) -> str:
         """Serialize for the run row."""
@@ -54,6 +58,8 @@ class RunSpec:
                 "client_request_id": self.client_request_id,
                 "budget_usd": self.budget_usd,
                 "budget_tokens": self.budget_tokens,
+                "sandbox": self.sandbox,
+                "cache": self.cache.label,
             }
         )
 
@@ -74,6 +80,9 @@ class RunSpec:
                 client_request_id=_typed(data.get("client_request_id", ""), str),
                 budget_usd=_budget(data.get("budget_usd"), float, "budget_usd"),
                 budget_tokens=_budget(data.get("budget_tokens"), int, "budget_tokens"),
+                sandbox=_typed(data.get("sandbox", ""), str),
+                # Specs stored before the cache existed have no "cache": those runs never used it.
+                cache=CacheMode.from_label(_typed(data.get("cache", "off"), str)),
             )
             if spec.max_refinements < 0:
                 raise ValueError(f"max_refinements is {spec.max_refinements}")

@@ -42,6 +42,7 @@ class _Events:
     output_reported: bool = False  # message_start's output count is a placeholder; message_delta's is real
     stop_reason: str = ""
     finished: bool = False
+    model: str = ""  # the model message_start names (for traces: gen_ai.response.model)
 
     def read(self, event: object) -> str | None:
         """Take one event's data; return its text, if it carries some. WrongShape for data that is not an event."""
@@ -58,6 +59,8 @@ class _Events:
             message = event.get("message")
             if type(message) is not dict or not self._take(message.get("usage"), start=True):
                 raise WrongShapeError
+            said = message.get("model")
+            self.model = said[:200] if type(said) is str else ""
         elif kind == "message_delta":
             delta = event.get("delta")
             if type(delta) is not dict or not self._take(event.get("usage"), start=False):
@@ -103,6 +106,7 @@ class _Events:
             self.stop_reason or "end_turn",
             cache_read_tokens=self.cache_read,
             cache_write_tokens=self.cache_write,
+            response_model=self.model,
         )
 
 

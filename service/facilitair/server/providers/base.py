@@ -44,6 +44,7 @@ class StreamEnd:
     usage_reported: bool = True
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    response_model: str = ""  # the model the vendor says answered ("" when it did not say)
 
     @property
     def truncated(self) -> bool:

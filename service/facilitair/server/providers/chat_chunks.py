@@ -24,7 +24,7 @@ Item = str | UsageReport
 class ChatChunks:
     """Reads one OpenAI-format stream's bytes as they arrive: its text, finish reason, usage and end."""
 
-    __slots__ = ("_broken", "_model", "_pending", "_provider", "_reports", "done", "finish", "usage")
+    __slots__ = ("_broken", "_model", "_pending", "_provider", "_reports", "done", "finish", "model", "usage")
 
     def __init__(self, provider: str, model: str, *, report_usage: bool = True) -> None:
         self._provider = provider
@@ -37,6 +37,7 @@ class ChatChunks:
         self._broken = False  # a broken chunk came after text of the same read, which is handed on first
         self.finish: str | None = None  # the last finish reason a choice gave
         self.usage: tuple[int, int, int] | None = None  # prompt (cached part included), completion, cached
+        self.model = ""  # the model the usage chunk names, read once (for traces: gen_ai.response.model)
 
     def feed(self, received: bytes) -> list[Item]:
         """The text deltas (and usage reports) of the complete lines received so far, in order.
@@ -70,6 +71,7 @@ class ChatChunks:
                 if usage is None:
                     return self._break(out)
                 self.usage = usage
+                self.model = model_of(chunk)
                 if self._reports:
                     out.append(UsageReport(usage[0], usage[1], cache_read_tokens=usage[2]))
             choices = chunk.get("choices")
@@ -120,3 +122,9 @@ def usage_of(usage: object) -> tuple[int, int, int] | None:
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if type(details) is dict else None
     return prompt, completion, min(cached, prompt) if type(cached) is int and cached >= 0 else 0
+
+
+def model_of(chunk: dict[str, object]) -> str:
+    """The model a chunk says answered ("" when it does not say): gen_ai.response.model in traces."""
+    said = chunk.get("model")
+    return said[:200] if type(said) is str else ""

@@ -81,7 +81,7 @@ class OpenAIProvider:
             yield StreamEnd(0, 0, finish, usage_reported=False)
         else:
             prompt, completion, cached = chunks.usage
-            yield StreamEnd(prompt, completion, finish, cache_read_tokens=cached)
+            yield StreamEnd(prompt, completion, finish, cache_read_tokens=cached, response_model=chunks.model)
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The arguments of `chat.completions.create` for one request."""

@@ -1,4 +1,5 @@
-"""Retention: finished runs older than `retention_days` are deleted with their events, now and then."""
+"""Retention: finished runs older than `retention_days` are deleted with their events, now and then; so are
+response cache entries made longer ago than that."""
 
 from __future__ import annotations
 
@@ -34,9 +35,13 @@ class Retention:
     async def run_once(self) -> int:
         """Delete what has expired now; return how many runs."""
         days = self._settings.retention_days
-        removed = await self._store.delete_finished_before(time.time() - days * 86400)
+        cutoff = time.time() - days * 86400
+        removed = await self._store.delete_finished_before(cutoff)
         if removed:
             log.info("runs_expired", removed=removed, retention_days=days)
+        entries = await self._store.cache_expire(cutoff)
+        if entries:
+            log.info("cache_entries_expired", removed=entries, retention_days=days)
         return removed
 
     async def _loop(self) -> None:

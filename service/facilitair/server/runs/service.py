@@ -34,9 +34,11 @@ from facilitair.server.runs.queries import RunQueries
 from facilitair.server.runs.retention import Retention
 from facilitair.server.runs.starts import RunStarter
 from facilitair.server.runs.supervisor import StatusNumber, Supervisor
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.telemetry import Telemetry
 from facilitair.server.webhooks.config import WebhookConfig
 from facilitair.server.webhooks.dispatcher import WebhookDispatcher
 from facilitair.server.webhooks.outbox import Outbox
@@ -62,6 +64,8 @@ class RunService:
         status_number: StatusNumber,
         *,
         webhooks: WebhookConfig | None = None,
+        sandbox: Sandbox | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         webhooks = webhooks if webhooks is not None else WebhookConfig.from_settings(settings)
@@ -89,6 +93,9 @@ class RunService:
             config=config,
             status_number=status_number,
             history=history,
+            sandbox=sandbox,
+            telemetry=telemetry or Telemetry(),
+            store=store,
         )
         self._starter = RunStarter(
             settings,
@@ -170,11 +177,14 @@ class RunService:
 
     # -- starting runs --------------------------------------------------------------------------
 
-    async def create_run(self, spec: RunSpec, principal: str) -> str:
+    async def create_run(self, spec: RunSpec, principal: str, *, traceparent: str | None = None) -> str:
         """Start a run (or find the one this idempotency key started) and return its id.
+
 
         Two steps (docs/architecture.md): the pipeline makes the request's plan, once (PlannedRun: the spec and
         the plan); the starter admits and starts the run from that, asking the pipeline nothing more.
+
+        `traceparent` (W3C) is stored with a new run: the trace of the call that created it, which its spans join.
         """
         if self._stopping:
             raise Unavailable("the server is shutting down; retry against another instance or later")
@@ -184,7 +194,7 @@ class RunService:
                 f"the server cannot store runs now ({health.cause}); retry later", reason=Reason.STORE_UNAVAILABLE
             )
         planned = await self._estimator.plan_run(spec)
-        return await self._starter.create(planned, principal)
+        return await self._starter.create(planned, principal, traceparent=traceparent)
 
     # -- asking about runs ----------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class RunStarter:
 
     # -- new runs -------------------------------------------------------------------------------------------
 
-    async def create(self, planned: PlannedRun, principal: str) -> str:
+    async def create(self, planned: PlannedRun, principal: str, *, traceparent: str | None = None) -> str:
         """Admit and start a planned run (or find the one its idempotency key started) and return its id.
 
         In order: the idempotency key (a retry attaches to its run), admission (the models can run here, the plan
@@ -89,18 +89,19 @@ class RunStarter:
         # caller that leaves meanwhile (deadline, disconnect) must neither orphan the run nor hide it from a
         # retry with the same key, which waits for this creation instead of starting another run.
         creation = self.creations.spawn(
-            self._create(run_id, spec, planned.plan, principal), name=f"create-{run_id}", awaited=True
+            self._create(run_id, spec, planned.plan, principal, traceparent), name=f"create-{run_id}", awaited=True
         )
         if spec.client_request_id:
             self._keys.creating(key, creation)
         return await asyncio.shield(creation)
 
-    async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str) -> str:
+    async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str, traceparent: str | None) -> str:
         """Store a new run (held by this replica), start driving it and wait for its first commit."""
         now = time.time()
         summary = wire.new_summary(run_id, spec.task, int(now * 1e9))
         row = RunRow(
-            run_id, principal, spec.client_request_id, int(RunState.QUEUED), now, now, None, summary, spec.to_json()
+            run_id, principal, spec.client_request_id, int(RunState.QUEUED), now, now, None, summary, spec.to_json(),
+            traceparent=traceparent,
         )  # fmt: skip
         try:
             inserted = await self._store.insert_run(
@@ -132,7 +133,7 @@ class RunStarter:
             )
         rec = self.recorder(inserted.row, last_seq=0)
         rec.run_started(spec.task, plan)
-        self._supervisor.spawn(rec, spec, principal)
+        self._supervisor.spawn(rec, spec, principal, trace=(inserted.row.traceparent, None))
         log.info(
             "run_created",
             run_id=run_id,
@@ -181,7 +182,9 @@ class RunStarter:
             rec.resumed()
         log.info("run_resumed", run_id=row.run_id, from_stage=max(checkpoints, default=0) + 1, last_seq=last_seq)
         self._admission.resumed(row.run_id, row.principal)
-        self._supervisor.spawn(rec, spec, row.principal, checkpoints, interrupted)
+        self._supervisor.spawn(
+            rec, spec, row.principal, checkpoints, interrupted, trace=(row.traceparent, row.trace_stretch)
+        )
 
     def _fail_unresumable(self, rec: RunRecorder, exc: FacilitairError) -> None:
         reason = exc.reason if exc.reason is not Reason.STORED_DATA_CORRUPT else Reason.RUN_NOT_RESUMABLE

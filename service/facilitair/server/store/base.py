@@ -87,6 +87,9 @@ class RunRow:
     lease_expires_at: float | None = None
     # Why a cancel was requested (by any replica), or None when none was.
     cancel_reason: str | None = None
+    # W3C traceparents (docs/telemetry.md): the call that created the run, and the last stretch a replica drove it.
+    traceparent: str | None = None
+    trace_stretch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,41 @@ class Batch:
         return ids
 
 
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A response cache entry (pipeline/cache.py): a provider's clean answer, what it cost, who wrote it."""
+
+    key: str
+    principal: str
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    run_id: str
+    stage: int
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What the response cache holds: entries, their text's characters, and what making them cost."""
+
+    entries: int
+    chars: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+# The response_cache table's columns in CacheEntry's order, and its totals in CacheStats' order (both stores).
+CACHE_COLUMNS = "key, principal, text, finish_reason, input_tokens, output_tokens, cost_usd, run_id, stage, created_at"
+CACHE_STATS = (
+    "SELECT count(*), coalesce(sum(length(text)), 0), coalesce(sum(input_tokens), 0), "
+    "coalesce(sum(output_tokens), 0), coalesce(sum(cost_usd), 0.0) FROM response_cache"
+)
+
+
 class InsertOutcome(enum.Enum):
     """What `insert_run` did."""
 
@@ -346,6 +384,11 @@ class EventStore(Protocol):
         """Let these leases run out now (where still held) and tell the other replicas, who claim the runs at once."""
         ...
 
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the traceparent of the stretch that drives the run under `epoch` (nothing if another epoch holds it),
+        so that the next stretch's span can link to it."""
+        ...
+
     async def count_active(self, principal: str) -> int:
         """How many unfinished runs the principal has."""
         ...
@@ -394,4 +437,24 @@ class EventStore(Protocol):
 
     async def delete_finished_before(self, cutoff: float, *, batch_size: int = DELETE_BATCH) -> int:
         """Remove runs that finished before `cutoff` with their events, `batch_size` runs per transaction."""
+        ...
+
+    async def cache_get(self, key: str) -> CacheEntry | None:
+        """The response cache entry stored under `key`, if any."""
+        ...
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        """Store a response cache entry, replacing the one under its key (its created_at is now)."""
+        ...
+
+    async def cache_stats(self, principal: str | None = None) -> CacheStats:
+        """What the response cache holds: all of it, or one caller's entries."""
+        ...
+
+    async def cache_clear(self, principal: str | None = None) -> int:
+        """Delete the response cache's entries (all, or one caller's); return how many."""
+        ...
+
+    async def cache_expire(self, cutoff: float) -> int:
+        """Retention: delete response cache entries made before `cutoff`; return how many."""
         ...

@@ -75,7 +75,32 @@ CREATE TABLE webhook_endpoints_disabled (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS)
+# The response cache (pipeline/cache.py): one stored answer per key (a hash of the exact provider request and its
+# caller), what it cost, and the run and stage that wrote it; retention expires entries by created_at.
+RESPONSE_CACHE = """
+CREATE TABLE response_cache (
+    key text PRIMARY KEY,
+    principal text NOT NULL,
+    created_at double precision NOT NULL,
+    text text NOT NULL,
+    finish_reason text NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cost_usd double precision NOT NULL,
+    run_id text NOT NULL,
+    stage integer NOT NULL
+);
+CREATE INDEX response_cache_by_age ON response_cache (created_at);
+"""
+
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent text;
+ALTER TABLE runs ADD COLUMN trace_stretch text;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, WEBHOOKS, RESPONSE_CACHE, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 # Advisory lock keys: (class, key) pairs, the class spelling "FAC1" so they do not meet other applications'.
 LOCK_CLASS = 0x46414331
@@ -84,7 +109,7 @@ SCHEMA_LOCK = 1
 NOW = "extract(epoch from now())::float8"
 RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason"
+    "owner, epoch, lease_expires_at, cancel_reason, traceparent, trace_stretch"
 )
 R_RUN_COLUMNS = ", ".join(f"r.{c.strip()}" for c in RUN_COLUMNS.split(","))
 
@@ -158,7 +183,7 @@ SELECT (SELECT count(*) FROM runs WHERE principal = $1 AND {UNFINISHED_SQL}) AS 
 """
 INSERT_RUN = f"""
 INSERT INTO runs ({RUN_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, {NOW} + $11::float8, NULL, $12, NULL)
 ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}
 """
@@ -177,6 +202,7 @@ WHERE run_id >= $2 AND starts_with(run_id, $2) AND principal = $1
 ORDER BY run_id LIMIT $3
 """
 
+NOTE_TRACE_STRETCH = "UPDATE runs SET trace_stretch = $3 WHERE run_id = $1 AND epoch = $2"
 REQUEST_CANCEL = f"""
 WITH c AS (
     UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2) WHERE run_id = $1 AND {UNFINISHED_SQL} RETURNING run_id
@@ -263,3 +289,17 @@ async def migrate(conn: asyncpg.Connection) -> int:
             await conn.execute("DELETE FROM schema_version")
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", VERSION)
     return found
+
+
+# The response cache: an entry replaces the one under its key (refresh), made now by the database's clock.
+CACHE_PUT = f"""
+INSERT INTO response_cache (key, principal, text, finish_reason, input_tokens, output_tokens, cost_usd, run_id, stage,
+    created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW})
+ON CONFLICT (key) DO UPDATE SET principal = EXCLUDED.principal, text = EXCLUDED.text,
+    finish_reason = EXCLUDED.finish_reason, input_tokens = EXCLUDED.input_tokens,
+    output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd, run_id = EXCLUDED.run_id,
+    stage = EXCLUDED.stage, created_at = EXCLUDED.created_at
+"""
+CACHE_CLEAR_PRINCIPAL = "DELETE FROM response_cache WHERE principal = $1"
+CACHE_EXPIRE = "DELETE FROM response_cache WHERE created_at < $1"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -21,10 +22,14 @@ from asyncpg.pool import PoolConnectionProxy
 
 from facilitair.server.store import pg_sql
 from facilitair.server.store.base import (
+    CACHE_COLUMNS,
+    CACHE_STATS,
     DELETE_BATCH,
     RATE_WINDOW,
     UNFINISHED_SQL,
     Batch,
+    CacheEntry,
+    CacheStats,
     Checkpoint,
     Claim,
     InsertOutcome,
@@ -220,7 +225,7 @@ class PostgresStore:
                 created = await conn.fetchrow(
                     pg_sql.INSERT_RUN,
                     row.run_id, row.principal, row.client_request_id, row.state, row.created_at, row.updated_at,
-                    row.finished_at, row.summary, row.spec, owner, float(lease_seconds),
+                    row.finished_at, row.summary, row.spec, owner, float(lease_seconds), row.traceparent,
                 )  # fmt: skip
                 if created is None:
                     raise ValueError(f"run id {row.run_id!r} is taken")
@@ -309,6 +314,14 @@ class PostgresStore:
             return await conn.fetchrow(pg_sql.REQUEST_CANCEL, run_id, reason) is not None
 
         return await self._on_pool(mark)
+
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the stretch's traceparent while `epoch` holds the run."""
+
+        async def note(conn: Conn) -> None:
+            await conn.execute(pg_sql.NOTE_TRACE_STRETCH, run_id, epoch, traceparent)
+
+        await self._on_pool(note)
 
     async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
         """One statement for all runs, by the database's clock."""
@@ -454,3 +467,39 @@ class PostgresStore:
             )
         )
         return [Checkpoint(r[0], int(r[1]), r[2]) for r in rows]
+
+    # -- the response cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> CacheEntry | None:
+        """The response cache entry stored under `key`, if any."""
+        sql = f"SELECT {CACHE_COLUMNS} FROM response_cache WHERE key=$1"
+        row = await self._on_pool(lambda conn: conn.fetchrow(sql, key))
+        return None if row is None else CacheEntry(*row)
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        """Store a response cache entry, replacing the one under its key."""
+        values = dataclasses.astuple(entry)[:-1]
+        await self._on_pool(lambda conn: conn.execute(pg_sql.CACHE_PUT, *values))
+
+    async def cache_stats(self, principal: str | None = None) -> CacheStats:
+        """What the response cache holds: all of it, or one caller's entries."""
+        if principal is None:
+            row = await self._on_pool(lambda conn: conn.fetchrow(CACHE_STATS))
+        else:
+            row = await self._on_pool(lambda conn: conn.fetchrow(f"{CACHE_STATS} WHERE principal=$1", principal))
+        assert row is not None, "an aggregate has one row"
+        # PostgreSQL sums bigints as numeric (Decimal here): plain numbers, as SQLite gives them.
+        return CacheStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]))
+
+    async def cache_clear(self, principal: str | None = None) -> int:
+        """Delete the response cache's entries (all, or one caller's)."""
+        if principal is None:
+            status = await self._on_pool(lambda conn: conn.execute("DELETE FROM response_cache"))
+        else:
+            status = await self._on_pool(lambda conn: conn.execute(pg_sql.CACHE_CLEAR_PRINCIPAL, principal))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def cache_expire(self, cutoff: float) -> int:
+        """Retention: delete response cache entries made before `cutoff`."""
+        status = await self._on_pool(lambda conn: conn.execute(pg_sql.CACHE_EXPIRE, cutoff))
+        return int(status.rsplit(" ", 1)[-1])

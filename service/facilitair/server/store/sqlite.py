@@ -20,10 +20,14 @@ from typing import TypeVar
 
 from facilitair.server.store import sqlite_schema
 from facilitair.server.store.base import (
+    CACHE_COLUMNS,
+    CACHE_STATS,
     DELETE_BATCH,
     RATE_WINDOW,
     UNFINISHED_SQL,
     Batch,
+    CacheEntry,
+    CacheStats,
     Checkpoint,
     Claim,
     InsertOutcome,
@@ -45,7 +49,7 @@ T = TypeVar("T")
 
 _RUN_COLUMNS = (
     "run_id, principal, client_request_id, state, created_at, updated_at, finished_at, summary, spec, "
-    "owner, epoch, lease_expires_at, cancel_reason"
+    "owner, epoch, lease_expires_at, cancel_reason, traceparent, trace_stretch"
 )
 
 # SQLite errors that mean "cannot write now" and what to say about them (SQLite's own words hold no path).
@@ -196,7 +200,7 @@ class SqliteStore:
                 stored = dataclasses.replace(
                     row, owner=owner, epoch=1, lease_expires_at=time.time() + lease_seconds, cancel_reason=None
                 )
-                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(13)})", dataclasses.astuple(stored))
+                conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({marks(15)})", dataclasses.astuple(stored))
                 return InsertResult(InsertOutcome.CREATED, stored, active)
 
         return await self._writer.run(insert)
@@ -227,6 +231,14 @@ class SqliteStore:
             return cur.rowcount > 0
 
         return await self._writer.run(mark)
+
+    async def note_trace_stretch(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Store the stretch's traceparent while `epoch` holds the run."""
+
+        def note(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET trace_stretch=? WHERE run_id=? AND epoch=?", (traceparent, run_id, epoch))
+
+        await self._writer.run(note)
 
     async def renew_leases(self, owner: str, epochs: Mapping[str, int], lease_seconds: float) -> RenewResult:
         """Extend the leases still held; the others are lost."""
@@ -376,8 +388,9 @@ class SqliteStore:
         """The principal's unfinished runs."""
         return await self._reader.run(
             lambda conn: int(
-                conn.execute(f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,))
-                .fetchone()[0]
+                conn.execute(
+                    f"SELECT count(*) FROM runs WHERE principal=? AND {UNFINISHED_SQL}", (principal,)
+                ).fetchone()[0]
             )
         )
 
@@ -422,3 +435,53 @@ class SqliteStore:
             return [Checkpoint(str(r[0]), int(r[1]), str(r[2])) for r in cur]
 
         return await self._reader.run(read)
+
+    # -- the response cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> CacheEntry | None:
+        """The response cache entry stored under `key`, if any."""
+
+        def read(conn: sqlite3.Connection) -> CacheEntry | None:
+            row = conn.execute(f"SELECT {CACHE_COLUMNS} FROM response_cache WHERE key=?", (key,)).fetchone()
+            return None if row is None else CacheEntry(*row)
+
+        return await self._reader.run(read)
+
+    async def cache_put(self, entry: CacheEntry) -> None:
+        """Store a response cache entry, replacing the one under its key."""
+        values = (*dataclasses.astuple(entry)[:-1], time.time())
+
+        def put(conn: sqlite3.Connection) -> None:
+            with immediate(conn):
+                conn.execute(f"INSERT OR REPLACE INTO response_cache ({CACHE_COLUMNS}) VALUES ({marks(10)})", values)
+
+        await self._writer.run(put)
+
+    async def cache_stats(self, principal: str | None = None) -> CacheStats:
+        """What the response cache holds: all of it, or one caller's entries."""
+        where, args = ("WHERE principal=?", (principal,)) if principal is not None else ("", ())
+
+        def read(conn: sqlite3.Connection) -> CacheStats:
+            row = conn.execute(f"{CACHE_STATS} {where}", args).fetchone()
+            return CacheStats(*row)
+
+        return await self._reader.run(read)
+
+    async def cache_clear(self, principal: str | None = None) -> int:
+        """Delete the response cache's entries (all, or one caller's)."""
+        where, args = ("WHERE principal=?", (principal,)) if principal is not None else ("", ())
+
+        def clear(conn: sqlite3.Connection) -> int:
+            with immediate(conn):
+                return conn.execute(f"DELETE FROM response_cache {where}", args).rowcount
+
+        return await self._writer.run(clear)
+
+    async def cache_expire(self, cutoff: float) -> int:
+        """Retention: delete response cache entries made before `cutoff`."""
+
+        def expire(conn: sqlite3.Connection) -> int:
+            with immediate(conn):
+                return conn.execute("DELETE FROM response_cache WHERE created_at < ?", (cutoff,)).rowcount
+
+        return await self._writer.run(expire)

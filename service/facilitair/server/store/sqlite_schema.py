@@ -81,7 +81,32 @@ CREATE TABLE webhook_endpoints_disabled (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS)
+# The response cache (pipeline/cache.py): one stored answer per key (a hash of the exact provider request and its
+# caller), what it cost, and the run and stage that wrote it; retention expires entries by created_at.
+RESPONSE_CACHE = """
+CREATE TABLE response_cache (
+    key TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    stage INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX response_cache_by_age ON response_cache (created_at);
+"""
+
+# Traces (docs/telemetry.md): the W3C traceparent of the call that created a run, and of the last stretch of it that
+# a replica drove.
+TRACE_CONTEXT = """
+ALTER TABLE runs ADD COLUMN traceparent TEXT;
+ALTER TABLE runs ADD COLUMN trace_stretch TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, WEBHOOKS, RESPONSE_CACHE, TRACE_CONTEXT)
 VERSION = len(MIGRATIONS)
 
 

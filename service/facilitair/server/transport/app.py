@@ -25,12 +25,14 @@ from facilitair.server.metrics import MetricsServer
 from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.service import RunService
+from facilitair.server.sandbox import Sandbox, SandboxKind
 from facilitair.server.settings import ConfigError, Settings
 from facilitair.server.store import create_store
 from facilitair.server.store.base import EventStore
 from facilitair.server.store.sqlite import SqliteStore
 from facilitair.server.store.sqlite_lock import SqliteFileLock
 from facilitair.server.tasks import TaskSupervisor
+from facilitair.server.telemetry import Telemetry, from_environment
 from facilitair.server.transport.guard import ApiKeys, GuardInterceptor
 from facilitair.server.transport.health import HealthServicer
 from facilitair.server.transport.info import server_info
@@ -45,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 # A worker of `serve --workers` looks this often whether the process that started it is still there.
 PARENT_CHECK_SECONDS = 1.0
+# How long a stop waits for the last spans and metrics to be exported (an unreachable collector must not hold it).
+TELEMETRY_FLUSH = 5.0
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 
@@ -89,6 +93,7 @@ class RunningServer:
     http: Gateway | None = None  # the HTTP gateway (None with --http-listen off)
     http_port: int = 0
     http_url: str = ""
+    telemetry: Telemetry | None = None
 
     def follow_store_health(self) -> None:
         """SERVING while the store can write, NOT_SERVING while it cannot (load balancers then send elsewhere)."""
@@ -127,6 +132,8 @@ class RunningServer:
             await self.providers.aclose()
             if self.metrics is not None:
                 self.metrics.stop()
+            if self.telemetry is not None:
+                await _flush(self.telemetry)
 
 
 async def create_server(
@@ -135,6 +142,7 @@ async def create_server(
     providers: ProviderRegistry | None = None,
     store: EventStore | None = None,
     config: PipelineConfig | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunningServer:
     """Build, bind and start the server; `settings.listen` may use port 0 (the bound port is returned).
 
@@ -143,6 +151,9 @@ async def create_server(
     store claims every unfinished run). A server that cannot listen, or whose file another server holds, so
     stops before it touches that server's runs, and creates no database file. Whatever was set up is undone
     when a later step fails: no half-started server.
+
+    `telemetry` defaults to what the OTEL_* environment configures (telemetry.from_environment): nothing unless an
+    OTLP endpoint is set and the `otel` extra is installed.
     """
     config = config if config is not None else PipelineConfig.load(settings.pipeline)
     settings = settings.with_file(config)
@@ -153,12 +164,16 @@ async def create_server(
     webhooks = WebhookConfig.from_settings(settings)  # the webhooks file read and checked before anything starts
     store = store if store is not None else create_store(settings)  # not opened: no file or connection yet
     providers = providers if providers is not None else ProviderRegistry.from_settings(settings, config)
+    # Probed before any run can start or resume here: a run's Test run step reads what was found.
+    sandbox = Sandbox(SandboxKind(settings.sandbox))
+    await sandbox.start()
+    telemetry = telemetry if telemetry is not None else from_environment()
     async with contextlib.AsyncExitStack() as undo:
         undo.push_async_callback(providers.aclose)
         metrics_server = _metrics_server(settings.metrics_listen)
         if metrics_server is not None:
             undo.callback(metrics_server.stop)
-        server, port = _bound_server(settings, keys, credentials)
+        server, port = _bound_server(settings, keys, credentials, telemetry)
         undo.push_async_callback(_unbind, server)
         http: BoundGateway | None = bind_gateway(settings, key_names)
         if http is not None:
@@ -168,22 +183,31 @@ async def create_server(
             lock = SqliteFileLock(store.path)
             lock.acquire(f"{settings.listen.rpartition(':')[0]}:{port}")
             undo.callback(lock.release)
-        runs = RunService(settings, store, providers, config, status_number, webhooks=webhooks)
+        runs = RunService(
+            settings, store, providers, config, status_number, webhooks=webhooks, sandbox=sandbox, telemetry=telemetry
+        )
         # Before the start: one that fails midway (the store opened, its writer started, then listening
         # refused) stops what it started and closes the store; stop() is safe on a partial start.
         undo.push_async_callback(runs.stop)
         await runs.start()
         info = server_info(
-            settings, config, providers=providers.names(), store_kind=runs.store.kind, replica_id=runs.replica_id
+            settings,
+            config,
+            providers=providers.names(),
+            store_kind=runs.store.kind,
+            replica_id=runs.replica_id,
+            sandbox=sandbox,
         )
         tasks = TaskSupervisor("server")
         info.http_url = http.url if http is not None else ""
-        gateway = await http.start(runs, settings, config, info) if http is not None else None
+        gateway = await http.start(runs, settings, config, info, telemetry) if http is not None else None
         if gateway is not None:
             undo.push_async_callback(gateway.stop, 0.0)
         health = await _start(server, settings, runs, OrchestratorServicer(runs, settings, config, info, tasks))
         undo.pop_all()  # started: RunningServer.stop undoes it all from now on
-    running = RunningServer(server, port, runs, health, providers, metrics_server, lock, tasks=tasks)
+    running = RunningServer(
+        server, port, runs, health, providers, metrics_server, lock, tasks=tasks, telemetry=telemetry
+    )
     if http is not None:
         running.http, running.http_port, running.http_url = gateway, http.port, http.url
     running.follow_store_health()
@@ -193,12 +217,12 @@ async def create_server(
 
 
 def _bound_server(
-    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None
+    settings: Settings, keys: ApiKeys, credentials: grpc.ServerCredentials | None, telemetry: Telemetry
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server bound to `settings.listen` (not started, no services yet) and its port; ConfigError if not."""
     server = grpc.aio.server(
         options=server_options(settings),
-        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None)],
+        interceptors=[GuardInterceptor(keys, mtls=settings.tls_client_ca is not None, telemetry=telemetry)],
     )
     try:
         if credentials is None:
@@ -233,6 +257,16 @@ async def _start(
     return health
 
 
+async def _flush(telemetry: Telemetry) -> None:
+    """Export the spans and metrics still buffered, in a thread (the exporter blocks), at most TELEMETRY_FLUSH s."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(telemetry.shutdown), TELEMETRY_FLUSH)
+    except TimeoutError:
+        log.warning("telemetry_flush_timed_out", seconds=TELEMETRY_FLUSH)
+    except Exception:
+        log.warning("telemetry_flush_failed", exc_info=True)
+
+
 async def _unbind(server: grpc.aio.Server) -> None:
     """Give the port of a bound server that was never started back (a later step of the start failed).
 
@@ -257,8 +291,10 @@ def _why_not_bindable(listen: str) -> str:
                 sock.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return "address already in use (another server listens there; several servers on one port is "\
+                    return (
+                        "address already in use (another server listens there; several servers on one port is "
                         "what --workers is for)"
+                    )
                 return exc.strerror or str(exc)
     return "gRPC refused the address"
 

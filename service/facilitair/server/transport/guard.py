@@ -17,6 +17,8 @@ Deny by default: every method of every service, whatever its shape, is served th
 - Whatever a handler lets escape goes through the one status table (transport/status.py): this is the one
   place errors become statuses, for our service and every other, so the servicer just raises.
 - The principal and the RPC's name are bound in contextvars for the servicer and the logs.
+- Each call of facilitair.v1 is covered by its trace span (tracing.py), here where every call already passes, so
+  that tracing adds no step per message sent.
 - A streaming handler may yield bytes already serialised (`_passing_bytes`): the servicer sends each committed
   event's response bytes, made once, to every watcher of the run.
 """
@@ -36,8 +38,10 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 
 from facilitair.server.errors import FacilitairError, InvalidArgument, Reason, Unauthenticated
+from facilitair.server.telemetry import Telemetry
 from facilitair.server.transport.requests import unstorable_strings
 from facilitair.server.transport.status import abort
+from facilitair.server.transport.tracing import CallTrace, call_trace
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -99,9 +103,10 @@ def certificate_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | N
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticate, parse, bind the principal: for every method there is."""
 
-    def __init__(self, keys: ApiKeys, *, mtls: bool) -> None:
+    def __init__(self, keys: ApiKeys, *, mtls: bool, telemetry: Telemetry | None = None) -> None:
         self._keys = keys
         self._mtls = mtls
+        self._telemetry = telemetry or Telemetry()
 
     async def intercept_service(
         self,
@@ -114,6 +119,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         method: str = details.method
         gate = _Gate(method.rpartition("/")[2], handler.request_deserializer, handler.request_streaming)
+        gate.trace = call_trace(self._telemetry, method, details.invocation_metadata)
         if method.startswith(EXEMPT_PREFIXES):
             gate.exempt = True
         elif self._keys:
@@ -135,6 +141,11 @@ class _Gate:
     principal: str | None = None  # from the API key
     refusal: str | None = None  # why the call is refused before anything is read
     by_certificate: bool = False  # the principal is whom the client certificate names
+    trace: CallTrace | None = None  # the call's span (our service's calls only)
+
+    def traced(self) -> contextlib.AbstractContextManager[None]:
+        """The call's span around everything the call does, refusals included."""
+        return self.trace.covering() if self.trace is not None else contextlib.nullcontext()
 
     async def admit(self, raw_requests: AsyncIterable[bytes], context: Context) -> Any:
         """Authenticate, bind the principal, and give the request: its one message, or its stream of messages."""
@@ -196,22 +207,24 @@ def _served(handler: Handler, gate: _Gate) -> Handler:
     if handler.response_streaming:
 
         async def stream_stream(raw_requests: AsyncIterable[bytes], context: Context) -> AsyncIterator[Any]:
-            request = await gate.admit(raw_requests, context)
-            async with _mapped(context):
-                responses = inner(request, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        yield response
-                else:  # a handler that writes with context.write (health's Watch) and returns nothing
-                    await responses
+            with gate.traced():
+                request = await gate.admit(raw_requests, context)
+                async with _mapped(context):
+                    responses = inner(request, context)
+                    if inspect.isasyncgen(responses):
+                        async for response in responses:
+                            yield response
+                    else:  # a handler that writes with context.write (health's Watch) and returns nothing
+                        await responses
 
         serialize = _passing_bytes(handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
 
     async def stream_unary(raw_requests: AsyncIterable[bytes], context: Context) -> Any:
-        request = await gate.admit(raw_requests, context)
-        async with _mapped(context):
-            return await inner(request, context)
+        with gate.traced():
+            request = await gate.admit(raw_requests, context)
+            async with _mapped(context):
+                return await inner(request, context)
 
     return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=handler.response_serializer)
 

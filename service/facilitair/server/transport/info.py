@@ -13,6 +13,7 @@ from facilitair.server.domain import chain_text
 from facilitair.server.events import wire
 from facilitair.server.events.wire import ServerInfo
 from facilitair.server.pipeline_file import PipelineConfig
+from facilitair.server.sandbox import Sandbox
 from facilitair.server.settings import Settings
 from facilitair.server.transport.requests import MAX_REFINEMENTS, default_models
 
@@ -26,7 +27,13 @@ def package_version() -> str:
 
 
 def server_info(
-    settings: Settings, config: PipelineConfig, *, providers: list[str], store_kind: str, replica_id: str
+    settings: Settings,
+    config: PipelineConfig,
+    *,
+    providers: list[str],
+    store_kind: str,
+    replica_id: str,
+    sandbox: Sandbox | None = None,
 ) -> ServerInfo:
     """The GetServerInfo answer for a server with these settings, providers, store and replica id."""
     return wire.server_info(
@@ -37,4 +44,6 @@ def server_info(
         max_refinements_limit=MAX_REFINEMENTS,
         store_kind=store_kind,
         replica_id=replica_id,
+        sandbox_available=sandbox is not None and sandbox.availability.usable,
+        sandbox_detail=sandbox.availability.detail if sandbox is not None else "",
     )

@@ -10,7 +10,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from facilitair.server.domain import AgentRole, ModelRef, chain_text, parse_chain, why_unstorable
+from facilitair.server.domain import AgentRole, CacheMode, ModelRef, chain_text, parse_chain, why_unstorable
 from facilitair.server.errors import FailedPrecondition, InvalidArgument
 from facilitair.server.pipeline.spec import RunSpec
 from facilitair.server.pipeline_file import PipelineConfig
@@ -137,6 +137,8 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         problems.append(("max_refinements", f"must be at most {MAX_REFINEMENTS}"))
     if request.on_disconnect not in pb.OnDisconnect.values():
         problems.append(("on_disconnect", f"unknown value {request.on_disconnect}"))
+    if request.cache not in pb.CacheMode.values():
+        problems.append(("cache", f"unknown value {request.cache}"))
     if len(request.client_request_id) > MAX_REQUEST_ID_CHARS:
         problems.append(("client_request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))
     if problems:
@@ -154,6 +156,8 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         client_request_id=request.client_request_id,
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
+        sandbox="" if settings.sandbox == "off" else settings.sandbox,
+        cache=CacheMode(request.cache) if request.cache else CacheMode.from_label(settings.cache_default),
     )
 
 

@@ -26,6 +26,7 @@ from facilitair.server.settings import Settings
 from facilitair.server.tasks import TaskSupervisor
 from facilitair.server.transport import requests
 from facilitair.server.transport.guard import current_principal
+from facilitair.server.transport.tracing import current_traceparent
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 
@@ -102,6 +103,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         """Start (or re-attach to) a run and stream its events."""
         structlog.contextvars.bind_contextvars(rpc="Collaborate")
         principal = current_principal()
+        traceparent = current_traceparent()
         creation: list[asyncio.Future[str]] = []  # the run's creation, once it has begun
         cancel_on_disconnect = request.on_disconnect == pb.ON_DISCONNECT_CANCEL
 
@@ -110,7 +112,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             # A task of its own that this call only waits for: a client that leaves while its run is being
             # created does not stop the creation (the run service completes it regardless), and the CANCEL
             # policy then applies to the run it created, once it has one.
-            creating = asyncio.ensure_future(self._runs.create_run(spec, principal))
+            creating = asyncio.ensure_future(self._runs.create_run(spec, principal, traceparent=traceparent))
             creation.append(creating)
             run_id = await asyncio.shield(creating)
             structlog.contextvars.bind_contextvars(run_id=run_id)

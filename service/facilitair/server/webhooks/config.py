@@ -75,6 +75,17 @@ def _url(value: object, where: str) -> str:
         raise ConfigError(f"{where}: must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise ConfigError(f"{where}: must not hold credentials (sign with the secret instead)")
+    # What the client could not connect to is refused now, not found on every attempt (an empty label, as in
+    # `a..b`, fails only when the resolver encodes the name; a port out of range when the request is made).
+    try:
+        if parts.port == 0:
+            raise ValueError("port 0")
+        try:
+            ipaddress.ip_address(parts.hostname.split("%", 1)[0])
+        except ValueError:
+            parts.hostname.encode("idna")
+    except ValueError:  # UnicodeError included
+        raise ConfigError(f"{where}: its host or port cannot be connected to") from None
     return value
 
 
@@ -159,10 +170,15 @@ class AllowList:
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """False for private, loopback, link-local, multicast, reserved and unspecified addresses (IPv4-mapped too)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not (
+    """False for private, loopback, link-local, multicast, reserved and unspecified addresses (IPv4-mapped too).
+
+    Only globally routable addresses pass: 100.64.0.0/10 (shared address space, where some clouds keep their
+    metadata service) is neither private nor reserved, yet not global. A 6to4 address (2002::/16) is judged by
+    the IPv4 address it carries, so 2002:7f00:1:: does not pass for 127.0.0.1.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        address = address.ipv4_mapped or address.sixtofour or address
+    return address.is_global and not (
         address.is_private
         or address.is_loopback
         or address.is_link_local

@@ -93,7 +93,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # HTTP's DIGIT: str.isdigit alone takes "²", which float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -166,6 +166,8 @@ class Sender:
             return Attempt(Outcome.FAILED, error=f"connection failed ({type(exc).__name__})")
         except OSError as exc:
             return Attempt(Outcome.FAILED, error=f"connection failed ({exc.strerror or type(exc).__name__})")
+        except ValueError:  # a URL no request can be made to (a name the resolver cannot encode): never will be
+            return Attempt(Outcome.REFUSED, error="target refused: the URL's host or port cannot be connected to")
 
 
 def _refusal(exc: BaseException) -> TargetRefused | None:
@@ -186,6 +188,3 @@ def _classify(status: int, headers: Any) -> Attempt:
     if 300 <= status < 400:
         return Attempt(Outcome.FAILED, status, f"redirect not followed (HTTP {status})")
     return Attempt(Outcome.FAILED, status, f"HTTP {status}", _retry_after(headers.get("Retry-After")))
-
-
-

@@ -243,6 +243,7 @@ export class RunView {
     else if (event.artifactProduced) this.artifact(event.artifactProduced.artifact || {});
     else if (event.attemptReset) this.reset(event.attemptReset);
     else if (event.modelFallback) this.fallback(event.modelFallback);
+    else if (event.cacheHit) this.cacheHit(event.cacheHit);
     else if (event.runCompleted) this.completed(event.runCompleted);
     else if (event.runFailed) this.failed(event.runFailed);
     else if (event.runCancelled) this.cancelled(event.runCancelled);
@@ -321,6 +322,13 @@ export class RunView {
   fallback(f) {
     const stage = this.stage(f.stage);
     if (stage) stage.note(`giving up on ${f.fromModel} (${f.reason}); falling back to ${f.toModel}`);
+  }
+
+  /** The stage is answered from the response cache: say from where and what it saves. */
+  cacheHit(hit) {
+    const stage = this.stage(hit.stage);
+    const saved = (hit.saved || {}).costUsd || 0;
+    if (stage) stage.note(`from the response cache (run ${hit.sourceRunId}, stage ${hit.sourceStage || 0}): saved ${costText(saved)}`);
   }
 
   /** Text is streaming (or the stage moved on): no "waiting" or "retrying" line. */
