@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from facilitair.server.events.channel import Committed
 from facilitair.server.events.wire import response_frame
 from facilitair.v1 import orchestrator_pb2 as pb
 
@@ -23,3 +24,12 @@ def test_an_empty_event_is_a_response_with_an_empty_event() -> None:
     frame = response_frame(b"")
     assert frame == b"\x0a\x00"
     assert pb.WatchRunResponse.FromString(frame).HasField("event")
+
+
+def test_events_read_from_the_store_are_framed_only_when_asked() -> None:
+    events = [pb.RunEvent(run_id="run-1", seq=s, heartbeat=pb.Heartbeat(stage=1)) for s in (1, 2)]
+    blobs = [e.SerializeToString() for e in events]
+    read = Committed(events, stored=blobs)
+    assert read._frames is None  # a coalescing watcher never asks: nothing framed
+    assert read.frames == [pb.WatchRunResponse(event=e).SerializeToString() for e in events]
+    assert read.frames is read.frames  # framed once, then shared

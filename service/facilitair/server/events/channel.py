@@ -12,7 +12,7 @@ import itertools
 from collections import deque
 
 from facilitair.server.errors import FacilitairError, Reason, Unavailable
-from facilitair.server.events.wire import RunEvent
+from facilitair.server.events.wire import RunEvent, response_frame
 
 # Events of each followed run kept in memory for watchers that are a little behind; further behind (a
 # reconnecting client, a slow reader) they read from the store, an indexed range scan. A token event takes
@@ -24,13 +24,26 @@ TAIL_SIZE = 32
 class Committed(list[RunEvent]):
     """Committed events in seq order, with `frames`: each one's response bytes (wire.response_frame), index for
     index. Made once per commit (or store read) and shared by every watcher that reads it: watchers only read it.
+
+    Events read from the store come with their `stored` bytes instead, framed only when `frames` is first asked
+    for: a replay to a watcher that coalesces tokens (or a remote feed's read that no watcher wants) never pays it.
     """
 
-    __slots__ = ("frames",)
+    __slots__ = ("_frames", "_stored")
 
-    def __init__(self, events: list[RunEvent], frames: list[bytes]) -> None:
+    def __init__(
+        self, events: list[RunEvent], frames: list[bytes] | None = None, *, stored: list[bytes] | None = None
+    ) -> None:
         super().__init__(events)
-        self.frames = frames
+        self._frames = frames
+        self._stored = stored
+
+    @property
+    def frames(self) -> list[bytes]:
+        """Each event's response bytes."""
+        if self._frames is None:
+            self._frames = [response_frame(b) for b in self._stored or ()]
+        return self._frames
 
 
 class RunChannel:

@@ -345,14 +345,14 @@ class EventLog:
 
     async def _stored(self, run_id: str, first_seq: int) -> tuple[Committed, FacilitairError | None]:
         """Stored events from `first_seq` on (a page), up to the first that cannot be read (named by the error)."""
-        events = Committed([], [])
-        frames = events.frames
+        blobs: list[bytes] = []
+        events = Committed([], stored=blobs)  # framed only if a watcher sends them as they are
         for seq, blob in enumerate(await self.store.read_events(run_id, first_seq - 1, READ_PAGE), start=first_seq):
             try:
                 events.append(stored_event(blob))
             except DecodeError:
                 return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
-            frames.append(response_frame(blob))
+            blobs.append(blob)
         return events, None
 
     async def _over(self, run_id: str) -> bool:
