@@ -2,7 +2,8 @@
 
 `py-spy record --pid` samples without stopping the process (`--nonblocking`); the raw output (one line per
 distinct stack: frames separated by `;`, then a count) is kept in bench/results/ and summarised here as the
-share of samples by the library of the innermost frame, and the top functions by self and inclusive samples.
+share of samples by the library of the innermost frame, by stage of a relayed token's path (`_STAGES`), and the top
+functions by self and inclusive samples.
 """
 
 from __future__ import annotations
@@ -58,6 +59,31 @@ async def finish(proc: asyncio.subprocess.Process) -> None:
     await asyncio.wait_for(proc.wait(), 30)
 
 
+# Where a relayed token's time goes: a sample belongs to the first of these stages found in its stack, innermost
+# frame first (so the provider's read inside a stage runner counts as the read, not the stage). A sample of the
+# event loop thread in none of them is the loop's own work: uvloop, and grpc's sends (Cython, no Python frame).
+_STAGES = (
+    ("store writer thread (SQLite)", ("sqlite_batch.py", "store/sqlite.py")),
+    ("watcher: servicer and guard", ("servicer.py", "guard.py")),
+    ("watcher: event log watch, channel, fan-out", ("EventLog.watch", "channel.py", "_fan_out", "relay.py")),
+    ("event log writer loop (batch, serialise)", ("_write_loop", "EventLog._write")),
+    ("event built and appended (recorder)", ("recorder.py", "wire.py", "EventLog.append")),
+    ("provider chunk parsed (json)", ("chat_chunks.py",)),
+    ("provider stream read (aiohttp)", ("openai_provider.py", "aiohttp", "providers/transport.py")),
+    ("stage boundaries (request built, attempts, runs)", (
+        "attempts.py", "orchestrator.py", "openai/", "httpx", "pydantic", "runs/", "pricing.py", "fences.py",
+    )),
+)  # fmt: skip
+
+
+def _stage(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, needles in _STAGES:
+            if any(n in frame for n in needles):
+                return name
+    return "other threads" if any("threading.py" in f for f in frames) else "event loop itself (uvloop, grpc sends)"
+
+
 def _library(frame: str) -> str:
     for needle, name in _LIBRARIES:
         if needle in frame:
@@ -76,6 +102,7 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
     by_library: collections.Counter[str] = collections.Counter()
     self_: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    stages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -87,6 +114,7 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
             continue
         total += count
         by_library[_library(frames[-1])] += count
+        stages[_stage(frames)] += count
         self_[_short(frames[-1])] += count
         for name in {_short(f) for f in frames}:
             inclusive[name] += count
@@ -97,6 +125,7 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
     return {
         "samples": total,
         "by_library_percent": shares(by_library, len(by_library)),
+        "token_path_percent": shares(stages, len(stages)),
         "top_self_percent": shares(self_, top),
         "top_inclusive_percent": shares(inclusive, top),
     }

@@ -145,6 +145,24 @@ def test_profile_summary(tmp_path: Path) -> None:
     assert summary["samples"] == 4
     assert dict(summary["by_library_percent"]) == {"json": 75.0, "facilitair": 25.0}
     assert summary["top_inclusive_percent"][0] == ("main (servicer.py)", 100.0)
+    # By stage of the token's path: both samples are the servicer's, whatever their innermost frame.
+    assert dict(summary["token_path_percent"]) == {"watcher: servicer and guard": 100.0}
+
+
+def test_profile_stages_the_innermost_part_of_the_token_path(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "thread (1): MainThread;run (attempts.py:1);stream (facilitair/server/providers/chat_chunks.py:2);"
+        "raw_decode (json/decoder.py:3) 2\n"
+        "thread (1): MainThread;Runner.run (asyncio/runners.py:1) 1\n"
+        "thread (2): Thread-1;Thread.run (threading.py:1);insert_rows (store/sqlite_batch.py:9) 1\n",
+        encoding="utf-8",
+    )
+    assert dict(summarise(raw)["token_path_percent"]) == {
+        "provider chunk parsed (json)": 50.0,
+        "event loop itself (uvloop, grpc sends)": 25.0,
+        "store writer thread (SQLite)": 25.0,
+    }
 
 
 def test_table_shows_missing_values_as_dashes() -> None:
@@ -169,7 +187,7 @@ def test_table_shows_missing_values_as_dashes() -> None:
 def test_patches_name_the_alternatives_of_what_was_adopted() -> None:
     assert patches.apply([]) == "auto"
     assert patches.apply(["asyncio"]) == "asyncio"
-    with pytest.raises(ValueError, match="unknown patch 'uvloop'; known: httpx, asyncio"):
+    with pytest.raises(ValueError, match="unknown patch 'uvloop'; known: httpx, asyncio, messages"):
         patches.apply(["uvloop"])  # adopted: the default now, no longer a patch
 
 

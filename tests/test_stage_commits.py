@@ -21,7 +21,7 @@ import pytest
 
 from facilitair.client import Client
 from facilitair.server.errors import Reason, Unavailable
-from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.channel import Committed, RunChannel
 from facilitair.server.transport.app import create_server
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -134,7 +134,7 @@ async def test_a_wait_for_a_commit_ends_when_the_channel_ends_first(ending: str)
     channel = RunChannel("run", last_seq=3)
     waiting = asyncio.create_task(channel.until_committed(5))
     await channel.until_committed(3)  # what is committed already returns at once
-    channel.commit([pb.RunEvent(seq=4)], terminal=False)  # still short of 5
+    channel.commit(Committed([pb.RunEvent(seq=4)], [b""]), terminal=False)  # still short of 5
     error = Unavailable("the store cannot write", reason=Reason.STORE_UNAVAILABLE)
     channel.close(moved=ending == "moved", error=error if ending == "error" else None)
     with pytest.raises(Unavailable) as ended:

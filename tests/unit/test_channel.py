@@ -7,13 +7,15 @@ import asyncio
 import pytest
 
 from facilitair.server.errors import DataCorrupt
-from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.channel import Committed, RunChannel
+from facilitair.server.events.wire import response_frame
 from facilitair.v1 import orchestrator_pb2 as pb
 
 
-def events(first: int, last: int) -> list[pb.RunEvent]:
-    """Events first..last of one run."""
-    return [pb.RunEvent(run_id="r", seq=s, heartbeat=pb.Heartbeat()) for s in range(first, last + 1)]
+def events(first: int, last: int) -> Committed:
+    """Events first..last of one run, each with its response bytes, as the event log commits them."""
+    made = [pb.RunEvent(run_id="r", seq=s, heartbeat=pb.Heartbeat()) for s in range(first, last + 1)]
+    return Committed(made, [response_frame(e.SerializeToString()) for e in made])
 
 
 def seqs(found: list[pb.RunEvent] | None) -> list[int] | None:
@@ -45,7 +47,10 @@ async def test_tail_from_answers_from_memory_only_what_it_still_holds(
     channel = RunChannel("r", last_seq=10, tail_size=4)
     for first, last in commits:
         channel.commit(events(first, last), terminal=False)
-    assert seqs(channel.tail_from(seq)) == answer
+    found = channel.tail_from(seq)
+    assert seqs(found) == answer
+    if found is not None:  # each event with its own response bytes, whatever was trimmed
+        assert found.frames == [pb.WatchRunResponse(event=e).SerializeToString() for e in found]
     assert channel.committed_seq == (commits[-1][1] if commits else 10)
     assert channel.next_seq == 11  # numbering is the writer's: commits do not move it
 

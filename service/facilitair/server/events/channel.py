@@ -12,13 +12,38 @@ import itertools
 from collections import deque
 
 from facilitair.server.errors import FacilitairError, Reason, Unavailable
-from facilitair.server.events.wire import RunEvent
+from facilitair.server.events.wire import RunEvent, response_frame
 
 # Events of each followed run kept in memory for watchers that are a little behind; further behind (a
 # reconnecting client, a slow reader) they read from the store, an indexed range scan. A token event takes
 # about 0.9 KB in memory, so this is about 29 KB per run (128 events made the RSS per active run miss its
 # 256 KB goal; docs/benchmarks.md). A commit larger than this is kept whole until the next one.
 TAIL_SIZE = 32
+
+
+class Committed(list[RunEvent]):
+    """Committed events in seq order, with `frames`: each one's response bytes (wire.response_frame), index for
+    index. Made once per commit (or store read) and shared by every watcher that reads it: watchers only read it.
+
+    Events read from the store come with their `stored` bytes instead, framed only when `frames` is first asked
+    for: a replay to a watcher that coalesces tokens (or a remote feed's read that no watcher wants) never pays it.
+    """
+
+    __slots__ = ("_frames", "_stored")
+
+    def __init__(
+        self, events: list[RunEvent], frames: list[bytes] | None = None, *, stored: list[bytes] | None = None
+    ) -> None:
+        super().__init__(events)
+        self._frames = frames
+        self._stored = stored
+
+    @property
+    def frames(self) -> list[bytes]:
+        """Each event's response bytes."""
+        if self._frames is None:
+            self._frames = [response_frame(b) for b in self._stored or ()]
+        return self._frames
 
 
 class RunChannel:
@@ -31,6 +56,7 @@ class RunChannel:
 
     __slots__ = (
         "_changed",
+        "_frames",
         "_tail",
         "_tail_size",
         "committed_seq",
@@ -52,17 +78,20 @@ class RunChannel:
         self.error: FacilitairError | None = None
         # The newest committed events, seqs contiguous and ending at committed_seq.
         self._tail: deque[RunEvent] = deque()
+        self._frames: deque[bytes] = deque()  # each tail event's response bytes, index for index
         self._tail_size = tail_size
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def commit(self, events: list[RunEvent], terminal: bool) -> None:
+    def commit(self, events: Committed, terminal: bool) -> None:
         """Events are durable: add them to the tail and wake the watchers."""
-        tail = self._tail
+        tail, frames = self._tail, self._frames
         tail.extend(events)
+        frames.extend(events.frames)
         # Keep `tail_size` events, or the whole of this commit if it is larger: the watchers woken next want
         # all of it, and reading it back from the store would cost more than holding it until they have.
         for _ in range(len(tail) - max(self._tail_size, len(events))):
             tail.popleft()
+            frames.popleft()
         self.committed_seq = events[-1].seq
         self.finished = self.finished or terminal
         self._wake()
@@ -78,18 +107,20 @@ class RunChannel:
         """True once nothing more will come through this channel."""
         return self.finished or self.moved or self.error is not None
 
-    def tail_from(self, seq: int) -> list[RunEvent] | None:
+    def tail_from(self, seq: int) -> Committed | None:
         """Committed events from `seq` on, if the tail still holds `seq`."""
         wanted = self.committed_seq - seq + 1
         tail = self._tail
         if wanted > len(tail):
             return None
         if wanted <= 0:
-            return []
+            return Committed([], [])
         # From the right end: a live watcher wants the few newest events of a tail that may be long.
         events = list(itertools.islice(reversed(tail), wanted))
         events.reverse()
-        return events
+        frames = list(itertools.islice(reversed(self._frames), wanted))
+        frames.reverse()
+        return Committed(events, frames)
 
     async def wait_changed(self) -> None:
         """Return once more events are committed or the channel ended."""

@@ -25,10 +25,10 @@ from google.protobuf.message import DecodeError
 from facilitair.server import metrics
 from facilitair.server.domain import FINISHED_STATES
 from facilitair.server.errors import DataCorrupt, FacilitairError
-from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.channel import Committed, RunChannel
 from facilitair.server.events.health import StoreHealth
 from facilitair.server.events.remote import RemoteFeed, RemoteFeeds
-from facilitair.server.events.wire import TERMINAL_PAYLOADS, RunEvent, stored_event
+from facilitair.server.events.wire import TERMINAL_PAYLOADS, RunEvent, response_frame, stored_event
 from facilitair.server.retrying import RetryPolicy
 from facilitair.server.store.base import (
     Batch,
@@ -197,8 +197,9 @@ class EventLog:
             deliveries, self._deliveries = self._deliveries, []
             flushed, self._flushed = self._flushed, []
             epochs, self._epochs = self._epochs, {}
+            stored = [StoredEvent(e.run_id, e.seq, e.SerializeToString()) for _, e, _ in events]
             batch = Batch(
-                [StoredEvent(e.run_id, e.seq, e.SerializeToString()) for _, e, _ in events],
+                stored,
                 list(runs.values()),
                 checkpoints,
                 epochs,
@@ -216,12 +217,13 @@ class EventLog:
                 # Another replica holds these runs under a newer epoch: nothing of theirs was written, so
                 # watchers must not see it either, and this replica must stop driving them.
                 log.warning("event_write_refused", runs=sorted(refused))
-                events = [item for item in events if item[0].run_id not in refused]
+                kept = [i for i, item in enumerate(events) if item[0].run_id not in refused]
+                events, stored = [events[i] for i in kept], [stored[i] for i in kept]
                 self._on_refused(refused)
             metrics.count_events(Tally(kind for _, _, kind in events))
             if any(d.run_id not in refused for d in deliveries):
                 self.on_deliveries()
-            self._fan_out(events)
+            self._fan_out(events, stored)
             for done in flushed:
                 if not done.done():
                     done.set_result(None)
@@ -265,14 +267,17 @@ class EventLog:
                     async with asyncio.timeout(retry.delay):
                         await asyncio.shield(wake)
 
-    def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]]) -> None:
-        by_channel: dict[RunChannel, list[RunEvent]] = {}
+    def _fan_out(self, events: list[tuple[RunChannel, RunEvent, str]], stored: list[StoredEvent]) -> None:
+        """Hand each channel its committed events, each with its response bytes made from the bytes just stored
+        (once here, for every watcher of the run), and wake its watchers."""
+        by_channel: dict[RunChannel, Committed] = {}
         ended: list[RunChannel] = []
-        for channel, event, kind in events:
+        for (channel, event, kind), written in zip(events, stored, strict=True):
             evs = by_channel.get(channel)
             if evs is None:
-                evs = by_channel[channel] = []
+                evs = by_channel[channel] = Committed([], [])
             evs.append(event)
+            evs.frames.append(response_frame(written.data))
             if kind in TERMINAL_PAYLOADS:
                 ended.append(channel)
         for channel, evs in by_channel.items():
@@ -283,7 +288,7 @@ class EventLog:
 
     # -- watching -------------------------------------------------------------------------------------------
 
-    async def watch(self, run_id: str, after_seq: int) -> AsyncIterator[list[RunEvent]]:
+    async def watch(self, run_id: str, after_seq: int) -> AsyncIterator[Committed]:
         """Yield lists of committed events with seq > after_seq, in order, until the run ends.
 
         The run is followed through its channel here when this replica drives it, else from the store (a run
@@ -338,14 +343,16 @@ class EventLog:
                 if feed is not None:
                     await self.remote.detach(feed)
 
-    async def _stored(self, run_id: str, first_seq: int) -> tuple[list[RunEvent], FacilitairError | None]:
+    async def _stored(self, run_id: str, first_seq: int) -> tuple[Committed, FacilitairError | None]:
         """Stored events from `first_seq` on (a page), up to the first that cannot be read (named by the error)."""
-        events = []
+        blobs: list[bytes] = []
+        events = Committed([], stored=blobs)  # framed only if a watcher sends them as they are
         for seq, blob in enumerate(await self.store.read_events(run_id, first_seq - 1, READ_PAGE), start=first_seq):
             try:
                 events.append(stored_event(blob))
             except DecodeError:
                 return events, DataCorrupt(f"event {seq} of run {run_id} cannot be read: the store holds corrupt data")
+            blobs.append(blob)
         return events, None
 
     async def _over(self, run_id: str) -> bool:

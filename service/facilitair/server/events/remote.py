@@ -17,7 +17,7 @@ import structlog
 
 from facilitair.server.domain import RunState
 from facilitair.server.errors import FacilitairError, NotFound, Reason, Unavailable
-from facilitair.server.events.channel import RunChannel
+from facilitair.server.events.channel import Committed, RunChannel
 from facilitair.server.events.wire import RunEvent
 from facilitair.server.store.base import EventStore, StoreUnavailable
 from facilitair.server.tasks import TaskSupervisor, cancel_and_wait, start_task
@@ -30,7 +30,7 @@ CHECK_EVERY = 1.0
 ORPHANED_AFTER = 60.0
 
 # Reads a run's stored events after a seq: (events, the error that stopped the read early or None).
-ReadEvents = Callable[[str, int], Awaitable[tuple[list[RunEvent], FacilitairError | None]]]
+ReadEvents = Callable[[str, int], Awaitable[tuple[Committed, FacilitairError | None]]]
 IsTerminal = Callable[[RunEvent], bool]
 
 

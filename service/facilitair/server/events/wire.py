@@ -7,7 +7,7 @@ providers/ and store/ never import the stubs (an import-linter contract in pypro
 RunEvents and transport/ reads requests (transport/requests.py). The names re-exported below are for type
 annotations there.
 
-The token event is the hot path: `token_delta` makes it with one constructor call, nothing more (the recorder
+The token event is the hot path: `token_delta` makes it and sets its delta in place, nothing more (the recorder
 saves a call of its own in exchange: RunRecorder.token).
 """
 
@@ -41,6 +41,11 @@ ServerInfo = pb.GetServerInfoResponse
 
 # A stored event read back (the same function as the message's own, so replay pays no call of ours per event).
 stored_event = pb.RunEvent.FromString
+
+# CollaborateResponse and WatchRunResponse are each one field, `RunEvent event = 1`, so both encode as this tag
+# (field 1, length-delimited), the event's length as a varint, then the event's bytes: see `response_frame`.
+_EVENT_FIELD_TAG = b"\x0a"
+_SHORT_PREFIXES = tuple(_EVENT_FIELD_TAG + bytes((n,)) for n in range(0x80))  # a token event is shorter than 128
 
 # The events that end a run, each setting one of domain.FINISHED_STATES.
 TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
@@ -175,8 +180,16 @@ def state_name(state: int) -> str:
 
 
 def token_delta(stage: int, text: str) -> pb.RunEvent:
-    """A text delta, exactly as the provider streamed it (the hot path)."""
-    return _RunEvent(token_delta=_TokenDelta(stage=stage, text=text))
+    """A text delta, exactly as the provider streamed it (the hot path).
+
+    The delta's fields are set in the event's own: constructing a TokenDelta and passing it in copies it, which made
+    this 2.4 us where it is 1.3 (with the recorder's run_id and time; issue 26).
+    """
+    event = _RunEvent()
+    delta = event.token_delta
+    delta.stage = stage
+    delta.text = text
+    return event
 
 
 def joined_tokens(first: pb.RunEvent, last: pb.RunEvent, text: str) -> pb.RunEvent:
@@ -479,6 +492,22 @@ class Summary:
 
 
 # -- responses -----------------------------------------------------------------------------------------
+
+
+def response_frame(stored: bytes) -> bytes:
+    """The wire bytes of a CollaborateResponse and of a WatchRunResponse (the same bytes) carrying the event
+    serialised as `stored`: made once per event as it commits and sent as they are to every watcher, where
+    wrapping the event in a response message (which copies it) and serialising that cost each watcher ~6 us.
+    """
+    n = len(stored)
+    if n < 0x80:
+        return _SHORT_PREFIXES[n] + stored
+    length = bytearray()
+    while n >= 0x80:
+        length.append((n & 0x7F) | 0x80)
+        n >>= 7
+    length.append(n)
+    return _EVENT_FIELD_TAG + bytes(length) + stored
 
 
 def collaborate_response(event: pb.RunEvent) -> pb.CollaborateResponse:

@@ -17,9 +17,10 @@ import structlog
 
 from facilitair.server.domain import FINISHED_STATES, Decision
 from facilitair.server.errors import Reason, Unavailable
+from facilitair.server.events.channel import Committed
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.health import StoreHealth
-from facilitair.server.events.wire import RunEvent, RunSummary
+from facilitair.server.events.wire import RunSummary
 from facilitair.server.pipeline.plan import PlanEstimator
 from facilitair.server.pipeline.plan_history import StageHistory
 from facilitair.server.pipeline.spec import RunSpec
@@ -199,7 +200,7 @@ class RunService:
 
     # -- asking about runs ----------------------------------------------------------------------
 
-    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[list[RunEvent]]:
+    async def watch(self, run_id: str, after_seq: int, principal: str) -> AsyncIterator[Committed]:
         """Check the request, then return the run's events after `after_seq` until its end."""
         row = await self._queries.check_watch(run_id, after_seq, principal)
         return self.events.watch(row.run_id, after_seq)

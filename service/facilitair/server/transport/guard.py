@@ -19,6 +19,8 @@ Deny by default: every method of every service, whatever its shape, is served th
 - The principal and the RPC's name are bound in contextvars for the servicer and the logs.
 - Each call of facilitair.v1 is covered by its trace span (tracing.py), here where every call already passes, so
   that tracing adds no step per message sent.
+- A streaming handler may yield bytes already serialised (`_passing_bytes`): the servicer sends each committed
+  event's response bytes, made once, to every watcher of the run.
 """
 
 from __future__ import annotations
@@ -215,7 +217,8 @@ def _served(handler: Handler, gate: _Gate) -> Handler:
                     else:  # a handler that writes with context.write (health's Watch) and returns nothing
                         await responses
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=handler.response_serializer)
+        serialize = _passing_bytes(handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
 
     async def stream_unary(raw_requests: AsyncIterable[bytes], context: Context) -> Any:
         with gate.traced():
@@ -224,3 +227,14 @@ def _served(handler: Handler, gate: _Gate) -> Handler:
                 return await inner(request, context)
 
     return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=handler.response_serializer)
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The handler's response serialiser, except that bytes (a response serialised already) pass as they are."""
+    if serialize is None:  # the handler gives bytes already
+        return None
+
+    def serializer(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serializer

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
 
 from facilitair.server import metrics
 from facilitair.server.events import wire
+from facilitair.server.events.channel import Committed
 from facilitair.server.events.relay import coalesce_tokens
 from facilitair.server.events.wire import TERMINAL_PAYLOADS
 from facilitair.server.pipeline_file import PipelineConfig
@@ -33,7 +34,7 @@ log = structlog.get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
 R = TypeVar("R")
-EventBatches = AsyncIterator[list[pb.RunEvent]]
+EventBatches = AsyncIterator[Committed]
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
@@ -63,17 +64,24 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         *,
         coalesce: bool,
         on_client_gone: Callable[[], None] | None = None,
-    ) -> AsyncGenerator[R, None]:
+    ) -> AsyncGenerator[Any, None]:  # R or bytes (the response serialised): typed Any for the stubs' signatures
         sent = metrics.MESSAGES_SENT.labels(rpc)
         metrics.WATCHERS_ACTIVE.inc()
         complete = False
         event: pb.RunEvent | None = None  # the last one yielded
         try:
             async for batch in await open_events():
-                events = coalesce_tokens(batch) if coalesce else batch
-                for event in events:
-                    yield message(event)
-                sent.inc(len(events))
+                if coalesce:
+                    events = coalesce_tokens(batch)
+                    for event in events:
+                        yield message(event)
+                    sent.inc(len(events))
+                    continue
+                # Each event's response as bytes, made once as it committed and shared by every watcher of the
+                # run: the same for both RPCs, and sent as they are (the guard's serialiser passes bytes on).
+                for event, frame in zip(batch, batch.frames, strict=True):  # noqa: B007 - `event`: the last one sent
+                    yield frame
+                sent.inc(len(batch))
             complete = True
         except (asyncio.CancelledError, GeneratorExit):
             # The client went away (cancelled, deadline, connection lost), or the server is stopping. grpc tells
