@@ -291,3 +291,32 @@ async def test_a_claimed_run_whose_resume_fails_gives_its_lease_back_and_the_oth
         again.server.runs._leases.claim_soon()
         resumed = await collect(again.client.watch(faulty))
         assert kind(resumed[-1]) == "run_completed", [kind(e) for e in resumed]
+
+
+async def test_a_run_creation_that_fails_after_its_caller_left_is_logged_once(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creation was a bare ensure_future: failing after the client left, its error was lost behind a shield."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        entered, fail = asyncio.Event(), asyncio.Event()
+
+        async def create_failing_late(self: RunStarter, *args: object) -> str:
+            entered.set()
+            await fail.wait()
+            raise RuntimeError("creation failed late")
+
+        monkeypatch.setattr(RunStarter, "_create", create_failing_late)
+        channel, stub = stub_of(h.target)
+        with captured_logs() as logs:
+            async with channel:
+                call = stub.Collaborate(pb.CollaborateRequest(task=TASK))
+                await entered.wait()
+                call.cancel()  # the client leaves while its run is being created
+                await logs.until("stream_closed", rpc="Collaborate")
+            fail.set()
+            await logs.until("background_task_failed")
+        failures = logs.of("background_task_failed")
+        assert [(e["owner"], e["task"], str(e["exc_info"])) for e in failures] == [
+            ("server", "create-run", "creation failed late")
+        ]
