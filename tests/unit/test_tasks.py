@@ -170,3 +170,24 @@ async def test_cancel_and_wait_waits_for_the_cleanup_of_a_long_lived_task() -> N
     await cancel_and_wait(task)
     assert task.cancelled()
     assert cleaned == [True]
+
+
+async def test_cancel_and_wait_lets_its_callers_own_cancellation_through() -> None:
+    began, ending = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_end() -> None:
+        began.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ending.set()  # cancelled by cancel_and_wait, which now waits for this cleanup
+            await asyncio.Event().wait()
+
+    task = start_task(slow_to_end(), name="slow")
+    await began.wait()
+    stopping = asyncio.create_task(cancel_and_wait(task))
+    await ending.wait()
+    stopping.cancel()  # the caller is cancelled while it waits: that cancellation is its own, not swallowed
+    await asyncio.wait([stopping])
+    assert stopping.cancelled()
+    assert task.cancelled()

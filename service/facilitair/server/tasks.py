@@ -10,7 +10,6 @@ stopped, a run being created) belongs to a `TaskSupervisor`, one per owning part
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -39,8 +38,13 @@ async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None
     if task is None or task.done():
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        # The task's own end is expected; a cancel of the caller while it waited is the caller's, and goes on.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 class TaskSupervisor:
