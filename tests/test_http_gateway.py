@@ -253,7 +253,10 @@ async def test_bad_bodies_are_400_naming_the_field(env: Env, http: aiohttp.Clien
         assert violations[0]["field"] == field, (body[:40], violations)
     async with http.get("/v1/nothing-here") as response:
         assert response.status == 404
-        assert (await response.json())["reason"] == "RUN_NOT_FOUND"
+        error = await response.json()
+    # An unknown path is not a missing run: its reason says so, with the plain NOT_FOUND code.
+    assert (error["code"], error["reason"]) == (5, "PATH_NOT_FOUND")
+    assert error["message"] == "no such path: /v1/nothing-here"
 
 
 @pytest.mark.sqlite_only  # no store involved

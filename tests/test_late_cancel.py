@@ -2,10 +2,10 @@
 
 Once the pipeline has returned, the run's task still awaits (its silence watchdog stopping, the event log's
 flush) before it records its terminal event. A CancelRun (or a server stop) in that moment must not leave the run
-without a terminal event (`running` in the store with nobody driving it). Today the run's own cancellation is
-absorbed by `tasks.cancel_and_wait` inside the watchdog's stop; this test holds that window shut whatever
-changes there. The cancel is asked for at exactly that point, from inside the watchdog's stop, so the order does
-not depend on timing.
+without a terminal event (`running` in the store with nobody driving it). The lifecycle no longer cancels a
+run whose ending is decided (`RunLifecycle.decided`); `tasks.cancel_and_wait` lets a caller's own cancellation
+through, so it no longer hides one; this test holds that window shut whatever changes there. The cancel is
+asked for at exactly that point, from inside the watchdog's stop, so the order does not depend on timing.
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ import grpc
 import pytest
 
 from facilitair.client import FacilitairError, StatusCode
+from facilitair.server.runs.starts import RunStarter
+from facilitair.server.store.base import Claim
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import RunStream, collect, kind
+from tests.harness.logs import captured_logs
 from tests.harness.scripts import AGENTS, agent_of, default_replies, held, scripted
 from tests.harness.servers import ServerFactory
 from tests.harness.stores import Target, commits_held, execute
@@ -254,3 +257,66 @@ async def test_unreadable_stored_runs_fail_alone_and_the_server_starts(make_serv
             assert [kind(e) for e in watched] == ["run_failed"], what
         resumed = await collect(again.client.watch(good))
         assert kind(resumed[-1]) == "run_completed"
+
+
+async def test_a_claimed_run_whose_resume_fails_gives_its_lease_back_and_the_others_are_driven(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in one claimed run's resume left the rest of that batch claimed but undriven (and here, since the
+    batch is claimed at start-up, stopped the server from starting)."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        await h.stop()
+        first, faulty, last = [await _bad_row(h.store, _spec_with()) for _ in range(3)]
+        resume = RunStarter.resume
+        faults: list[str] = []
+
+        async def resume_failing_once(self: RunStarter, claim: Claim) -> None:
+            if claim.row.run_id == faulty and not faults:
+                faults.append(faulty)
+                raise RuntimeError("injected fault")
+            await resume(self, claim)
+
+        monkeypatch.setattr(RunStarter, "resume", resume_failing_once)
+        with captured_logs() as logs:
+            again = await make_server(openai=fake, lease_seconds=300)
+            for run_id in (first, last):
+                watched = await collect(again.client.watch(run_id))
+                assert kind(watched[-1]) == "run_completed", [kind(e) for e in watched]
+        [failed] = logs.of("run_resume_failed")
+        assert (failed["run_id"], failed["log_level"]) == (faulty, "error")
+        assert faults == [faulty]
+        # Its lease was given back at once: the next claim (on PostgreSQL the release's notification already asked
+        # for one) takes it; a five-minute lease kept would leave it undriven past the test's hang guard.
+        again.server.runs._leases.claim_soon()
+        resumed = await collect(again.client.watch(faulty))
+        assert kind(resumed[-1]) == "run_completed", [kind(e) for e in resumed]
+
+
+async def test_a_run_creation_that_fails_after_its_caller_left_is_logged_once(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creation was a bare ensure_future: failing after the client left, its error was lost behind a shield."""
+    async with FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake)
+        entered, fail = asyncio.Event(), asyncio.Event()
+
+        async def create_failing_late(self: RunStarter, *args: object) -> str:
+            entered.set()
+            await fail.wait()
+            raise RuntimeError("creation failed late")
+
+        monkeypatch.setattr(RunStarter, "_create", create_failing_late)
+        channel, stub = stub_of(h.target)
+        with captured_logs() as logs:
+            async with channel:
+                call = stub.Collaborate(pb.CollaborateRequest(task=TASK))
+                await entered.wait()
+                call.cancel()  # the client leaves while its run is being created
+                await logs.until("stream_closed", rpc="Collaborate")
+            fail.set()
+            await logs.until("background_task_failed")
+        failures = logs.of("background_task_failed")
+        assert [(e["owner"], e["task"], str(e["exc_info"])) for e in failures] == [
+            ("server", "create-run", "creation failed late")
+        ]

@@ -25,7 +25,7 @@ from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
 from tests.harness.events import EventCall, RunStream, kind, payload, read_rest, read_until
-from tests.harness.logs import on_log
+from tests.harness.logs import captured_logs, on_log
 from tests.harness.scripts import default_replies, held, scripted
 from tests.harness.servers import Harness, ServerFactory
 from tests.harness.webhooks import HANG, Answer, Receiver, endpoints_file, new_secret
@@ -124,6 +124,36 @@ async def test_a_completed_run_is_delivered_once_signed_with_ids_usage_and_file_
         assert sent.id in {r.id for r in stored}
         assert all(r.payload == sent.body for r in stored)
         assert len(receiver.requests) == 1
+
+
+async def test_a_crash_of_the_delivery_loop_is_logged_and_the_loop_starts_again(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    secret = new_secret()
+    async with Receiver(secret) as receiver, FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake, **hooks(tmp_path, {"url": receiver.url, "secret": secret}))
+        dispatcher = h.server.runs.webhooks
+        sleep = dispatcher._sleep
+        crashes: list[bool] = []
+
+        async def crash_once() -> None:  # an error nobody planned for, once, where the loop waits for work
+            if not crashes:
+                crashes.append(True)
+                raise RuntimeError("unexpected")
+            await sleep()
+
+        dispatcher._sleep = crash_once  # type: ignore[method-assign]
+        with captured_logs() as logs:
+            first = await h.run("task one")
+            await receiver.until(1)
+            await logs.until("webhook_dispatcher_restarted")
+            second = await h.run("task two")  # delivered by the loop started again, not lost
+            got = await receiver.until(2)
+        [failed] = logs.of("background_task_failed")
+        assert (failed["task"], str(failed["exc_info"])) == ("webhook-dispatcher", "unexpected")
+        assert len(logs.of("webhook_dispatcher_restarted")) == 1
+        assert sorted(r.json["data"]["run_id"] for r in got) == sorted([first[0].run_id, second[0].run_id])
+        assert crashes == [True]
 
 
 async def test_500s_then_success_retry_with_the_same_webhook_id_and_honour_retry_after(

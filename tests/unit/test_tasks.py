@@ -104,8 +104,37 @@ async def test_an_awaited_task_leaves_its_errors_to_the_caller() -> None:
         raise ValueError("limited")
 
     with structlog.testing.capture_logs() as logs, pytest.raises(ValueError, match="limited"):
-        await tasks.spawn(refuse(), awaited=True)
+        await tasks.join(tasks.spawn(refuse(), awaited=True))
     assert [e for e in logs if e["event"] == "background_task_failed"] == []
+    assert len(tasks) == 0
+
+
+async def test_an_awaited_task_whose_caller_left_has_its_error_logged_once(unhandled: list[dict[str, Any]]) -> None:
+    tasks = TaskSupervisor("owner-b")
+    joined, fail = asyncio.Event(), asyncio.Event()
+
+    async def create() -> str:
+        await fail.wait()
+        raise RuntimeError("store refused")
+
+    async def caller(task: asyncio.Task[str]) -> str:
+        joined.set()
+        return await tasks.join(task)
+
+    with structlog.testing.capture_logs() as logs:
+        task = tasks.spawn(create(), name="create-x", awaited=True)
+        leaving = asyncio.create_task(caller(task))
+        await joined.wait()
+        leaving.cancel()  # the client left while its run was being created
+        await asyncio.wait([leaving])
+        assert not task.done()  # the caller leaving does not stop the work
+        fail.set()
+        await asyncio.wait([task])
+        del task
+        gc.collect()
+    failures = [e for e in logs if e["event"] == "background_task_failed"]
+    assert [(e["owner"], e["task"], str(e["exc_info"])) for e in failures] == [("owner-b", "create-x", "store refused")]
+    assert unhandled == []
     assert len(tasks) == 0
 
 
@@ -141,3 +170,24 @@ async def test_cancel_and_wait_waits_for_the_cleanup_of_a_long_lived_task() -> N
     await cancel_and_wait(task)
     assert task.cancelled()
     assert cleaned == [True]
+
+
+async def test_cancel_and_wait_lets_its_callers_own_cancellation_through() -> None:
+    began, ending = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_end() -> None:
+        began.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ending.set()  # cancelled by cancel_and_wait, which now waits for this cleanup
+            await asyncio.Event().wait()
+
+    task = start_task(slow_to_end(), name="slow")
+    await began.wait()
+    stopping = asyncio.create_task(cancel_and_wait(task))
+    await ending.wait()
+    stopping.cancel()  # the caller is cancelled while it waits: that cancellation is its own, not swallowed
+    await asyncio.wait([stopping])
+    assert stopping.cancelled()
+    assert task.cancelled()

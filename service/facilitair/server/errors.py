@@ -5,7 +5,7 @@ No transport here: the gRPC status of each reason is decided in one table, trans
 FacilitairError                 base; `public_message` is safe to show a caller, `reason` is stable
 ├── InvalidArgument             a request field is wrong (lists every field violation)
 │   └── AmbiguousRunId          a run id prefix that more than one of the caller's runs start with
-├── NotFound                    no such run (for this caller)
+├── NotFound                    no such run (for this caller); reason PATH_NOT_FOUND for an unknown HTTP path
 ├── OutOfRange                  after_seq past the end of a run
 ├── FailedPrecondition          the server or the request cannot work as set up (e.g. no provider key)
 ├── AlreadyExists               an idempotency key reused for a different request
@@ -28,6 +28,8 @@ class Reason(enum.StrEnum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    # An HTTP path the gateway does not serve (a typo, an old client): not a missing run.
+    PATH_NOT_FOUND = "PATH_NOT_FOUND"
     RUN_ID_AMBIGUOUS = "RUN_ID_AMBIGUOUS"
     SEQ_OUT_OF_RANGE = "SEQ_OUT_OF_RANGE"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"

@@ -10,7 +10,6 @@ stopped, a run being created) belongs to a `TaskSupervisor`, one per owning part
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -39,8 +38,13 @@ async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None
     if task is None or task.done():
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        # The task's own end is expected; a cancel of the caller while it waited is the caller's, and goes on.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 class TaskSupervisor:
@@ -54,24 +58,40 @@ class TaskSupervisor:
     def __init__(self, owner: str) -> None:
         self._owner = owner  # named in the log when one of its tasks fails
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting: dict[asyncio.Task[Any], int] = {}  # awaited tasks still running: how many callers join them
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def spawn(self, work: Coroutine[Any, Any, T], *, name: str | None = None, awaited: bool = False) -> asyncio.Task[T]:
-        """Run `work` as a task of this owner; `awaited`: a caller awaits it and handles its errors, so they are
-        not logged here. After close() the task is cancelled before it runs: nothing outlives its owner."""
+        """Run `work` as a task of this owner; `awaited`: a caller waits for it with `join` and handles its errors,
+        so they are logged here only when no caller is left to receive them. After close() the task is cancelled
+        before it runs: nothing outlives its owner."""
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard if awaited else self._ended)
+        if awaited:
+            self._waiting[task] = 0
+        task.add_done_callback(self._ended)
         if self._closed:
             task.cancel()
         return task
 
+    async def join(self, task: asyncio.Task[T]) -> T:
+        """Wait for an awaited task; a caller that leaves meanwhile does not stop it (the work belongs to the
+        owner), and if it then fails with no caller left waiting, its error is logged instead of lost."""
+        self._waiting[task] = self._waiting.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task in self._waiting:
+                self._waiting[task] -= 1
+
     def _ended(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        _report(task, self._owner)
+        # Runs before any joiner resumes (it was added first): a joiner still counted receives the error itself.
+        if self._waiting.pop(task, 0) == 0:
+            _report(task, self._owner)
 
     async def close(self) -> None:
         """Cancel the tasks still running and wait until every one has ended (their errors are logged as ever)."""

@@ -222,7 +222,7 @@ class Gateway:
         except web.HTTPException as exc:  # aiohttp's own answers: 404 for an unknown path, 405, ...
             status = exc.status
             if exc.status == 404:
-                return _error(NotFound(f"no such path: {request.path[:200]}"))
+                return _error(NotFound(f"no such path: {request.path[:200]}", reason=Reason.PATH_NOT_FOUND))
             raise
         except (asyncio.CancelledError, ConnectionError):
             status = 499

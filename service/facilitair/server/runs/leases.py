@@ -168,7 +168,18 @@ class LeaseKeeper:
                 # more, and the run resumes from what is stored, as after a takeover; never driven twice.
                 log.warning("run_lease_retaken", run_id=run_id, epoch=claim.row.epoch)
                 await self._lifecycle.lose_and_wait(run_id)
-            await self._starter.resume(claim)
+            try:
+                await self._starter.resume(claim)
+            except Exception:  # each claimed run stands alone: the rest of the batch is driven all the same
+                log.exception("run_resume_failed", run_id=run_id)
+                await self._give_back(run_id, claim.row.epoch)
+
+    async def _give_back(self, run_id: str, epoch: int) -> None:
+        """Expire the lease of a run claimed but not driven: it is claimed again at once, not when the lease ends."""
+        try:
+            await self._store.release_leases(self.replica_id, {run_id: epoch})
+        except Exception as exc:  # noqa: BLE001  (the lease runs out by itself)
+            log.warning("lease_release_failed", run_id=run_id, cause=str(exc) or type(exc).__name__)
 
     def _health_changed(self, healthy: bool) -> None:
         if healthy:  # leases handed over during the outage are given back now, and runs claimed

@@ -105,6 +105,7 @@ class _Tenure:
     epoch: int
     stop: Stop | None = None
     lost: bool = False  # said once: the renewal and a refused write may both tell
+    decided: bool = False  # its ending is known and being recorded: a stop asked now no longer cancels the task
 
 
 class RunLifecycle:
@@ -160,6 +161,13 @@ class RunLifecycle:
             self._handed_over[run_id] = tenure.epoch
             self.lease_work.set()
 
+    def decided(self, run_id: str) -> None:
+        """The run's ending is decided (the pipeline returned, or a stop was taken): from now on it is recorded
+        whatever is asked, since a cancel in its task's last awaits would cut off its one terminal event."""
+        tenure = self._tenures.get(run_id)
+        if tenure is not None:
+            tenure.decided = True
+
     # -- stopping runs ---------------------------------------------------------------------------------------
 
     def cancel(self, run_id: str, reason: str) -> None:
@@ -210,7 +218,7 @@ class RunLifecycle:
 
     def _stop(self, tenure: _Tenure, stop: Stop) -> None:
         # Stop once: a second cancel would land in the run's own ending and cut off its terminal event.
-        if tenure.stop is None and not tenure.task.done():
+        if tenure.stop is None and not tenure.task.done() and not tenure.decided:
             tenure.stop = stop
             tenure.task.cancel()
 

@@ -11,7 +11,6 @@ read ends with run_failed, and one asked to be cancelled while nobody drove it e
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import uuid
@@ -93,7 +92,7 @@ class RunStarter:
         )
         if spec.client_request_id:
             self._keys.creating(key, creation)
-        return await asyncio.shield(creation)
+        return await self.creations.join(creation)
 
     async def _create(self, run_id: str, spec: RunSpec, plan: Plan, principal: str, traceparent: str | None) -> str:
         """Store a new run (held by this replica), start driving it and wait for its first commit."""

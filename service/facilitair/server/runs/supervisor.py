@@ -151,6 +151,7 @@ class Supervisor:
         ending: Ending | None = None
         try:
             ending = await self._ending(rec.run_id, pipeline, deadline, self._note_stretch(rec, stretch))
+            self._lifecycle.decided(rec.run_id)  # no cancel from here on: the awaits below lead to its terminal event
             await rec.watchdog.stop()
             if isinstance(ending, Lost):
                 # Not ours to write any more: the new owner resumes the run from what is stored.

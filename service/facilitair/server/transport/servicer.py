@@ -111,10 +111,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             spec = requests.run_spec(request, self._settings, self._config)
             # A task of its own that this call only waits for: a client that leaves while its run is being
             # created does not stop the creation (the run service completes it regardless), and the CANCEL
-            # policy then applies to the run it created, once it has one.
-            creating = asyncio.ensure_future(self._runs.create_run(spec, principal, traceparent=traceparent))
+            # policy then applies to the run it created, once it has one. Supervised, so a failure after the
+            # client left is logged rather than lost.
+            creating = self._tasks.spawn(
+                self._runs.create_run(spec, principal, traceparent=traceparent), name="create-run", awaited=True
+            )
             creation.append(creating)
-            run_id = await asyncio.shield(creating)
+            run_id = await self._tasks.join(creating)
             structlog.contextvars.bind_contextvars(run_id=run_id)
             return await self._runs.watch(run_id, 0, principal)
 

@@ -28,6 +28,7 @@ INTERNAL_MESSAGE = "internal error; the server log has the details"
 CODE_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.RUN_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.PATH_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     # The request cannot be served as it is, whatever the caller waits for: more characters are needed.
     Reason.RUN_ID_AMBIGUOUS: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.SEQ_OUT_OF_RANGE: grpc.StatusCode.OUT_OF_RANGE,

@@ -19,7 +19,7 @@ import structlog
 
 from facilitair.server import metrics
 from facilitair.server.store.base import AttemptResult, DeliveryRow, WebhookStore
-from facilitair.server.tasks import cancel_and_wait
+from facilitair.server.tasks import cancel_and_wait, start_task
 from facilitair.server.webhooks.config import WebhookConfig
 from facilitair.server.webhooks.sender import Attempt, Outcome, Sender
 
@@ -32,6 +32,7 @@ LEASE_MARGIN = 5.0
 JITTER = 0.2  # each scheduled wait is spread by +-20%, so receivers that failed together are not retried together
 MAX_RETRY_AFTER = 86400.0  # a receiver's Retry-After is honoured up to a day
 STORE_BACKOFF = 2.0
+RESTART_SECONDS = 2.0  # a loop that crashed starts again after this pause, so a persistent fault does not spin
 
 
 def next_wait(schedule: tuple[float, ...], attempts: int, retry_after: float | None) -> float | None:
@@ -63,6 +64,7 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._due: float | None = None  # the earliest retry this replica scheduled
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # once stopping, a loop that crashed is not started again
 
     @property
     def enabled(self) -> bool:
@@ -75,10 +77,23 @@ class WebhookDispatcher:
             return
         if not self._shared:
             await self._store.release_all()
-        self._task = asyncio.create_task(self._loop(), name="webhook-dispatcher")
+        self._start_loop(0.0)
+
+    def _start_loop(self, pause: float) -> None:
+        self._task = start_task(self._loop(pause), name="webhook-dispatcher")
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        # start_task has logged the error (background_task_failed); the outbox is still to be sent, so the loop
+        # starts again rather than leave every delivery of this replica waiting for a restart.
+        if task.cancelled() or task.exception() is None or self._stopping:
+            return
+        log.warning("webhook_dispatcher_restarted", after_seconds=RESTART_SECONDS)
+        self._start_loop(RESTART_SECONDS)
 
     async def stop(self) -> None:
         """Stop the loop and the attempts in flight; their claims run out and are sent again (same webhook-id)."""
+        self._stopping = True
         try:
             await cancel_and_wait(self._task)
             for task in list(self._inflight):
@@ -90,7 +105,9 @@ class WebhookDispatcher:
         """New deliveries were committed here: look now."""
         self._wake.set()
 
-    async def _loop(self) -> None:
+    async def _loop(self, pause: float) -> None:
+        if pause:
+            await asyncio.sleep(pause)
         while True:
             free = CONCURRENCY - len(self._inflight)
             claimed: list[DeliveryRow] = []
