@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from facilitair.server.store.base import DeliveryRow
+from facilitair.server.webhooks.dispatcher import CONCURRENCY
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
@@ -237,6 +238,26 @@ async def test_a_receiver_that_does_not_answer_times_out_and_is_retried(
         assert got[0].id == got[1].id
         [row] = await rows(h, events[0].run_id)
         assert (row.state, row.attempts) == ("delivered", 2)
+
+
+async def test_a_dispatcher_with_every_slot_busy_waits_instead_of_spinning(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """With CONCURRENCY attempts unanswered, a commit's wake-up used to leave the loop's event set: it then looped
+    without ever yielding, freezing the server (found with 200 runs on two replicas). Now it waits for a free slot."""
+    secret = new_secret()
+    async with Receiver(secret, [HANG] * CONCURRENCY) as receiver, FakeOpenAI(scripted()) as fake:
+        settings = hooks(tmp_path, {"url": receiver.url, "secret": secret}, webhook_timeout=60.0)
+        h = await make_server(openai=fake, **settings)
+        for n in range(CONCURRENCY):
+            await h.run(f"task {n}")
+        await receiver.until(CONCURRENCY)  # every slot holds an unanswered attempt
+        # Two more runs end (their commits wake the full dispatcher) and the server still serves them.
+        later = [await h.run(f"later {n}") for n in range(2)]
+        assert [kind(events[-1]) for events in later] == ["run_completed", "run_completed"]
+        assert len(receiver.requests) == CONCURRENCY  # nothing more was sent while every slot was busy
+        stored = await h.server.runs.store.webhooks.recent(100)
+        assert sorted(r.state for r in stored) == ["pending"] * (CONCURRENCY + 2)
 
 
 async def test_private_and_loopback_targets_are_refused_unless_allowed(

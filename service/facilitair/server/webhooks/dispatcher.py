@@ -109,11 +109,14 @@ class WebhookDispatcher:
         if pause:
             await asyncio.sleep(pause)
         while True:
+            # Cleared on every turn, busy or not: a wake-up left set while every slot is busy would make _sleep return
+            # at once without yielding, and the loop would spin and freeze the server. A slot freed or a commit made
+            # from here on sets it again.
+            self._wake.clear()
             free = CONCURRENCY - len(self._inflight)
             claimed: list[DeliveryRow] = []
             owner = f"{self._replica}/{uuid.uuid4().hex[:12]}"
             if free > 0:
-                self._wake.clear()
                 try:
                     claimed = await self._store.claim(owner, self._lease, free)
                     disabled = await self._store.disabled_endpoints() if claimed else {}
