@@ -143,7 +143,8 @@ export class HomeView {
     row.dataset.state = state;
     const [, badge, meta] = row.children;
     badge.dataset.state = state;
-    if (badge.textContent !== state + stage) fill(badge, state + stage);
+    const shown = state.replace("_", " ") + stage; // "awaiting approval · Architect"
+    if (badge.textContent !== shown) fill(badge, shown);
     const about = `${when(run.createdAt)} · ${money(run.usage)}`;
     if (meta.textContent !== about) fill(meta, about);
   }

@@ -6,6 +6,7 @@
 // long stage as at its start). Nothing here uses innerHTML or any other HTML sink.
 
 import { call, runPath } from "./api.js";
+import { ApprovalSection } from "./approval.js";
 import {
   FINISHED, agentName, costText, durationSeconds, el, fill, money, plural, seconds, stateName, tokens, when,
 } from "./dom.js";
@@ -76,6 +77,7 @@ export class RunView {
     this.stages = new Map();
     this.testRuns = new Map(); // stage number -> TestRunSection: the Test run steps, no model's stages
     this.files = new Map(); // path -> {artifact, node}
+    this.approvals = new Map(); // approval id -> ApprovalSection
     this.cost = 0;
     this.costUnknown = false;
     this.costEstimated = false;
@@ -249,10 +251,26 @@ export class RunView {
     else if (event.testsStarted) this.testRun(event.testsStarted).start(event.testsStarted, event.time);
     else if (event.testsOutput) this.testRun(event.testsOutput).line(event.testsOutput);
     else if (event.testsFinished) this.testRun(event.testsFinished).finish(event.testsFinished);
+    else if (event.approvalRequested) this.approvalRequested(event.approvalRequested.approval || {});
+    else if (event.approvalDecided) this.approvalDecided(event.approvalDecided);
     else if (event.runCompleted) this.completed(event.runCompleted);
     else if (event.runFailed) this.failed(event.runFailed);
     else if (event.runCancelled) this.cancelled(event.runCancelled);
     // Any other kind (one a newer server sends) is left out: the page goes on with the events it knows.
+  }
+
+  /** A gate: its section after the stage it asks about (a revision's gate gets a new one). */
+  approvalRequested(gate) {
+    const section = new ApprovalSection(this.runId, gate);
+    this.approvals.set(gate.approvalId, section);
+    this.stageList.append(section.node);
+    if (!this.finished) this.setRunState("awaiting_approval");
+  }
+
+  approvalDecided(d) {
+    const section = this.approvals.get(d.approvalId);
+    if (section) section.decided(d);
+    if (!this.finished && this.state.dataset.state === "awaiting_approval") this.setRunState("running");
   }
 
   /** The Test run step of this event's stage, its section added the first time. */
