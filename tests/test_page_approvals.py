@@ -70,9 +70,11 @@ async def test_the_gate_shows_the_design_then_revise_and_approve_complete_the_ru
     assert shown == DESIGN
     assert prefilled == DESIGN
     assert state == "awaiting_approval"
-    assert refused is not None and "comment" in refused
+    assert refused is not None
+    assert "comment" in refused
     assert first_closed == "revise"
-    assert decided is not None and "approved by" in decided
+    assert decided is not None
+    assert "approved by" in decided
     assert (pwned, scripts) == (None, 0)
     architect = script.requests("architect")
     assert len(architect) == 2
@@ -82,7 +84,8 @@ async def test_the_gate_shows_the_design_then_revise_and_approve_complete_the_ru
     assert decisions == [pb.APPROVAL_DECISION_REVISE, pb.APPROVAL_DECISION_APPROVE]
     assert kind(events[-1]) == "run_completed"
     assert listed.state == pb.RUN_STATE_COMPLETED
-    assert outcome is not None and outcome.startswith("Run completed")
+    assert outcome is not None
+    assert outcome.startswith("Run completed")
 
 
 @pytest.mark.both_stores
@@ -98,6 +101,11 @@ async def test_reject_on_the_page_cancels_the_run_and_a_second_tab_sees_it_decid
                 tab, other = await open_run(context, base, run_id), await open_run(context, base, run_id)
                 await until_gate(tab, 1)
                 await until_gate(other, 1)
+                runs = await context.new_page()
+                await runs.goto(base + "/")
+                row = f"li[data-run='{run_id}'] .state"
+                await RunPage(runs).until(f'document.querySelector("{row}")')
+                waiting = await runs.locator(row).text_content()
                 await tab.page.locator(f"{GATE} textarea[data-approval-comment]").fill("not this design")
                 await tab.page.locator(f"{GATE} button[data-approval='reject']").click()
                 await tab.until_ended()
@@ -111,9 +119,41 @@ async def test_reject_on_the_page_cancels_the_run_and_a_second_tab_sees_it_decid
                 await tab.page.goto(base + "/")
                 await tab.until(f"document.querySelector(\"li[data-run='{run_id}'] .state\")")
                 listed = await tab.page.locator(f"li[data-run='{run_id}'] .state").text_content()
-    assert other_says is not None and "rejected by" in other_says and "not this design" in other_says
+    assert other_says is not None
+    assert "rejected by" in other_says
+    assert "not this design" in other_says
     assert buttons == 0
-    assert outcome is not None and outcome.startswith("Run cancelled") and "not this design" in outcome
+    assert waiting is not None
+    assert waiting.startswith("awaiting approval")
+    assert outcome is not None
+    assert outcome.startswith("Run cancelled")
+    assert "not this design" in outcome
     assert kind(events[-1]) == "run_cancelled"
     assert [kind(e) for e in events].count("approval_decided") == 1
     assert listed == "cancelled"
+
+
+@pytest.mark.both_stores
+async def test_edit_on_the_page_sends_the_edited_design_the_coder_reads(store_target: Target) -> None:
+    script = scripted()
+    edited = "# Design\nEDITED-ON-THE-PAGE: one module `rev.py`.\n"
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(script) as fake:
+        env, base = server_env(store_target, fake)
+        async with server_processes(env) as (server,), chromium() as browser:
+            await server.start()
+            async with Client(server.target) as client:
+                live = RunStream(client.collaborate(TASK, pause_after=["architect"]))
+                run_id = (await live.until(lambda e: kind(e) == "approval_requested")).run_id
+                tab = await open_run(await new_context(browser), base, run_id)
+                await until_gate(tab, 1)
+                await tab.page.locator(f"{GATE} details.approval-edit summary").click()
+                await tab.page.locator(f"{GATE} textarea[data-approval-edit]").fill(edited)
+                await tab.page.locator(f"{GATE} button[data-approval='edit']").click()
+                await tab.until_ended()
+                events = await collect(client.watch(run_id))
+                decided = await tab.page.locator(GATE).text_content()
+    assert [e.approval_decided.edited for e in events if kind(e) == "approval_decided"] == [True]
+    assert kind(events[-1]) == "run_completed"
+    assert edited.strip() in prompt_of(script.requests("coder")[0])
+    assert decided is not None
+    assert "edited by" in decided
