@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from playwright.async_api import Route
 
-from facilitair.client import Client
+from facilitair.client import Client, Decision
 from facilitair.v1 import orchestrator_pb2 as pb
 from tests.fakes.providers import FakeOpenAI, Reply
 from tests.harness.browser import RunPage, chromium, new_context, open_run
@@ -157,3 +158,36 @@ async def test_edit_on_the_page_sends_the_edited_design_the_coder_reads(store_ta
     assert edited.strip() in prompt_of(script.requests("coder")[0])
     assert decided is not None
     assert "edited by" in decided
+
+
+async def test_a_decision_refused_because_another_came_first_shows_the_servers_message(store_target: Target) -> None:
+    async with asyncio.timeout(HANG_GUARD), FakeOpenAI(scripted()) as fake:
+        env, base = server_env(store_target, fake)
+        async with server_processes(env) as (server,), chromium() as browser:
+            await server.start()
+            async with Client(server.target) as client:
+                live = RunStream(client.collaborate(TASK, pause_after=["architect"]))
+                run_id = (await live.until(lambda e: kind(e) == "approval_requested")).run_id
+                tab = await open_run(await new_context(browser), base, run_id)
+                await until_gate(tab, 1)
+
+                async def reject_first(route: Route) -> None:
+                    # Someone else rejects while the page's Approve is on its way: the server refuses it.
+                    await client.submit_approval(run_id, Decision.REJECT, comment="decided elsewhere")
+                    await route.continue_()
+
+                await tab.page.route("**/approvals", reject_first)
+                await tab.page.locator(f"{GATE} button[data-approval='approve']").click()
+                await tab.until("document.querySelector('section.approval .error:not([hidden])')")
+                await tab.until_ended()
+                refusal = await tab.page.locator(f"{GATE} .error").text_content()
+                heading = await tab.page.locator(f"{GATE} h2").text_content()
+                events = await collect(client.watch(run_id))
+    assert refusal is not None
+    assert "REJECT" in refusal.upper(), refusal
+    assert heading is not None
+    assert "rejected by" in heading
+    assert [e.approval_decided.decision for e in events if kind(e) == "approval_decided"] == [
+        pb.APPROVAL_DECISION_REJECT
+    ]
+    assert kind(events[-1]) == "run_cancelled"

@@ -71,7 +71,7 @@ export class ApprovalSection {
       // Refused (decided elsewhere first) or bad input: the server's message says which.
       this.show(error.message);
       this.busy = false;
-      for (const b of this.buttons) b.disabled = false;
+      if (!this.node.dataset.decided) for (const b of this.buttons) b.disabled = false;
     }
   }
 
@@ -89,6 +89,7 @@ export class ApprovalSection {
     fill(this.node,
       el("h2", {}, `Stage ${d.stage || this.gate.stage || 0}: ${what} by ${by}`),
       d.comment ? el("p", { class: "comment" }, d.comment) : null,
-      d.edited ? el("p", { class: "muted" }, "The text was edited.") : null);
+      d.edited ? el("p", { class: "muted" }, "The text was edited.") : null,
+      this.message); // a refusal that arrives after the decision event is still shown
   }
 }
