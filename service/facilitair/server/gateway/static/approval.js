@@ -20,7 +20,7 @@ export class ApprovalSection {
     const files = gate.artifacts || [];
     // The Architect's design is edited as text (edited_text); another stage's output as its files.
     const editFiles = gate.agent === "AGENT_ARCHITECT" ? [] : files;
-    const policy = gate.onTimeout === "ON_APPROVAL_TIMEOUT_APPROVE" ? "approve" : "reject";
+    const policy = gate.onTimeout === "ON_APPROVAL_TIMEOUT_APPROVE" ? "approved" : "rejected";
     this.comment = el("textarea", { id: "approval-comment", rows: "3", "data-approval-comment": "" });
     this.edited = el("textarea", { id: "approval-edit", rows: "10", "data-approval-edit": "" });
     // The edit box starts from what is under review: the design text, or the files (one box per file).
@@ -32,19 +32,21 @@ export class ApprovalSection {
     this.edited.value = gate.text || "";
     this.message = el("p", { class: "error", role: "alert", hidden: true });
     this.buttons = ["approve", "revise", "edit", "reject"].map((choice) => {
-      const button = el("button", { type: "button", "data-approval": choice }, choice[0].toUpperCase() + choice.slice(1));
+      const label = choice[0].toUpperCase() + choice.slice(1);
+      const button = el("button", { type: "button", "data-approval": choice }, label);
       button.addEventListener("click", () => this.decide(choice));
       return button;
     });
     this.node = el("section", { class: "approval", "aria-label": "Approval", "data-approval-id": gate.approvalId },
       el("h2", {}, `Waiting for approval: stage ${gate.stage || 0}, ${agentName(gate.agent)}`),
-      el("p", { class: "muted" }, `Expires ${when(gate.expiresAt)}; then it is ${policy === "approve" ? "approved" : "rejected"} by itself.`),
+      el("p", { class: "muted" }, `Expires ${when(gate.expiresAt)}; then it is ${policy} by itself.`),
       gate.text ? el("pre", { class: "text", tabindex: "0", "data-approval-text": "" }, gate.text) : null,
       ...files.map((a) => el("details", {}, el("summary", {}, el("code", {}, a.path)),
         el("pre", { class: "file", tabindex: "0" }, a.content || ""))),
       el("label", { for: "approval-comment" }, "Comment (required to revise; the reason to reject)"), this.comment,
       el("details", { class: "approval-edit" }, el("summary", {}, "Edit before approving"),
-        editFiles.length ? el("div", {}, ...this.fileBoxes) : el("div", {}, el("label", { for: "approval-edit" }, "Edited text"), this.edited)),
+        editFiles.length ? el("div", {}, ...this.fileBoxes)
+          : el("div", {}, el("label", { for: "approval-edit" }, "Edited text"), this.edited)),
       el("div", { class: "choices" }, ...this.buttons),
       this.message);
   }
@@ -59,7 +61,8 @@ export class ApprovalSection {
     }
     const body = { approvalId: this.gate.approvalId, decision: `APPROVAL_DECISION_${choice.toUpperCase()}`, comment };
     if (choice === "edit") {
-      if (this.fileBoxes.length) body.editedFiles = this.fileBoxes.map((b) => ({ path: b.dataset.approvalFile, content: b.value }));
+      const files = this.fileBoxes.map((b) => ({ path: b.dataset.approvalFile, content: b.value }));
+      if (files.length) body.editedFiles = files;
       else body.editedText = this.edited.value;
     }
     this.busy = true;
