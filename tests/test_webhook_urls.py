@@ -18,6 +18,7 @@ from facilitair.client import Client, FacilitairError, StatusCode
 from facilitair.v1 import orchestrator_pb2 as pb
 from facilitair.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.fakes.providers import FakeOpenAI
+from tests.harness.cli import cli
 from tests.harness.events import EventCall, kind, read_rest, read_until
 from tests.harness.logs import captured_logs, on_log
 from tests.harness.processes import clean_environment, server_processes
@@ -146,3 +147,24 @@ async def test_a_run_resumed_after_a_restart_still_calls_its_url(store_target: T
         assert got.json["type"] == "run.completed"
         assert summary.state == pb.RUN_STATE_COMPLETED
         assert [r["run_id"] for r in proc.records("run_resumed")] == [run_id]
+
+
+async def test_facilitair_run_webhook_sends_the_url_and_shows_a_refusal(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    secret = new_secret()
+    async with Receiver(secret) as receiver, FakeOpenAI(scripted()) as fake:
+        h = await make_server(openai=fake, webhooks_file=hooks_file(tmp_path, secret), webhook_allow_hosts="127.0.0.1")
+        with on_log("webhook_delivered") as delivered:
+            code, _, err = await cli(h.target, "run", "task", "--webhook", receiver.url)
+            assert code == 0, err
+            await asyncio.wait_for(delivered.wait(), GUARD)
+        [got] = receiver.requests
+        assert got.verified
+        assert got.json["type"] == "run.completed"
+
+        code, _, err = await cli(h.target, "run", "task", "--webhook", "http://127.0.0.2/hook")
+        assert code != 0
+        assert "webhook_url" in err
+        assert "not in the server's webhook allow-list" in err
+        assert len(receiver.requests) == 1
