@@ -175,6 +175,11 @@ def add_client_commands(sub: Any) -> None:
         help="the response cache: reuse and store answers (read-write), only reuse (read-only), only store "
         "(refresh), or neither (off); default: the server's",
     )
+    run.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="a URL the server posts the run's end to, signed (only if the server allows request URLs and the host)",
+    )
     run.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
     run.add_argument("--request-id", metavar="ID", help="idempotency key: retrying with it attaches to the same run")
 

@@ -282,6 +282,7 @@ async def run_command(args: argparse.Namespace) -> int:
             approval_timeout=args.approval_timeout,
             on_approval_timeout=_on_timeout(args.on_approval_timeout),
             cache=args.cache or "",
+            webhook_url=args.webhook or "",
         )
         if args.detach:
             first = await anext(events)

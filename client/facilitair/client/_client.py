@@ -166,6 +166,7 @@ class Client:
         approval_timeout: float | None = None,
         on_approval_timeout: OnApprovalTimeout | None = None,
         cache: str = "",
+        webhook_url: str = "",
     ) -> AsyncGenerator[pb.RunEvent, None]:
         """Start a run and yield its events until the terminal one, resuming across disconnects.
 
@@ -174,8 +175,9 @@ class Client:
         ("architect", "coder", "reviewer", "tester") after whose stage the run waits for a decision
         (approval_requested; answer with `submit_approval`); `approval_timeout` (seconds) and
         `on_approval_timeout` say how long a gate waits and what it decides then. `cache` is the run's response
-        cache mode ("off", "read-write", "read-only", "refresh"; empty: the server's default). Bad arguments raise
-        FacilitairError (INVALID_ARGUMENT) before anything is sent.
+        cache mode ("off", "read-write", "read-only", "refresh"; empty: the server's default). `webhook_url` is a
+        URL the server posts the run's end to, signed (if the server accepts request URLs: docs/webhooks.md). Bad
+        arguments raise FacilitairError (INVALID_ARGUMENT) before anything is sent.
         """
         request = collaborate_request(
             task,
@@ -192,6 +194,7 @@ class Client:
             approval_timeout=approval_timeout,
             on_approval_timeout=on_approval_timeout,
             cache=cache,
+            webhook_url=webhook_url,
         )
 
         def opener(after: int, run_id: str) -> AsyncIterable[Any]:
@@ -241,6 +244,7 @@ class Client:
         on_approval_timeout: OnApprovalTimeout | None = None,
         on_approval: ApprovalCallback | None = None,
         cache: str = "",
+        webhook_url: str = "",
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
@@ -263,6 +267,7 @@ class Client:
             approval_timeout=approval_timeout,
             on_approval_timeout=on_approval_timeout,
             cache=cache,
+            webhook_url=webhook_url,
         )
         return await self._outcome(events, on_event, on_approval)
 

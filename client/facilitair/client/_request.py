@@ -100,6 +100,7 @@ def collaborate_request(
     approval_timeout: float | None = None,
     on_approval_timeout: OnApprovalTimeout | None = None,
     cache: str = "",
+    webhook_url: str = "",
 ) -> pb.CollaborateRequest:
     """The CollaborateRequest for these arguments; the server checks the rest (blank task, limits)."""
     if not isinstance(task, str):
@@ -123,6 +124,11 @@ def collaborate_request(
         if cache not in CACHE_MODES:
             raise invalid("cache", f"must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
         request.cache = CACHE_MODES[cache]
+    if webhook_url:
+        # The server checks it (its allow-list and secret decide); only the type is checked here.
+        if not isinstance(webhook_url, str):
+            raise invalid("webhook_url", f"must be a string, not {type(webhook_url).__name__}")
+        request.webhook_url = webhook_url
     if context:
         request.context.CopyFrom(context_struct(context))
         if (size := request.context.ByteSize()) > MAX_CONTEXT_BYTES:

@@ -171,6 +171,7 @@ class SyncClient:
         approval_timeout: float | None = None,
         on_approval_timeout: OnApprovalTimeout | None = None,
         cache: str = "",
+        webhook_url: str = "",
     ) -> EventIterator:
         """Start a run and iterate over its events (see Client.collaborate)."""
         return self._iterate(
@@ -190,6 +191,7 @@ class SyncClient:
                 approval_timeout=approval_timeout,
                 on_approval_timeout=on_approval_timeout,
                 cache=cache,
+                webhook_url=webhook_url,
             )
         )
 
@@ -217,6 +219,7 @@ class SyncClient:
         on_approval_timeout: OnApprovalTimeout | None = None,
         on_approval: SyncApprovalCallback | None = None,
         cache: str = "",
+        webhook_url: str = "",
     ) -> CompletedRun:
         """Start a run and wait for its end: its CompletedRun, or RunFailed / RunCancelled raised.
 
@@ -239,6 +242,7 @@ class SyncClient:
                 on_approval_timeout=on_approval_timeout,
                 on_approval=on_approval,
                 cache=cache,
+                webhook_url=webhook_url,
             )
         )
 

@@ -336,6 +336,7 @@ class CollaborateRequest(_message.Message):
     PAUSE_AFTER_FIELD_NUMBER: _builtins.int
     APPROVAL_TIMEOUT_FIELD_NUMBER: _builtins.int
     ON_APPROVAL_TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """The coding task in plain language. Required, not blank."""
     model: _builtins.str
@@ -374,6 +375,14 @@ class CollaborateRequest(_message.Message):
     """
     on_approval_timeout: Global___OnApprovalTimeout.ValueType
     """What a gate decides when it expires unanswered. Default: reject."""
+    webhook_url: _builtins.str
+    """Optional: an http(s) URL the server posts this run's webhook events to
+    (run.completed, run.failed, run.cancelled, run.awaiting_approval),
+    signed per Standard Webhooks with the secret the operator set for
+    request URLs. Refused unless the server accepts request URLs
+    (FAILED_PRECONDITION) and its webhook allow-list names the URL's host
+    (INVALID_ARGUMENT). At most 2048 characters, no credentials in it.
+    """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """Optional JSON object with background for the agents, for example
@@ -419,10 +428,11 @@ class CollaborateRequest(_message.Message):
         pause_after: _abc.Iterable[Global___Agent.ValueType] | None = ...,
         approval_timeout: _duration_pb2.Duration | None = ...,
         on_approval_timeout: Global___OnApprovalTimeout.ValueType = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "approval_timeout", b"approval_timeout", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "approval_timeout", b"approval_timeout", "cache", b"cache", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_approval_timeout", b"on_approval_timeout", "on_disconnect", b"on_disconnect", "pause_after", b"pause_after", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "_max_refinements", b"_max_refinements", "_max_tokens", b"_max_tokens", "agent_models", b"agent_models", "approval_timeout", b"approval_timeout", "cache", b"cache", "client_request_id", b"client_request_id", "coalesce_tokens", b"coalesce_tokens", "context", b"context", "max_cost_usd", b"max_cost_usd", "max_refinements", b"max_refinements", "max_tokens", b"max_tokens", "model", b"model", "on_approval_timeout", b"on_approval_timeout", "on_disconnect", b"on_disconnect", "pause_after", b"pause_after", "task", b"task", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015

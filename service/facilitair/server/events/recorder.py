@@ -45,9 +45,11 @@ class RunRecorder:
         thinking_interval: float,
         heartbeat_interval: float,
         outbox: Outbox | None = None,
+        webhook_url: str = "",
     ) -> None:
         self.event_log = log
         self._outbox = outbox
+        self._webhook_url = webhook_url  # the run's own webhook URL (CollaborateRequest.webhook_url), if any
         self.channel = channel
         self.run_id = row.run_id
         self.summary = wire.Summary(row.summary)
@@ -234,6 +236,7 @@ class RunRecorder:
             seq=seq,
             summary=self.summary.message,
             failure=failure,
+            request_url=self._webhook_url,
         )
         if deliveries:
             self.event_log.outbox(deliveries)

@@ -55,6 +55,8 @@ class RunSpec:
     cache: CacheMode = CacheMode.OFF  # how the run uses the response cache (pipeline/cache.py)
     # The agents after whose stages the run waits for a person, with how each gate waits.
     gates: dict[AgentRole, GatePolicy] = field(default_factory=dict)
+    # The run's own webhook URL ("" for none): kept with the run, so whichever replica ends it queues the delivery.
+    webhook_url: str = ""
 
     def gate(self, role: AgentRole) -> GatePolicy | None:
         """The gate after a stage of `role`, if any (the Refiner's is the Coder's: it rewrites the code)."""
@@ -79,6 +81,7 @@ class RunSpec:
                 },
                 "sandbox": self.sandbox,
                 "cache": self.cache.label,
+                "webhook_url": self.webhook_url,
             }
         )
 
@@ -106,6 +109,7 @@ class RunSpec:
                 sandbox=_typed(data.get("sandbox", ""), str),
                 # Specs stored before the cache existed have no "cache": those runs never used it.
                 cache=CacheMode.from_label(_typed(data.get("cache", "off"), str)),
+                webhook_url=_typed(data.get("webhook_url", ""), str),  # older specs: none
             )
             if spec.max_refinements < 0:
                 raise ValueError(f"max_refinements is {spec.max_refinements}")
@@ -165,6 +169,15 @@ class StageOutput:
             )
         except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
             raise UnreadableRecord(f"a stored stage checkpoint cannot be read ({_what(exc)})") from None
+
+
+def webhook_url_of(text: str) -> str:
+    """The webhook URL of a stored spec ("" for none, or when the spec cannot be read: the run fails without it)."""
+    try:
+        url = json.loads(text).get("webhook_url", "")
+    except (ValueError, AttributeError):
+        return ""
+    return url if isinstance(url, str) else ""
 
 
 def _document(text: str, newest: int) -> dict[str, Any]:

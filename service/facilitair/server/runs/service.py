@@ -106,7 +106,7 @@ class RunService:
             events=self.events,
             admission=self._admission,
             supervisor=supervisor,
-            outbox=Outbox(webhooks) if webhooks.endpoints else None,
+            outbox=Outbox(webhooks) if webhooks.enabled else None,
         )
         self._leases = LeaseKeeper(
             store,

@@ -24,7 +24,7 @@ from facilitair.server.events import wire
 from facilitair.server.events.eventlog import EventLog
 from facilitair.server.events.recorder import RunRecorder
 from facilitair.server.pipeline.plan import PlanEstimator, PlannedRun
-from facilitair.server.pipeline.spec import RunSpec, StageOutput, UnreadableRecord
+from facilitair.server.pipeline.spec import RunSpec, StageOutput, UnreadableRecord, webhook_url_of
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.admission import CONCURRENCY_RETRY_SECONDS, Admission, check_budget
 from facilitair.server.runs.idempotency import IdempotencyKeys, check_same_request
@@ -81,6 +81,10 @@ class RunStarter:
         # From here to registering the creation there is no await, so two calls with one key cannot both start.
         for model in spec.all_models():
             self._providers.check(model)  # FailedPrecondition now, not mid-run
+        if spec.webhook_url:
+            if self._outbox is None:
+                raise FailedPrecondition("webhook_url: this server accepts no request-supplied webhook URLs")
+            self._outbox.check_request_url(spec.webhook_url)
         check_budget(planned)
         run_id = str(uuid.uuid4())
         self._admission.admit(run_id, principal)
@@ -229,4 +233,6 @@ class RunStarter:
             thinking_interval=self._settings.thinking_interval,
             heartbeat_interval=self._settings.heartbeat_interval,
             outbox=self._outbox,
+            # Read from the stored spec, not the request: a run resumed or cancelled on another replica keeps it.
+            webhook_url=webhook_url_of(row.spec) if self._outbox is not None else "",
         )

@@ -29,6 +29,7 @@ from facilitair.server.pipeline_file import PipelineConfig
 from facilitair.server.providers import ProviderRegistry
 from facilitair.server.runs.approvals import ApprovalRequest
 from facilitair.server.settings import ConfigError, Settings
+from facilitair.server.webhooks.config import request_url_problem
 from facilitair.v1 import orchestrator_pb2 as pb
 
 MAX_TASK_CHARS = 20_000
@@ -153,6 +154,10 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         problems.append(("on_disconnect", f"unknown value {request.on_disconnect}"))
     if request.cache not in pb.CacheMode.values():
         problems.append(("cache", f"unknown value {request.cache}"))
+    if request.webhook_url:
+        problem = request_url_problem(request.webhook_url)
+        if problem is not None:
+            problems.append(("webhook_url", problem))
     if len(request.client_request_id) > MAX_REQUEST_ID_CHARS:
         problems.append(("client_request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))
     if problems:
@@ -173,6 +178,7 @@ def run_spec(request: pb.CollaborateRequest, settings: Settings, config: Pipelin
         sandbox="" if settings.sandbox == "off" else settings.sandbox,
         cache=CacheMode(request.cache) if request.cache else CacheMode.from_label(settings.cache_default),
         gates=gates,
+        webhook_url=request.webhook_url,
     )
 
 

@@ -9,6 +9,14 @@ The file is TOML with one `[[endpoint]]` table per endpoint:
     previous_secret = "whsec_..."                 # optional, while receivers move to the new secret
     principal = "alice"                           # optional: only this caller's runs
 
+and at most one `[request_urls]` table, which lets callers name a URL per run (CollaborateRequest.webhook_url):
+
+    [request_urls]
+    secret = "whsec_..."                          # what those URLs are signed with (their receivers know it)
+    previous_secret = "whsec_..."                 # optional, during rotation
+
+A request URL is still refused unless `--webhook-allow-hosts` names its host (request_endpoint below).
+
 Everything is checked at load, so a server never starts with an endpoint it could not sign for; errors name the
 endpoint by its position and never show a secret.
 """
@@ -52,7 +60,7 @@ class Endpoint:
         return event_type in self.events and (self.principal is None or self.principal == principal)
 
     def __repr__(self) -> str:  # the secrets stay out of logs and tracebacks
-        return f"Endpoint({self.url!r}, events={sorted(self.events)})"
+        return f"Endpoint({redacted(self.url)!r}, events={sorted(self.events)})"
 
 
 def _secret(value: object, where: str) -> str:
@@ -117,19 +125,51 @@ def _endpoint(table: object, n: int) -> Endpoint:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestUrls:
+    """The secrets request-supplied URLs are signed with (the `[request_urls]` table)."""
+
+    secret: str
+    previous_secret: str | None = None
+
+    def __repr__(self) -> str:  # the secrets stay out of logs and tracebacks
+        return "RequestUrls(...)"
+
+
+def _request_urls(table: object) -> RequestUrls:
+    where = "request_urls"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - {"secret", "previous_secret"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    previous = table.get("previous_secret")
+    return RequestUrls(
+        _secret(table.get("secret"), f"{where}: secret"),
+        None if previous is None else _secret(previous, f"{where}: previous_secret"),
+    )
+
+
 def load_endpoints(path: Path | None) -> tuple[Endpoint, ...]:
     """The endpoints of the webhooks file (none when no file is set); ConfigError when it is not right."""
+    return load_file(path)[0]
+
+
+def load_file(path: Path | None) -> tuple[tuple[Endpoint, ...], RequestUrls | None]:
+    """The endpoints and the request-URL secrets of the webhooks file; ConfigError when it is not right."""
     if path is None:
-        return ()
+        return (), None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read the webhooks file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the webhooks file {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"endpoint"}
+    unknown = set(data) - {"endpoint", "request_urls"}
     if unknown:
-        raise ConfigError(f"the webhooks file {path}: unknown keys {sorted(unknown)} (expected [[endpoint]] tables)")
+        raise ConfigError(
+            f"the webhooks file {path}: unknown keys {sorted(unknown)} (expected [[endpoint]] and [request_urls])"
+        )
     tables = data.get("endpoint", [])
     if not isinstance(tables, list):
         raise ConfigError(f"the webhooks file {path}: endpoint must be [[endpoint]] tables")
@@ -137,7 +177,28 @@ def load_endpoints(path: Path | None) -> tuple[Endpoint, ...]:
     urls = [e.url for e in endpoints]
     if len(set(urls)) != len(urls):
         raise ConfigError(f"the webhooks file {path}: an endpoint url is listed twice")
-    return endpoints
+    request_urls = None if "request_urls" not in data else _request_urls(data["request_urls"])
+    return endpoints, request_urls
+
+
+MAX_REQUEST_URL_CHARS = 2048
+
+
+def request_url_problem(url: str) -> str | None:
+    """Why a request-supplied webhook URL cannot be used as written (None: it can), without echoing it."""
+    if len(url) > MAX_REQUEST_URL_CHARS:
+        return f"must be at most {MAX_REQUEST_URL_CHARS} characters"
+    try:
+        _url(url, "webhook_url")
+    except ConfigError as exc:
+        return str(exc).removeprefix("webhook_url: ")
+    return None
+
+
+def redacted(url: str) -> str:
+    """The URL without its query string and fragment, as it may be logged (a query may carry a token)."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +222,17 @@ class AllowList:
             except ValueError:
                 names.add(item.rstrip("."))
         return cls(frozenset(names), tuple(networks))
+
+    def names_host(self, host: str) -> bool:
+        """Whether `host` itself is listed: by name, or as an address inside a listed network."""
+        host = host.lower().rstrip(".")
+        if host in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(address in n for n in self.networks)
 
     def permits(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """Whether `address` (which `host` resolved to) may be reached."""
@@ -207,16 +279,37 @@ class WebhookConfig:
     allow: AllowList
     schedule: tuple[float, ...]
     timeout: float
+    request_urls: RequestUrls | None = None  # None: request-supplied URLs are refused
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookConfig:
         """Load and check the webhooks file, the allow-list and the schedule (ConfigError)."""
+        endpoints, request_urls = load_file(settings.webhooks_file)
         return cls(
-            endpoints=load_endpoints(settings.webhooks_file),
+            endpoints=endpoints,
+            request_urls=request_urls,
             allow=AllowList.parse(settings.webhook_allow_hosts),
             schedule=retry_schedule(settings.webhook_retry_schedule),
             timeout=settings.webhook_timeout,
         )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any webhook can be queued: an endpoint is configured, or request URLs are accepted."""
+        return bool(self.endpoints) or self.request_urls is not None
+
+    def request_endpoint(self, url: str) -> Endpoint | None:
+        """A request-supplied URL as an endpoint of every event, or None when this server does not accept it.
+
+        Accepted only with request-URL secrets configured and the URL's host named by the allow-list (a public
+        address is not enough: a caller must not make this server call arbitrary hosts). Checked when the run is
+        created and again before each send, since the allow-list may have changed meanwhile.
+        """
+        host = urlsplit(url).hostname
+        if self.request_urls is None or host is None or not self.allow.names_host(host):
+            return None
+        secrets = self.request_urls
+        return Endpoint(url, EVENT_TYPES, secrets.secret, secrets.previous_secret)
 
     def endpoint(self, url: str) -> Endpoint | None:
         """The configured endpoint with this url, or None (it was removed from the file)."""

@@ -68,8 +68,8 @@ class WebhookDispatcher:
 
     @property
     def enabled(self) -> bool:
-        """Whether any endpoint is configured (otherwise nothing is queued, and the loop does not run)."""
-        return bool(self._config.endpoints)
+        """Whether any webhook can be queued (otherwise nothing is, and the loop does not run)."""
+        return self._config.enabled
 
     async def start(self) -> None:
         """Start the loop (when endpoints are configured); on a one-process store, drop a dead process's claims."""
@@ -147,9 +147,10 @@ class WebhookDispatcher:
 
     async def _deliver(self, row: DeliveryRow, owner: str, disabled: str | None) -> None:
         try:
-            endpoint = self._config.endpoint(row.url)
+            # A configured endpoint, else a run's own URL (CollaborateRequest.webhook_url), checked again now.
+            endpoint = self._config.endpoint(row.url) or self._config.request_endpoint(row.url)
             if endpoint is None:
-                attempt = Attempt(Outcome.REFUSED, error="the endpoint is no longer in the webhooks file")
+                attempt = Attempt(Outcome.REFUSED, error="the endpoint is no longer configured or allowed")
             elif disabled is not None:
                 attempt = Attempt(Outcome.GONE, error=f"the endpoint is disabled ({disabled})")
             else:

@@ -13,8 +13,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from facilitair.server.errors import FailedPrecondition, InvalidArgument
 from facilitair.server.store.base import WebhookDelivery
-from facilitair.server.webhooks.config import WebhookConfig
+from facilitair.server.webhooks.config import EVENT_TYPES, Endpoint, WebhookConfig
 from facilitair.v1 import orchestrator_pb2 as pb
 
 # Ids are derived from what they name (run, event seq, endpoint), so writing a batch again makes the same rows.
@@ -83,6 +84,13 @@ class Outbox:
     def __init__(self, config: WebhookConfig) -> None:
         self._config = config
 
+    def check_request_url(self, url: str) -> None:
+        """Refuse a run's own webhook URL this server would not call (the URL is never echoed: it may hold a token)."""
+        if self._config.request_urls is None:
+            raise FailedPrecondition("webhook_url: this server accepts no request-supplied webhook URLs")
+        if self._config.request_endpoint(url) is None:
+            raise InvalidArgument("webhook_url", "its host is not in the server's webhook allow-list")
+
     def deliveries(
         self,
         event_type: str,
@@ -92,9 +100,13 @@ class Outbox:
         seq: int,
         summary: pb.RunSummary,
         failure: pb.RunFailed | None = None,
+        request_url: str = "",
     ) -> list[WebhookDelivery]:
-        """One row per endpoint that wants this event of this caller's run (none: no work at all)."""
-        endpoints = self._config.for_event(event_type, principal)
+        """One row per endpoint that wants this event of this caller's run, and one for its own URL if any."""
+        endpoints = list(self._config.for_event(event_type, principal))
+        if request_url and all(e.url != request_url for e in endpoints):
+            # Written even if the allow-list changed since the run was created: the dispatcher checks again.
+            endpoints.append(Endpoint(request_url, EVENT_TYPES, ""))
         if not endpoints:
             return []
         now = time.time()
