@@ -140,6 +140,10 @@ async def test_hostile_code_is_stopped_and_reported(sandbox_root: Path, name: st
     found = report.failures[0].message
     if name == "fork_bomb" and report.timed_out:
         assert found == f"the tests were stopped by the wall-clock limit of {TEST_LIMITS.wall_seconds:g} s"
+    elif name == "fork_bomb" and found.startswith("pytest exited"):
+        # Every forked copy runs pytest's own code too: the process limit can also land in pytest's report writing
+        # (seen in CI under load). Stopped and reported as a failure all the same; fork_loop pins the limit's error.
+        assert found == "pytest exited with status 1 and wrote no report"
     elif name.startswith("fork_"):
         assert not report.timed_out  # the process limit stopped it, not the wall clock
         assert found.startswith("BlockingIOError: [Errno 11] Resource temporarily unavailable")
