@@ -18,7 +18,7 @@ import aiohttp
 from bench.cluster import Served
 from bench.fake import Directive
 from bench.lab import Lab
-from bench.lifecycle import SETTLE_SECONDS
+from bench.lifecycle import rss_per_watcher
 from bench.load import Channels, collaborate_request, follow
 from bench.procs import cpu_seconds
 from bench.stats import median, ratio
@@ -150,29 +150,9 @@ async def sse_idle_watchers(lab: Lab, *, watchers: int) -> dict[str, Any]:
         starter = channels.stub().Collaborate(collaborate_request(Directive(hold=-1), cancel_on_disconnect=True))
         first = await anext(aiter(starter))
         run_id = first.event.run_id
-        tasks: list[asyncio.Task[None]] = []
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as http:
-
-            async def attach(n: int) -> None:
-                flags = [asyncio.Event() for _ in range(n)]
-                tasks.extend(asyncio.create_task(_idle_sse(http, run_id, f)) for f in flags)
-                for flag in flags:
-                    await flag.wait()
-                await asyncio.sleep(SETTLE_SECONDS)
-
-            await attach(min(20, watchers))  # warm up: first-use allocations are not per watcher
-            before = server.rss_kib()
-            await attach(watchers)
-            after = server.rss_kib()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            result = await rss_per_watcher(server, watchers, lambda attached: _idle_sse(http, run_id, attached))
         starter.cancel()
         await channels.close()
-    return {
-        "watchers": watchers,
-        "rss_before_mib": before / 1024,
-        "rss_after_mib": after / 1024,
-        "kib_per_watcher": (after - before) / watchers,
-    }
+    return result

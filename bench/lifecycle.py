@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bench.baseline import Spec
+from bench.cluster import Served
 from bench.fake import Directive
 from bench.lab import Lab
 from bench.load import Channels, collaborate_request, follow
@@ -33,24 +35,36 @@ async def idle_watchers(lab: Lab, *, watchers: int) -> dict[str, Any]:
         starter = channels.stub().Collaborate(collaborate_request(Directive(hold=-1), cancel_on_disconnect=True))
         first = await anext(aiter(starter))
         run_id = first.event.run_id
-        tasks: list[asyncio.Task[None]] = []
+        result = await rss_per_watcher(
+            server, watchers, lambda attached: _watch_idle(channels.stub(), run_id, attached)  # a channel each
+        )
+        starter.cancel()
+        await channels.close()
+    return result
 
-        async def attach(n: int) -> None:
-            flags = [asyncio.Event() for _ in range(n)]
-            tasks.extend(asyncio.create_task(_watch_idle(channels.stub(), run_id, f)) for f in flags)
-            for flag in flags:
-                await flag.wait()
-            await asyncio.sleep(SETTLE_SECONDS)
 
+async def rss_per_watcher(
+    server: Served, watchers: int, watch: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+) -> dict[str, Any]:
+    """Server RSS added per idle watcher that `watch` starts (it sets its event once the replay has arrived)."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def attach(n: int) -> None:
+        flags = [asyncio.Event() for _ in range(n)]
+        tasks.extend(asyncio.create_task(watch(f)) for f in flags)
+        for flag in flags:
+            await flag.wait()
+        await asyncio.sleep(SETTLE_SECONDS)
+
+    try:
         await attach(min(20, watchers))  # warm up: first-use allocations are not per watcher
         before = server.rss_kib()
         await attach(watchers)
         after = server.rss_kib()
+    finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        starter.cancel()
-        await channels.close()
     return {
         "watchers": watchers,
         "rss_before_mib": before / 1024,
